@@ -1,0 +1,209 @@
+//! Diagnostics: what is wrong with an experiment file, where, and what to do.
+//!
+//! Bad input is data: the spec and graph layers return every problem they find as a
+//! [`Diagnostic`], and the CLI renders them once with [`render`].
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A position in a source file (1-based line and column).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: Arc<SourceFile>,
+    pub line: usize,
+    pub col: usize,
+    /// Length of the offending token in characters, for the caret underline (at least 1).
+    pub len: usize,
+}
+
+/// A file's name as the user gave it, and its text, kept for rendering snippets.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl SourceFile {
+    pub fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Arc<SourceFile> {
+        Arc::new(SourceFile {
+            path: path.into(),
+            text: text.into(),
+        })
+    }
+}
+
+/// Stable short identifiers, one per kind of problem (documented in docs/spec.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Code {
+    Io,
+    Syntax,
+    UnknownKey,
+    MissingKey,
+    WrongType,
+    OutOfRange,
+    UnknownVariant,
+    MissingReference,
+    Cycle,
+    Matrix,
+    Include,
+    Conflict,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Io => "io",
+            Code::Syntax => "syntax",
+            Code::UnknownKey => "unknown-key",
+            Code::MissingKey => "missing-key",
+            Code::WrongType => "wrong-type",
+            Code::OutOfRange => "out-of-range",
+            Code::UnknownVariant => "unknown-variant",
+            Code::MissingReference => "missing-reference",
+            Code::Cycle => "cycle",
+            Code::Matrix => "matrix",
+            Code::Include => "include",
+            Code::Conflict => "conflict",
+        }
+    }
+}
+
+/// One problem found in an experiment file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub code: Code,
+    /// Dotted key path, e.g. `nodes.kd.distill.losses.kd.temperature`; empty for the whole file.
+    pub path: String,
+    /// The node (or dataset/model) the problem belongs to, when there is one.
+    pub node: Option<String>,
+    pub message: String,
+    /// What to do about it.
+    pub help: Option<String>,
+    pub location: Option<Location>,
+}
+
+impl Diagnostic {
+    pub fn new(code: Code, path: impl Into<String>, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            code,
+            path: path.into(),
+            node: None,
+            message: message.into(),
+            help: None,
+            location: None,
+        }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Diagnostic {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn with_node(mut self, node: impl Into<String>) -> Diagnostic {
+        self.node = Some(node.into());
+        self
+    }
+
+    pub fn at(mut self, location: Option<Location>) -> Diagnostic {
+        self.location = location;
+        self
+    }
+
+    /// `file:line:col`, or the file alone, or nothing.
+    pub fn position(&self) -> Option<String> {
+        self.location
+            .as_ref()
+            .map(|l| format!("{}:{}:{}", l.file.path.display(), l.line, l.col))
+    }
+}
+
+/// Renders diagnostics the way a compiler does: headline, position, the source line with a caret,
+/// and the help line. `base` is stripped from file paths so output is stable across checkouts.
+pub fn render(diags: &[Diagnostic], base: Option<&Path>) -> String {
+    let mut out = String::new();
+    for d in diags {
+        render_one(&mut out, d, base);
+        out.push('\n');
+    }
+    let n = diags.len();
+    let _ = writeln!(out, "{n} error{} found", if n == 1 { "" } else { "s" });
+    out
+}
+
+fn render_one(out: &mut String, d: &Diagnostic, base: Option<&Path>) {
+    let _ = write!(out, "error[{}]: ", d.code.as_str());
+    if !d.path.is_empty() {
+        let _ = write!(out, "{}: ", d.path);
+    }
+    let _ = writeln!(out, "{}", d.message);
+    if let Some(loc) = &d.location {
+        let shown = match base {
+            Some(b) => loc.file.path.strip_prefix(b).unwrap_or(&loc.file.path),
+            None => &loc.file.path,
+        };
+        let _ = writeln!(out, "  --> {}:{}:{}", shown.display(), loc.line, loc.col);
+        if let Some(text) = loc.file.text.lines().nth(loc.line.saturating_sub(1)) {
+            let gutter = loc.line.to_string().len();
+            let pad = " ".repeat(gutter);
+            let _ = writeln!(out, "{pad} |");
+            let _ = writeln!(out, "{} | {}", loc.line, text);
+            let caret_pad: String = text
+                .chars()
+                .take(loc.col.saturating_sub(1))
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            let _ = writeln!(out, "{pad} | {caret_pad}{}", "^".repeat(loc.len.max(1)));
+        }
+    }
+    if let Some(node) = &d.node {
+        let _ = writeln!(out, "  = in: {node}");
+    }
+    if let Some(help) = &d.help {
+        let _ = writeln!(out, "  = help: {help}");
+    }
+}
+
+/// The closest candidate to `word` by edit distance, if it is close enough to be a plausible typo.
+pub fn did_you_mean<'a, I>(word: &str, candidates: I) -> Option<&'a str>
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let score = strsim::jaro_winkler(&word.to_lowercase(), &c.to_lowercase());
+        if best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, c));
+        }
+    }
+    best.filter(|(s, _)| *s >= 0.8).map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn did_you_mean_finds_close_names_only() {
+        let keys = ["epochs", "model", "data", "batch_size"];
+        assert_eq!(did_you_mean("epoch", keys), Some("epochs"));
+        assert_eq!(did_you_mean("modle", keys), Some("model"));
+        assert_eq!(did_you_mean("zzz", keys), None);
+    }
+
+    #[test]
+    fn render_points_at_the_column() {
+        let file = SourceFile::new("x.yaml", "a: 1\nnodes:\n  kd: { epoch: 3 }\n");
+        let d = Diagnostic::new(Code::UnknownKey, "nodes.kd.epoch", "unknown key `epoch`")
+            .with_help("did you mean `epochs`?")
+            .at(Some(Location {
+                file,
+                line: 3,
+                col: 9,
+                len: 5,
+            }));
+        let text = render(&[d], None);
+        assert!(text.contains("  --> x.yaml:3:9"), "{text}");
+        assert!(text.contains("  |         ^^^^^"), "{text}");
+    }
+}

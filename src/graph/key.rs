@@ -1,0 +1,151 @@
+//! Cache keys: a hash of what determines a node's result, and nothing else.
+//!
+//! key = sha256(canonical JSON of { format, kind, config, seed }), where `config` is the node's
+//! resolved settings with every reference replaced by what it stands for: a node by its cache
+//! key, a dataset by its fingerprint, a model name by the model's settings. Names, key order,
+//! comments and whitespace in the YAML therefore never change a key; the device does not either
+//! (results on CPU and CUDA are the same experiment).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::Vertex;
+use crate::spec::{DatasetSpec, Experiment, Node, NodeKind, Target};
+
+/// Bump when the meaning of a cached artifact changes (node code, artifact layout): every key
+/// changes with it and old entries are simply never hit again.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey(pub [u8; 32]);
+
+impl CacheKey {
+    /// The key of a canonical JSON value.
+    pub fn of(v: &Value) -> CacheKey {
+        CacheKey(Sha256::digest(canonical_json(v).as_bytes()).into())
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The first 12 hex digits, for people.
+    pub fn short(&self) -> String {
+        self.hex()[..12].to_string()
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheKey({})", self.short())
+    }
+}
+
+/// JSON with object keys sorted at every level and no whitespace.
+pub fn canonical_json(v: &Value) -> String {
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let b: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sorted(v))).collect();
+                Value::Object(b.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(v).to_string()
+}
+
+/// Fingerprint of a dataset from its settings alone (used until the data layer reads content).
+pub fn spec_fingerprint(_name: &str, d: &DatasetSpec) -> CacheKey {
+    let v = serde_json::to_value(d).expect("dataset settings serialise");
+    CacheKey::of(&json!({ "format": FORMAT_VERSION, "dataset": v }))
+}
+
+pub(super) fn node_canonical(
+    exp: &Experiment,
+    node: &Node,
+    key_of: &dyn Fn(&str) -> CacheKey,
+    by_base: &BTreeMap<&str, Vec<NodeIndex>>,
+    dag: &DiGraph<Vertex, ()>,
+) -> Value {
+    let kind_name = node.kind.name();
+    let mut config = match &node.kind {
+        NodeKind::Train(s) => serde_json::to_value(s),
+        NodeKind::Finetune(s) => serde_json::to_value(s),
+        NodeKind::Distill(s) => serde_json::to_value(s),
+        NodeKind::Generate(s) => serde_json::to_value(s),
+        NodeKind::Evaluate(s) => serde_json::to_value(s),
+        NodeKind::Report(s) => serde_json::to_value(s),
+        NodeKind::Plugin(s) => serde_json::to_value(s),
+    }
+    .expect("node settings serialise");
+    for r in node.kind.refs() {
+        let replacement = match r.target {
+            Target::Dataset => json!({ "dataset": key_of(&r.name).hex() }),
+            Target::Model => {
+                json!({ "model": serde_json::to_value(&exp.models[&r.name]).expect("model serialises") })
+            }
+            Target::Node(_) | Target::NodeOrDataset => {
+                if exp.node(&r.name).is_some() || exp.datasets.contains_key(&r.name) {
+                    json!({ "input": key_of(&r.name).hex() })
+                } else {
+                    // A declared name standing for all its instances (report rows).
+                    let mut keys: Vec<(String, String)> = by_base[r.name.as_str()]
+                        .iter()
+                        .map(|ix| {
+                            let n = dag[*ix].name();
+                            (n.to_string(), key_of(n).hex())
+                        })
+                        .collect();
+                    keys.sort();
+                    json!({ "inputs": keys.into_iter().map(|(_, k)| k).collect::<Vec<_>>() })
+                }
+            }
+        };
+        if let Some(slot) = config.pointer_mut(&r.pointer) {
+            *slot = replacement;
+        }
+    }
+    json!({
+        "format": FORMAT_VERSION,
+        "kind": kind_name,
+        "config": config,
+        "seed": if node.kind.is_seeded() { json!(node.seed) } else { Value::Null },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let a = json!({"b": 1, "a": {"y": [1, {"d": 2, "c": 3}], "x": null}});
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"x":null,"y":[1,{"c":3,"d":2}]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn key_hex_is_sha256() {
+        // sha256("1") — the canonical JSON of the number 1.
+        let k = CacheKey::of(&json!(1));
+        assert_eq!(
+            k.hex(),
+            "6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b"
+        );
+        assert_eq!(k.short(), "6b86b273ff34");
+    }
+}

@@ -1,0 +1,195 @@
+//! plan: for each node, whether it would run and why — a pure function of the graph and what the
+//! artifact store holds.
+//!
+//! Architecture invariant: planning never runs, reads or writes anything; `run` executes a plan.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::graph::{CacheKey, Graph, Vertex};
+
+/// What the artifact store knows, as far as planning needs it.
+pub trait StoreIndex {
+    /// Whether a complete, verified result for this key exists.
+    fn contains(&self, key: &CacheKey) -> bool;
+    /// The canonical settings of the last result recorded for this node name, if any.
+    fn last_recorded(&self, node: &str) -> Option<Value>;
+}
+
+/// A store that holds nothing (no store yet, or `--force` for everything).
+pub struct EmptyStore;
+
+impl StoreIndex for EmptyStore {
+    fn contains(&self, _: &CacheKey) -> bool {
+        false
+    }
+    fn last_recorded(&self, _: &str) -> Option<Value> {
+        None
+    }
+}
+
+/// An in-memory index (what a store directory loads into; also handy in tests).
+#[derive(Default)]
+pub struct MemoryStore {
+    pub keys: std::collections::HashSet<CacheKey>,
+    pub recorded: HashMap<String, Value>,
+}
+
+impl StoreIndex for MemoryStore {
+    fn contains(&self, key: &CacheKey) -> bool {
+        self.keys.contains(key)
+    }
+    fn last_recorded(&self, node: &str) -> Option<Value> {
+        self.recorded.get(node).cloned()
+    }
+}
+
+/// Why a node would run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Reason {
+    /// Nothing was ever recorded for this node.
+    NoEntry,
+    /// A setting differs from the last recorded result.
+    ParamChanged {
+        path: String,
+        old: Value,
+        new: Value,
+    },
+    /// An input (node or dataset) has a different key than last time.
+    InputChanged { input: String },
+    /// Asked for with `--force`.
+    Forced,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::NoEntry => f.write_str("no cached result"),
+            Reason::ParamChanged { path, old, new } => write!(f, "{path} changed: {old} -> {new}"),
+            Reason::InputChanged { input } => write!(f, "input `{input}` changed"),
+            Reason::Forced => f.write_str("forced"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    Run { reasons: Vec<Reason> },
+    Cached,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanEntry {
+    pub node: String,
+    pub kind: &'static str,
+    pub key: String,
+    #[serde(flatten)]
+    pub status: Status,
+}
+
+/// Plans every node of `graph` in topological order; `forced` node names always run.
+pub fn plan(graph: &Graph, store: &dyn StoreIndex, forced: &[String]) -> Vec<PlanEntry> {
+    let mut out = Vec::new();
+    for ix in graph.node_order() {
+        let Vertex::Node { name, kind } = &graph.dag[ix] else {
+            continue;
+        };
+        let key = graph.key(ix);
+        let status = if forced.iter().any(|f| f == name) {
+            Status::Run {
+                reasons: vec![Reason::Forced],
+            }
+        } else if store.contains(key) {
+            Status::Cached
+        } else {
+            let reasons = match store.last_recorded(name) {
+                None => vec![Reason::NoEntry],
+                Some(old) => explain(graph, ix, &old, &graph.canonical[&ix]),
+            };
+            Status::Run { reasons }
+        };
+        out.push(PlanEntry {
+            node: name.clone(),
+            kind,
+            key: key.hex(),
+            status,
+        });
+    }
+    out
+}
+
+/// What differs between the recorded canonical settings and the current ones.
+fn explain(graph: &Graph, ix: petgraph::graph::NodeIndex, old: &Value, new: &Value) -> Vec<Reason> {
+    let mut diffs = Vec::new();
+    diff("", old, new, &mut diffs);
+    let mut reasons = Vec::new();
+    for (path, o, n) in diffs {
+        // References hash to `{input|dataset: key}`: report them as the input that changed.
+        let input_leaf = ["input", "dataset", "inputs"]
+            .iter()
+            .any(|l| path.ends_with(&format!(".{l}")));
+        if input_leaf {
+            let role = path
+                .trim_start_matches("config.")
+                .rsplit_once('.')
+                .map(|x| x.0)
+                .unwrap_or(&path);
+            let role = role.split('.').next().unwrap_or(role);
+            let input = graph
+                .inputs
+                .get(&ix)
+                .and_then(|ins| ins.iter().find(|(r, _)| r.split('/').next() == Some(role)))
+                .map(|(_, t)| graph.dag[*t].name().to_string())
+                .unwrap_or_else(|| role.to_string());
+            let r = Reason::InputChanged { input };
+            if !reasons.contains(&r) {
+                reasons.push(r);
+            }
+        } else {
+            let path = path.trim_start_matches("config.").to_string();
+            reasons.push(Reason::ParamChanged {
+                path,
+                old: o,
+                new: n,
+            });
+        }
+    }
+    if reasons.is_empty() {
+        // Same settings, yet no entry: the result was removed (gc) or never finished.
+        reasons.push(Reason::NoEntry);
+    }
+    reasons
+}
+
+fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<(String, Value, Value)>) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let o = a.get(k).unwrap_or(&Value::Null);
+                let n = b.get(k).unwrap_or(&Value::Null);
+                diff(&join(k), o, n, out);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (o, n)) in a.iter().zip(b).enumerate() {
+                diff(&join(&i.to_string()), o, n, out);
+            }
+        }
+        (o, n) if o != n => out.push((path.to_string(), o.clone(), n.clone())),
+        _ => {}
+    }
+}

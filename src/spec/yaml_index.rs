@@ -1,0 +1,208 @@
+//! Positions of keys and values in a YAML file, by dotted key path.
+//!
+//! serde_yaml keeps no positions once a document is parsed, so we read the same text a second
+//! time as a stream of marked events and remember where each key and value starts. Diagnostics
+//! found later (in typed deserialisation or validation) look their path up here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+use crate::diag::{Location, SourceFile};
+
+#[derive(Clone, Debug, Default)]
+pub struct Spot {
+    pub key: Option<Location>,
+    pub value: Option<Location>,
+}
+
+/// Key path -> where its key and its value are, for one or several (included) files.
+#[derive(Clone, Debug, Default)]
+pub struct SpanIndex {
+    spots: HashMap<String, Spot>,
+}
+
+impl SpanIndex {
+    /// Indexes one file. A file that does not parse yields an empty index: serde_yaml reports the
+    /// syntax error with its own position.
+    pub fn build(file: &Arc<SourceFile>) -> SpanIndex {
+        let mut rx = Receiver {
+            file: file.clone(),
+            stack: Vec::new(),
+            index: SpanIndex::default(),
+        };
+        let mut parser = Parser::new_from_str(&file.text);
+        if parser.load(&mut rx, false).is_err() {
+            return SpanIndex::default();
+        }
+        rx.index
+    }
+
+    /// Entries of `other` replace ours (an including file overrides what it includes).
+    pub fn overlay(&mut self, other: SpanIndex) {
+        for (k, v) in other.spots {
+            self.spots.insert(k, v);
+        }
+    }
+
+    /// Records that everything under `from` now also lives under `to` (defaults copied into a
+    /// node), unless `to` already has its own position.
+    pub fn alias_prefix(&mut self, from: &str, to: &str) {
+        let moved: Vec<(String, Spot)> = self
+            .spots
+            .iter()
+            .filter_map(|(k, v)| {
+                let rest = k.strip_prefix(from)?;
+                (rest.is_empty() || rest.starts_with('.'))
+                    .then(|| (format!("{to}{rest}"), v.clone()))
+            })
+            .collect();
+        for (k, v) in moved {
+            self.spots.entry(k).or_insert(v);
+        }
+    }
+
+    /// Where the key at `path` is written, falling back to the closest enclosing key.
+    pub fn key(&self, path: &str) -> Option<Location> {
+        self.find(path, |s| s.key.clone().or_else(|| s.value.clone()))
+    }
+
+    /// Where the value at `path` is written, falling back to the closest enclosing key.
+    pub fn value(&self, path: &str) -> Option<Location> {
+        self.find(path, |s| s.value.clone().or_else(|| s.key.clone()))
+    }
+
+    fn find(&self, path: &str, pick: impl Fn(&Spot) -> Option<Location>) -> Option<Location> {
+        let mut p = path;
+        loop {
+            if let Some(loc) = self.spots.get(p).and_then(&pick) {
+                return Some(loc);
+            }
+            match p.rfind('.') {
+                Some(i) => p = &p[..i],
+                None => {
+                    return if p.is_empty() {
+                        None
+                    } else {
+                        self.spots.get("").and_then(&pick)
+                    };
+                }
+            }
+        }
+    }
+}
+
+enum Frame {
+    Map { path: String, key: Option<String> },
+    Seq { path: String, next: usize },
+}
+
+struct Receiver {
+    file: Arc<SourceFile>,
+    stack: Vec<Frame>,
+    index: SpanIndex,
+}
+
+fn join(path: &str, seg: &str) -> String {
+    if path.is_empty() {
+        seg.to_string()
+    } else {
+        format!("{path}.{seg}")
+    }
+}
+
+impl Receiver {
+    fn loc(&self, mark: Marker, len: usize) -> Location {
+        Location {
+            file: self.file.clone(),
+            line: mark.line(),
+            col: mark.col() + 1,
+            len: len.max(1),
+        }
+    }
+
+    /// Path of the value about to be read in the current container, advancing the container.
+    fn next_value_path(&mut self) -> Option<String> {
+        match self.stack.last_mut() {
+            None => Some(String::new()),
+            Some(Frame::Map { path, key }) => key.take().map(|k| join(path, &k)),
+            Some(Frame::Seq { path, next }) => {
+                let p = join(path, &next.to_string());
+                *next += 1;
+                Some(p)
+            }
+        }
+    }
+
+    fn expecting_key(&self) -> bool {
+        matches!(self.stack.last(), Some(Frame::Map { key: None, .. }))
+    }
+}
+
+impl MarkedEventReceiver for Receiver {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::Scalar(text, ..) => {
+                if self.expecting_key() {
+                    let len = text.chars().count();
+                    let loc = self.loc(mark, len);
+                    if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
+                        let full = join(path, &text);
+                        *key = Some(text);
+                        self.index.spots.entry(full).or_default().key = Some(loc);
+                    }
+                } else if let Some(p) = self.next_value_path() {
+                    let loc = self.loc(mark, text.chars().count());
+                    self.index.spots.entry(p).or_default().value = Some(loc);
+                }
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                if self.expecting_key() {
+                    // A complex key: not something an experiment file uses; index nothing below.
+                    self.stack.push(Frame::Map {
+                        path: "\u{0}".into(),
+                        key: None,
+                    });
+                    return;
+                }
+                let p = self.next_value_path().unwrap_or_default();
+                let loc = self.loc(mark, 1);
+                self.index.spots.entry(p.clone()).or_default().value = Some(loc);
+                if matches!(ev, Event::MappingStart(..)) {
+                    self.stack.push(Frame::Map { path: p, key: None });
+                } else {
+                    self.stack.push(Frame::Seq { path: p, next: 0 });
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            Event::Alias(_) => {
+                let _ = self.next_value_path();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_block_and_flow_keys() {
+        let text = "experiment: x\nnodes:\n  kd: { distill: { epochs: 3 } }\n  l: [a, b]\n";
+        let idx = SpanIndex::build(&SourceFile::new("f.yaml", text));
+        let k = idx.key("nodes.kd.distill.epochs").unwrap();
+        assert_eq!((k.line, k.col, k.len), (3, 20, 6));
+        let v = idx.value("nodes.kd.distill.epochs").unwrap();
+        assert_eq!((v.line, v.col), (3, 28));
+        let item = idx.value("nodes.l.1").unwrap();
+        assert_eq!((item.line, item.col), (4, 10));
+        // Unknown deeper paths fall back to the closest known key.
+        let f = idx.key("nodes.kd.distill.epochs.nope").unwrap();
+        assert_eq!(f.line, 3);
+    }
+}
