@@ -14,11 +14,7 @@ use crate::plan::{self, Status};
 use crate::spec::{self, Experiment};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "distillery",
-    version,
-    about = "Run knowledge-distillation experiments declared in YAML"
-)]
+#[command(name = "distillery", version, about = "Run knowledge-distillation experiments declared in YAML")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -87,12 +83,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
     match cli.command {
         Command::Validate { file } => {
             let (exp, g) = load_graph(&file)?;
-            let n_decl = exp
-                .nodes
-                .iter()
-                .map(|n| n.base.as_str())
-                .collect::<std::collections::HashSet<_>>()
-                .len();
+            let n_decl =
+                exp.nodes.iter().map(|n| n.base.as_str()).collect::<std::collections::HashSet<_>>().len();
             writeln!(
                 out,
                 "ok: {} is valid: experiment `{}`, {} datasets, {} models, {} nodes ({} instances), {} files read",
@@ -109,9 +101,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             let (exp, g) = load_graph(&file)?;
             for f in &force {
                 if g.get(f).is_none() && !exp.nodes.iter().any(|n| &n.base == f) {
-                    return Err(Failure::Invalid(format!(
-                        "error: --force {f}: no such node\n"
-                    )));
+                    return Err(Failure::Invalid(format!("error: --force {f}: no such node\n")));
                 }
             }
             let forced: Vec<String> = exp
@@ -123,11 +113,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             let entries = plan::plan(&g, &plan::EmptyStore, &forced);
             if json {
                 let v = serde_json::json!({ "experiment": exp.name, "nodes": entries });
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&v).expect("plan serialises")
-                )?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("plan serialises"))?;
             } else {
                 write!(out, "{}", render_plan(&exp, &entries))?;
             }
@@ -142,11 +128,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
         }
         Command::Schema => {
             let s = spec::json_schema();
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&s).expect("schema serialises")
-            )?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&s).expect("schema serialises"))?;
         }
     }
     Ok(())
@@ -159,24 +141,23 @@ fn invalid(diags: &[Diagnostic]) -> Failure {
 
 /// Loads, validates and builds the graph of an experiment file.
 pub fn load_graph(file: &Path) -> Result<(Experiment, Graph), Failure> {
-    let exp = spec::load(file).map_err(|d| invalid(&d))?;
-    let g = graph::build(&exp, &graph::spec_fingerprint).map_err(|d| invalid(&d))?;
-    Ok((exp, g))
+    let (exp, mut diags) = spec::load_partial(file);
+    let Some(exp) = exp else { return Err(invalid(&diags)) };
+    match graph::build(&exp, &graph::spec_fingerprint) {
+        Ok(g) if diags.is_empty() => Ok((exp, g)),
+        Ok(_) => Err(invalid(&diags)),
+        Err(more) => {
+            diags.extend(more);
+            Err(invalid(&diags))
+        }
+    }
 }
 
 /// The plan as a table for people.
 pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
     use std::fmt::Write as _;
-    let width = entries
-        .iter()
-        .map(|e| e.node.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let runs = entries
-        .iter()
-        .filter(|e| matches!(e.status, Status::Run { .. }))
-        .count();
+    let width = entries.iter().map(|e| e.node.len()).max().unwrap_or(4).max(4);
+    let runs = entries.iter().filter(|e| matches!(e.status, Status::Run { .. })).count();
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -189,22 +170,11 @@ pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
     for e in entries {
         let (word, why) = match &e.status {
             Status::Cached => ("cached", String::new()),
-            Status::Run { reasons } => (
-                "run",
-                reasons
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
+            Status::Run { reasons } => {
+                ("run", reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+            }
         };
-        let _ = writeln!(
-            s,
-            "  {word:<6}  {:<width$}  {:<8}  {}  {why}",
-            e.node,
-            e.kind,
-            &e.key[..12]
-        );
+        let _ = writeln!(s, "  {word:<6}  {:<width$}  {:<8}  {}  {why}", e.node, e.kind, &e.key[..12]);
     }
     s
 }

@@ -26,10 +26,7 @@ pub struct SourceFile {
 
 impl SourceFile {
     pub fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Arc<SourceFile> {
-        Arc::new(SourceFile {
-            path: path.into(),
-            text: text.into(),
-        })
+        Arc::new(SourceFile { path: path.into(), text: text.into() })
     }
 }
 
@@ -112,9 +109,7 @@ impl Diagnostic {
 
     /// `file:line:col`, or the file alone, or nothing.
     pub fn position(&self) -> Option<String> {
-        self.location
-            .as_ref()
-            .map(|l| format!("{}:{}:{}", l.file.path.display(), l.line, l.col))
+        self.location.as_ref().map(|l| format!("{}:{}:{}", l.file.path.display(), l.line, l.col))
     }
 }
 
@@ -196,12 +191,7 @@ mod tests {
         let file = SourceFile::new("x.yaml", "a: 1\nnodes:\n  kd: { epoch: 3 }\n");
         let d = Diagnostic::new(Code::UnknownKey, "nodes.kd.epoch", "unknown key `epoch`")
             .with_help("did you mean `epochs`?")
-            .at(Some(Location {
-                file,
-                line: 3,
-                col: 9,
-                len: 5,
-            }));
+            .at(Some(Location { file, line: 3, col: 9, len: 5 }));
         let text = render(&[d], None);
         assert!(text.contains("  --> x.yaml:3:9"), "{text}");
         assert!(text.contains("  |         ^^^^^"), "{text}");

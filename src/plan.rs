@@ -53,11 +53,7 @@ pub enum Reason {
     /// Nothing was ever recorded for this node.
     NoEntry,
     /// A setting differs from the last recorded result.
-    ParamChanged {
-        path: String,
-        old: Value,
-        new: Value,
-    },
+    ParamChanged { path: String, old: Value, new: Value },
     /// An input (node or dataset) has a different key than last time.
     InputChanged { input: String },
     /// Asked for with `--force`.
@@ -100,9 +96,7 @@ pub fn plan(graph: &Graph, store: &dyn StoreIndex, forced: &[String]) -> Vec<Pla
         };
         let key = graph.key(ix);
         let status = if forced.iter().any(|f| f == name) {
-            Status::Run {
-                reasons: vec![Reason::Forced],
-            }
+            Status::Run { reasons: vec![Reason::Forced] }
         } else if store.contains(key) {
             Status::Cached
         } else {
@@ -112,12 +106,7 @@ pub fn plan(graph: &Graph, store: &dyn StoreIndex, forced: &[String]) -> Vec<Pla
             };
             Status::Run { reasons }
         };
-        out.push(PlanEntry {
-            node: name.clone(),
-            kind,
-            key: key.hex(),
-            status,
-        });
+        out.push(PlanEntry { node: name.clone(), kind, key: key.hex(), status });
     }
     out
 }
@@ -129,15 +118,9 @@ fn explain(graph: &Graph, ix: petgraph::graph::NodeIndex, old: &Value, new: &Val
     let mut reasons = Vec::new();
     for (path, o, n) in diffs {
         // References hash to `{input|dataset: key}`: report them as the input that changed.
-        let input_leaf = ["input", "dataset", "inputs"]
-            .iter()
-            .any(|l| path.ends_with(&format!(".{l}")));
+        let input_leaf = ["input", "dataset", "inputs"].iter().any(|l| path.ends_with(&format!(".{l}")));
         if input_leaf {
-            let role = path
-                .trim_start_matches("config.")
-                .rsplit_once('.')
-                .map(|x| x.0)
-                .unwrap_or(&path);
+            let role = path.trim_start_matches("config.").rsplit_once('.').map(|x| x.0).unwrap_or(&path);
             let role = role.split('.').next().unwrap_or(role);
             let input = graph
                 .inputs
@@ -151,11 +134,7 @@ fn explain(graph: &Graph, ix: petgraph::graph::NodeIndex, old: &Value, new: &Val
             }
         } else {
             let path = path.trim_start_matches("config.").to_string();
-            reasons.push(Reason::ParamChanged {
-                path,
-                old: o,
-                new: n,
-            });
+            reasons.push(Reason::ParamChanged { path, old: o, new: n });
         }
     }
     if reasons.is_empty() {
@@ -167,11 +146,7 @@ fn explain(graph: &Graph, ix: petgraph::graph::NodeIndex, old: &Value, new: &Val
 
 fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<(String, Value, Value)>) {
     let join = |k: &str| {
-        if path.is_empty() {
-            k.to_string()
-        } else {
-            format!("{path}.{k}")
-        }
+        if path.is_empty() { k.to_string() } else { format!("{path}.{k}") }
     };
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {

@@ -90,7 +90,15 @@ pub(super) fn node_canonical(
         NodeKind::Plugin(s) => serde_json::to_value(s),
     }
     .expect("node settings serialise");
+    // A weighted sum does not depend on the order its terms are written in.
+    if let Some(Value::Array(losses)) = config.get_mut("losses") {
+        losses.sort_by(|a, b| a["loss"].as_str().cmp(&b["loss"].as_str()));
+    }
     for r in node.kind.refs() {
+        if exp.invalid.contains(&r.name) {
+            // Only in a partial experiment (load_partial) whose errors are reported anyway.
+            continue;
+        }
         let replacement = match r.target {
             Target::Dataset => json!({ "dataset": key_of(&r.name).hex() }),
             Target::Model => {
@@ -132,20 +140,14 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
         let a = json!({"b": 1, "a": {"y": [1, {"d": 2, "c": 3}], "x": null}});
-        assert_eq!(
-            canonical_json(&a),
-            r#"{"a":{"x":null,"y":[1,{"c":3,"d":2}]},"b":1}"#
-        );
+        assert_eq!(canonical_json(&a), r#"{"a":{"x":null,"y":[1,{"c":3,"d":2}]},"b":1}"#);
     }
 
     #[test]
     fn key_hex_is_sha256() {
         // sha256("1") — the canonical JSON of the number 1.
         let k = CacheKey::of(&json!(1));
-        assert_eq!(
-            k.hex(),
-            "6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b"
-        );
+        assert_eq!(k.hex(), "6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b");
         assert_eq!(k.short(), "6b86b273ff34");
     }
 }

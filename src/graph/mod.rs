@@ -59,10 +59,7 @@ impl Graph {
 
     /// Node instances (not datasets), in topological order.
     pub fn node_order(&self) -> impl Iterator<Item = NodeIndex> + '_ {
-        self.order
-            .iter()
-            .copied()
-            .filter(|ix| matches!(self.dag[*ix], Vertex::Node { .. }))
+        self.order.iter().copied().filter(|ix| matches!(self.dag[*ix], Vertex::Node { .. }))
     }
 }
 
@@ -80,10 +77,7 @@ pub fn build(
     // Instances of each declared node, for references by declared name.
     let mut by_base: BTreeMap<&str, Vec<NodeIndex>> = BTreeMap::new();
     for node in &exp.nodes {
-        let ix = dag.add_node(Vertex::Node {
-            name: node.name.clone(),
-            kind: node.kind.name(),
-        });
+        let ix = dag.add_node(Vertex::Node { name: node.name.clone(), kind: node.kind.name() });
         index.insert(node.name.clone(), ix);
         by_base.entry(node.base.as_str()).or_default().push(ix);
     }
@@ -93,6 +87,9 @@ pub fn build(
     for node in &exp.nodes {
         let me = index[&node.name];
         for r in node.kind.refs() {
+            if exp.invalid.contains(&r.name) {
+                continue; // reported by the spec layer already
+            }
             let path = format!("{}{}", node.spec_path(), r.pointer.replace('/', "."));
             let role = r.pointer.trim_start_matches('/').to_string();
             let missing = |what: &str, candidates: Vec<&str>, hint: Option<String>| {
@@ -104,14 +101,10 @@ pub fn build(
                     }
                     (None, None) => format!("known {what}s: {}", candidates.join(", ")),
                 };
-                Diagnostic::new(
-                    Code::MissingReference,
-                    &path,
-                    format!("no {what} named `{}`", r.name),
-                )
-                .with_node(&node.name)
-                .with_help(help)
-                .at(exp.locate_value(&path))
+                Diagnostic::new(Code::MissingReference, &path, format!("no {what} named `{}`", r.name))
+                    .with_node(&node.name)
+                    .with_help(help)
+                    .at(exp.locate_value(&path))
             };
             let node_names: Vec<&str> = by_base.keys().copied().collect();
             match r.target {
@@ -123,10 +116,7 @@ pub fn build(
                     }
                     None => {
                         let hint = by_base.contains_key(r.name.as_str()).then(|| {
-                            format!(
-                                "`{}` is a node; `{role}` needs a dataset from `datasets:`",
-                                r.name
-                            )
+                            format!("`{}` is a node; `{role}` needs a dataset from `datasets:`", r.name)
                         });
                         diags.push(missing(
                             "dataset",
@@ -140,11 +130,7 @@ pub fn build(
                         let hint = by_base.contains_key(r.name.as_str()).then(|| {
                             format!("`{}` is a node; `{role}` needs an architecture from `models:` (start from a node's weights with `init`/`from`)", r.name)
                         });
-                        diags.push(missing(
-                            "model",
-                            exp.models.keys().map(String::as_str).collect(),
-                            hint,
-                        ));
+                        diags.push(missing("model", exp.models.keys().map(String::as_str).collect(), hint));
                     }
                 }
                 Target::Node(_) | Target::NodeOrDataset => {
@@ -171,9 +157,7 @@ pub fn build(
                         continue;
                     }
                     for t in targets {
-                        if let (Target::Node(want), Vertex::Node { kind, name }) =
-                            (r.target, &dag[t])
-                        {
+                        if let (Target::Node(want), Vertex::Node { kind, name }) = (r.target, &dag[t]) {
                             let kind_ok = match want {
                                 Want::Model => matches!(*kind, "train" | "finetune" | "distill"),
                                 Want::Generated => *kind == "generate",
@@ -183,9 +167,7 @@ pub fn build(
                             };
                             if !kind_ok {
                                 let need = match want {
-                                    Want::Model => {
-                                        "a node that trains a model (train, finetune, distill)"
-                                    }
+                                    Want::Model => "a node that trains a model (train, finetune, distill)",
                                     Want::Generated => "a generate node",
                                     Want::Row => "a train, finetune, distill or evaluate node",
                                 };
@@ -193,9 +175,7 @@ pub fn build(
                                     Diagnostic::new(
                                         Code::MissingReference,
                                         &path,
-                                        format!(
-                                            "`{name}` is a {kind} node, but `{role}` needs {need}"
-                                        ),
+                                        format!("`{name}` is a {kind} node, but `{role}` needs {need}"),
                                     )
                                     .with_node(&node.name)
                                     .with_help(format!("point `{role}` at {need}"))
@@ -227,21 +207,13 @@ pub fn build(
             }
             Vertex::Node { name, .. } => {
                 let node = exp.node(name).expect("vertex from node");
-                let c =
-                    key::node_canonical(exp, node, &|n| keys[&index[n]].clone(), &by_base, &dag);
+                let c = key::node_canonical(exp, node, &|n| keys[&index[n]].clone(), &by_base, &dag);
                 keys.insert(ix, CacheKey::of(&c));
                 canonical.insert(ix, c);
             }
         }
     }
-    Ok(Graph {
-        dag,
-        order,
-        keys,
-        canonical,
-        inputs,
-        index,
-    })
+    Ok(Graph { dag, order, keys, canonical, inputs, index })
 }
 
 /// Kahn's algorithm, always taking the earliest-declared ready vertex: deterministic, and close
@@ -249,15 +221,10 @@ pub fn build(
 fn stable_topo(dag: &DiGraph<Vertex, ()>) -> Vec<NodeIndex> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    let mut indegree: Vec<usize> = dag
-        .node_indices()
-        .map(|ix| dag.neighbors_directed(ix, petgraph::Incoming).count())
-        .collect();
-    let mut ready: BinaryHeap<Reverse<usize>> = dag
-        .node_indices()
-        .filter(|ix| indegree[ix.index()] == 0)
-        .map(|ix| Reverse(ix.index()))
-        .collect();
+    let mut indegree: Vec<usize> =
+        dag.node_indices().map(|ix| dag.neighbors_directed(ix, petgraph::Incoming).count()).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        dag.node_indices().filter(|ix| indegree[ix.index()] == 0).map(|ix| Reverse(ix.index())).collect();
     let mut order = Vec::with_capacity(dag.node_count());
     while let Some(Reverse(i)) = ready.pop() {
         let ix = NodeIndex::new(i);
@@ -289,20 +256,13 @@ fn cycles(exp: &Experiment, dag: &DiGraph<Vertex, ()>) -> Vec<Diagnostic> {
         let names: Vec<&str> = path.iter().map(|ix| dag[*ix].name()).collect();
         let first = exp.nodes.iter().find(|n| n.name == names[0]);
         let (p, loc, node) = match first {
-            Some(n) => (
-                n.spec_path(),
-                exp.locate(&n.spec_path()),
-                Some(n.name.clone()),
-            ),
+            Some(n) => (n.spec_path(), exp.locate(&n.spec_path()), Some(n.name.clone())),
             None => (String::new(), None, None),
         };
-        let mut d = Diagnostic::new(
-            Code::Cycle,
-            p,
-            format!("cycle: {} (each uses the next)", names.join(" -> ")),
-        )
-        .with_help("a node cannot depend on its own result: remove one of these references")
-        .at(loc);
+        let mut d =
+            Diagnostic::new(Code::Cycle, p, format!("cycle: {} (each uses the next)", names.join(" -> ")))
+                .with_help("a node cannot depend on its own result: remove one of these references")
+                .at(loc);
         d.node = node;
         out.push(d);
     }

@@ -68,13 +68,7 @@ pub fn to_mermaid(g: &Graph) -> String {
                 let _ = writeln!(out, "  {}[(\"{}\")]", id(ix), mermaid_escape(name));
             }
             Vertex::Node { name, kind } => {
-                let _ = writeln!(
-                    out,
-                    "  {}[\"{}<br/><i>{}</i>\"]",
-                    id(ix),
-                    mermaid_escape(name),
-                    kind
-                );
+                let _ = writeln!(out, "  {}[\"{}<br/><i>{}</i>\"]", id(ix), mermaid_escape(name), kind);
             }
         }
     }

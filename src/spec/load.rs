@@ -34,6 +34,19 @@ pub fn load(path: &Path) -> LoadResult {
     load_inner(path, None)
 }
 
+/// Reads what it can: the experiment with every valid part (declared names that failed are in
+/// [`Experiment::invalid`]) and every problem found. `None` when the file itself cannot be read
+/// or parsed. Lets the graph layer check references too, so one run reports as much as it can.
+pub fn load_partial(path: &Path) -> (Option<Experiment>, Vec<Diagnostic>) {
+    let mut l = Loader::default();
+    let Some((map, spans)) = l.read_file(path, None, None) else {
+        return (None, l.diags);
+    };
+    l.spans = spans;
+    let exp = l.experiment(path, map);
+    (Some(exp), dedupe(l.diags))
+}
+
 /// Like [`load`], but the root file's text is given (includes are still read from disk,
 /// relative to `path`'s folder).
 pub fn load_str(path: &Path, text: &str) -> LoadResult {
@@ -47,19 +60,12 @@ fn load_inner(path: &Path, text: Option<String>) -> LoadResult {
     };
     l.spans = spans;
     let exp = l.experiment(path, map);
-    if l.diags.is_empty() {
-        Ok(exp)
-    } else {
-        Err(dedupe(l.diags))
-    }
+    if l.diags.is_empty() { Ok(exp) } else { Err(dedupe(l.diags)) }
 }
 
 fn dedupe(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
     let mut seen = HashSet::new();
-    diags
-        .into_iter()
-        .filter(|d| seen.insert((d.code, d.path.clone(), d.message.clone())))
-        .collect()
+    diags.into_iter().filter(|d| seen.insert((d.code, d.path.clone(), d.message.clone()))).collect()
 }
 
 #[derive(Default)]
@@ -68,23 +74,18 @@ pub(super) struct Loader {
     pub(super) spans: SpanIndex,
     files: Vec<PathBuf>,
     stack: Vec<PathBuf>,
+    /// Declared names whose settings are invalid (reported already).
+    pub(super) invalid: HashSet<String>,
 }
 
 fn join(path: &str, seg: &str) -> String {
-    if path.is_empty() {
-        seg.to_string()
-    } else {
-        format!("{path}.{seg}")
-    }
+    if path.is_empty() { seg.to_string() } else { format!("{path}.{seg}") }
 }
 
 fn key_str(k: &Value) -> String {
     match k {
         Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
     }
 }
 
@@ -106,17 +107,12 @@ fn merge(base: Value, over: Value) -> Value {
 }
 
 impl Loader {
-    pub(super) fn diags_push(
-        &mut self,
-        code: Code,
-        path: &str,
-        msg: impl Into<String>,
-    ) -> &mut Diagnostic {
+    pub(super) fn diags_push(&mut self, code: Code, path: &str, msg: impl Into<String>) -> &mut Diagnostic {
         self.err(code, path, msg)
     }
 
     fn err(&mut self, code: Code, path: &str, msg: impl Into<String>) -> &mut Diagnostic {
-        let loc = if matches!(code, Code::UnknownKey | Code::MissingKey) {
+        let loc = if matches!(code, Code::UnknownKey | Code::MissingKey | Code::Conflict) {
             self.spans.key(path)
         } else {
             self.spans.value(path)
@@ -177,13 +173,9 @@ impl Loader {
             Value::Null => Mapping::new(),
             _ => {
                 self.diags.push(
-                    Diagnostic::new(
-                        Code::WrongType,
-                        "",
-                        "an experiment file must be a mapping of keys",
-                    )
-                    .with_help("start with `experiment: <name>` and `nodes:`")
-                    .at(spans.value("")),
+                    Diagnostic::new(Code::WrongType, "", "an experiment file must be a mapping of keys")
+                        .with_help("start with `experiment: <name>` and `nodes:`")
+                        .at(spans.value("")),
                 );
                 return None;
             }
@@ -200,12 +192,8 @@ impl Loader {
                     Value::String(s) => Some((i, s)),
                     _ => {
                         self.diags.push(
-                            Diagnostic::new(
-                                Code::WrongType,
-                                format!("include.{i}"),
-                                "expected a file path",
-                            )
-                            .at(spans.value(&format!("include.{i}"))),
+                            Diagnostic::new(Code::WrongType, format!("include.{i}"), "expected a file path")
+                                .at(spans.value(&format!("include.{i}"))),
                         );
                         None
                     }
@@ -213,31 +201,22 @@ impl Loader {
                 .collect(),
             _ => {
                 self.diags.push(
-                    Diagnostic::new(
-                        Code::WrongType,
-                        "include",
-                        "expected a file path or a list of them",
-                    )
-                    .at(spans.value("include")),
+                    Diagnostic::new(Code::WrongType, "include", "expected a file path or a list of them")
+                        .at(spans.value("include")),
                 );
                 return None;
             }
         };
         let dir = path.parent().unwrap_or(Path::new("."));
-        self.stack.push(path.to_path_buf());
+        self.stack.push(tidy(path));
         let mut base = Value::Mapping(Mapping::new());
         let mut base_spans = SpanIndex::default();
         for (i, rel) in list {
-            let at = if i == usize::MAX {
-                "include".to_string()
-            } else {
-                format!("include.{i}")
-            };
+            let at = if i == usize::MAX { "include".to_string() } else { format!("include.{i}") };
             let loc = spans.value(&at);
-            let inc = dir.join(&rel);
-            let same = |p: &PathBuf| {
-                p == &inc || (p.canonicalize().ok() == inc.canonicalize().ok() && inc.exists())
-            };
+            let inc = tidy(&dir.join(&rel));
+            let same =
+                |p: &PathBuf| p == &inc || (p.canonicalize().ok() == inc.canonicalize().ok() && inc.exists());
             if self.stack.iter().any(same) {
                 let chain: Vec<String> = self
                     .stack
@@ -246,13 +225,9 @@ impl Loader {
                     .chain([inc.display().to_string()])
                     .collect();
                 self.diags.push(
-                    Diagnostic::new(
-                        Code::Include,
-                        at,
-                        format!("include cycle: {}", chain.join(" -> ")),
-                    )
-                    .with_help("remove one of these includes")
-                    .at(loc),
+                    Diagnostic::new(Code::Include, at, format!("include cycle: {}", chain.join(" -> ")))
+                        .with_help("remove one of these includes")
+                        .at(loc),
                 );
                 continue;
             }
@@ -283,9 +258,7 @@ impl Loader {
                 let mut rel = String::new();
                 for seg in e.path().iter() {
                     match seg {
-                        serde_path_to_error::Segment::Seq { index } => {
-                            rel = join(&rel, &index.to_string())
-                        }
+                        serde_path_to_error::Segment::Seq { index } => rel = join(&rel, &index.to_string()),
                         serde_path_to_error::Segment::Map { key } => rel = join(&rel, key),
                         _ => {}
                     }
@@ -302,13 +275,8 @@ impl Loader {
     }
 
     fn serde_diag(&self, full: &str, root: &Value, rel: &str, msg: &str) -> Diagnostic {
-        let quoted = |s: &str| -> Vec<String> {
-            s.split('`')
-                .skip(1)
-                .step_by(2)
-                .map(str::to_string)
-                .collect()
-        };
+        let quoted =
+            |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(str::to_string).collect() };
         if let Some(rest) = msg.strip_prefix("unknown field `") {
             let field = rest.split('`').next().unwrap_or_default();
             let expected = quoted(rest.split_once("expected").map(|x| x.1).unwrap_or_default());
@@ -322,13 +290,9 @@ impl Loader {
                 None if expected.is_empty() => "remove this key".to_string(),
                 None => format!("valid keys here: {}", expected.join(", ")),
             };
-            return Diagnostic::new(
-                Code::UnknownKey,
-                path.clone(),
-                format!("unknown key `{field}`"),
-            )
-            .with_help(help)
-            .at(self.spans.key(&path));
+            return Diagnostic::new(Code::UnknownKey, path.clone(), format!("unknown key `{field}`"))
+                .with_help(help)
+                .at(self.spans.key(&path));
         }
         if let Some(rest) = msg.strip_prefix("unknown variant `") {
             let variant = rest.split('`').next().unwrap_or_default();
@@ -344,13 +308,9 @@ impl Loader {
                 Some(s) => format!("did you mean `{s}`? (valid: {})", expected.join(", ")),
                 None => format!("valid values: {}", expected.join(", ")),
             };
-            return Diagnostic::new(
-                Code::UnknownVariant,
-                path.clone(),
-                format!("unknown value `{variant}`"),
-            )
-            .with_help(help)
-            .at(self.spans.value(&path));
+            return Diagnostic::new(Code::UnknownVariant, path.clone(), format!("unknown value `{variant}`"))
+                .with_help(help)
+                .at(self.spans.value(&path));
         }
         if let Some(rest) = msg.strip_prefix("missing field `") {
             let field = rest.split('`').next().unwrap_or_default();
@@ -365,9 +325,9 @@ impl Loader {
                 .at(self.spans.value(full));
         }
         if let Some(rest) = msg.strip_prefix("invalid type: ") {
-            let (got, want) = rest
-                .split_once(", expected ")
-                .unwrap_or((rest, "another type"));
+            let (got, want) = rest.split_once(", expected ").unwrap_or((rest, "another type"));
+            let want = humanize_expected(want);
+            let got = got.replace("sequence", "list").replace("map", "mapping");
             return Diagnostic::new(Code::WrongType, full, format!("expected {want}, got {got}"))
                 .with_help(format!("write {want} here"))
                 .at(self.spans.value(full));
@@ -389,20 +349,16 @@ impl Loader {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("valid {what}: {}", allowed.join(", ")),
                 };
-                self.err(Code::UnknownKey, &p, format!("unknown key `{k}`"))
-                    .help = Some(help);
+                self.err(Code::UnknownKey, &p, format!("unknown key `{k}`")).help = Some(help);
             }
         }
     }
 
     fn check_name(&mut self, name: &str, path: &str) {
-        let ok = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !ok {
-            self.err(Code::OutOfRange, path, format!("invalid name `{name}`"))
-                .help = Some("names use letters, digits, `_` and `-` only".to_string());
+            self.err(Code::OutOfRange, path, format!("invalid name `{name}`")).help =
+                Some("names use letters, digits, `_` and `-` only".to_string());
         }
     }
 
@@ -411,11 +367,7 @@ impl Loader {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Mapping(m)) => m.iter().map(|(k, v)| (key_str(k), v.clone())).collect(),
             Some(_) => {
-                self.err(
-                    Code::WrongType,
-                    key,
-                    format!("expected a mapping of names under `{key}`"),
-                );
+                self.err(Code::WrongType, key, format!("expected a mapping of names under `{key}`"));
                 Vec::new()
             }
         }
@@ -429,19 +381,15 @@ impl Loader {
             None => path.file_stem().map(|s| s.to_string_lossy().into_owned()),
         }
         .unwrap_or_default();
-        let description = map
-            .get("description")
-            .and_then(|v| self.typed::<String>(v, "description", None, &none));
-        let seed = map
-            .get("seed")
-            .and_then(|v| self.typed::<u64>(v, "seed", None, &none))
-            .unwrap_or(0);
+        let description =
+            map.get("description").and_then(|v| self.typed::<String>(v, "description", None, &none));
+        let seed = map.get("seed").and_then(|v| self.typed::<u64>(v, "seed", None, &none)).unwrap_or(0);
         let device = match map.get("device") {
             None => Device::Cpu,
             Some(v) => match self.typed::<String>(v, "device", None, &none) {
                 Some(s) => Device::parse(&s).unwrap_or_else(|| {
-                    self.err(Code::OutOfRange, "device", format!("unknown device `{s}`"))
-                        .help = Some("use `cpu`, `cuda:N` or `auto`".to_string());
+                    self.err(Code::OutOfRange, "device", format!("unknown device `{s}`")).help =
+                        Some("use `cpu`, `cuda:N` or `auto`".to_string());
                     Device::Cpu
                 }),
                 None => Device::Cpu,
@@ -455,20 +403,30 @@ impl Loader {
             let p = format!("datasets.{name}");
             self.check_name(&name, &p);
             let v = normalize_list_shorthand(v, "transforms");
-            if let Some(d) = self.typed::<DatasetSpec>(&v, &p, Some(&name), &none) {
-                let mut c = Check::new(&mut self.diags, &self.spans, &name);
-                c.dataset(&p, &d);
-                datasets.insert(name, d);
+            match self.typed::<DatasetSpec>(&v, &p, Some(&name), &none) {
+                Some(d) => {
+                    let mut c = Check::new(&mut self.diags, &self.spans, &name);
+                    c.dataset(&p, &d);
+                    datasets.insert(name, d);
+                }
+                None => {
+                    self.invalid.insert(name);
+                }
             }
         }
         let mut models = IndexMap::new();
         for (name, v) in self.section(&map, "models") {
             let p = format!("models.{name}");
             self.check_name(&name, &p);
-            if let Some(m) = self.typed::<ModelSpec>(&v, &p, Some(&name), &none) {
-                let mut c = Check::new(&mut self.diags, &self.spans, &name);
-                c.model(&p, &m);
-                models.insert(name, m);
+            match self.typed::<ModelSpec>(&v, &p, Some(&name), &none) {
+                Some(m) => {
+                    let mut c = Check::new(&mut self.diags, &self.spans, &name);
+                    c.model(&p, &m);
+                    models.insert(name, m);
+                }
+                None => {
+                    self.invalid.insert(name);
+                }
             }
         }
 
@@ -481,15 +439,14 @@ impl Loader {
             let p = format!("nodes.{name}");
             self.check_name(&name, &p);
             if datasets.contains_key(&name) {
-                self.err(
-                    Code::Conflict,
-                    &p,
-                    format!("`{name}` names both a dataset and a node"),
-                )
-                .help = Some("rename one of them: references must be unambiguous".to_string());
+                self.err(Code::Conflict, &p, format!("`{name}` names both a dataset and a node")).help =
+                    Some("rename one of them: references must be unambiguous".to_string());
             }
-            if let Some(raw) = self.raw_node(&name, v, &defaults) {
-                raws.push(raw);
+            match self.raw_node(&name, v, &defaults) {
+                Some(raw) => raws.push(raw),
+                None => {
+                    self.invalid.insert(name);
+                }
             }
         }
         let nodes = matrix::expand(self, raws, &global_matrix, seed);
@@ -504,6 +461,7 @@ impl Loader {
             nodes,
             path: path.to_path_buf(),
             files: std::mem::take(&mut self.files),
+            invalid: std::mem::take(&mut self.invalid),
             spans: std::mem::take(&mut self.spans),
         }
     }
@@ -515,21 +473,13 @@ impl Loader {
             if !NODE_KINDS.contains(&kind.as_str()) {
                 let help = match did_you_mean(&kind, NODE_KINDS) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None => format!(
-                        "defaults are given per node kind: {}",
-                        NODE_KINDS.join(", ")
-                    ),
+                    None => format!("defaults are given per node kind: {}", NODE_KINDS.join(", ")),
                 };
-                self.err(Code::UnknownKey, &p, format!("unknown node kind `{kind}`"))
-                    .help = Some(help);
+                self.err(Code::UnknownKey, &p, format!("unknown node kind `{kind}`")).help = Some(help);
                 continue;
             }
             if !v.is_mapping() {
-                self.err(
-                    Code::WrongType,
-                    &p,
-                    "expected a mapping of keys for this node kind",
-                );
+                self.err(Code::WrongType, &p, "expected a mapping of keys for this node kind");
                 continue;
             }
             out.insert(kind, v);
@@ -539,12 +489,8 @@ impl Loader {
 
     pub(super) fn matrix_entries(&mut self, v: &Value, path: &str) -> Vec<(String, Vec<Value>)> {
         let Value::Mapping(m) = v else {
-            self.err(
-                Code::WrongType,
-                path,
-                "expected a mapping of key -> list of values",
-            )
-            .help = Some("e.g. `matrix: { seed: [0, 1, 2] }`".to_string());
+            self.err(Code::WrongType, path, "expected a mapping of key -> list of values").help =
+                Some("e.g. `matrix: { seed: [0, 1, 2] }`".to_string());
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -554,70 +500,52 @@ impl Loader {
             match vals {
                 Value::Sequence(items) if !items.is_empty() => {
                     if k == "seed" && items.iter().any(|i| i.as_u64().is_none()) {
-                        self.err(
-                            Code::WrongType,
-                            &p,
-                            "seeds must be non-negative whole numbers",
-                        );
+                        self.err(Code::WrongType, &p, "seeds must be non-negative whole numbers");
                         continue;
                     }
                     let mut seen = HashSet::new();
                     if items.iter().any(|i| !seen.insert(render_value(i))) {
-                        self.err(Code::Matrix, &p, "repeated value in matrix list")
-                            .help = Some("each value gives one instance; list it once".to_string());
+                        self.err(Code::Matrix, &p, "repeated value in matrix list").help =
+                            Some("each value gives one instance; list it once".to_string());
                         continue;
                     }
                     out.push((k, items.clone()));
                 }
                 _ => {
-                    self.err(Code::Matrix, &p, "expected a non-empty list of values")
-                        .help = Some(format!("e.g. `{k}: [a, b]`"));
+                    self.err(Code::Matrix, &p, "expected a non-empty list of values").help =
+                        Some(format!("e.g. `{k}: [a, b]`"));
                 }
             }
         }
         out
     }
 
-    fn raw_node(
-        &mut self,
-        name: &str,
-        v: Value,
-        defaults: &IndexMap<String, Value>,
-    ) -> Option<RawNode> {
+    fn raw_node(&mut self, name: &str, v: Value, defaults: &IndexMap<String, Value>) -> Option<RawNode> {
         let p = format!("nodes.{name}");
         let Value::Mapping(mut m) = v else {
-            self.err(
-                Code::WrongType,
-                &p,
-                "a node must be a mapping with one kind key",
-            )
-            .help = Some(format!(
-                "e.g. `{name}: {{ train: {{ model: m, data: d }} }}`"
-            ));
+            self.err(Code::WrongType, &p, "a node must be a mapping with one kind key").help =
+                Some(format!("e.g. `{name}: {{ train: {{ model: m, data: d }} }}`"));
             return None;
         };
-        let allowed: Vec<&str> = NODE_KINDS
-            .iter()
-            .chain(NODE_EXTRAS.iter())
-            .copied()
-            .collect();
+        let allowed: Vec<&str> = NODE_KINDS.iter().chain(NODE_EXTRAS.iter()).copied().collect();
+        let before = self.diags.len();
         self.check_keys(&m, &p, &allowed, "node keys");
-        let kinds: Vec<String> = m
-            .keys()
-            .map(key_str)
-            .filter(|k| NODE_KINDS.contains(&k.as_str()))
-            .collect();
+        let had_unknown = self.diags.len() > before;
+        let kinds: Vec<String> = m.keys().map(key_str).filter(|k| NODE_KINDS.contains(&k.as_str())).collect();
         let kind = match kinds.as_slice() {
             [k] => k.clone(),
             [] => {
-                self.err(Code::MissingKey, &p, "node has no kind").help =
-                    Some(format!("add one of: {}", NODE_KINDS.join(", ")));
+                // A misspelt kind was reported as an unknown key already, with its did-you-mean.
+                if !had_unknown {
+                    self.err(Code::MissingKey, &p, "node has no kind").help =
+                        Some(format!("add one of: {}", NODE_KINDS.join(", ")));
+                }
                 return None;
             }
             many => {
                 self.err(
                     Code::Conflict,
-                    &p,
+                    &join(&p, &many[1]),
                     format!("node has several kinds: {}", many.join(", ")),
                 )
                 .help = Some("a node does one thing: split it into several nodes".to_string());
@@ -625,9 +553,7 @@ impl Loader {
             }
         };
         let none = |s: &str| s.to_string();
-        let seed = m
-            .get("seed")
-            .and_then(|v| self.typed::<u64>(v, &join(&p, "seed"), Some(name), &none));
+        let seed = m.get("seed").and_then(|v| self.typed::<u64>(v, &join(&p, "seed"), Some(name), &none));
         let description = m
             .get("description")
             .and_then(|v| self.typed::<String>(v, &join(&p, "description"), Some(name), &none));
@@ -641,26 +567,14 @@ impl Loader {
             body = Value::Mapping(Mapping::new());
         }
         if !body.is_mapping() {
-            self.err(
-                Code::WrongType,
-                &body_path,
-                format!("expected a mapping of `{kind}` settings"),
-            );
+            self.err(Code::WrongType, &body_path, format!("expected a mapping of `{kind}` settings"));
             return None;
         }
         if let Some(d) = defaults.get(&kind) {
             body = merge(d.clone(), body);
-            self.spans
-                .alias_prefix(&format!("defaults.{kind}"), &body_path);
+            self.spans.alias_prefix(&format!("defaults.{kind}"), &body_path);
         }
-        Some(RawNode {
-            base: name.to_string(),
-            kind,
-            body,
-            seed,
-            matrix: node_matrix,
-            description,
-        })
+        Some(RawNode { base: name.to_string(), kind, body, seed, matrix: node_matrix, description })
     }
 
     /// Expands the shorthands of a kind body (`optimizer: sgd`, `losses: kd`, `kd: 1`).
@@ -696,12 +610,8 @@ impl Loader {
                                 PRESETS.join(", ")
                             ),
                         };
-                        self.err(
-                            Code::UnknownVariant,
-                            &lp,
-                            format!("unknown loss preset `{preset}`"),
-                        )
-                        .with_node_help(node, help);
+                        self.err(Code::UnknownVariant, &lp, format!("unknown loss preset `{preset}`"))
+                            .with_node_help(node, help);
                         return None;
                     }
                 },
@@ -728,15 +638,8 @@ impl Loader {
                             Value::Null => Mapping::new(),
                             Value::Mapping(e) => e,
                             _ => {
-                                self.err(
-                                    Code::WrongType,
-                                    &ep,
-                                    "expected a weight or a mapping of settings",
-                                )
-                                .with_node_help(
-                                    node,
-                                    format!("e.g. `{k}: 1` or `{k}: {{ weight: 1 }}`"),
-                                );
+                                self.err(Code::WrongType, &ep, "expected a weight or a mapping of settings")
+                                    .with_node_help(node, format!("e.g. `{k}: 1` or `{k}: {{ weight: 1 }}`"));
                                 continue;
                             }
                         };
@@ -745,12 +648,8 @@ impl Loader {
                     list
                 }
                 _ => {
-                    self.err(
-                        Code::WrongType,
-                        &lp,
-                        "expected a preset name or a map of losses",
-                    )
-                    .with_node_help(node, format!("presets: {}", PRESETS.join(", ")));
+                    self.err(Code::WrongType, &lp, "expected a preset name or a map of losses")
+                        .with_node_help(node, format!("presets: {}", PRESETS.join(", ")));
                     return None;
                 }
             };
@@ -766,12 +665,7 @@ impl Loader {
     }
 
     /// Typed kind body of one node instance, validated.
-    pub(super) fn parse_kind(
-        &mut self,
-        raw: &RawNode,
-        body: Value,
-        instance: &str,
-    ) -> Option<NodeKind> {
+    pub(super) fn parse_kind(&mut self, raw: &RawNode, body: Value, instance: &str) -> Option<NodeKind> {
         let path = format!("nodes.{}.{}", raw.base, raw.kind);
         let mut names = Vec::new();
         let body = self.normalize_body(body, &path, &raw.base, &mut names)?;
@@ -802,10 +696,10 @@ impl Loader {
             "plugin" => NodeKind::Plugin(self.typed(body, &path, node, &rename)?),
             other => unreachable!("kind `{other}` was checked against NODE_KINDS"),
         };
-        let before = self.diags.len();
         let mut c = Check::new(&mut self.diags, &self.spans, instance);
         c.node_kind(&path, &kind, &loss_names);
-        (self.diags.len() == before).then_some(kind)
+        // Invalid values were reported; keep the node so its references are checked too.
+        Some(kind)
     }
 }
 
@@ -818,6 +712,35 @@ impl WithNodeHelp for Diagnostic {
         self.node = Some(node.to_string());
         self.help = Some(help);
     }
+}
+
+/// serde's names for types, in the words of a YAML file.
+fn humanize_expected(want: &str) -> String {
+    match want {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number >= 0".to_string(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".to_string(),
+        "f32" | "f64" => "a number".to_string(),
+        "a sequence" => "a list".to_string(),
+        "a boolean" | "a string" => want.to_string(),
+        w if w.starts_with("struct ") || w.starts_with("a map") => "a mapping of keys".to_string(),
+        w if w.starts_with("internally tagged enum") => "a mapping with a `type` key".to_string(),
+        w => w.to_string(),
+    }
+}
+
+/// `a/b/../c` -> `a/c`, without touching the file system (for messages).
+pub(super) fn tidy(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn value_at<'a>(root: &'a Value, rel: &str) -> Option<&'a Value> {
@@ -856,12 +779,7 @@ fn preset_losses(name: &str) -> Option<Vec<(String, Mapping)>> {
         "align_uniform" => &["ce", "align_uniform", "kd"],
         _ => return None,
     };
-    Some(
-        names
-            .iter()
-            .map(|n| (n.to_string(), Mapping::new()))
-            .collect(),
-    )
+    Some(names.iter().map(|n| (n.to_string(), Mapping::new())).collect())
 }
 
 /// How a matrix value appears in an instance name: scalars as written, others as compact JSON.

@@ -56,8 +56,11 @@ pub(super) fn expand(
                 }
             }
             let name = instance_name(&raw.base, &assignment);
-            if let Some(kind) = l.parse_kind(raw, body, &name) {
-                instances.push(Instance { assignment, kind });
+            match l.parse_kind(raw, body, &name) {
+                Some(kind) => instances.push(Instance { assignment, kind }),
+                None => {
+                    l.invalid.insert(raw.base.clone());
+                }
             }
         }
         own.push(instances);
@@ -65,11 +68,7 @@ pub(super) fn expand(
 
     // 2. Order declared nodes so that references come first; nodes in a cycle keep their own
     // instances (the graph layer reports the cycle with its whole path).
-    let index: HashMap<&str, usize> = raws
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.base.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = raws.iter().enumerate().map(|(i, r)| (r.base.as_str(), i)).collect();
     let deps: Vec<Vec<usize>> = own
         .iter()
         .map(|insts| {
@@ -130,11 +129,9 @@ pub(super) fn expand(
                 let mut missing: Option<(String, String)> = None;
                 kind.rename_node_refs(&mut |r| {
                     let j = *index.get(r)?;
-                    let candidates = finals[j].as_ref()?;
+                    let candidates = finals[j].as_ref().filter(|c| !c.is_empty())?; // empty: invalid, reported
                     let found = candidates.iter().find(|c| {
-                        c.assignment
-                            .iter()
-                            .all(|(k, v)| assignment.iter().any(|(k2, v2)| k == k2 && v == v2))
+                        c.assignment.iter().all(|(k, v)| assignment.iter().any(|(k2, v2)| k == k2 && v == v2))
                     });
                     match found {
                         Some(c) => Some(instance_name(&raws[j].base, &c.assignment)),
@@ -150,10 +147,7 @@ pub(super) fn expand(
                         let d = l
                             .diags_push(Code::Matrix, &p, format!("`{inst_name}` needs an instance of `{target}` with the same matrix values, and there is none"));
                         d.node = Some(raw.base.clone());
-                        d.help = Some(format!(
-                            "give `{}` and `{target}` the same matrix values",
-                            raw.base
-                        ));
+                        d.help = Some(format!("give `{}` and `{target}` the same matrix values", raw.base));
                     }
                     continue;
                 }
@@ -180,11 +174,7 @@ pub(super) fn expand(
             nodes.push(Node {
                 name: instance_name(&raw.base, &inst.assignment),
                 base: raw.base.clone(),
-                assignment: inst
-                    .assignment
-                    .iter()
-                    .map(|(k, v)| (k.clone(), render_value(v)))
-                    .collect(),
+                assignment: inst.assignment.iter().map(|(k, v)| (k.clone(), render_value(v))).collect(),
                 seed,
                 kind: inst.kind,
                 description: raw.description.clone(),
@@ -194,37 +184,23 @@ pub(super) fn expand(
     nodes
 }
 
-fn own_dims(
-    l: &mut Loader,
-    raw: &RawNode,
-    global: &[(String, Vec<Value>)],
-) -> Vec<(String, Vec<Value>)> {
+fn own_dims(l: &mut Loader, raw: &RawNode, global: &[(String, Vec<Value>)]) -> Vec<(String, Vec<Value>)> {
     let fields = kind_fields(&raw.kind);
-    let seeded = matches!(
-        raw.kind.as_str(),
-        "train" | "finetune" | "distill" | "generate"
-    );
+    let seeded = matches!(raw.kind.as_str(), "train" | "finetune" | "distill" | "generate");
     let mut d: Vec<(String, Vec<Value>)> = Vec::new();
     for (k, vals) in &raw.matrix {
         let first = k.split('.').next().unwrap_or_default();
         if k != "seed" && !fields.iter().any(|f| f == first) {
             let p = format!("nodes.{}.matrix.{k}", raw.base);
             let help = match crate::diag::did_you_mean(first, fields.iter().map(String::as_str)) {
-                Some(s) => format!(
-                    "did you mean `{s}`? matrix keys are paths into the `{}` settings",
-                    raw.kind
-                ),
-                None => format!(
-                    "matrix keys are paths into the `{}` settings: {}",
-                    raw.kind,
-                    fields.join(", ")
-                ),
+                Some(s) => {
+                    format!("did you mean `{s}`? matrix keys are paths into the `{}` settings", raw.kind)
+                }
+                None => {
+                    format!("matrix keys are paths into the `{}` settings: {}", raw.kind, fields.join(", "))
+                }
             };
-            let diag = l.diags_push(
-                Code::UnknownKey,
-                &p,
-                format!("`{k}` is not a `{}` setting", raw.kind),
-            );
+            let diag = l.diags_push(Code::UnknownKey, &p, format!("`{k}` is not a `{}` setting", raw.kind));
             diag.node = Some(raw.base.clone());
             diag.help = Some(help);
             continue;
@@ -278,10 +254,7 @@ pub(super) fn instance_name(base: &str, assignment: &Assignment) -> String {
     if assignment.is_empty() {
         return base.to_string();
     }
-    let parts: Vec<String> = assignment
-        .iter()
-        .map(|(k, v)| format!("{k}={}", render_value(v)))
-        .collect();
+    let parts: Vec<String> = assignment.iter().map(|(k, v)| format!("{k}={}", render_value(v))).collect();
     format!("{base}[{}]", parts.join(","))
 }
 
@@ -295,8 +268,7 @@ fn topo_order(deps: &[Vec<usize>]) -> Vec<usize> {
             users[j].push(i);
         }
     }
-    let mut ready: std::collections::VecDeque<usize> =
-        (0..n).filter(|&i| indegree[i] == 0).collect();
+    let mut ready: std::collections::VecDeque<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
     let mut order = Vec::with_capacity(n);
     let mut done = vec![false; n];
     while let Some(i) = ready.pop_front() {
@@ -335,16 +307,12 @@ fn set_path(v: &mut Value, path: &str, new: Value) {
         } else if !cur.is_mapping() {
             *cur = Value::Mapping(Mapping::new());
         }
-        let Value::Mapping(m) = cur else {
-            unreachable!("just made a mapping")
-        };
+        let Value::Mapping(m) = cur else { unreachable!("just made a mapping") };
         let key = Value::String(seg.to_string());
         if i + 1 == segs.len() {
             m.insert(key, new);
             return;
         }
-        cur = m
-            .entry(key)
-            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        cur = m.entry(key).or_insert_with(|| Value::Mapping(Mapping::new()));
     }
 }

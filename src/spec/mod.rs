@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
-pub use load::{load, load_str};
+pub use load::{load, load_partial, load_str};
 pub use schema::json_schema;
 pub use types::*;
 pub use yaml_index::SpanIndex;
@@ -39,6 +39,8 @@ pub struct Experiment {
     pub path: PathBuf,
     /// Every file read: the experiment file first, then its includes.
     pub files: Vec<PathBuf>,
+    /// Declared datasets, models and nodes whose settings were invalid (see `load_partial`).
+    pub invalid: std::collections::HashSet<String>,
     spans: SpanIndex,
 }
 

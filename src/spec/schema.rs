@@ -51,27 +51,17 @@ struct NodeEntry {
 
 /// The JSON Schema (draft 2020-12) of an experiment file.
 pub fn json_schema() -> Value {
-    let mut schema =
-        serde_json::to_value(schemars::schema_for!(ExperimentFile)).expect("schema serialises");
+    let mut schema = serde_json::to_value(schemars::schema_for!(ExperimentFile)).expect("schema serialises");
     schema["title"] = json!("distillery experiment");
     // Tagged settings also accept their tag alone: `optimizer: sgd`, `- flip`.
-    for def in [
-        "OptimizerSpec",
-        "ScheduleSpec",
-        "AugmentSpec",
-        "TransformSpec",
-    ] {
+    for def in ["OptimizerSpec", "ScheduleSpec", "AugmentSpec", "TransformSpec"] {
         let Some(d) = schema.pointer_mut(&format!("/$defs/{def}")) else {
             continue;
         };
         let tags: Vec<Value> = d
             .get("oneOf")
             .and_then(Value::as_array)
-            .map(|alts| {
-                alts.iter()
-                    .filter_map(|a| a.pointer("/properties/type/const").cloned())
-                    .collect()
-            })
+            .map(|alts| alts.iter().filter_map(|a| a.pointer("/properties/type/const").cloned()).collect())
             .unwrap_or_default();
         let full = d.take();
         *d = json!({ "anyOf": [full, { "type": "string", "enum": tags }] });
@@ -91,10 +81,7 @@ mod tests {
         assert_eq!(opt, &json!(["sgd", "adamw"]));
         let node_props = s["$defs"]["NodeEntry"]["properties"].as_object().unwrap();
         for k in NODE_KINDS {
-            assert!(
-                node_props.contains_key(k),
-                "node kind {k} missing from schema"
-            );
+            assert!(node_props.contains_key(k), "node kind {k} missing from schema");
         }
         assert_eq!(s["additionalProperties"], json!(false));
     }

@@ -245,13 +245,7 @@ pub enum OptimizerSpec {
 impl OptimizerSpec {
     /// AdamW at its PyTorch defaults but weight decay 0.01: the paper's from-scratch recipe.
     pub fn adamw(lr: f64, weight_decay: f64) -> OptimizerSpec {
-        OptimizerSpec::Adamw {
-            lr,
-            beta1: beta1(),
-            beta2: beta2(),
-            eps: adam_eps(),
-            weight_decay,
-        }
+        OptimizerSpec::Adamw { lr, beta1: beta1(), beta2: beta2(), eps: adam_eps(), weight_decay }
     }
 }
 
@@ -569,9 +563,8 @@ pub enum NodeKind {
     Plugin(PluginSpec),
 }
 
-pub const NODE_KINDS: [&str; 7] = [
-    "train", "finetune", "distill", "generate", "evaluate", "report", "plugin",
-];
+pub const NODE_KINDS: [&str; 7] =
+    ["train", "finetune", "distill", "generate", "evaluate", "report", "plugin"];
 
 impl NodeKind {
     pub fn name(&self) -> &'static str {
@@ -590,30 +583,20 @@ impl NodeKind {
     pub fn is_seeded(&self) -> bool {
         matches!(
             self,
-            NodeKind::Train(_)
-                | NodeKind::Finetune(_)
-                | NodeKind::Distill(_)
-                | NodeKind::Generate(_)
+            NodeKind::Train(_) | NodeKind::Finetune(_) | NodeKind::Distill(_) | NodeKind::Generate(_)
         )
     }
 
     /// Whether the node's result is a trained model that other nodes can start from.
     pub fn yields_model(&self) -> bool {
-        matches!(
-            self,
-            NodeKind::Train(_) | NodeKind::Finetune(_) | NodeKind::Distill(_)
-        )
+        matches!(self, NodeKind::Train(_) | NodeKind::Finetune(_) | NodeKind::Distill(_))
     }
 
     /// Every reference this node makes, with the JSON pointer of the field that holds it.
     pub fn refs(&self) -> Vec<Reference> {
         let mut out = Vec::new();
         let mut node = |p: &str, r: &NodeRef, want: Want| {
-            out.push(Reference {
-                pointer: p.to_string(),
-                name: r.0.clone(),
-                target: Target::Node(want),
-            })
+            out.push(Reference { pointer: p.to_string(), name: r.0.clone(), target: Target::Node(want) })
         };
         match self {
             NodeKind::Train(s) => {
@@ -657,11 +640,7 @@ impl NodeKind {
             NodeKind::Generate(_) => {}
         }
         let mut data = |p: &str, r: &DatasetRef| {
-            out.push(Reference {
-                pointer: p.to_string(),
-                name: r.0.clone(),
-                target: Target::Dataset,
-            })
+            out.push(Reference { pointer: p.to_string(), name: r.0.clone(), target: Target::Dataset })
         };
         match self {
             NodeKind::Train(s) => {
@@ -692,11 +671,7 @@ impl NodeKind {
             NodeKind::Plugin(_) => {}
         }
         let mut model = |p: &str, r: &ModelRef| {
-            out.push(Reference {
-                pointer: p.to_string(),
-                name: r.0.clone(),
-                target: Target::Model,
-            })
+            out.push(Reference { pointer: p.to_string(), name: r.0.clone(), target: Target::Model })
         };
         match self {
             NodeKind::Train(s) => model("/model", &s.model),
@@ -872,16 +847,7 @@ pub enum Loss {
     },
 }
 
-pub const LOSS_NAMES: [&str; 8] = [
-    "ce",
-    "kd",
-    "align_uniform",
-    "crd",
-    "srrl",
-    "fitnet",
-    "mse",
-    "cosine",
-];
+pub const LOSS_NAMES: [&str; 8] = ["ce", "kd", "align_uniform", "crd", "srrl", "fitnet", "mse", "cosine"];
 
 impl Loss {
     pub fn name(&self) -> &'static str {

@@ -20,27 +20,13 @@ impl<'a> Check<'a> {
     }
 
     fn err(&mut self, code: Code, path: &str, msg: String, help: &str) {
-        let loc = if code == Code::MissingKey {
-            self.spans.key(path)
-        } else {
-            self.spans.value(path)
-        };
-        self.diags.push(
-            Diagnostic::new(code, path, msg)
-                .with_node(self.node)
-                .with_help(help)
-                .at(loc),
-        );
+        let loc = if code == Code::MissingKey { self.spans.key(path) } else { self.spans.value(path) };
+        self.diags.push(Diagnostic::new(code, path, msg).with_node(self.node).with_help(help).at(loc));
     }
 
     fn positive(&mut self, path: &str, v: f64) {
         if !(v > 0.0 && v.is_finite()) {
-            self.err(
-                Code::OutOfRange,
-                path,
-                format!("expected > 0, got {v}"),
-                "use a positive number",
-            );
+            self.err(Code::OutOfRange, path, format!("expected > 0, got {v}"), "use a positive number");
         }
     }
 
@@ -71,12 +57,7 @@ impl<'a> Check<'a> {
 
     fn at_least(&mut self, path: &str, v: u64, min: u64) {
         if v < min {
-            self.err(
-                Code::OutOfRange,
-                path,
-                format!("expected >= {min}, got {v}"),
-                "use a larger value",
-            );
+            self.err(Code::OutOfRange, path, format!("expected >= {min}, got {v}"), "use a larger value");
         }
     }
 
@@ -120,8 +101,7 @@ impl<'a> Check<'a> {
                 );
             }
         }
-        if (d.split_file.is_some() || d.split_fraction.is_some()) && d.source != SourceKind::Folder
-        {
+        if (d.split_file.is_some() || d.split_fraction.is_some()) && d.source != SourceKind::Folder {
             self.err(
                 Code::Conflict,
                 p,
@@ -159,12 +139,8 @@ impl<'a> Check<'a> {
                 TransformSpec::Resize { size }
                 | TransformSpec::RandomResizedCrop { size }
                 | TransformSpec::CenterCrop { size }
-                | TransformSpec::PadCrop { size, .. } => {
-                    self.at_least(&join(&tp, "size"), (*size).into(), 1)
-                }
-                TransformSpec::Flip { p: prob } => {
-                    self.within(&join(&tp, "p"), *prob, 0.0, 1.0, true)
-                }
+                | TransformSpec::PadCrop { size, .. } => self.at_least(&join(&tp, "size"), (*size).into(), 1),
+                TransformSpec::Flip { p: prob } => self.within(&join(&tp, "p"), *prob, 0.0, 1.0, true),
                 TransformSpec::Normalize { mean, std } => {
                     if mean.is_some() != std.is_some() {
                         self.err(
@@ -199,22 +175,9 @@ impl<'a> Check<'a> {
                     self.at_least(&join(p, "width"), (*w).into(), 1);
                 }
             }
-            ModelSpec::Mobilenetv2 { width_mult, .. } => {
-                self.positive(&join(p, "width_mult"), *width_mult)
-            }
-            ModelSpec::Vit {
-                patch_size,
-                depth,
-                heads,
-                dim,
-                ..
-            } => {
-                for (k, v) in [
-                    ("patch_size", patch_size),
-                    ("depth", depth),
-                    ("heads", heads),
-                    ("dim", dim),
-                ] {
+            ModelSpec::Mobilenetv2 { width_mult, .. } => self.positive(&join(p, "width_mult"), *width_mult),
+            ModelSpec::Vit { patch_size, depth, heads, dim, .. } => {
+                for (k, v) in [("patch_size", patch_size), ("depth", depth), ("heads", heads), ("dim", dim)] {
                     if let Some(v) = v {
                         self.at_least(&join(p, k), (*v).into(), 1);
                     }
@@ -235,12 +198,7 @@ impl<'a> Check<'a> {
 
     fn widths(&mut self, p: &str, w: &[u32]) {
         if w.is_empty() {
-            self.err(
-                Code::OutOfRange,
-                p,
-                "expected at least one width".to_string(),
-                "e.g. [32, 64]",
-            );
+            self.err(Code::OutOfRange, p, "expected at least one width".to_string(), "e.g. [32, 64]");
         }
         for (i, x) in w.iter().enumerate() {
             self.at_least(&format!("{p}.{i}"), (*x).into(), 1);
@@ -249,12 +207,7 @@ impl<'a> Check<'a> {
 
     fn optimizer(&mut self, p: &str, o: &OptimizerSpec) {
         match o {
-            OptimizerSpec::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-                nesterov,
-            } => {
+            OptimizerSpec::Sgd { lr, momentum, weight_decay, nesterov } => {
                 self.positive(&join(p, "lr"), *lr);
                 self.within(&join(p, "momentum"), *momentum, 0.0, 1.0, false);
                 self.non_negative(&join(p, "weight_decay"), *weight_decay);
@@ -267,13 +220,7 @@ impl<'a> Check<'a> {
                     );
                 }
             }
-            OptimizerSpec::Adamw {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => {
+            OptimizerSpec::Adamw { lr, beta1, beta2, eps, weight_decay } => {
                 self.positive(&join(p, "lr"), *lr);
                 self.within(&join(p, "beta1"), *beta1, 0.0, 1.0, false);
                 self.within(&join(p, "beta2"), *beta2, 0.0, 1.0, false);
@@ -315,9 +262,7 @@ impl<'a> Check<'a> {
         }
         match schedule {
             ScheduleSpec::None => {}
-            ScheduleSpec::Cosine { min_lr } => {
-                self.non_negative(&format!("{p}.schedule.min_lr"), *min_lr)
-            }
+            ScheduleSpec::Cosine { min_lr } => self.non_negative(&format!("{p}.schedule.min_lr"), *min_lr),
             ScheduleSpec::Multistep { milestones, gamma } => {
                 let mp = format!("{p}.schedule.milestones");
                 if milestones.is_empty() {
@@ -344,13 +289,7 @@ impl<'a> Check<'a> {
                         "milestones are epochs within the run",
                     );
                 }
-                self.within(
-                    &format!("{p}.schedule.gamma"),
-                    *gamma,
-                    f64::MIN_POSITIVE,
-                    1.0,
-                    true,
-                );
+                self.within(&format!("{p}.schedule.gamma"), *gamma, f64::MIN_POSITIVE, 1.0, true);
             }
         }
         if let AugmentSpec::Dsa { strategy, .. } = augment {
@@ -388,13 +327,7 @@ impl<'a> Check<'a> {
                     &s.augment,
                     s.checkpoint_every,
                 );
-                self.within(
-                    &join(p, "label_smoothing"),
-                    s.label_smoothing,
-                    0.0,
-                    1.0,
-                    false,
-                );
+                self.within(&join(p, "label_smoothing"), s.label_smoothing, 0.0, 1.0, false);
                 if s.freeze == Freeze::Backbone && s.init.is_none() {
                     self.err(
                         Code::Conflict,
@@ -416,13 +349,7 @@ impl<'a> Check<'a> {
                     &s.augment,
                     s.checkpoint_every,
                 );
-                self.within(
-                    &join(p, "label_smoothing"),
-                    s.label_smoothing,
-                    0.0,
-                    1.0,
-                    false,
-                );
+                self.within(&join(p, "label_smoothing"), s.label_smoothing, 0.0, 1.0, false);
                 self.positive(&join(p, "head_lr_mult"), s.head_lr_mult);
                 match (&s.from, &s.weights, &s.model) {
                     (Some(_), None, None) | (None, Some(_), Some(_)) => {}
@@ -534,30 +461,16 @@ impl<'a> Check<'a> {
             let lp = join(p, name);
             self.non_negative(&join(&lp, "weight"), loss.weight());
             match loss {
-                Loss::Ce {
-                    label_smoothing, ..
-                } => self.within(
-                    &join(&lp, "label_smoothing"),
-                    *label_smoothing,
-                    0.0,
-                    1.0,
-                    false,
-                ),
-                Loss::Kd { temperature, .. } => {
-                    self.positive(&join(&lp, "temperature"), *temperature)
+                Loss::Ce { label_smoothing, .. } => {
+                    self.within(&join(&lp, "label_smoothing"), *label_smoothing, 0.0, 1.0, false)
                 }
+                Loss::Kd { temperature, .. } => self.positive(&join(&lp, "temperature"), *temperature),
                 Loss::AlignUniform { alpha, t, dim, .. } => {
                     self.positive(&join(&lp, "alpha"), *alpha);
                     self.positive(&join(&lp, "t"), *t);
                     self.at_least(&join(&lp, "dim"), (*dim).into(), 1);
                 }
-                Loss::Crd {
-                    dim,
-                    nce_k,
-                    nce_t,
-                    momentum,
-                    ..
-                } => {
+                Loss::Crd { dim, nce_k, nce_t, momentum, .. } => {
                     self.at_least(&join(&lp, "dim"), (*dim).into(), 1);
                     self.at_least(&join(&lp, "nce_k"), (*nce_k).into(), 1);
                     self.positive(&join(&lp, "nce_t"), *nce_t);

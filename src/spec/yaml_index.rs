@@ -28,11 +28,7 @@ impl SpanIndex {
     /// Indexes one file. A file that does not parse yields an empty index: serde_yaml reports the
     /// syntax error with its own position.
     pub fn build(file: &Arc<SourceFile>) -> SpanIndex {
-        let mut rx = Receiver {
-            file: file.clone(),
-            stack: Vec::new(),
-            index: SpanIndex::default(),
-        };
+        let mut rx = Receiver { file: file.clone(), stack: Vec::new(), index: SpanIndex::default() };
         let mut parser = Parser::new_from_str(&file.text);
         if parser.load(&mut rx, false).is_err() {
             return SpanIndex::default();
@@ -55,8 +51,7 @@ impl SpanIndex {
             .iter()
             .filter_map(|(k, v)| {
                 let rest = k.strip_prefix(from)?;
-                (rest.is_empty() || rest.starts_with('.'))
-                    .then(|| (format!("{to}{rest}"), v.clone()))
+                (rest.is_empty() || rest.starts_with('.')).then(|| (format!("{to}{rest}"), v.clone()))
             })
             .collect();
         for (k, v) in moved {
@@ -83,11 +78,7 @@ impl SpanIndex {
             match p.rfind('.') {
                 Some(i) => p = &p[..i],
                 None => {
-                    return if p.is_empty() {
-                        None
-                    } else {
-                        self.spots.get("").and_then(&pick)
-                    };
+                    return if p.is_empty() { None } else { self.spots.get("").and_then(&pick) };
                 }
             }
         }
@@ -106,21 +97,12 @@ struct Receiver {
 }
 
 fn join(path: &str, seg: &str) -> String {
-    if path.is_empty() {
-        seg.to_string()
-    } else {
-        format!("{path}.{seg}")
-    }
+    if path.is_empty() { seg.to_string() } else { format!("{path}.{seg}") }
 }
 
 impl Receiver {
     fn loc(&self, mark: Marker, len: usize) -> Location {
-        Location {
-            file: self.file.clone(),
-            line: mark.line(),
-            col: mark.col() + 1,
-            len: len.max(1),
-        }
+        Location { file: self.file.clone(), line: mark.line(), col: mark.col() + 1, len: len.max(1) }
     }
 
     /// Path of the value about to be read in the current container, advancing the container.
@@ -161,10 +143,7 @@ impl MarkedEventReceiver for Receiver {
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 if self.expecting_key() {
                     // A complex key: not something an experiment file uses; index nothing below.
-                    self.stack.push(Frame::Map {
-                        path: "\u{0}".into(),
-                        key: None,
-                    });
+                    self.stack.push(Frame::Map { path: "\u{0}".into(), key: None });
                     return;
                 }
                 let p = self.next_value_path().unwrap_or_default();
