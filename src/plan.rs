@@ -168,3 +168,66 @@ fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<(String, Value, Valu
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{graph, spec};
+
+    const SPEC: &str = "
+datasets: { d: { source: builtin/digits }, e: { source: builtin/digits, per_class: 5 } }
+models: { m: { arch: mlp, hidden: [8] } }
+nodes:
+  teacher: { train: { model: m, data: d, epochs: 3 } }
+  student: { finetune: { from: teacher, data: e } }
+";
+
+    fn build(text: &str) -> graph::Graph {
+        let exp = spec::load_str(std::path::Path::new("t.yaml"), text).unwrap();
+        graph::build(&exp, &graph::spec_fingerprint).unwrap()
+    }
+
+    /// A store that holds the results of `g`, as a finished run leaves it.
+    fn store_of(g: &graph::Graph) -> MemoryStore {
+        let mut s = MemoryStore::default();
+        for ix in g.node_order() {
+            s.keys.insert(g.key(ix).clone());
+            s.recorded.insert(g.dag[ix].name().to_string(), g.canonical[&ix].clone());
+        }
+        s
+    }
+
+    fn statuses(entries: &[PlanEntry]) -> Vec<(String, Status)> {
+        entries.iter().map(|e| (e.node.clone(), e.status.clone())).collect()
+    }
+
+    #[test]
+    fn explains_each_reason() {
+        let old = build(SPEC);
+        let store = store_of(&old);
+        // Nothing changed: all cached.
+        let same = plan(&old, &store, &[]);
+        assert!(same.iter().all(|e| e.status == Status::Cached));
+        // A setting changed: that node says which, its dependant says its input changed.
+        let new = build(&SPEC.replace("epochs: 3", "epochs: 4"));
+        let got = statuses(&plan(&new, &store, &[]));
+        let param = Reason::ParamChanged { path: "epochs".into(), old: 3.into(), new: 4.into() };
+        assert_eq!(got[0], ("teacher".into(), Status::Run { reasons: vec![param] }));
+        let input = Reason::InputChanged { input: "teacher".into() };
+        assert_eq!(got[1], ("student".into(), Status::Run { reasons: vec![input] }));
+        // Forced, and never seen.
+        let got = statuses(&plan(&old, &EmptyStore, &["student".into()]));
+        assert_eq!(got[0].1, Status::Run { reasons: vec![Reason::NoEntry] });
+        assert_eq!(got[1].1, Status::Run { reasons: vec![Reason::Forced] });
+    }
+
+    #[test]
+    fn a_dataset_change_is_an_input_change() {
+        let old = build(SPEC);
+        let store = store_of(&old);
+        let new = build(&SPEC.replace("per_class: 5", "per_class: 6"));
+        let got = statuses(&plan(&new, &store, &[]));
+        assert_eq!(got[0].1, Status::Cached);
+        assert_eq!(got[1].1, Status::Run { reasons: vec![Reason::InputChanged { input: "e".into() }] });
+    }
+}

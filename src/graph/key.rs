@@ -30,7 +30,13 @@ impl CacheKey {
     }
 
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(DIGITS[(b >> 4) as usize] as char);
+            s.push(DIGITS[(b & 15) as usize] as char);
+        }
+        s
     }
 
     /// The first 12 hex digits, for people.
@@ -53,6 +59,12 @@ impl fmt::Debug for CacheKey {
 
 /// JSON with object keys sorted at every level and no whitespace.
 pub fn canonical_json(v: &Value) -> String {
+    // serde_json keeps object keys sorted unless some crate in the build turns on its
+    // `preserve_order` feature; check once, and sort ourselves only then.
+    static MAPS_SORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *MAPS_SORTED.get_or_init(|| json!({"b": 0, "a": 0}).to_string() == r#"{"a":0,"b":0}"#) {
+        return v.to_string();
+    }
     fn sorted(v: &Value) -> Value {
         match v {
             Value::Object(m) => {
@@ -76,6 +88,7 @@ pub(super) fn node_canonical(
     exp: &Experiment,
     node: &Node,
     key_of: &dyn Fn(&str) -> CacheKey,
+    is_vertex: &dyn Fn(&str) -> bool,
     by_base: &BTreeMap<&str, Vec<NodeIndex>>,
     dag: &DiGraph<Vertex, ()>,
 ) -> Value {
@@ -105,7 +118,7 @@ pub(super) fn node_canonical(
                 json!({ "model": serde_json::to_value(&exp.models[&r.name]).expect("model serialises") })
             }
             Target::Node(_) | Target::NodeOrDataset => {
-                if exp.node(&r.name).is_some() || exp.datasets.contains_key(&r.name) {
+                if is_vertex(&r.name) {
                     json!({ "input": key_of(&r.name).hex() })
                 } else {
                     // A declared name standing for all its instances (report rows).

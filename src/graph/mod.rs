@@ -86,6 +86,9 @@ pub fn build(
     let mut inputs: HashMap<NodeIndex, Vec<(String, NodeIndex)>> = HashMap::new();
     for node in &exp.nodes {
         let me = index[&node.name];
+        // Inputs already linked to this node (petgraph's update_edge scans the input's edges:
+        // quadratic for a dataset read by thousands of nodes).
+        let mut linked: std::collections::HashSet<NodeIndex> = std::collections::HashSet::new();
         for r in node.kind.refs() {
             if exp.invalid.contains(&r.name) {
                 continue; // reported by the spec layer already
@@ -106,12 +109,13 @@ pub fn build(
                     .with_help(help)
                     .at(exp.locate_value(&path))
             };
-            let node_names: Vec<&str> = by_base.keys().copied().collect();
             match r.target {
                 Target::Dataset => match exp.datasets.get_index_of(&r.name) {
                     Some(_) => {
                         let d = index[&r.name];
-                        dag.update_edge(d, me, ());
+                        if linked.insert(d) {
+                            dag.add_edge(d, me, ());
+                        }
                         inputs.entry(me).or_default().push((role, d));
                     }
                     None => {
@@ -149,7 +153,7 @@ pub fn build(
                         } else {
                             None
                         };
-                        let mut cands = node_names.clone();
+                        let mut cands: Vec<&str> = by_base.keys().copied().collect();
                         if r.target == Target::NodeOrDataset {
                             cands.extend(exp.datasets.keys().map(String::as_str));
                         }
@@ -184,7 +188,9 @@ pub fn build(
                                 break;
                             }
                         }
-                        dag.update_edge(t, me, ());
+                        if linked.insert(t) {
+                            dag.add_edge(t, me, ());
+                        }
                         inputs.entry(me).or_default().push((role.clone(), t));
                     }
                 }
@@ -198,6 +204,8 @@ pub fn build(
     }
     let order = stable_topo(&dag);
 
+    let nodes_by_name: HashMap<&str, &crate::spec::Node> =
+        exp.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     let mut keys: HashMap<NodeIndex, CacheKey> = HashMap::new();
     let mut canonical = HashMap::new();
     for &ix in &order {
@@ -206,8 +214,15 @@ pub fn build(
                 keys.insert(ix, fingerprint(name, &exp.datasets[name]));
             }
             Vertex::Node { name, .. } => {
-                let node = exp.node(name).expect("vertex from node");
-                let c = key::node_canonical(exp, node, &|n| keys[&index[n]].clone(), &by_base, &dag);
+                let node = nodes_by_name[name.as_str()];
+                let c = key::node_canonical(
+                    exp,
+                    node,
+                    &|n| keys[&index[n]].clone(),
+                    &|n| index.contains_key(n),
+                    &by_base,
+                    &dag,
+                );
                 keys.insert(ix, CacheKey::of(&c));
                 canonical.insert(ix, c);
             }

@@ -252,7 +252,7 @@ impl Loader {
         node: Option<&str>,
         rename: &dyn Fn(&str) -> String,
     ) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+        match serde_path_to_error::deserialize::<_, T>(v) {
             Ok(t) => Some(t),
             Err(e) => {
                 let mut rel = String::new();
