@@ -5,9 +5,11 @@
 pub mod cli;
 pub mod data;
 pub mod diag;
+pub mod exec;
 pub mod engine;
 pub mod losses;
 pub mod graph;
 pub mod plan;
 pub mod spec;
+pub mod store;
 pub mod track;

@@ -1,0 +1,197 @@
+//! The scheduler against a small runner of our own that writes files, can fail, and can block
+//! until cancelled — so ordering, caching, failure containment and resume are tested exactly.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::*;
+use crate::{graph, spec};
+
+const SPEC: &str = "
+datasets: { d: { source: builtin/digits } }
+models: { m: { arch: mlp, hidden: [8] } }
+nodes:
+  a: { train: { model: m, data: d } }
+  b: { finetune: { from: a, data: d } }
+  c: { finetune: { from: b, data: d } }
+  x: { train: { model: m, data: d, epochs: 7 } }
+  y: { finetune: { from: x, data: d } }
+";
+
+/// Writes `result.txt` with the node's name and its inputs' contents; fails or waits on request.
+#[derive(Default)]
+struct Toy {
+    fail: Vec<String>,
+    wait_for_cancel: Vec<String>,
+    ran: Mutex<Vec<String>>,
+}
+
+impl NodeRunner for Toy {
+    fn run(&self, job: &Job<'_>) -> Result<NodeOutput, NodeError> {
+        self.ran.lock().unwrap().push(job.node.name.clone());
+        if self.fail.contains(&job.node.name) {
+            return Err(NodeError::Failed(format!("{} exploded", job.node.name)));
+        }
+        let mut body = job.node.name.clone();
+        for (role, input) in &job.inputs {
+            if let Input::Node { entry, .. } = input {
+                body += &format!(" {role}=({})", std::fs::read_to_string(entry.file("result.txt")).unwrap());
+            }
+        }
+        std::fs::write(job.out_dir.join("result.txt"), &body).unwrap();
+        if self.wait_for_cancel.contains(&job.node.name) {
+            while !job.cancel.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            job.cancel.check()?;
+        }
+        Ok(NodeOutput { metrics: serde_json::json!({ "accuracy": 1.0 }) })
+    }
+}
+
+#[derive(Default)]
+struct Log(Mutex<Vec<Event>>);
+
+impl EventSink for Log {
+    fn event(&self, e: Event) {
+        self.0.lock().unwrap().push(e);
+    }
+}
+
+fn setup() -> (tempfile::TempDir, Experiment, Graph, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = spec::load_str(&dir.path().join("t.yaml"), SPEC).unwrap();
+    let g = graph::build(&exp, &graph::spec_fingerprint).unwrap();
+    let store = Store::open(dir.path().join(".distillery")).unwrap();
+    (dir, exp, g, store)
+}
+
+fn opts(jobs: usize) -> RunOptions {
+    RunOptions { jobs, ..RunOptions::default() }
+}
+
+fn outcome<'a>(s: &'a Summary, name: &str) -> &'a Outcome {
+    &s.outcomes.iter().find(|(n, _)| n == name).unwrap().1
+}
+
+#[test]
+fn runs_in_dependency_order_then_everything_is_cached() {
+    let (_d, exp, g, store) = setup();
+    let toy = Toy::default();
+    let s = run(&exp, &g, &store, &toy, &opts(2), &Log::default(), &Cancel::default());
+    assert!(s.ok(), "{s:?}");
+    let ran = toy.ran.lock().unwrap().clone();
+    let pos = |n: &str| ran.iter().position(|r| r == n).unwrap();
+    assert!(pos("a") < pos("b") && pos("b") < pos("c") && pos("x") < pos("y"));
+    // c saw b's result, which saw a's.
+    let Lookup::Hit(e) = store.get(g.key(g.get("c").unwrap())).unwrap() else { panic!() };
+    assert_eq!(std::fs::read_to_string(e.file("result.txt")).unwrap(), "c from=(b from=(a))");
+    let toy2 = Toy::default();
+    let s2 = run(&exp, &g, &store, &toy2, &opts(2), &Log::default(), &Cancel::default());
+    assert!(s2.outcomes.iter().all(|(_, o)| *o == Outcome::Cached));
+    assert!(toy2.ran.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_failure_stops_its_dependants_only() {
+    let (_d, exp, g, store) = setup();
+    let toy = Toy { fail: vec!["b".into()], ..Toy::default() };
+    let s = run(&exp, &g, &store, &toy, &opts(1), &Log::default(), &Cancel::default());
+    assert!(!s.ok());
+    assert!(matches!(outcome(&s, "a"), Outcome::Done { .. }));
+    assert_eq!(outcome(&s, "b"), &Outcome::Failed { error: "b exploded".into() });
+    assert_eq!(outcome(&s, "c"), &Outcome::Blocked { by: "b".into() });
+    assert!(matches!(outcome(&s, "y"), Outcome::Done { .. }), "{s:?}");
+    // The next run resumes with exactly the unfinished nodes.
+    let toy2 = Toy::default();
+    run(&exp, &g, &store, &toy2, &opts(1), &Log::default(), &Cancel::default());
+    assert_eq!(*toy2.ran.lock().unwrap(), ["b", "c"]);
+}
+
+#[test]
+fn cancel_mid_node_leaves_nothing_half_written_and_resumes() {
+    let (d, exp, g, store) = setup();
+    let toy = Toy { wait_for_cancel: vec!["b".into()], ..Toy::default() };
+    let cancel = Cancel::default();
+    let c2 = cancel.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        c2.cancel();
+    });
+    let s = run(&exp, &g, &store, &toy, &opts(1), &Log::default(), &cancel);
+    stopper.join().unwrap();
+    assert!(s.cancelled());
+    assert_eq!(outcome(&s, "b"), &Outcome::Cancelled);
+    assert!(!store.contains(g.key(g.get("b").unwrap())));
+    assert_eq!(
+        std::fs::read_dir(d.path().join(".distillery/tmp")).unwrap().count(),
+        0,
+        "no half-written entry"
+    );
+    let toy2 = Toy::default();
+    let s2 = run(&exp, &g, &store, &toy2, &opts(1), &Log::default(), &Cancel::default());
+    assert!(s2.ok());
+    let ran = toy2.ran.lock().unwrap().clone();
+    assert!(!ran.contains(&"a".to_string()), "finished nodes are not rerun: {ran:?}");
+    assert!(ran.contains(&"b".to_string()) && ran.contains(&"c".to_string()));
+}
+
+#[test]
+fn only_force_and_from_select_what_runs() {
+    let (_d, exp, g, store) = setup();
+    // --only b with a not cached: b is blocked, nothing else runs.
+    let toy = Toy::default();
+    let s = run(
+        &exp,
+        &g,
+        &store,
+        &toy,
+        &RunOptions { jobs: 1, only: vec!["b".into()], ..opts(1) },
+        &Log::default(),
+        &Cancel::default(),
+    );
+    assert_eq!(outcome(&s, "b"), &Outcome::Blocked { by: "a (not cached, not selected)".into() });
+    assert!(toy.ran.lock().unwrap().is_empty());
+    run(&exp, &g, &store, &Toy::default(), &opts(1), &Log::default(), &Cancel::default());
+    // --force b reruns b alone; --from b reruns b and c.
+    let toy = Toy::default();
+    run(
+        &exp,
+        &g,
+        &store,
+        &toy,
+        &RunOptions { force: vec!["b".into()], ..opts(1) },
+        &Log::default(),
+        &Cancel::default(),
+    );
+    assert_eq!(*toy.ran.lock().unwrap(), ["b"]);
+    let toy = Toy::default();
+    run(
+        &exp,
+        &g,
+        &store,
+        &toy,
+        &RunOptions { from: vec!["b".into()], ..opts(1) },
+        &Log::default(),
+        &Cancel::default(),
+    );
+    assert_eq!(*toy.ran.lock().unwrap(), ["b", "c"]);
+}
+
+#[test]
+fn a_corrupt_result_is_reported_and_recomputed() {
+    let (_d, exp, g, store) = setup();
+    run(&exp, &g, &store, &Toy::default(), &opts(1), &Log::default(), &Cancel::default());
+    let Lookup::Hit(e) = store.get(g.key(g.get("a").unwrap())).unwrap() else { panic!() };
+    std::fs::write(e.file("result.txt"), "tampered").unwrap();
+    let toy = Toy::default();
+    let log = Log::default();
+    let s = run(&exp, &g, &store, &toy, &opts(1), &log, &Cancel::default());
+    assert!(s.ok());
+    assert_eq!(*toy.ran.lock().unwrap(), ["a"], "only the corrupt node reruns");
+    let warned =
+        log.0.lock().unwrap().iter().any(
+            |e| matches!(e, Event::Warning { node, message } if node == "a" && message.contains("corrupt")),
+        );
+    assert!(warned);
+}
