@@ -1,0 +1,272 @@
+//! Differentiable Siamese Augmentation (Zhao & Bilen 2021), as in the public
+//! VICO-UoE/DatasetCondensation `DiffAugment` with `ParamDiffAug`, applied per image with
+//! independent random parameters (their `batchmode=False`, i.e. `seed=-1`).
+//!
+//! Coordinates follow PyTorch: `affine_grid` + `grid_sample` (bilinear, zero padding,
+//! `align_corners=False`) for scale and rotate; crop translates with zero fill; cutout zeroes
+//! a square (clamped at the borders). In mode S one family is applied (chosen once per batch,
+//! as their code does, or per image); in mode M every family of the strategy in order.
+
+use super::DataError;
+use super::rng::Rng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsaFamily {
+    /// Horizontal flip with probability `prob_flip`.
+    Flip,
+    /// Brightness, then saturation, then contrast.
+    Color,
+    /// Translation by up to `crop_pad` of the size, zero fill.
+    Crop,
+    Rotate,
+    Scale,
+    Cutout,
+}
+
+impl DsaFamily {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "flip" => Self::Flip,
+            "color" => Self::Color,
+            "crop" => Self::Crop,
+            "rotate" => Self::Rotate,
+            "scale" => Self::Scale,
+            "cutout" => Self::Cutout,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsaMode {
+    /// One family (S).
+    Single,
+    /// All families in sequence (M).
+    Multiple,
+}
+
+/// Where mode S draws its family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyScope {
+    /// One family for the whole batch (the public implementation).
+    Batch,
+    /// A family per image.
+    Image,
+}
+
+/// `ParamDiffAug` defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DsaParams {
+    pub prob_flip: f32,
+    pub ratio_scale: f32,
+    /// Degrees.
+    pub ratio_rotate: f32,
+    pub ratio_crop_pad: f32,
+    pub ratio_cutout: f32,
+    pub brightness: f32,
+    pub saturation: f32,
+    pub contrast: f32,
+}
+
+impl Default for DsaParams {
+    fn default() -> Self {
+        Self {
+            prob_flip: 0.5,
+            ratio_scale: 1.2,
+            ratio_rotate: 15.0,
+            ratio_crop_pad: 0.125,
+            ratio_cutout: 0.5,
+            brightness: 1.0,
+            saturation: 2.0,
+            contrast: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DsaConfig {
+    pub families: Vec<DsaFamily>,
+    pub mode: DsaMode,
+    pub scope: FamilyScope,
+    pub params: DsaParams,
+}
+
+/// The paper's strategy.
+pub const PAPER_STRATEGY: &str = "flip_color_crop_rotate_scale_cutout";
+
+impl DsaConfig {
+    /// Parses a DSA strategy string such as `flip_color_crop_rotate_scale_cutout`.
+    pub fn from_strategy(strategy: &str, mode: DsaMode) -> Result<Self, DataError> {
+        let mut families = Vec::new();
+        for part in strategy.split('_') {
+            let f = DsaFamily::parse(part).ok_or_else(|| {
+                DataError::config("dsa.strategy", format!("unknown family {part:?}; valid: flip, color, crop, rotate, scale, cutout"))
+            })?;
+            families.push(f);
+        }
+        Ok(Self { families, mode, scope: FamilyScope::Batch, params: DsaParams::default() })
+    }
+
+    pub fn paper(mode: DsaMode) -> Self {
+        Self::from_strategy(PAPER_STRATEGY, mode).expect("valid strategy")
+    }
+
+    /// The family of a batch in mode S with batch scope (else `None`).
+    pub fn batch_family(&self, rng: &mut Rng) -> Option<DsaFamily> {
+        (self.mode == DsaMode::Single && self.scope == FamilyScope::Batch)
+            .then(|| self.families[rng.below(self.families.len() as u64) as usize])
+    }
+
+    /// Augments one image `x` (`C,H,W`) in place; `scratch` has the same length.
+    pub fn apply(&self, x: &mut [f32], shape: [usize; 3], batch_family: Option<DsaFamily>, rng: &mut Rng, scratch: &mut [f32]) {
+        match self.mode {
+            DsaMode::Multiple => {
+                for &f in &self.families {
+                    apply_family(f, &self.params, x, shape, rng, scratch);
+                }
+            }
+            DsaMode::Single => {
+                let f = batch_family.unwrap_or_else(|| self.families[rng.below(self.families.len() as u64) as usize]);
+                apply_family(f, &self.params, x, shape, rng, scratch);
+            }
+        }
+    }
+}
+
+fn apply_family(f: DsaFamily, p: &DsaParams, x: &mut [f32], shape: [usize; 3], rng: &mut Rng, scratch: &mut [f32]) {
+    let [_, h, w] = shape;
+    match f {
+        DsaFamily::Scale => {
+            let lo = 1.0 / p.ratio_scale;
+            let sx = rng.next_f32() * (p.ratio_scale - lo) + lo;
+            let sy = rng.next_f32() * (p.ratio_scale - lo) + lo;
+            affine(x, shape, [[sx, 0.0, 0.0], [0.0, sy, 0.0]], scratch);
+        }
+        DsaFamily::Rotate => {
+            let t = (rng.next_f32() - 0.5) * 2.0 * p.ratio_rotate / 180.0 * std::f32::consts::PI;
+            affine(x, shape, [[t.cos(), (-t).sin(), 0.0], [t.sin(), t.cos(), 0.0]], scratch);
+        }
+        DsaFamily::Flip => {
+            if rng.next_f32() < p.prob_flip {
+                hflip(x, shape);
+            }
+        }
+        DsaFamily::Color => {
+            brightness(x, (rng.next_f32() - 0.5) * p.brightness);
+            saturation(x, shape, rng.next_f32() * p.saturation);
+            contrast(x, rng.next_f32() + p.contrast);
+        }
+        DsaFamily::Crop => {
+            // DSA names the row shift "x" (tensor dim 2) and the column shift "y".
+            let shift_r = (h as f32 * p.ratio_crop_pad + 0.5) as i64;
+            let shift_c = (w as f32 * p.ratio_crop_pad + 0.5) as i64;
+            let tr = rng.range_inclusive(-shift_r, shift_r);
+            let tc = rng.range_inclusive(-shift_c, shift_c);
+            translate(x, shape, tr, tc, scratch);
+        }
+        DsaFamily::Cutout => {
+            let ch = (h as f32 * p.ratio_cutout + 0.5) as usize;
+            let cw = (w as f32 * p.ratio_cutout + 0.5) as usize;
+            // torch.randint(0, size + (1 - cut % 2)): exclusive upper bound.
+            let or = rng.below((h + 1 - ch % 2) as u64) as i64;
+            let oc = rng.below((w + 1 - cw % 2) as u64) as i64;
+            cutout(x, shape, or, oc, ch, cw);
+        }
+    }
+}
+
+/// `grid_sample(x, affine_grid(theta))` with bilinear sampling, zero padding and
+/// `align_corners=False`; theta maps output to input normalised coordinates (x = column).
+pub fn affine(x: &mut [f32], shape: [usize; 3], theta: [[f32; 3]; 2], scratch: &mut [f32]) {
+    let [c, h, w] = shape;
+    let plane = h * w;
+    scratch[..x.len()].copy_from_slice(x);
+    let src = &scratch[..x.len()];
+    for i in 0..h {
+        let yn = (2 * i + 1) as f32 / h as f32 - 1.0;
+        for j in 0..w {
+            let xn = (2 * j + 1) as f32 / w as f32 - 1.0;
+            let gx = theta[0][0] * xn + theta[0][1] * yn + theta[0][2];
+            let gy = theta[1][0] * xn + theta[1][1] * yn + theta[1][2];
+            let ix = ((gx + 1.0) * w as f32 - 1.0) / 2.0;
+            let iy = ((gy + 1.0) * h as f32 - 1.0) / 2.0;
+            let (x0, y0) = (ix.floor(), iy.floor());
+            let (wx1, wy1) = (ix - x0, iy - y0);
+            let (x0, y0) = (x0 as i64, y0 as i64);
+            let corners = [(y0, x0, (1.0 - wy1) * (1.0 - wx1)), (y0, x0 + 1, (1.0 - wy1) * wx1), (y0 + 1, x0, wy1 * (1.0 - wx1)), (y0 + 1, x0 + 1, wy1 * wx1)];
+            for ch in 0..c {
+                let mut v = 0.0;
+                for &(yy, xx, wt) in &corners {
+                    if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w {
+                        v += wt * src[ch * plane + yy as usize * w + xx as usize];
+                    }
+                }
+                x[ch * plane + i * w + j] = v;
+            }
+        }
+    }
+}
+
+pub fn hflip(x: &mut [f32], shape: [usize; 3]) {
+    let w = shape[2];
+    for row in x.chunks_exact_mut(w) {
+        row.reverse();
+    }
+}
+
+pub fn brightness(x: &mut [f32], delta: f32) {
+    x.iter_mut().for_each(|v| *v += delta);
+}
+
+/// `(x - mean over channels) * factor + mean`, per pixel.
+pub fn saturation(x: &mut [f32], shape: [usize; 3], factor: f32) {
+    let [c, h, w] = shape;
+    let plane = h * w;
+    for p in 0..plane {
+        let mean = (0..c).map(|ch| x[ch * plane + p]).sum::<f32>() / c as f32;
+        for ch in 0..c {
+            let v = &mut x[ch * plane + p];
+            *v = (*v - mean) * factor + mean;
+        }
+    }
+}
+
+/// `(x - mean over the image) * factor + mean`.
+pub fn contrast(x: &mut [f32], factor: f32) {
+    let mean = x.iter().sum::<f32>() / x.len() as f32;
+    x.iter_mut().for_each(|v| *v = (*v - mean) * factor + mean);
+}
+
+/// `out[r][c] = x[r + dr][c + dc]`, zero outside.
+pub fn translate(x: &mut [f32], shape: [usize; 3], dr: i64, dc: i64, scratch: &mut [f32]) {
+    let [c, h, w] = shape;
+    scratch[..x.len()].copy_from_slice(x);
+    for ch in 0..c {
+        for r in 0..h {
+            for col in 0..w {
+                let (sr, sc) = (r as i64 + dr, col as i64 + dc);
+                x[(ch * h + r) * w + col] = if sr >= 0 && sc >= 0 && (sr as usize) < h && (sc as usize) < w {
+                    scratch[(ch * h + sr as usize) * w + sc as usize]
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// Zeroes rows `clamp(or - ch/2 ..)` x columns `clamp(oc - cw/2 ..)` of size `ch` x `cw`.
+pub fn cutout(x: &mut [f32], shape: [usize; 3], or: i64, oc: i64, ch: usize, cw: usize) {
+    let [c, h, w] = shape;
+    let r0 = (or - (ch / 2) as i64).clamp(0, h as i64 - 1) as usize;
+    let r1 = (or - (ch / 2) as i64 + ch as i64 - 1).clamp(0, h as i64 - 1) as usize;
+    let c0 = (oc - (cw / 2) as i64).clamp(0, w as i64 - 1) as usize;
+    let c1 = (oc - (cw / 2) as i64 + cw as i64 - 1).clamp(0, w as i64 - 1) as usize;
+    for chn in 0..c {
+        for r in r0..=r1 {
+            for col in c0..=c1 {
+                x[(chn * h + r) * w + col] = 0.0;
+            }
+        }
+    }
+}

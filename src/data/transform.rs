@@ -1,0 +1,250 @@
+//! Per-image transforms, in a fixed order: grayscale to RGB, resize, centre crop,
+//! pad-and-random-crop, horizontal flip, scale to [0, 1] and normalise, then DSA.
+//! Every random choice comes from the `Rng` passed in, so `(seed, epoch, index)` fixes them.
+
+use super::dsa::{DsaConfig, DsaFamily};
+use super::rng::Rng;
+use super::{DataError, Stats};
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// CIFAR-10 train-set statistics as commonly used (e.g. RepDistiller).
+pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+pub const CIFAR10_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Normalize {
+    /// The dataset's own per-channel statistics ([`super::Dataset::stats`]).
+    Dataset,
+    /// ImageNet's (for ImageNet-pretrained teachers).
+    ImageNet,
+    Given { mean: Vec<f32>, std: Vec<f32> },
+}
+
+/// Zero-pad by `padding` on each side, then crop `size` x `size` at a random offset
+/// (torchvision `RandomCrop(size, padding)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RandomCrop {
+    pub size: usize,
+    pub padding: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TransformConfig {
+    /// Replicate a single channel to three (grey datasets for RGB models).
+    pub grayscale_to_rgb: bool,
+    /// Bilinear resize to `n` x `n` (`align_corners=False`, no antialiasing).
+    pub resize: Option<usize>,
+    pub center_crop: Option<usize>,
+    pub random_crop: Option<RandomCrop>,
+    /// Horizontal flip with probability 0.5.
+    pub hflip: bool,
+    pub normalize: Option<Normalize>,
+    pub dsa: Option<DsaConfig>,
+}
+
+impl TransformConfig {
+    /// CIFAR-style training at native size: pad 4 + random crop, flip, normalise.
+    pub fn cifar_train(size: usize) -> Self {
+        Self {
+            random_crop: Some(RandomCrop { size, padding: size / 8 }),
+            hflip: true,
+            normalize: Some(Normalize::Dataset),
+            ..Self::default()
+        }
+    }
+
+    /// The paper's CIFAR train transform: resize 256, random crop 224, flip, ImageNet stats.
+    pub fn paper_cifar_train() -> Self {
+        Self {
+            resize: Some(256),
+            random_crop: Some(RandomCrop { size: 224, padding: 0 }),
+            hflip: true,
+            normalize: Some(Normalize::ImageNet),
+            ..Self::default()
+        }
+    }
+
+    /// The paper's test transform: resize 256, centre crop 224, ImageNet stats.
+    pub fn paper_test() -> Self {
+        Self { resize: Some(256), center_crop: Some(224), normalize: Some(Normalize::ImageNet), ..Self::default() }
+    }
+
+    /// Only scaling to [0, 1] and normalising with the dataset's statistics.
+    pub fn eval() -> Self {
+        Self { normalize: Some(Normalize::Dataset), ..Self::default() }
+    }
+}
+
+/// A transform resolved against one dataset's shape and statistics.
+#[derive(Debug, Clone)]
+pub(crate) struct Pipeline {
+    cfg: TransformConfig,
+    in_shape: [usize; 3],
+    out_shape: [usize; 3],
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+}
+
+impl Pipeline {
+    pub fn new(cfg: &TransformConfig, in_shape: [usize; 3], stats: &Stats) -> Result<Self, DataError> {
+        let [mut c, mut h, mut w] = in_shape;
+        if cfg.grayscale_to_rgb {
+            if c != 1 && c != 3 {
+                return Err(DataError::config("transform.grayscale_to_rgb", format!("images have {c} channels, expected 1")));
+            }
+            c = 3;
+        }
+        if let Some(n) = cfg.resize {
+            if n == 0 {
+                return Err(DataError::config("transform.resize", "expected > 0, got 0"));
+            }
+            (h, w) = (n, n);
+        }
+        if let Some(n) = cfg.center_crop {
+            if n == 0 || n > h || n > w {
+                return Err(DataError::config("transform.center_crop", format!("{n} does not fit images of {h}x{w}")));
+            }
+            (h, w) = (n, n);
+        }
+        if let Some(rc) = cfg.random_crop {
+            if rc.size == 0 || rc.size > h + 2 * rc.padding || rc.size > w + 2 * rc.padding {
+                return Err(DataError::config(
+                    "transform.random_crop",
+                    format!("{} does not fit images of {h}x{w} padded by {}", rc.size, rc.padding),
+                ));
+            }
+            (h, w) = (rc.size, rc.size);
+        }
+        let (mean, std): (Vec<f32>, Vec<f32>) = match &cfg.normalize {
+            None => (vec![0.0; c], vec![1.0; c]),
+            Some(Normalize::ImageNet) => (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()),
+            Some(Normalize::Given { mean, std }) => (mean.clone(), std.clone()),
+            Some(Normalize::Dataset) => {
+                let rep = |v: &Vec<f32>| if c == 3 && v.len() == 1 { vec![v[0]; 3] } else { v.clone() };
+                (rep(&stats.mean), rep(&stats.std))
+            }
+        };
+        if mean.len() != c || std.len() != c {
+            return Err(DataError::config(
+                "transform.normalize",
+                format!("{} means and {} stds for images with {c} channels", mean.len(), std.len()),
+            ));
+        }
+        if let Some(s) = std.iter().find(|s| !(**s > 0.0)) {
+            return Err(DataError::config("transform.normalize.std", format!("expected > 0, got {s}; the dataset may be constant")));
+        }
+        if let Some(d) = &cfg.dsa
+            && d.families.is_empty()
+        {
+            return Err(DataError::config("dsa.strategy", "expected at least one family"));
+        }
+        Ok(Self { cfg: cfg.clone(), in_shape, out_shape: [c, h, w], mean, inv_std: std.iter().map(|s| 1.0 / s).collect() })
+    }
+
+    pub fn out_shape(&self) -> [usize; 3] {
+        self.out_shape
+    }
+
+    pub fn out_len(&self) -> usize {
+        self.out_shape.iter().product()
+    }
+
+    pub fn dsa(&self) -> Option<&DsaConfig> {
+        self.cfg.dsa.as_ref()
+    }
+
+    /// Transforms one `u8` image into `out` (length `out_len`).
+    pub fn apply(&self, src: &[u8], rng: &mut Rng, batch_family: Option<DsaFamily>, out: &mut [f32]) {
+        let [c0, h0, w0] = self.in_shape;
+        let mut shape = [c0, h0, w0];
+        let mut cur: Vec<f32> = src.iter().map(|&p| p as f32 * (1.0 / 255.0)).collect();
+        if self.cfg.grayscale_to_rgb && c0 == 1 {
+            let plane = cur.clone();
+            cur = [plane.as_slice(), plane.as_slice(), plane.as_slice()].concat();
+            shape[0] = 3;
+        }
+        if let Some(n) = self.cfg.resize
+            && (shape[1], shape[2]) != (n, n)
+        {
+            cur = resize_bilinear(&cur, shape, n, n);
+            (shape[1], shape[2]) = (n, n);
+        }
+        if let Some(n) = self.cfg.center_crop {
+            let (top, left) = ((shape[1] - n) / 2, (shape[2] - n) / 2);
+            cur = crop(&cur, shape, top as i64, left as i64, n);
+            (shape[1], shape[2]) = (n, n);
+        }
+        if let Some(rc) = self.cfg.random_crop {
+            let top = rng.below((shape[1] + 2 * rc.padding - rc.size + 1) as u64) as i64 - rc.padding as i64;
+            let left = rng.below((shape[2] + 2 * rc.padding - rc.size + 1) as u64) as i64 - rc.padding as i64;
+            cur = crop(&cur, shape, top, left, rc.size);
+            (shape[1], shape[2]) = (rc.size, rc.size);
+        }
+        if self.cfg.hflip && rng.next_f32() < 0.5 {
+            super::dsa::hflip(&mut cur, shape);
+        }
+        let plane = shape[1] * shape[2];
+        for ch in 0..shape[0] {
+            let (m, s) = (self.mean[ch], self.inv_std[ch]);
+            cur[ch * plane..(ch + 1) * plane].iter_mut().for_each(|v| *v = (*v - m) * s);
+        }
+        if let Some(d) = &self.cfg.dsa {
+            let mut scratch = vec![0.0; cur.len()];
+            d.apply(&mut cur, shape, batch_family, rng, &mut scratch);
+        }
+        out.copy_from_slice(&cur);
+    }
+}
+
+/// `size` x `size` window at (`top`, `left`), which may lie partly outside (zero fill).
+pub(crate) fn crop(x: &[f32], shape: [usize; 3], top: i64, left: i64, size: usize) -> Vec<f32> {
+    let [c, h, w] = shape;
+    let mut out = vec![0.0; c * size * size];
+    for ch in 0..c {
+        for r in 0..size {
+            let sr = top + r as i64;
+            if sr < 0 || sr as usize >= h {
+                continue;
+            }
+            for col in 0..size {
+                let sc = left + col as i64;
+                if sc >= 0 && (sc as usize) < w {
+                    out[(ch * size + r) * size + col] = x[(ch * h + sr as usize) * w + sc as usize];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Bilinear resize with `align_corners=False` (PyTorch's `F.interpolate(mode="bilinear")`
+/// without antialiasing): source coordinate `(dst + 0.5) * in / out - 0.5`, clamped at 0.
+pub(crate) fn resize_bilinear(x: &[f32], shape: [usize; 3], oh: usize, ow: usize) -> Vec<f32> {
+    let [c, h, w] = shape;
+    let axis = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
+        let scale = n_in as f32 / n_out as f32;
+        (0..n_out)
+            .map(|d| {
+                let s = ((d as f32 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (s.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, s - i0 as f32)
+            })
+            .collect()
+    };
+    let ys = axis(h, oh);
+    let xs = axis(w, ow);
+    let mut out = vec![0.0; c * oh * ow];
+    for ch in 0..c {
+        let src = &x[ch * h * w..(ch + 1) * h * w];
+        for (r, &(y0, y1, fy)) in ys.iter().enumerate() {
+            for (col, &(x0, x1, fx)) in xs.iter().enumerate() {
+                let top = src[y0 * w + x0] * (1.0 - fx) + src[y0 * w + x1] * fx;
+                let bot = src[y1 * w + x0] * (1.0 - fx) + src[y1 * w + x1] * fx;
+                out[(ch * oh + r) * ow + col] = top * (1.0 - fy) + bot * fy;
+            }
+        }
+    }
+    out
+}
