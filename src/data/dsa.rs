@@ -270,3 +270,117 @@ pub fn cutout(x: &mut [f32], shape: [usize; 3], or: i64, oc: i64, ch: usize, cw:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::transform::resize_bilinear;
+
+    /// Outputs of DatasetCondensation's DSA ops with fixed parameters, from PyTorch
+    /// (tools/data/make_dsa_fixtures.py).
+    const FIXTURE: &str = include_str!("../../tests/fixtures/data/dsa_ops.json");
+
+    fn input(shape: [usize; 3]) -> Vec<f32> {
+        let [c, h, w] = shape;
+        let mut x = Vec::with_capacity(c * h * w);
+        for ch in 0..c {
+            for i in 0..h {
+                for j in 0..w {
+                    x.push((ch as f32 * 1.3 + i as f32 * 0.7 + j as f32 * 0.37).sin() + 0.1 * ch as f32);
+                }
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn ops_match_pytorch_dsa_reference() {
+        let fx: serde_json::Value = serde_json::from_str(FIXTURE).unwrap();
+        let cases = fx["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 32);
+        for case in cases {
+            let s: Vec<usize> = case["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            let shape = [s[0], s[1], s[2]];
+            let p: Vec<f64> = case["params"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let want: Vec<f32> = case["output"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let mut x = input(shape);
+            let mut scratch = vec![0.0; x.len()];
+            let op = case["op"].as_str().unwrap();
+            match op {
+                "scale" => affine(&mut x, shape, [[p[0] as f32, 0.0, 0.0], [0.0, p[1] as f32, 0.0]], &mut scratch),
+                "rotate" => {
+                    let t = (p[0] as f32) / 180.0 * std::f32::consts::PI;
+                    affine(&mut x, shape, [[t.cos(), (-t).sin(), 0.0], [t.sin(), t.cos(), 0.0]], &mut scratch)
+                }
+                "flip" => hflip(&mut x, shape),
+                "brightness" => brightness(&mut x, (p[0] as f32 - 0.5) * DsaParams::default().brightness),
+                "saturation" => saturation(&mut x, shape, p[0] as f32 * DsaParams::default().saturation),
+                "contrast" => contrast(&mut x, p[0] as f32 + DsaParams::default().contrast),
+                "crop" => translate(&mut x, shape, p[0] as i64, p[1] as i64, &mut scratch),
+                "cutout" => {
+                    let (ch, cw) = ((shape[1] as f32 * 0.5 + 0.5) as usize, (shape[2] as f32 * 0.5 + 0.5) as usize);
+                    cutout(&mut x, shape, p[0] as i64, p[1] as i64, ch, cw)
+                }
+                "resize" => x = resize_bilinear(&x, shape, p[0] as usize, p[1] as usize),
+                other => panic!("unknown op {other}"),
+            }
+            assert_eq!(x.len(), want.len(), "{op} {p:?} {shape:?}");
+            // Tolerance: f32 arithmetic in a different order, and the fixture's 7 decimals.
+            for (k, (a, b)) in x.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() < 2e-5, "{op} {p:?} {shape:?} element {k}: ours {a}, pytorch {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_draws_stay_in_the_paper_ranges() {
+        // Crop never shifts by more than round(0.125 * size); cutout zeroes a 0.5-size square.
+        let cfg = DsaConfig::from_strategy("crop", DsaMode::Multiple).unwrap();
+        let shape = [1, 16, 16];
+        for seed in 0..200 {
+            let mut x: Vec<f32> = (0..256).map(|v| v as f32 + 1.0).collect();
+            let mut scratch = vec![0.0; 256];
+            cfg.apply(&mut x, shape, None, &mut Rng::new(seed), &mut scratch);
+            // The source pixel of output (8, 8) tells the shift: value = 1 + 16*r + c.
+            let v = x[8 * 16 + 8] as i64 - 1;
+            let (dr, dc) = (v / 16 - 8, v % 16 - 8);
+            assert!(dr.abs() <= 2 && dc.abs() <= 2, "shift ({dr}, {dc})");
+        }
+        let cfg = DsaConfig::from_strategy("cutout", DsaMode::Multiple).unwrap();
+        for seed in 0..200 {
+            let mut x = vec![1.0f32; 256];
+            let mut scratch = vec![0.0; 256];
+            cfg.apply(&mut x, shape, None, &mut Rng::new(seed), &mut scratch);
+            let zeros = x.iter().filter(|&&v| v == 0.0).count();
+            assert!(zeros > 0 && zeros <= 64, "{zeros} zeros");
+        }
+    }
+
+    #[test]
+    fn single_mode_applies_exactly_one_family() {
+        // Flip-only strategy in S mode: every output is the input or its exact mirror.
+        let cfg = DsaConfig::from_strategy("flip", DsaMode::Single).unwrap();
+        let shape = [2, 3, 4];
+        let x0: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let mut mirrored = x0.clone();
+        hflip(&mut mirrored, shape);
+        let mut n_flipped = 0;
+        for seed in 0..100 {
+            let mut x = x0.clone();
+            let mut scratch = vec![0.0; 24];
+            cfg.apply(&mut x, shape, None, &mut Rng::new(seed), &mut scratch);
+            if x == mirrored {
+                n_flipped += 1;
+            } else {
+                assert_eq!(x, x0);
+            }
+        }
+        assert!((30..70).contains(&n_flipped), "{n_flipped} of 100 flipped with p = 0.5");
+    }
+
+    #[test]
+    fn unknown_family_is_a_config_error() {
+        let e = DsaConfig::from_strategy("flip_blur", DsaMode::Single).unwrap_err().to_string();
+        assert_eq!(e, "dsa.strategy: unknown family \"blur\"; valid: flip, color, crop, rotate, scale, cutout");
+    }
+}
