@@ -158,7 +158,7 @@ impl Pipeline {
     pub fn apply(&self, src: &[u8], rng: &mut Rng, batch_family: Option<DsaFamily>, out: &mut [f32]) {
         let [c0, h0, w0] = self.in_shape;
         let mut shape = [c0, h0, w0];
-        let mut cur: Vec<f32> = src.iter().map(|&p| p as f32 * (1.0 / 255.0)).collect();
+        let mut cur: Vec<f32> = src.iter().map(|&p| p as f32 / 255.0).collect(); // as torchvision ToTensor
         if self.cfg.grayscale_to_rgb && c0 == 1 {
             let plane = cur.clone();
             cur = [plane.as_slice(), plane.as_slice(), plane.as_slice()].concat();
