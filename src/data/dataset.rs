@@ -50,16 +50,35 @@ impl Dataset {
 
     /// A dataset built in memory (e.g. generated images); the fingerprint is SHA-256 of the
     /// pixels, labels and class names.
-    pub fn from_parts(images: Vec<u8>, shape: [usize; 3], labels: Vec<u32>, class_names: Vec<String>) -> Result<Self, DataError> {
+    pub fn from_parts(
+        images: Vec<u8>,
+        shape: [usize; 3],
+        labels: Vec<u32>,
+        class_names: Vec<String>,
+    ) -> Result<Self, DataError> {
         let per = shape.iter().product::<usize>();
         if per == 0 || images.len() != labels.len() * per {
             return Err(DataError::config(
                 "images",
-                format!("{} bytes for {} labels of shape {shape:?}", images.len(), labels.len()),
+                format!(
+                    "{} bytes for {} labels of shape {shape:?}",
+                    images.len(),
+                    labels.len()
+                ),
             ));
         }
-        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, l)| **l as usize >= class_names.len()) {
-            return Err(DataError::config("labels", format!("label {l} of image {i} out of range ({} classes)", class_names.len())));
+        if let Some((i, &l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l as usize >= class_names.len())
+        {
+            return Err(DataError::config(
+                "labels",
+                format!(
+                    "label {l} of image {i} out of range ({} classes)",
+                    class_names.len()
+                ),
+            ));
         }
         let mut b = FingerprintBuilder::new();
         b.param("source", "in-memory");
@@ -70,7 +89,15 @@ impl Dataset {
         b.content("images", &super::fingerprint::hash_bytes(&images));
         let stats = compute_stats(&images, shape);
         let source_classes = (0..class_names.len() as u32).collect();
-        Ok(Self { images, shape, labels, class_names, source_classes, stats, fingerprint: b.finish() })
+        Ok(Self {
+            images,
+            shape,
+            labels,
+            class_names,
+            source_classes,
+            stats,
+            fingerprint: b.finish(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -124,7 +151,11 @@ fn compute_stats(images: &[u8], shape: [usize; 3]) -> Stats {
     let mut std = Vec::with_capacity(c);
     for ch in 0..c {
         let m = if n > 0.0 { sum[ch] / n / 255.0 } else { 0.0 };
-        let var = if n > 0.0 { (sq[ch] / n / (255.0 * 255.0) - m * m).max(0.0) } else { 0.0 };
+        let var = if n > 0.0 {
+            (sq[ch] / n / (255.0 * 255.0) - m * m).max(0.0)
+        } else {
+            0.0
+        };
         mean.push(m as f32);
         std.push(var.sqrt() as f32);
     }
@@ -136,7 +167,9 @@ fn compute_stats(images: &[u8], shape: [usize; 3]) -> Stats {
 /// taken (in the synthetic set's order). Images must have the same shape.
 pub fn merge(real: &Dataset, synthetic: &Dataset, ratio: f64) -> Result<Dataset, DataError> {
     if !(ratio > 0.0 && ratio.is_finite()) {
-        return Err(DataError::Merge { detail: format!("ratio: expected > 0, got {ratio}") });
+        return Err(DataError::Merge {
+            detail: format!("ratio: expected > 0, got {ratio}"),
+        });
     }
     if real.shape != synthetic.shape {
         return Err(DataError::Merge {
@@ -153,12 +186,23 @@ pub fn merge(real: &Dataset, synthetic: &Dataset, ratio: f64) -> Result<Dataset,
         let n_real = real.labels.iter().filter(|&&l| l as usize == c).count();
         let want = ((n_real as f64) * ratio).round() as usize;
         let Some(sc) = synthetic.class_names.iter().position(|n| n == name) else {
-            return Err(DataError::Merge { detail: format!("synthetic set has no class {name:?}; its classes: {}", synthetic.class_names.join(", ")) });
+            return Err(DataError::Merge {
+                detail: format!(
+                    "synthetic set has no class {name:?}; its classes: {}",
+                    synthetic.class_names.join(", ")
+                ),
+            });
         };
-        let members: Vec<usize> = (0..synthetic.len()).filter(|&i| synthetic.labels[i] as usize == sc).take(want).collect();
+        let members: Vec<usize> = (0..synthetic.len())
+            .filter(|&i| synthetic.labels[i] as usize == sc)
+            .take(want)
+            .collect();
         if members.len() < want {
             return Err(DataError::Merge {
-                detail: format!("class {name:?}: {want} synthetic images needed for {ratio}x, {} available; generate more", members.len()),
+                detail: format!(
+                    "class {name:?}: {want} synthetic images needed for {ratio}x, {} available; generate more",
+                    members.len()
+                ),
             });
         }
         for i in members {
@@ -192,7 +236,13 @@ mod tests {
             labels.extend(std::iter::repeat_n(c as u32, n_per_class));
         }
         let images = vec![value; labels.len() * 4];
-        Dataset::from_parts(images, [1, 2, 2], labels, classes.iter().map(|s| s.to_string()).collect()).unwrap()
+        Dataset::from_parts(
+            images,
+            [1, 2, 2],
+            labels,
+            classes.iter().map(|s| s.to_string()).collect(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -214,13 +264,22 @@ mod tests {
         let real = ds(3, 10, &["cat"]);
         let syn = ds(5, 200, &["cat"]);
         let e = merge(&real, &syn, 2.0).unwrap_err().to_string();
-        assert_eq!(e, "merge: class \"cat\": 6 synthetic images needed for 2x, 5 available; generate more");
+        assert_eq!(
+            e,
+            "merge: class \"cat\": 6 synthetic images needed for 2x, 5 available; generate more"
+        );
     }
 
     #[test]
     fn stats_are_per_channel_mean_and_std() {
         // Two images, 2 channels of 1 pixel: channel 0 = {0, 255}, channel 1 = {51, 51}.
-        let d = Dataset::from_parts(vec![0, 51, 255, 51], [2, 1, 1], vec![0, 0], vec!["a".into()]).unwrap();
+        let d = Dataset::from_parts(
+            vec![0, 51, 255, 51],
+            [2, 1, 1],
+            vec![0, 0],
+            vec!["a".into()],
+        )
+        .unwrap();
         assert!((d.stats.mean[0] - 0.5).abs() < 1e-6 && (d.stats.std[0] - 0.5).abs() < 1e-6);
         assert!((d.stats.mean[1] - 0.2).abs() < 1e-6 && d.stats.std[1].abs() < 1e-4);
     }

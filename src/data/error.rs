@@ -9,7 +9,11 @@ pub enum DataError {
     NotFound { path: PathBuf, what: String },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("{path}: truncated file: {detail}")]
     Truncated { path: PathBuf, detail: String },
@@ -17,8 +21,15 @@ pub enum DataError {
     #[error("{path}: {detail}")]
     Format { path: PathBuf, detail: String },
 
-    #[error("{path}: record {record}: label {label} out of range (the dataset has {n_classes} classes)")]
-    LabelOutOfRange { path: PathBuf, record: usize, label: i64, n_classes: usize },
+    #[error(
+        "{path}: record {record}: label {label} out of range (the dataset has {n_classes} classes)"
+    )]
+    LabelOutOfRange {
+        path: PathBuf,
+        record: usize,
+        label: i64,
+        n_classes: usize,
+    },
 
     #[error("{path}: cannot decode image: {detail}")]
     Decode { path: PathBuf, detail: String },
@@ -26,8 +37,14 @@ pub enum DataError {
     #[error("classes: unknown class {class:?}; valid: {valid}")]
     UnknownClass { class: String, valid: String },
 
-    #[error("per_class: class {class:?} has {available} images in this split, {wanted} requested; lower per_class")]
-    NotEnough { class: String, wanted: usize, available: usize },
+    #[error(
+        "per_class: class {class:?} has {available} images in this split, {wanted} requested; lower per_class"
+    )]
+    NotEnough {
+        class: String,
+        wanted: usize,
+        available: usize,
+    },
 
     #[error("{field}: {detail}")]
     Config { field: String, detail: String },
@@ -40,13 +57,19 @@ impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
         if source.kind() == std::io::ErrorKind::NotFound {
-            DataError::NotFound { path, what: "check the dataset path".into() }
+            DataError::NotFound {
+                path,
+                what: "check the dataset path".into(),
+            }
         } else {
             DataError::Io { path, source }
         }
     }
 
     pub(crate) fn config(field: &str, detail: impl Into<String>) -> Self {
-        DataError::Config { field: field.to_string(), detail: detail.into() }
+        DataError::Config {
+            field: field.to_string(),
+            detail: detail.into(),
+        }
     }
 }

@@ -83,7 +83,8 @@ impl FingerprintBuilder {
     }
 
     pub fn content(&mut self, name: &str, digest: &[u8; 32]) -> &mut Self {
-        self.hasher.update(format!("file {name} {}\n", hex(digest)).as_bytes());
+        self.hasher
+            .update(format!("file {name} {}\n", hex(digest)).as_bytes());
         self
     }
 
@@ -95,7 +96,11 @@ impl FingerprintBuilder {
 /// Parameters of a selection that change which records are kept, in a canonical text form.
 /// The seed counts only when a seeded choice is made, so a matrix over seeds does not split
 /// the cache of a dataset that does not depend on it.
-pub(crate) fn selection_params(b: &mut FingerprintBuilder, cfg: &DatasetConfig, uses_holdout: bool) {
+pub(crate) fn selection_params(
+    b: &mut FingerprintBuilder,
+    cfg: &DatasetConfig,
+    uses_holdout: bool,
+) {
     b.param("split", format!("{:?}", cfg.split));
     if let Some(classes) = &cfg.classes {
         let list: Vec<String> = classes
@@ -117,7 +122,14 @@ pub(crate) fn selection_params(b: &mut FingerprintBuilder, cfg: &DatasetConfig, 
         b.param("seed", cfg.seed);
     }
     if uses_holdout && cfg.split != super::Split::All {
-        b.param("holdout", format!("{:016x},{}", cfg.holdout.fraction.to_bits(), cfg.holdout.seed));
+        b.param(
+            "holdout",
+            format!(
+                "{:016x},{}",
+                cfg.holdout.fraction.to_bits(),
+                cfg.holdout.seed
+            ),
+        );
     }
 }
 
@@ -138,7 +150,12 @@ pub struct FingerprintCache {
 
 impl FingerprintCache {
     pub fn in_memory() -> Self {
-        Self { file: None, entries: Mutex::new(HashMap::new()), dirty: Mutex::new(false), hashed: AtomicUsize::new(0) }
+        Self {
+            file: None,
+            entries: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(false),
+            hashed: AtomicUsize::new(0),
+        }
     }
 
     /// The process-wide in-memory cache used by [`super::load`] and [`fingerprint`].
@@ -150,7 +167,10 @@ impl FingerprintCache {
     /// A cache persisted in `file` (created on first save). A corrupt cache file is ignored:
     /// it only costs rehashing.
     pub fn open(file: &Path) -> Result<Self, DataError> {
-        let cache = Self { file: Some(file.to_path_buf()), ..Self::in_memory() };
+        let cache = Self {
+            file: Some(file.to_path_buf()),
+            ..Self::in_memory()
+        };
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(cache),
@@ -160,13 +180,23 @@ impl FingerprintCache {
         for line in text.lines() {
             // digest size mtime_ns path (the path last: it may contain spaces)
             let mut parts = line.splitn(4, ' ');
-            let (Some(d), Some(s), Some(m), Some(p)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            let (Some(d), Some(s), Some(m), Some(p)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
                 continue;
             };
-            let (Some(digest), Ok(size), Ok(mtime_ns)) = (parse_hex32(d), s.parse(), m.parse()) else {
+            let (Some(digest), Ok(size), Ok(mtime_ns)) = (parse_hex32(d), s.parse(), m.parse())
+            else {
                 continue;
             };
-            entries.insert(PathBuf::from(p), Entry { size, mtime_ns, digest });
+            entries.insert(
+                PathBuf::from(p),
+                Entry {
+                    size,
+                    mtime_ns,
+                    digest,
+                },
+            );
         }
         drop(entries);
         Ok(cache)
@@ -196,14 +226,23 @@ impl FingerprintCache {
         }
         let digest = hash_file(path)?;
         self.hashed.fetch_add(1, Ordering::Relaxed);
-        self.entries.lock().unwrap().insert(key, Entry { size, mtime_ns, digest });
+        self.entries.lock().unwrap().insert(
+            key,
+            Entry {
+                size,
+                mtime_ns,
+                digest,
+            },
+        );
         *self.dirty.lock().unwrap() = true;
         Ok(digest)
     }
 
     /// Writes the cache file (atomically) when it has one and something changed.
     pub fn save(&self) -> Result<(), DataError> {
-        let Some(file) = &self.file else { return Ok(()) };
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
         let mut dirty = self.dirty.lock().unwrap();
         if !*dirty {
             return Ok(());
@@ -211,7 +250,15 @@ impl FingerprintCache {
         let entries = self.entries.lock().unwrap();
         let mut lines: Vec<String> = entries
             .iter()
-            .map(|(p, e)| format!("{} {} {} {}\n", hex(&e.digest), e.size, e.mtime_ns, p.display()))
+            .map(|(p, e)| {
+                format!(
+                    "{} {} {} {}\n",
+                    hex(&e.digest),
+                    e.size,
+                    e.mtime_ns,
+                    p.display()
+                )
+            })
             .collect();
         lines.sort();
         if let Some(dir) = file.parent()
@@ -280,7 +327,11 @@ mod tests {
         c1.save().unwrap();
         let c2 = FingerprintCache::open(&cache_file).unwrap();
         assert_eq!(c2.file_digest(&data).unwrap(), hash_bytes(b"abc"));
-        assert_eq!(c2.files_hashed(), 0, "digest should come from the cache file");
+        assert_eq!(
+            c2.files_hashed(),
+            0,
+            "digest should come from the cache file"
+        );
         std::fs::write(&data, b"abcd").unwrap();
         assert_eq!(c2.file_digest(&data).unwrap(), hash_bytes(b"abcd"));
         assert_eq!(c2.files_hashed(), 1);

@@ -24,8 +24,12 @@ pub use dsa::{DsaConfig, DsaFamily, DsaMode, DsaParams, FamilyScope};
 pub use error::DataError;
 pub use fingerprint::{Fingerprint, FingerprintCache, fingerprint, fingerprint_with_cache};
 pub use loader::{Batch, Epoch, Loader, LoaderConfig};
-pub use sources::{CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, FASHION_MNIST_CLASSES};
-pub use transform::{CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize, RandomCrop, TransformConfig};
+pub use sources::{
+    CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, FASHION_MNIST_CLASSES,
+};
+pub use transform::{
+    CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize, RandomCrop, TransformConfig,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -46,10 +50,17 @@ pub enum Source {
     Cifar10 { path: PathBuf },
     /// CIFAR-100 binary version: `train.bin`, `test.bin`, `fine_label_names.txt`,
     /// `coarse_label_names.txt` (the directory itself or its `cifar-100-binary` child).
-    Cifar100 { path: PathBuf, labels: Cifar100Labels },
+    Cifar100 {
+        path: PathBuf,
+        labels: Cifar100Labels,
+    },
     /// One sub-directory per class holding PNG/JPEG files. Every image is resized (shorter
     /// side) and centre-cropped to `image_size` x `image_size` RGB when loaded.
-    ImageFolder { root: PathBuf, split: FolderSplit, image_size: usize },
+    ImageFolder {
+        root: PathBuf,
+        split: FolderSplit,
+        image_size: usize,
+    },
 }
 
 /// Which class names an IDX dataset carries (IDX files store only numeric labels).
@@ -101,7 +112,10 @@ pub struct Holdout {
 
 impl Default for Holdout {
     fn default() -> Self {
-        Self { fraction: 0.2, seed: 0 }
+        Self {
+            fraction: 0.2,
+            seed: 0,
+        }
     }
 }
 
@@ -124,7 +138,15 @@ pub struct DatasetConfig {
 
 impl DatasetConfig {
     pub fn new(source: Source, split: Split) -> Self {
-        Self { source, split, classes: None, per_class: None, fraction: None, seed: 0, holdout: Holdout::default() }
+        Self {
+            source,
+            split,
+            classes: None,
+            per_class: None,
+            fraction: None,
+            seed: 0,
+            holdout: Holdout::default(),
+        }
     }
 }
 
@@ -134,11 +156,19 @@ pub fn load(cfg: &DatasetConfig, base_dir: &Path) -> Result<Dataset, DataError> 
     load_with_cache(cfg, base_dir, FingerprintCache::global())
 }
 
-pub fn load_with_cache(cfg: &DatasetConfig, base_dir: &Path, cache: &FingerprintCache) -> Result<Dataset, DataError> {
+pub fn load_with_cache(
+    cfg: &DatasetConfig,
+    base_dir: &Path,
+    cache: &FingerprintCache,
+) -> Result<Dataset, DataError> {
     select::validate(cfg)?;
     sources::load(cfg, base_dir, cache)
 }
 
 pub(crate) fn resolve(base_dir: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
 }

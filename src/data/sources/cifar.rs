@@ -11,27 +11,143 @@ use crate::data::{Cifar100Labels, DataError, Split};
 
 const PIXELS: usize = 3 * 32 * 32;
 
-pub const CIFAR10_CLASSES: [&str; 10] =
-    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 
 pub const CIFAR100_CLASSES: [&str; 100] = [
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
-    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
-    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish",
-    "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
-    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
-    "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine",
-    "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk",
-    "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
-    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
-    "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 ];
 
 pub const CIFAR100_COARSE_CLASSES: [&str; 20] = [
-    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables", "household_electrical_devices",
-    "household_furniture", "insects", "large_carnivores", "large_man-made_outdoor_things",
-    "large_natural_outdoor_scenes", "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates",
-    "people", "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
+    "aquatic_mammals",
+    "fish",
+    "flowers",
+    "food_containers",
+    "fruit_and_vegetables",
+    "household_electrical_devices",
+    "household_furniture",
+    "insects",
+    "large_carnivores",
+    "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes",
+    "large_omnivores_and_herbivores",
+    "medium_mammals",
+    "non-insect_invertebrates",
+    "people",
+    "reptiles",
+    "small_mammals",
+    "trees",
+    "vehicles_1",
+    "vehicles_2",
 ];
 
 /// The directory itself, or the child the official archive unpacks to.
@@ -43,7 +159,10 @@ fn data_dir(path: &Path, child: &str, marker: &str) -> Result<PathBuf, DataError
     Ok(path.to_path_buf())
 }
 
-pub(crate) fn files_cifar10(path: &Path, split: Split) -> Result<Vec<(String, PathBuf)>, DataError> {
+pub(crate) fn files_cifar10(
+    path: &Path,
+    split: Split,
+) -> Result<Vec<(String, PathBuf)>, DataError> {
     let dir = data_dir(path, "cifar-10-batches-bin", "test_batch.bin")?;
     let mut names: Vec<String> = Vec::new();
     if split != Split::Test {
@@ -54,7 +173,10 @@ pub(crate) fn files_cifar10(path: &Path, split: Split) -> Result<Vec<(String, Pa
     }
     let mut out = Vec::new();
     for n in names {
-        out.push((n.clone(), first_existing(&[dir.join(&n)], "a CIFAR-10 batch file")?));
+        out.push((
+            n.clone(),
+            first_existing(&[dir.join(&n)], "a CIFAR-10 batch file")?,
+        ));
     }
     if dir.join("batches.meta.txt").is_file() {
         out.push(("batches.meta.txt".into(), dir.join("batches.meta.txt")));
@@ -62,7 +184,10 @@ pub(crate) fn files_cifar10(path: &Path, split: Split) -> Result<Vec<(String, Pa
     Ok(out)
 }
 
-pub(crate) fn files_cifar100(path: &Path, split: Split) -> Result<Vec<(String, PathBuf)>, DataError> {
+pub(crate) fn files_cifar100(
+    path: &Path,
+    split: Split,
+) -> Result<Vec<(String, PathBuf)>, DataError> {
     let dir = data_dir(path, "cifar-100-binary", "test.bin")?;
     let names: &[&str] = match split {
         Split::Train => &["train.bin"],
@@ -71,7 +196,10 @@ pub(crate) fn files_cifar100(path: &Path, split: Split) -> Result<Vec<(String, P
     };
     let mut out = Vec::new();
     for n in names {
-        out.push((n.to_string(), first_existing(&[dir.join(n)], "a CIFAR-100 data file")?));
+        out.push((
+            n.to_string(),
+            first_existing(&[dir.join(n)], "a CIFAR-100 data file")?,
+        ));
     }
     for meta in ["fine_label_names.txt", "coarse_label_names.txt"] {
         if dir.join(meta).is_file() {
@@ -86,7 +214,12 @@ fn names_from(file: Option<&PathBuf>, defaults: &[&str]) -> Result<Vec<String>, 
         return Ok(defaults.iter().map(|s| s.to_string()).collect());
     };
     let text = std::fs::read_to_string(file).map_err(|e| DataError::io(file, e))?;
-    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
     if names.len() != defaults.len() {
         return Err(DataError::Format {
             path: file.clone(),
@@ -98,16 +231,34 @@ fn names_from(file: Option<&PathBuf>, defaults: &[&str]) -> Result<Vec<String>, 
 
 pub(crate) fn read_cifar10(path: &Path, split: Split) -> Result<Records, DataError> {
     let files = files_cifar10(path, split)?;
-    let meta = files.iter().find(|f| f.0 == "batches.meta.txt").map(|f| &f.1);
+    let meta = files
+        .iter()
+        .find(|f| f.0 == "batches.meta.txt")
+        .map(|f| &f.1);
     let class_names = names_from(meta, &CIFAR10_CLASSES)?;
-    let mut out = Records { images: Vec::new(), shape: [3, 32, 32], labels: Vec::new(), class_names };
+    let mut out = Records {
+        images: Vec::new(),
+        shape: [3, 32, 32],
+        labels: Vec::new(),
+        class_names,
+    };
     for (_, file) in files.iter().filter(|f| f.0.ends_with(".bin")) {
-        parse_records(file, &std::fs::read(file).map_err(|e| DataError::io(file, e))?, 1, 0, &mut out)?;
+        parse_records(
+            file,
+            &std::fs::read(file).map_err(|e| DataError::io(file, e))?,
+            1,
+            0,
+            &mut out,
+        )?;
     }
     Ok(out)
 }
 
-pub(crate) fn read_cifar100(path: &Path, labels: Cifar100Labels, split: Split) -> Result<Records, DataError> {
+pub(crate) fn read_cifar100(
+    path: &Path,
+    labels: Cifar100Labels,
+    split: Split,
+) -> Result<Records, DataError> {
     let files = files_cifar100(path, split)?;
     let (meta_name, defaults, label_at): (&str, &[&str], usize) = match labels {
         Cifar100Labels::Fine => ("fine_label_names.txt", &CIFAR100_CLASSES, 1),
@@ -115,27 +266,53 @@ pub(crate) fn read_cifar100(path: &Path, labels: Cifar100Labels, split: Split) -
     };
     let meta = files.iter().find(|f| f.0 == meta_name).map(|f| &f.1);
     let class_names = names_from(meta, defaults)?;
-    let mut out = Records { images: Vec::new(), shape: [3, 32, 32], labels: Vec::new(), class_names };
+    let mut out = Records {
+        images: Vec::new(),
+        shape: [3, 32, 32],
+        labels: Vec::new(),
+        class_names,
+    };
     for (_, file) in files.iter().filter(|f| f.0.ends_with(".bin")) {
-        parse_records(file, &std::fs::read(file).map_err(|e| DataError::io(file, e))?, 2, label_at, &mut out)?;
+        parse_records(
+            file,
+            &std::fs::read(file).map_err(|e| DataError::io(file, e))?,
+            2,
+            label_at,
+            &mut out,
+        )?;
     }
     Ok(out)
 }
 
 /// Appends the records of one file: `header` label bytes then 3072 pixels each.
-pub(crate) fn parse_records(path: &Path, b: &[u8], header: usize, label_at: usize, out: &mut Records) -> Result<(), DataError> {
+pub(crate) fn parse_records(
+    path: &Path,
+    b: &[u8],
+    header: usize,
+    label_at: usize,
+    out: &mut Records,
+) -> Result<(), DataError> {
     let rec = header + PIXELS;
-    if b.is_empty() || b.len() % rec != 0 {
+    if b.is_empty() || !b.len().is_multiple_of(rec) {
         return Err(DataError::Truncated {
             path: path.into(),
-            detail: format!("{} bytes is not a whole number of {rec}-byte records ({} complete)", b.len(), b.len() / rec),
+            detail: format!(
+                "{} bytes is not a whole number of {rec}-byte records ({} complete)",
+                b.len(),
+                b.len() / rec
+            ),
         });
     }
     let n_classes = out.class_names.len();
     for (i, r) in b.chunks_exact(rec).enumerate() {
         let label = r[label_at] as usize;
         if label >= n_classes {
-            return Err(DataError::LabelOutOfRange { path: path.into(), record: i, label: label as i64, n_classes });
+            return Err(DataError::LabelOutOfRange {
+                path: path.into(),
+                record: i,
+                label: label as i64,
+                n_classes,
+            });
         }
         out.labels.push(label as u32);
         out.images.extend_from_slice(&r[header..]);

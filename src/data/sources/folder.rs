@@ -33,7 +33,10 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, bool)>, DataError> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let e = e.map_err(|e| DataError::io(dir, e))?;
-        let is_dir = e.file_type().map_err(|err| DataError::io(e.path(), err))?.is_dir();
+        let is_dir = e
+            .file_type()
+            .map_err(|err| DataError::io(e.path(), err))?
+            .is_dir();
         out.push((e.file_name().to_string_lossy().into_owned(), is_dir));
     }
     out.sort();
@@ -41,15 +44,29 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, bool)>, DataError> {
 }
 
 fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataError> {
-    let Source::ImageFolder { root, split, image_size } = &cfg.source else { unreachable!("folder source") };
+    let Source::ImageFolder {
+        root,
+        split,
+        image_size,
+    } = &cfg.source
+    else {
+        unreachable!("folder source")
+    };
     if *image_size == 0 {
         return Err(DataError::config("image_size", "expected > 0, got 0"));
     }
     let root = crate::data::resolve(base_dir, root);
     require_dir(&root, "an image folder with one sub-directory per class")?;
-    let class_names: Vec<String> = sorted_entries(&root)?.into_iter().filter(|e| e.1).map(|e| e.0).collect();
+    let class_names: Vec<String> = sorted_entries(&root)?
+        .into_iter()
+        .filter(|e| e.1)
+        .map(|e| e.0)
+        .collect();
     if class_names.is_empty() {
-        return Err(DataError::Format { path: root, detail: "no class sub-directories; expected root/<class>/<image>.png".into() });
+        return Err(DataError::Format {
+            path: root,
+            detail: "no class sub-directories; expected root/<class>/<image>.png".into(),
+        });
     }
     let mut files = Vec::new();
     for (c, name) in class_names.iter().enumerate() {
@@ -63,7 +80,10 @@ fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataEr
     let candidates: Vec<usize> = match split {
         FolderSplit::FirstFraction(f) => {
             if !(*f > 0.0 && *f < 1.0) {
-                return Err(DataError::config("split.train_fraction", format!("expected a value in (0, 1), got {f}")));
+                return Err(DataError::config(
+                    "split.train_fraction",
+                    format!("expected a value in (0, 1), got {f}"),
+                ));
             }
             let mut out = Vec::new();
             for c in 0..class_names.len() as u32 {
@@ -99,12 +119,19 @@ fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataEr
                         Err(_) => {
                             return Err(DataError::Format {
                                 path: lf.clone(),
-                                detail: format!("line {}: {rel} is not an image under {}", n + 1, root.display()),
+                                detail: format!(
+                                    "line {}: {rel} is not an image under {}",
+                                    n + 1,
+                                    root.display()
+                                ),
                             });
                         }
                     }
                 }
-                let name = lf.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = lf
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 list_files.push((format!("split-list {name}"), lf));
             }
             out.sort_unstable();
@@ -112,16 +139,34 @@ fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataEr
             out
         }
     };
-    Ok((Listing { root, class_names, files, candidates, list_files }, *image_size))
+    Ok((
+        Listing {
+            root,
+            class_names,
+            files,
+            candidates,
+            list_files,
+        },
+        *image_size,
+    ))
 }
 
-fn fingerprint_of(cfg: &DatasetConfig, l: &Listing, sel: &Selection, image_size: usize, cache: &FingerprintCache) -> Result<Fingerprint, DataError> {
+fn fingerprint_of(
+    cfg: &DatasetConfig,
+    l: &Listing,
+    sel: &Selection,
+    image_size: usize,
+    cache: &FingerprintCache,
+) -> Result<Fingerprint, DataError> {
     let mut b = FingerprintBuilder::new();
     b.param("source", "image-folder");
     b.param("image_size", image_size);
     b.param("folder_classes", format!("{:?}", l.class_names));
     match &cfg.source {
-        Source::ImageFolder { split: FolderSplit::FirstFraction(f), .. } => {
+        Source::ImageFolder {
+            split: FolderSplit::FirstFraction(f),
+            ..
+        } => {
             b.param("folder_split", format!("first {:016x}", f.to_bits()));
         }
         _ => {
@@ -132,8 +177,11 @@ fn fingerprint_of(cfg: &DatasetConfig, l: &Listing, sel: &Selection, image_size:
     for (name, path) in &l.list_files {
         b.content(name, &cache.file_digest(path)?);
     }
-    let digests: Vec<[u8; 32]> =
-        sel.indices.par_iter().map(|&i| cache.file_digest(&l.root.join(&l.files[i].0))).collect::<Result<_, _>>()?;
+    let digests: Vec<[u8; 32]> = sel
+        .indices
+        .par_iter()
+        .map(|&i| cache.file_digest(&l.root.join(&l.files[i].0)))
+        .collect::<Result<_, _>>()?;
     for (&i, d) in sel.indices.iter().zip(&digests) {
         b.content(&l.files[i].0, d);
     }
@@ -145,24 +193,40 @@ fn selection(cfg: &DatasetConfig, l: &Listing) -> Result<Selection, DataError> {
     select(&labels, &l.candidates, &l.class_names, cfg)
 }
 
-pub(crate) fn fingerprint(cfg: &DatasetConfig, base_dir: &Path, cache: &FingerprintCache) -> Result<Fingerprint, DataError> {
+pub(crate) fn fingerprint(
+    cfg: &DatasetConfig,
+    base_dir: &Path,
+    cache: &FingerprintCache,
+) -> Result<Fingerprint, DataError> {
     let (l, size) = list(cfg, base_dir)?;
     let sel = selection(cfg, &l)?;
     fingerprint_of(cfg, &l, &sel, size, cache)
 }
 
-pub(crate) fn load(cfg: &DatasetConfig, base_dir: &Path, cache: &FingerprintCache) -> Result<Dataset, DataError> {
+pub(crate) fn load(
+    cfg: &DatasetConfig,
+    base_dir: &Path,
+    cache: &FingerprintCache,
+) -> Result<Dataset, DataError> {
     let (l, size) = list(cfg, base_dir)?;
     let sel = selection(cfg, &l)?;
     let fp = fingerprint_of(cfg, &l, &sel, size, cache)?;
     cache.save()?;
     let per = 3 * size * size;
-    let decoded: Vec<Vec<u8>> =
-        sel.indices.par_iter().map(|&i| decode(&l.root.join(&l.files[i].0), size)).collect::<Result<_, _>>()?;
+    let decoded: Vec<Vec<u8>> = sel
+        .indices
+        .par_iter()
+        .map(|&i| decode(&l.root.join(&l.files[i].0), size))
+        .collect::<Result<_, _>>()?;
     let mut images = Vec::with_capacity(decoded.len() * per);
     decoded.iter().for_each(|d| images.extend_from_slice(d));
     // The selection already picked the records: build an identity selection over them.
-    let recs = Records { images, shape: [3, size, size], labels: sel.indices.iter().map(|&i| l.files[i].1).collect(), class_names: l.class_names.clone() };
+    let recs = Records {
+        images,
+        shape: [3, size, size],
+        labels: sel.indices.iter().map(|&i| l.files[i].1).collect(),
+        class_names: l.class_names.clone(),
+    };
     let identity = Selection {
         indices: (0..sel.indices.len()).collect(),
         labels: sel.labels.clone(),
@@ -175,10 +239,22 @@ pub(crate) fn load(cfg: &DatasetConfig, base_dir: &Path, cache: &FingerprintCach
 /// Decodes one image to RGB `C,H,W` bytes, shorter side resized to `size`, centre-cropped.
 pub(crate) fn decode(path: &Path, size: usize) -> Result<Vec<u8>, DataError> {
     let reader = image::ImageReader::open(path).map_err(|e| DataError::io(path, e))?;
-    let reader = reader.with_guessed_format().map_err(|e| DataError::io(path, e))?;
-    let img = reader.decode().map_err(|e| DataError::Decode { path: path.into(), detail: e.to_string() })?.to_rgb8();
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|e| DataError::io(path, e))?;
+    let img = reader
+        .decode()
+        .map_err(|e| DataError::Decode {
+            path: path.into(),
+            detail: e.to_string(),
+        })?
+        .to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let (nw, nh) = if w <= h { (size, (h * size + w / 2) / w) } else { ((w * size + h / 2) / h, size) };
+    let (nw, nh) = if w <= h {
+        (size, (h * size + w / 2) / w)
+    } else {
+        ((w * size + h / 2) / h, size)
+    };
     let resized = if (nw, nh) == (w, h) {
         img
     } else {

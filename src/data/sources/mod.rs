@@ -32,7 +32,11 @@ fn uses_holdout(source: &Source) -> bool {
     matches!(source, Source::BuiltinDigits | Source::MnistJson { .. })
 }
 
-pub(crate) fn load(cfg: &DatasetConfig, base_dir: &Path, cache: &FingerprintCache) -> Result<Dataset, DataError> {
+pub(crate) fn load(
+    cfg: &DatasetConfig,
+    base_dir: &Path,
+    cache: &FingerprintCache,
+) -> Result<Dataset, DataError> {
     if let Source::ImageFolder { .. } = cfg.source {
         return folder::load(cfg, base_dir, cache);
     }
@@ -40,10 +44,16 @@ pub(crate) fn load(cfg: &DatasetConfig, base_dir: &Path, cache: &FingerprintCach
     let read_split = if holdout { Split::All } else { cfg.split };
     let recs = match &cfg.source {
         Source::BuiltinDigits => digits::read()?,
-        Source::Idx { path, flavor } => idx::read(&super::resolve(base_dir, path), *flavor, read_split)?,
+        Source::Idx { path, flavor } => {
+            idx::read(&super::resolve(base_dir, path), *flavor, read_split)?
+        }
         Source::MnistJson { path } => mnist_json::read(&super::resolve(base_dir, path))?,
-        Source::Cifar10 { path } => cifar::read_cifar10(&super::resolve(base_dir, path), read_split)?,
-        Source::Cifar100 { path, labels } => cifar::read_cifar100(&super::resolve(base_dir, path), *labels, read_split)?,
+        Source::Cifar10 { path } => {
+            cifar::read_cifar10(&super::resolve(base_dir, path), read_split)?
+        }
+        Source::Cifar100 { path, labels } => {
+            cifar::read_cifar100(&super::resolve(base_dir, path), *labels, read_split)?
+        }
         Source::ImageFolder { .. } => unreachable!("handled above"),
     };
     let candidates: Vec<usize> = if holdout {
@@ -57,7 +67,11 @@ pub(crate) fn load(cfg: &DatasetConfig, base_dir: &Path, cache: &FingerprintCach
     Ok(Dataset::from_records(recs, &sel, fp))
 }
 
-pub(crate) fn fingerprint(cfg: &DatasetConfig, base_dir: &Path, cache: &FingerprintCache) -> Result<Fingerprint, DataError> {
+pub(crate) fn fingerprint(
+    cfg: &DatasetConfig,
+    base_dir: &Path,
+    cache: &FingerprintCache,
+) -> Result<Fingerprint, DataError> {
     let mut b = FingerprintBuilder::new();
     let files: Vec<(String, PathBuf)> = match &cfg.source {
         Source::BuiltinDigits => {
@@ -99,10 +113,14 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
 pub(crate) fn gunzip_if_needed(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
         let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| DataError::Truncated {
-            path: path.to_path_buf(),
-            detail: format!("gzip stream is incomplete or corrupt ({e}); download the file again"),
-        })?;
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::Truncated {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "gzip stream is incomplete or corrupt ({e}); download the file again"
+                ),
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -118,7 +136,14 @@ pub(crate) fn first_existing(candidates: &[PathBuf], what: &str) -> Result<PathB
     }
     Err(DataError::NotFound {
         path: candidates[0].clone(),
-        what: format!("{what}; also tried {}", candidates[1..].iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")),
+        what: format!(
+            "{what}; also tried {}",
+            candidates[1..]
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     })
 }
 
@@ -126,6 +151,9 @@ pub(crate) fn require_dir(path: &Path, what: &str) -> Result<(), DataError> {
     if path.is_dir() {
         Ok(())
     } else {
-        Err(DataError::NotFound { path: path.to_path_buf(), what: format!("expected {what}") })
+        Err(DataError::NotFound {
+            path: path.to_path_buf(),
+            what: format!("expected {what}"),
+        })
     }
 }
