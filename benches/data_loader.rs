@@ -178,6 +178,24 @@ fn main() {
             s * 1e3 / n as f64
         );
     }
+    let torch_step = torch
+        .as_ref()
+        .and_then(|v| v.iter().find(|(n, _)| n == "resnet8_step").map(|(_, m)| *m));
+    if let Some(step) = torch_step {
+        println!(
+            "pytorch CPU resnet8 training step (batch 64): {step:.2} ms; burn's is slower, so these ratios are upper bounds:"
+        );
+        for (name, ms) in &ours[..3] {
+            println!(
+                "  {name}: {:.2}% of the pytorch step (target < 10%)",
+                100.0 * ms / step
+            );
+        }
+        println!(
+            "  cifar_train_32+dsa_m, 1 thread: {:.2}% of the pytorch step",
+            100.0 * one / step
+        );
+    }
     match step_ms {
         Some(step) => {
             for (name, ms) in &ours[..3] {

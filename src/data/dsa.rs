@@ -213,17 +213,31 @@ pub fn affine(x: &mut [f32], shape: [usize; 3], theta: [[f32; 3]; 2], scratch: &
     let plane = h * w;
     scratch[..x.len()].copy_from_slice(x);
     let src = &scratch[..x.len()];
+    let (wf, hf) = (w as f32, h as f32);
     for i in 0..h {
-        let yn = (2 * i + 1) as f32 / h as f32 - 1.0;
+        let yn = (2 * i + 1) as f32 / hf - 1.0;
         for j in 0..w {
-            let xn = (2 * j + 1) as f32 / w as f32 - 1.0;
+            let xn = (2 * j + 1) as f32 / wf - 1.0;
             let gx = theta[0][0] * xn + theta[0][1] * yn + theta[0][2];
             let gy = theta[1][0] * xn + theta[1][1] * yn + theta[1][2];
-            let ix = ((gx + 1.0) * w as f32 - 1.0) / 2.0;
-            let iy = ((gy + 1.0) * h as f32 - 1.0) / 2.0;
-            let (x0, y0) = (ix.floor(), iy.floor());
-            let (wx1, wy1) = (ix - x0, iy - y0);
-            let (x0, y0) = (x0 as i64, y0 as i64);
+            let ix = ((gx + 1.0) * wf - 1.0) / 2.0;
+            let iy = ((gy + 1.0) * hf - 1.0) / 2.0;
+            // floor without a libm call (the x86-64 baseline has no rounding instruction).
+            let (x0, y0) = (floor_i64(ix), floor_i64(iy));
+            let (wx1, wy1) = (ix - x0 as f32, iy - y0 as f32);
+            let out = i * w + j;
+            if x0 >= 0 && y0 >= 0 && x0 + 1 < w as i64 && y0 + 1 < h as i64 {
+                // All four neighbours inside: the common case, no per-corner checks.
+                let k = y0 as usize * w + x0 as usize;
+                let (w00, w01) = ((1.0 - wy1) * (1.0 - wx1), (1.0 - wy1) * wx1);
+                let (w10, w11) = (wy1 * (1.0 - wx1), wy1 * wx1);
+                for ch in 0..c {
+                    let s = &src[ch * plane..(ch + 1) * plane];
+                    x[ch * plane + out] =
+                        w00 * s[k] + w01 * s[k + 1] + w10 * s[k + w] + w11 * s[k + w + 1];
+                }
+                continue;
+            }
             let corners = [
                 (y0, x0, (1.0 - wy1) * (1.0 - wx1)),
                 (y0, x0 + 1, (1.0 - wy1) * wx1),
@@ -237,10 +251,15 @@ pub fn affine(x: &mut [f32], shape: [usize; 3], theta: [[f32; 3]; 2], scratch: &
                         v += wt * src[ch * plane + yy as usize * w + xx as usize];
                     }
                 }
-                x[ch * plane + i * w + j] = v;
+                x[ch * plane + out] = v;
             }
         }
     }
+}
+
+fn floor_i64(v: f32) -> i64 {
+    let t = v as i64;
+    if (t as f32) > v { t - 1 } else { t }
 }
 
 pub fn hflip(x: &mut [f32], shape: [usize; 3]) {

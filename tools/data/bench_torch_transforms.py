@@ -2,7 +2,9 @@
 torchvision transforms and DatasetCondensation's DiffAugment (per-image parameters).
 
 Called by the bench (DISTILLERY_TORCH_PYTHON, default /work/venvs/torch/bin/python) with
-the number of threads; prints one line `name median_ms` per case.
+the number of threads; prints one line `name median_ms` per case, and the median of a
+CIFAR ResNet-8 training step (batch 64, forward + cross-entropy + backward + SGD momentum)
+as the yardstick for the loader's cost.
 """
 import math
 import statistics
@@ -75,6 +77,46 @@ def median_ms(fn, reps):
     return statistics.median(times)
 
 
+class Block(torch.nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = torch.nn.BatchNorm2d(cout)
+        self.c2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = torch.nn.BatchNorm2d(cout)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.b1(self.c1(x)))
+        y = self.b2(self.c2(y))
+        return F.relu(y + (x if self.short is None else self.short(x)))
+
+
+def resnet8():
+    """CIFAR ResNet-8 (He et al. 2016, 6n+2 with n = 1): widths 16, 32, 64."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+
+def resnet8_step_ms():
+    model = resnet8()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(B, 3, 32, 32)
+    y = torch.randint(0, 10, (B,))
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return median_ms(step, 20)
+
+
 print(f"cifar_train_32 {median_ms(lambda: per_image(cifar), 50):.4f}")
 print(f"cifar_train_32+dsa_m {median_ms(lambda: dsa_m(per_image(cifar)), 50):.4f}")
 print(f"paper_cifar_224 {median_ms(lambda: per_image(paper), 5):.4f}")
+print(f"resnet8_step {resnet8_step_ms():.4f}")
