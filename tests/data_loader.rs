@@ -195,6 +195,24 @@ fn dataset_normalisation_centres_and_scales() {
 }
 
 #[test]
+fn test_split_normalised_with_train_statistics() {
+    let (train, test) = (digits(Split::Train), digits(Split::Test));
+    let t = TransformConfig {
+        normalize: Some(Normalize::from_stats(&train.stats)),
+        ..T::default()
+    };
+    let b = Loader::new(test.clone(), LoaderConfig::eval(4, t))
+        .unwrap()
+        .batch(0, 0);
+    let px = test.image(b.indices[0])[10] as f32 / 255.0;
+    assert_eq!(
+        b.images[10],
+        (px - train.stats.mean[0]) * (1.0 / train.stats.std[0])
+    );
+    assert_ne!(train.stats, test.stats);
+}
+
+#[test]
 fn bad_transforms_are_config_errors() {
     let d = digits(Split::Train);
     let t = TransformConfig {

@@ -89,7 +89,7 @@ fn builtin_digits_classes_and_per_class_as_in_the_quickstart() {
 fn fashion_dir() -> Option<PathBuf> {
     installed(
         "DISTILLERY_FASHION_MNIST",
-        Some("/usr/share/datasets/fashion-mnist"),
+        Some(distillery::data::DEBIAN_FASHION_MNIST_DIR),
         "train-labels-idx1-ubyte.gz",
         "apt-get install -y dataset-fashion-mnist",
     )

@@ -63,6 +63,23 @@ pub enum Source {
     },
 }
 
+/// Where Debian's `dataset-fashion-mnist` package installs the IDX files.
+pub const DEBIAN_FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+impl Source {
+    /// Sources known by name: `builtin/digits`, and `fashion-mnist` (Debian's package).
+    pub fn from_name(name: &str) -> Option<Source> {
+        match name {
+            "builtin/digits" => Some(Source::BuiltinDigits),
+            "fashion-mnist" => Some(Source::Idx {
+                path: DEBIAN_FASHION_MNIST_DIR.into(),
+                flavor: IdxFlavor::FashionMnist,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Which class names an IDX dataset carries (IDX files store only numeric labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdxFlavor {

@@ -14,7 +14,8 @@ pub const CIFAR10_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Normalize {
-    /// The dataset's own per-channel statistics ([`super::Dataset::stats`]).
+    /// The loader's dataset's own per-channel statistics ([`super::Dataset::stats`]). For a
+    /// test split use the train selection's statistics instead: [`Normalize::from_stats`].
     Dataset,
     /// ImageNet's (for ImageNet-pretrained teachers).
     ImageNet,
@@ -22,6 +23,16 @@ pub enum Normalize {
         mean: Vec<f32>,
         std: Vec<f32>,
     },
+}
+
+impl Normalize {
+    /// Fixed statistics, e.g. those of the train selection for evaluating on its test split.
+    pub fn from_stats(stats: &Stats) -> Self {
+        Normalize::Given {
+            mean: stats.mean.clone(),
+            std: stats.std.clone(),
+        }
+    }
 }
 
 /// Zero-pad by `padding` on each side, then crop `size` x `size` at a random offset
