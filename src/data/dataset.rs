@@ -210,10 +210,6 @@ pub fn merge(real: &Dataset, synthetic: &Dataset, ratio: f64) -> Result<Dataset,
             labels.push(c as u32);
         }
     }
-    let mut b = FingerprintBuilder::new();
-    b.param("merge", format!("{:016x}", ratio.to_bits()));
-    b.content("real", &real.fingerprint.0);
-    b.content("synthetic", &synthetic.fingerprint.0);
     let stats = compute_stats(&images, real.shape);
     Ok(Dataset {
         images,
@@ -222,8 +218,18 @@ pub fn merge(real: &Dataset, synthetic: &Dataset, ratio: f64) -> Result<Dataset,
         class_names: real.class_names.clone(),
         source_classes: real.source_classes.clone(),
         stats,
-        fingerprint: b.finish(),
+        fingerprint: merged_fingerprint(&real.fingerprint, &synthetic.fingerprint, ratio),
     })
+}
+
+/// The fingerprint [`merge`] gives, computable from the two selections' fingerprints alone
+/// (so a planner need not load either).
+pub fn merged_fingerprint(real: &Fingerprint, synthetic: &Fingerprint, ratio: f64) -> Fingerprint {
+    let mut b = FingerprintBuilder::new();
+    b.param("merge", format!("{:016x}", ratio.to_bits()));
+    b.content("real", &real.0);
+    b.content("synthetic", &synthetic.0);
+    b.finish()
 }
 
 #[cfg(test)]
@@ -255,6 +261,10 @@ mod tests {
         assert_eq!(m2.len(), 18);
         assert_eq!(m2.labels.iter().filter(|&&l| l == 0).count(), 9);
         assert_ne!(m1.fingerprint(), m2.fingerprint());
+        assert_eq!(
+            *m2.fingerprint(),
+            merged_fingerprint(real.fingerprint(), syn.fingerprint(), 2.0)
+        );
         // The synthetic images come after the real ones and keep their pixels.
         assert_eq!(m2.image(6), &[200; 4]);
     }

@@ -19,7 +19,7 @@ mod select;
 mod sources;
 mod transform;
 
-pub use dataset::{Dataset, Stats, merge};
+pub use dataset::{Dataset, Stats, merge, merged_fingerprint};
 pub use dsa::{DsaConfig, DsaFamily, DsaMode, DsaParams, FamilyScope};
 pub use error::DataError;
 pub use fingerprint::{Fingerprint, FingerprintCache, fingerprint, fingerprint_with_cache};
