@@ -497,6 +497,13 @@ fn image_folder_from_digits_with_fraction_and_lists() {
     };
     let t = load(&cfg(lists.clone(), Split::Train), tmp.path()).unwrap();
     assert_eq!(t.labels, vec![0, 1]);
+    // Class names that do not sort like their paths ("digit0 b/.." < "digit0/..").
+    std::fs::create_dir(root.join("digit0 b")).unwrap();
+    std::fs::copy(root.join("digit1/00.png"), root.join("digit0 b/00.png")).unwrap();
+    std::fs::write(tmp.path().join("train.txt"), "digit0/00.png\ndigit0 b/00.png\n").unwrap();
+    let t = load(&cfg(lists.clone(), Split::Train), tmp.path()).unwrap();
+    assert_eq!(t.class_names, vec!["digit0", "digit0 b", "digit1", "digit2"]);
+    assert_eq!(t.labels, vec![0, 1]);
     std::fs::write(tmp.path().join("test.txt"), "digit2/missing.png\n").unwrap();
     let e = load(&cfg(lists, Split::Test), tmp.path())
         .unwrap_err()

@@ -106,6 +106,10 @@ fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataEr
             if cfg.split != Split::Train {
                 wanted.push(crate::data::resolve(base_dir, test));
             }
+            // Not a binary search: "class/file" strings need not sort in class order
+            // ("a b/x" < "a/x" although class "a" < "a b").
+            let by_name: std::collections::HashMap<&str, usize> =
+                files.iter().enumerate().map(|(i, f)| (f.0.as_str(), i)).collect();
             let mut out = Vec::new();
             for lf in wanted {
                 let text = std::fs::read_to_string(&lf).map_err(|e| DataError::io(&lf, e))?;
@@ -114,9 +118,9 @@ fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataEr
                     if rel.is_empty() {
                         continue;
                     }
-                    match files.binary_search_by(|f| f.0.as_str().cmp(rel)) {
-                        Ok(i) => out.push(i),
-                        Err(_) => {
+                    match by_name.get(rel) {
+                        Some(&i) => out.push(i),
+                        None => {
                             return Err(DataError::Format {
                                 path: lf.clone(),
                                 detail: format!(
