@@ -500,9 +500,16 @@ fn image_folder_from_digits_with_fraction_and_lists() {
     // Class names that do not sort like their paths ("digit0 b/.." < "digit0/..").
     std::fs::create_dir(root.join("digit0 b")).unwrap();
     std::fs::copy(root.join("digit1/00.png"), root.join("digit0 b/00.png")).unwrap();
-    std::fs::write(tmp.path().join("train.txt"), "digit0/00.png\ndigit0 b/00.png\n").unwrap();
+    std::fs::write(
+        tmp.path().join("train.txt"),
+        "digit0/00.png\ndigit0 b/00.png\n",
+    )
+    .unwrap();
     let t = load(&cfg(lists.clone(), Split::Train), tmp.path()).unwrap();
-    assert_eq!(t.class_names, vec!["digit0", "digit0 b", "digit1", "digit2"]);
+    assert_eq!(
+        t.class_names,
+        vec!["digit0", "digit0 b", "digit1", "digit2"]
+    );
     assert_eq!(t.labels, vec![0, 1]);
     std::fs::write(tmp.path().join("test.txt"), "digit2/missing.png\n").unwrap();
     let e = load(&cfg(lists, Split::Test), tmp.path())
@@ -589,4 +596,31 @@ fn corrupt_png_is_a_decode_error_naming_the_file() {
         e.starts_with(&format!("{}: cannot decode image", png.display())),
         "{e}"
     );
+}
+
+#[test]
+fn classes_by_index_or_name_share_a_fingerprint_and_unknown_ones_fail_at_planning() {
+    let mut by_index = cfg(Source::BuiltinDigits, Split::Train);
+    by_index.classes = Some(vec![ClassRef::Index(3), ClassRef::Index(1)]);
+    let mut by_name = by_index.clone();
+    by_name.classes = Some(vec![ClassRef::Name("3".into()), ClassRef::Name("1".into())]);
+    let fp = distillery::data::fingerprint(&by_index, Path::new(".")).unwrap();
+    assert_eq!(
+        distillery::data::fingerprint(&by_name, Path::new(".")).unwrap(),
+        fp
+    );
+    assert_eq!(*load(&by_name, Path::new(".")).unwrap().fingerprint(), fp);
+    let mut reordered = by_index.clone();
+    reordered.classes = Some(vec![ClassRef::Index(1), ClassRef::Index(3)]);
+    assert_ne!(
+        distillery::data::fingerprint(&reordered, Path::new(".")).unwrap(),
+        fp,
+        "label order differs"
+    );
+    let mut unknown = by_index;
+    unknown.classes = Some(vec![ClassRef::Name("cat".into())]);
+    let e = distillery::data::fingerprint(&unknown, Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("classes: unknown class \"cat\""), "{e}");
 }

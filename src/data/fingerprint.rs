@@ -99,17 +99,15 @@ impl FingerprintBuilder {
 pub(crate) fn selection_params(
     b: &mut FingerprintBuilder,
     cfg: &DatasetConfig,
+    class_names: &[String],
     uses_holdout: bool,
-) {
+) -> Result<(), DataError> {
     b.param("split", format!("{:?}", cfg.split));
     if let Some(classes) = &cfg.classes {
-        let list: Vec<String> = classes
-            .iter()
-            .map(|c| match c {
-                super::ClassRef::Index(i) => format!("#{i}"),
-                super::ClassRef::Name(n) => format!("{n:?}"),
-            })
-            .collect();
+        // Resolved to source indices: `5` and `"5"` select the same thing, and an unknown
+        // class fails here, at planning time.
+        let resolved = super::select::resolve_classes(Some(classes), class_names)?;
+        let list: Vec<String> = resolved.iter().map(|i| i.to_string()).collect();
         b.param("classes", list.join(","));
     }
     if let Some(n) = cfg.per_class {
@@ -131,6 +129,7 @@ pub(crate) fn selection_params(
             ),
         );
     }
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

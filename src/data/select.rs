@@ -306,4 +306,30 @@ mod tests {
             "fraction: expected a value in (0, 1], got 1.5"
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn selections_keep_candidates_labels_and_shares(
+            labels in proptest::collection::vec(0u32..4, 1..200),
+            seed in 0u64..1000,
+            frac in 0.05f64..1.0,
+        ) {
+            let candidates = holdout_split(&labels, 4, Split::Train, Holdout { fraction: 0.3, seed });
+            let mut c = cfg();
+            c.fraction = Some(frac);
+            c.seed = seed;
+            c.classes = Some(vec![ClassRef::Index(2), ClassRef::Index(0), ClassRef::Index(3)]);
+            let s = select(&labels, &candidates, &names(4), &c).unwrap();
+            proptest::prop_assert!(s.indices.windows(2).all(|w| w[0] < w[1]));
+            for (&i, &l) in s.indices.iter().zip(&s.labels) {
+                proptest::prop_assert!(candidates.contains(&i));
+                proptest::prop_assert_eq!(labels[i], s.source_classes[l as usize]);
+            }
+            for (new, &old) in s.source_classes.iter().enumerate() {
+                let n = candidates.iter().filter(|&&i| labels[i] == old).count();
+                let want = if n == 0 { 0 } else { (((n as f64) * frac).round() as usize).clamp(1, n) };
+                proptest::prop_assert_eq!(s.labels.iter().filter(|&&l| l as usize == new).count(), want);
+            }
+        }
+    }
 }

@@ -229,13 +229,31 @@ fn names_from(file: Option<&PathBuf>, defaults: &[&str]) -> Result<Vec<String>, 
     Ok(names)
 }
 
-pub(crate) fn read_cifar10(path: &Path, split: Split) -> Result<Records, DataError> {
-    let files = files_cifar10(path, split)?;
+pub(crate) fn class_names_cifar10(files: &[(String, PathBuf)]) -> Result<Vec<String>, DataError> {
     let meta = files
         .iter()
         .find(|f| f.0 == "batches.meta.txt")
         .map(|f| &f.1);
-    let class_names = names_from(meta, &CIFAR10_CLASSES)?;
+    names_from(meta, &CIFAR10_CLASSES)
+}
+
+pub(crate) fn class_names_cifar100(
+    files: &[(String, PathBuf)],
+    labels: Cifar100Labels,
+) -> Result<Vec<String>, DataError> {
+    let (meta_name, defaults): (&str, &[&str]) = match labels {
+        Cifar100Labels::Fine => ("fine_label_names.txt", &CIFAR100_CLASSES),
+        Cifar100Labels::Coarse => ("coarse_label_names.txt", &CIFAR100_COARSE_CLASSES),
+    };
+    names_from(
+        files.iter().find(|f| f.0 == meta_name).map(|f| &f.1),
+        defaults,
+    )
+}
+
+pub(crate) fn read_cifar10(path: &Path, split: Split) -> Result<Records, DataError> {
+    let files = files_cifar10(path, split)?;
+    let class_names = class_names_cifar10(&files)?;
     let mut out = Records {
         images: Vec::new(),
         shape: [3, 32, 32],
@@ -260,12 +278,12 @@ pub(crate) fn read_cifar100(
     split: Split,
 ) -> Result<Records, DataError> {
     let files = files_cifar100(path, split)?;
-    let (meta_name, defaults, label_at): (&str, &[&str], usize) = match labels {
-        Cifar100Labels::Fine => ("fine_label_names.txt", &CIFAR100_CLASSES, 1),
-        Cifar100Labels::Coarse => ("coarse_label_names.txt", &CIFAR100_COARSE_CLASSES, 0),
+    // Record layout: coarse label byte, then fine label byte.
+    let label_at = match labels {
+        Cifar100Labels::Fine => 1,
+        Cifar100Labels::Coarse => 0,
     };
-    let meta = files.iter().find(|f| f.0 == meta_name).map(|f| &f.1);
-    let class_names = names_from(meta, defaults)?;
+    let class_names = class_names_cifar100(&files, labels)?;
     let mut out = Records {
         images: Vec::new(),
         shape: [3, 32, 32],

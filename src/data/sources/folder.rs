@@ -108,8 +108,11 @@ fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataEr
             }
             // Not a binary search: "class/file" strings need not sort in class order
             // ("a b/x" < "a/x" although class "a" < "a b").
-            let by_name: std::collections::HashMap<&str, usize> =
-                files.iter().enumerate().map(|(i, f)| (f.0.as_str(), i)).collect();
+            let by_name: std::collections::HashMap<&str, usize> = files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.0.as_str(), i))
+                .collect();
             let mut out = Vec::new();
             for lf in wanted {
                 let text = std::fs::read_to_string(&lf).map_err(|e| DataError::io(&lf, e))?;
@@ -177,7 +180,7 @@ fn fingerprint_of(
             b.param("folder_split", "lists");
         }
     }
-    selection_params(&mut b, cfg, false);
+    selection_params(&mut b, cfg, &l.class_names, false)?;
     for (name, path) in &l.list_files {
         b.content(name, &cache.file_digest(path)?);
     }

@@ -73,31 +73,49 @@ pub(crate) fn fingerprint(
     cache: &FingerprintCache,
 ) -> Result<Fingerprint, DataError> {
     let mut b = FingerprintBuilder::new();
-    let files: Vec<(String, PathBuf)> = match &cfg.source {
+    let digit_names = || (0..10).map(|i| i.to_string()).collect::<Vec<String>>();
+    let (files, names): (Vec<(String, PathBuf)>, Vec<String>) = match &cfg.source {
         Source::BuiltinDigits => {
             b.param("source", "builtin/digits");
             b.content("digits.csv.gz", digits::content_digest());
-            Vec::new()
+            (Vec::new(), digit_names())
         }
         Source::Idx { path, flavor } => {
             b.param("source", format!("idx/{flavor:?}"));
-            idx::files(&super::resolve(base_dir, path), cfg.split)?
+            let names = match flavor {
+                super::IdxFlavor::Mnist => digit_names(),
+                super::IdxFlavor::FashionMnist => FASHION_MNIST_CLASSES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            };
+            (
+                idx::files(&super::resolve(base_dir, path), cfg.split)?,
+                names,
+            )
         }
         Source::MnistJson { path } => {
             b.param("source", "mnist-json");
-            mnist_json::files(&super::resolve(base_dir, path))?
+            (
+                mnist_json::files(&super::resolve(base_dir, path))?,
+                digit_names(),
+            )
         }
         Source::Cifar10 { path } => {
             b.param("source", "cifar10");
-            cifar::files_cifar10(&super::resolve(base_dir, path), cfg.split)?
+            let files = cifar::files_cifar10(&super::resolve(base_dir, path), cfg.split)?;
+            let names = cifar::class_names_cifar10(&files)?;
+            (files, names)
         }
         Source::Cifar100 { path, labels } => {
             b.param("source", format!("cifar100/{labels:?}"));
-            cifar::files_cifar100(&super::resolve(base_dir, path), cfg.split)?
+            let files = cifar::files_cifar100(&super::resolve(base_dir, path), cfg.split)?;
+            let names = cifar::class_names_cifar100(&files, *labels)?;
+            (files, names)
         }
         Source::ImageFolder { .. } => return folder::fingerprint(cfg, base_dir, cache),
     };
-    selection_params(&mut b, cfg, uses_holdout(&cfg.source));
+    selection_params(&mut b, cfg, &names, uses_holdout(&cfg.source))?;
     for (name, path) in &files {
         b.content(name, &cache.file_digest(path)?);
     }
