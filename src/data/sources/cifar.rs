@@ -254,22 +254,7 @@ pub(crate) fn class_names_cifar100(
 pub(crate) fn read_cifar10(path: &Path, split: Split) -> Result<Records, DataError> {
     let files = files_cifar10(path, split)?;
     let class_names = class_names_cifar10(&files)?;
-    let mut out = Records {
-        images: Vec::new(),
-        shape: [3, 32, 32],
-        labels: Vec::new(),
-        class_names,
-    };
-    for (_, file) in files.iter().filter(|f| f.0.ends_with(".bin")) {
-        parse_records(
-            file,
-            &std::fs::read(file).map_err(|e| DataError::io(file, e))?,
-            1,
-            0,
-            &mut out,
-        )?;
-    }
-    Ok(out)
+    read_batches(&files, 1, 0, class_names)
 }
 
 pub(crate) fn read_cifar100(
@@ -284,6 +269,16 @@ pub(crate) fn read_cifar100(
         Cifar100Labels::Coarse => 0,
     };
     let class_names = class_names_cifar100(&files, labels)?;
+    read_batches(&files, 2, label_at, class_names)
+}
+
+/// Reads the `.bin` files among `files`, in order.
+fn read_batches(
+    files: &[(String, PathBuf)],
+    header: usize,
+    label_at: usize,
+    class_names: Vec<String>,
+) -> Result<Records, DataError> {
     let mut out = Records {
         images: Vec::new(),
         shape: [3, 32, 32],
@@ -291,13 +286,8 @@ pub(crate) fn read_cifar100(
         class_names,
     };
     for (_, file) in files.iter().filter(|f| f.0.ends_with(".bin")) {
-        parse_records(
-            file,
-            &std::fs::read(file).map_err(|e| DataError::io(file, e))?,
-            2,
-            label_at,
-            &mut out,
-        )?;
+        let bytes = std::fs::read(file).map_err(|e| DataError::io(file, e))?;
+        parse_records(file, &bytes, header, label_at, &mut out)?;
     }
     Ok(out)
 }
