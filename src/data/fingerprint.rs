@@ -237,7 +237,9 @@ impl FingerprintCache {
         Ok(digest)
     }
 
-    /// Writes the cache file (atomically) when it has one and something changed.
+    /// Writes the cache file (atomically) when it has one and something changed. Processes
+    /// saving at once each write a whole file and the last rename wins; a lost entry only
+    /// costs hashing that file again.
     pub fn save(&self) -> Result<(), DataError> {
         let Some(file) = &self.file else {
             return Ok(());
