@@ -1,0 +1,177 @@
+//! Readers of each source format. Every reader returns all records of a split as `u8`
+//! images (`C,H,W`, 0..=255) with labels checked against the class count.
+
+mod cifar;
+mod digits;
+mod folder;
+mod idx;
+mod mnist_json;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::dataset::Dataset;
+use super::fingerprint::{FingerprintBuilder, FingerprintCache, selection_params};
+use super::select::{holdout_split, select};
+use super::{DataError, DatasetConfig, Fingerprint, Source, Split};
+
+pub use cifar::{CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES};
+pub use idx::FASHION_MNIST_CLASSES;
+
+/// All records of one split of a record-based source.
+#[derive(Debug)]
+pub(crate) struct Records {
+    pub images: Vec<u8>,
+    pub shape: [usize; 3],
+    pub labels: Vec<u32>,
+    pub class_names: Vec<String>,
+}
+
+/// Whether a source has no official test split, so the seeded holdout makes one.
+fn uses_holdout(source: &Source) -> bool {
+    matches!(source, Source::BuiltinDigits | Source::MnistJson { .. })
+}
+
+pub(crate) fn load(
+    cfg: &DatasetConfig,
+    base_dir: &Path,
+    cache: &FingerprintCache,
+) -> Result<Dataset, DataError> {
+    if let Source::ImageFolder { .. } = cfg.source {
+        return folder::load(cfg, base_dir, cache);
+    }
+    let holdout = uses_holdout(&cfg.source);
+    let read_split = if holdout { Split::All } else { cfg.split };
+    let recs = match &cfg.source {
+        Source::BuiltinDigits => digits::read()?,
+        Source::Idx { path, flavor } => {
+            idx::read(&super::resolve(base_dir, path), *flavor, read_split)?
+        }
+        Source::MnistJson { path } => mnist_json::read(&super::resolve(base_dir, path))?,
+        Source::Cifar10 { path } => {
+            cifar::read_cifar10(&super::resolve(base_dir, path), read_split)?
+        }
+        Source::Cifar100 { path, labels } => {
+            cifar::read_cifar100(&super::resolve(base_dir, path), *labels, read_split)?
+        }
+        Source::ImageFolder { .. } => unreachable!("handled above"),
+    };
+    let candidates: Vec<usize> = if holdout {
+        holdout_split(&recs.labels, recs.class_names.len(), cfg.split, cfg.holdout)
+    } else {
+        (0..recs.labels.len()).collect()
+    };
+    let sel = select(&recs.labels, &candidates, &recs.class_names, cfg)?;
+    let fp = fingerprint(cfg, base_dir, cache)?;
+    cache.save()?;
+    Ok(Dataset::from_records(recs, &sel, fp))
+}
+
+pub(crate) fn fingerprint(
+    cfg: &DatasetConfig,
+    base_dir: &Path,
+    cache: &FingerprintCache,
+) -> Result<Fingerprint, DataError> {
+    let mut b = FingerprintBuilder::new();
+    let digit_names = || (0..10).map(|i| i.to_string()).collect::<Vec<String>>();
+    let (files, names): (Vec<(String, PathBuf)>, Vec<String>) = match &cfg.source {
+        Source::BuiltinDigits => {
+            b.param("source", "builtin/digits");
+            b.content("digits.csv.gz", digits::content_digest());
+            (Vec::new(), digit_names())
+        }
+        Source::Idx { path, flavor } => {
+            b.param("source", format!("idx/{flavor:?}"));
+            let names = match flavor {
+                super::IdxFlavor::Mnist => digit_names(),
+                super::IdxFlavor::FashionMnist => FASHION_MNIST_CLASSES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            };
+            (
+                idx::files(&super::resolve(base_dir, path), cfg.split)?,
+                names,
+            )
+        }
+        Source::MnistJson { path } => {
+            b.param("source", "mnist-json");
+            (
+                mnist_json::files(&super::resolve(base_dir, path))?,
+                digit_names(),
+            )
+        }
+        Source::Cifar10 { path } => {
+            b.param("source", "cifar10");
+            let files = cifar::files_cifar10(&super::resolve(base_dir, path), cfg.split)?;
+            let names = cifar::class_names_cifar10(&files)?;
+            (files, names)
+        }
+        Source::Cifar100 { path, labels } => {
+            b.param("source", format!("cifar100/{labels:?}"));
+            let files = cifar::files_cifar100(&super::resolve(base_dir, path), cfg.split)?;
+            let names = cifar::class_names_cifar100(&files, *labels)?;
+            (files, names)
+        }
+        Source::ImageFolder { .. } => return folder::fingerprint(cfg, base_dir, cache),
+    };
+    selection_params(&mut b, cfg, &names, uses_holdout(&cfg.source))?;
+    for (name, path) in &files {
+        b.content(name, &cache.file_digest(path)?);
+    }
+    Ok(b.finish())
+}
+
+/// Reads a file, gunzipping it when it starts with the gzip magic bytes.
+pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
+    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    gunzip_if_needed(path, raw)
+}
+
+pub(crate) fn gunzip_if_needed(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
+    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::Truncated {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "gzip stream is incomplete or corrupt ({e}); download the file again"
+                ),
+            })?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// The first existing path among `candidates`, or a not-found error naming the first one.
+pub(crate) fn first_existing(candidates: &[PathBuf], what: &str) -> Result<PathBuf, DataError> {
+    for c in candidates {
+        if c.is_file() {
+            return Ok(c.clone());
+        }
+    }
+    Err(DataError::NotFound {
+        path: candidates[0].clone(),
+        what: format!(
+            "{what}; also tried {}",
+            candidates[1..]
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+pub(crate) fn require_dir(path: &Path, what: &str) -> Result<(), DataError> {
+    if path.is_dir() {
+        Ok(())
+    } else {
+        Err(DataError::NotFound {
+            path: path.to_path_buf(),
+            what: format!("expected {what}"),
+        })
+    }
+}
