@@ -12,19 +12,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use distillery::data::{
-    Dataset, DatasetConfig, DsaConfig, DsaMode, Loader, LoaderConfig, Source, Split,
-    TransformConfig, load,
+    Dataset, DatasetConfig, DsaConfig, DsaMode, Loader, LoaderConfig, Source, Split, TransformConfig, load,
 };
 
 const BATCH: usize = 64;
 
 /// Real digits upscaled (nearest, 4x) to 3x32x32 with channel-dependent intensities.
 fn cifar_like() -> Arc<Dataset> {
-    let digits = load(
-        &DatasetConfig::new(Source::BuiltinDigits, Split::All),
-        Path::new("."),
-    )
-    .unwrap();
+    let digits = load(&DatasetConfig::new(Source::BuiltinDigits, Split::All), Path::new(".")).unwrap();
     let mut images = Vec::with_capacity(digits.len() * 3072);
     for i in 0..digits.len() {
         let d = digits.image(i);
@@ -37,13 +32,7 @@ fn cifar_like() -> Arc<Dataset> {
         }
     }
     Arc::new(
-        Dataset::from_parts(
-            images,
-            [3, 32, 32],
-            digits.labels.clone(),
-            digits.class_names.clone(),
-        )
-        .unwrap(),
+        Dataset::from_parts(images, [3, 32, 32], digits.labels.clone(), digits.class_names.clone()).unwrap(),
     )
 }
 
@@ -68,29 +57,22 @@ fn batch_ms(loader: &Loader, reps: usize) -> f64 {
 }
 
 fn torch_medians(threads: usize) -> Option<Vec<(String, f64)>> {
-    let py = std::env::var("DISTILLERY_TORCH_PYTHON")
-        .unwrap_or_else(|_| "/work/venvs/torch/bin/python".into());
+    let py =
+        std::env::var("DISTILLERY_TORCH_PYTHON").unwrap_or_else(|_| "/work/venvs/torch/bin/python".into());
     let out = std::process::Command::new(&py)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tools/data/bench_torch_transforms.py"
-        ))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/data/bench_torch_transforms.py"))
         .arg(threads.to_string())
         .output()
         .ok()?;
     if !out.status.success() {
-        eprintln!(
-            "pytorch comparison failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        eprintln!("pytorch comparison failed: {}", String::from_utf8_lossy(&out.stderr));
         return None;
     }
     Some(
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
-                l.split_once(' ')
-                    .and_then(|(n, v)| Some((n.to_string(), v.trim().parse().ok()?)))
+                l.split_once(' ').and_then(|(n, v)| Some((n.to_string(), v.trim().parse().ok()?)))
             })
             .collect(),
     )
@@ -99,10 +81,7 @@ fn torch_medians(threads: usize) -> Option<Vec<(String, f64)>> {
 fn main() {
     let threads = rayon::current_num_threads();
     let data = cifar_like();
-    println!(
-        "data_loader bench: batch {BATCH}, 3x32x32, {} images, rayon threads {threads}",
-        data.len()
-    );
+    println!("data_loader bench: batch {BATCH}, 3x32x32, {} images, rayon threads {threads}", data.len());
     let cifar = TransformConfig {
         normalize: Some(distillery::data::Normalize::Dataset),
         ..TransformConfig::cifar_train(32)
@@ -111,37 +90,24 @@ fn main() {
         ("cifar_train_32", cifar.clone(), 300),
         (
             "cifar_train_32+dsa_m",
-            TransformConfig {
-                dsa: Some(DsaConfig::paper(DsaMode::Multiple)),
-                ..cifar.clone()
-            },
+            TransformConfig { dsa: Some(DsaConfig::paper(DsaMode::Multiple)), ..cifar.clone() },
             300,
         ),
         (
             "cifar_train_32+dsa_s",
-            TransformConfig {
-                dsa: Some(DsaConfig::paper(DsaMode::Single)),
-                ..cifar.clone()
-            },
+            TransformConfig { dsa: Some(DsaConfig::paper(DsaMode::Single)), ..cifar.clone() },
             300,
         ),
         ("paper_cifar_224", TransformConfig::paper_cifar_train(), 15),
     ];
     let torch = torch_medians(threads);
-    let step_ms: Option<f64> = std::env::var("DISTILLERY_RESNET8_STEP_MS")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    println!(
-        "{:<24} {:>12} {:>14} {:>12}",
-        "case", "ms/batch", "pytorch ms", "torch/ours"
-    );
+    let step_ms: Option<f64> = std::env::var("DISTILLERY_RESNET8_STEP_MS").ok().and_then(|v| v.parse().ok());
+    println!("{:<24} {:>12} {:>14} {:>12}", "case", "ms/batch", "pytorch ms", "torch/ours");
     let mut ours = Vec::new();
     for (name, t, reps) in &cases {
         let loader = Loader::new(data.clone(), LoaderConfig::train(BATCH, 0, t.clone())).unwrap();
         let ms = batch_ms(&loader, *reps);
-        let pt = torch
-            .as_ref()
-            .and_then(|v| v.iter().find(|(n, _)| n == name).map(|(_, m)| *m));
+        let pt = torch.as_ref().and_then(|v| v.iter().find(|(n, _)| n == name).map(|(_, m)| *m));
         match pt {
             Some(p) => println!("{name:<24} {ms:>12.3} {p:>14.3} {:>11.1}x", p / ms),
             None => println!("{name:<24} {ms:>12.3} {:>14} {:>12}", "-", "-"),
@@ -149,16 +115,9 @@ fn main() {
         ours.push((name.to_string(), ms));
     }
     // Single-thread cost: the CPU time a batch takes away from training on a busy machine.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let one = pool.install(|| {
-        let loader = Loader::new(
-            data.clone(),
-            LoaderConfig::train(BATCH, 0, cases[1].1.clone()),
-        )
-        .unwrap();
+        let loader = Loader::new(data.clone(), LoaderConfig::train(BATCH, 0, cases[1].1.clone())).unwrap();
         batch_ms(&loader, 200)
     });
     println!("cifar_train_32+dsa_m on 1 thread: {one:.3} ms/batch (CPU time per batch)");
@@ -178,36 +137,23 @@ fn main() {
             s * 1e3 / n as f64
         );
     }
-    let torch_step = torch
-        .as_ref()
-        .and_then(|v| v.iter().find(|(n, _)| n == "resnet8_step").map(|(_, m)| *m));
+    let torch_step =
+        torch.as_ref().and_then(|v| v.iter().find(|(n, _)| n == "resnet8_step").map(|(_, m)| *m));
     if let Some(step) = torch_step {
         println!(
             "pytorch CPU resnet8 training step (batch 64): {step:.2} ms; burn's is slower, so these ratios are upper bounds:"
         );
         for (name, ms) in &ours[..3] {
-            println!(
-                "  {name}: {:.2}% of the pytorch step (target < 10%)",
-                100.0 * ms / step
-            );
+            println!("  {name}: {:.2}% of the pytorch step (target < 10%)", 100.0 * ms / step);
         }
-        println!(
-            "  cifar_train_32+dsa_m, 1 thread: {:.2}% of the pytorch step",
-            100.0 * one / step
-        );
+        println!("  cifar_train_32+dsa_m, 1 thread: {:.2}% of the pytorch step", 100.0 * one / step);
     }
     match step_ms {
         Some(step) => {
             for (name, ms) in &ours[..3] {
-                println!(
-                    "{name}: {:.2}% of a {step} ms resnet8 step (target < 10%)",
-                    100.0 * ms / step
-                );
+                println!("{name}: {:.2}% of a {step} ms resnet8 step (target < 10%)", 100.0 * ms / step);
             }
-            println!(
-                "cifar_train_32+dsa_m, 1 thread: {:.2}% of the step",
-                100.0 * one / step
-            );
+            println!("cifar_train_32+dsa_m, 1 thread: {:.2}% of the step", 100.0 * one / step);
         }
         None => {
             println!("set DISTILLERY_RESNET8_STEP_MS to print the ratio to a measured resnet8 step")

@@ -8,10 +8,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::data::FingerprintCache;
 use crate::diag::{self, Diagnostic};
 use crate::graph::{self, Graph};
 use crate::plan::{self, Status};
+use crate::resolve;
 use crate::spec::{self, Experiment};
+use crate::store::Store;
 
 #[derive(Parser, Debug)]
 #[command(name = "distillery", version, about = "Run knowledge-distillation experiments declared in YAML")]
@@ -22,11 +25,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Check an experiment file and report every problem in it.
+    /// Check an experiment file and report every problem in it (data files included).
     Validate { file: PathBuf },
     /// Show every node in order, its cache key, and why it would run.
     Plan {
         file: PathBuf,
+        /// The artifact store (default: .distillery beside the experiment file).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -42,6 +48,14 @@ pub enum Command {
     },
     /// Print the JSON Schema of experiment files (for editor completion and checks).
     Schema,
+    /// Remove stored results that none of the given experiment files references.
+    Gc {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The artifact store (default: .distillery beside the first experiment file).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -82,7 +96,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
     match cli.command {
         Command::Validate { file } => {
-            let (exp, g) = load_graph(&file)?;
+            let (exp, g) = load_graph(&file, None)?;
             let n_decl =
                 exp.nodes.iter().map(|n| n.base.as_str()).collect::<std::collections::HashSet<_>>().len();
             writeln!(
@@ -97,8 +111,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                 exp.files.len()
             )?;
         }
-        Command::Plan { file, json, force } => {
-            let (exp, g) = load_graph(&file)?;
+        Command::Plan { file, store, json, force } => {
+            let store_dir = store.unwrap_or_else(|| default_store(&file));
+            let (exp, g) = load_graph(&file, Some(&store_dir))?;
             for f in &force {
                 if g.get(f).is_none() && !exp.nodes.iter().any(|n| &n.base == f) {
                     return Err(Failure::Invalid(format!("error: --force {f}: no such node\n")));
@@ -110,7 +125,12 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                 .filter(|n| force.iter().any(|f| f == &n.name || f == &n.base))
                 .map(|n| n.name.clone())
                 .collect();
-            let entries = plan::plan(&g, &plan::EmptyStore, &forced);
+            let entries = if store_dir.join("objects").is_dir() {
+                let st = Store::open(&store_dir).map_err(|e| Failure::Internal(e.to_string()))?;
+                plan::plan(&g, &st, &forced)
+            } else {
+                plan::plan(&g, &plan::EmptyStore, &forced)
+            };
             if json {
                 let v = serde_json::json!({ "experiment": exp.name, "nodes": entries });
                 writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("plan serialises"))?;
@@ -119,7 +139,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             }
         }
         Command::Graph { file, format } => {
-            let (exp, g) = load_graph(&file)?;
+            let (exp, g) = load_graph(&file, None)?;
             let text = match format {
                 GraphFormat::Dot => graph::to_dot(&g, &exp.name),
                 GraphFormat::Mermaid => graph::to_mermaid(&g),
@@ -130,6 +150,17 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             let s = spec::json_schema();
             writeln!(out, "{}", serde_json::to_string_pretty(&s).expect("schema serialises"))?;
         }
+        Command::Gc { files, store } => {
+            let store_dir = store.unwrap_or_else(|| default_store(&files[0]));
+            let mut live = std::collections::HashSet::new();
+            for f in &files {
+                let (_, g) = load_graph(f, Some(&store_dir))?;
+                live.extend(g.keys.values().cloned());
+            }
+            let st = Store::open(&store_dir).map_err(|e| Failure::Internal(e.to_string()))?;
+            let (n, bytes) = st.gc(&live).map_err(|e| Failure::Internal(e.to_string()))?;
+            writeln!(out, "removed {n} entries ({:.1} MB) from {}", bytes as f64 / 1e6, store_dir.display())?;
+        }
     }
     Ok(())
 }
@@ -139,11 +170,24 @@ fn invalid(diags: &[Diagnostic]) -> Failure {
     Failure::Invalid(diag::render(diags, cwd.as_deref()))
 }
 
-/// Loads, validates and builds the graph of an experiment file.
-pub fn load_graph(file: &Path) -> Result<(Experiment, Graph), Failure> {
+/// `.distillery` beside the experiment file.
+pub fn default_store(file: &Path) -> PathBuf {
+    file.parent().unwrap_or(Path::new(".")).join(".distillery")
+}
+
+/// Loads, validates and builds the graph of an experiment file, fingerprinting dataset content
+/// (file digests are kept in the store, when there is one, so each file is hashed once).
+pub fn load_graph(file: &Path, store_dir: Option<&Path>) -> Result<(Experiment, Graph), Failure> {
     let (exp, mut diags) = spec::load_partial(file);
     let Some(exp) = exp else { return Err(invalid(&diags)) };
-    match graph::build(&exp, &graph::spec_fingerprint) {
+    let cache = match store_dir.filter(|d| d.is_dir()) {
+        Some(d) => FingerprintCache::open(&d.join("fingerprints.json"))
+            .map_err(|e| Failure::Internal(e.to_string()))?,
+        None => FingerprintCache::in_memory(),
+    };
+    let built = graph::build(&exp, &resolve::fingerprint(&exp, &cache));
+    let _ = cache.save(); // a lost digest cache only costs re-hashing next time
+    match built {
         Ok(g) if diags.is_empty() => Ok((exp, g)),
         Ok(_) => Err(invalid(&diags)),
         Err(more) => {

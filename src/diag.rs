@@ -45,6 +45,7 @@ pub enum Code {
     Matrix,
     Include,
     Conflict,
+    Data,
 }
 
 impl Code {
@@ -62,6 +63,7 @@ impl Code {
             Code::Matrix => "matrix",
             Code::Include => "include",
             Code::Conflict => "conflict",
+            Code::Data => "data",
         }
     }
 }

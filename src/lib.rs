@@ -5,11 +5,12 @@
 pub mod cli;
 pub mod data;
 pub mod diag;
-pub mod exec;
 pub mod engine;
-pub mod losses;
+pub mod exec;
 pub mod graph;
+pub mod losses;
 pub mod plan;
+pub mod resolve;
 pub mod spec;
 pub mod store;
 pub mod track;

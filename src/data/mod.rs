@@ -24,9 +24,7 @@ pub use dsa::{DsaConfig, DsaFamily, DsaMode, DsaParams, FamilyScope};
 pub use error::DataError;
 pub use fingerprint::{Fingerprint, FingerprintCache, fingerprint, fingerprint_with_cache};
 pub use loader::{Batch, Epoch, Loader, LoaderConfig};
-pub use sources::{
-    CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, FASHION_MNIST_CLASSES,
-};
+pub use sources::{CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, FASHION_MNIST_CLASSES};
 pub use transform::{
     CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize, RandomCrop, TransformConfig,
 };
@@ -50,17 +48,10 @@ pub enum Source {
     Cifar10 { path: PathBuf },
     /// CIFAR-100 binary version: `train.bin`, `test.bin`, `fine_label_names.txt`,
     /// `coarse_label_names.txt` (the directory itself or its `cifar-100-binary` child).
-    Cifar100 {
-        path: PathBuf,
-        labels: Cifar100Labels,
-    },
+    Cifar100 { path: PathBuf, labels: Cifar100Labels },
     /// One sub-directory per class holding PNG/JPEG files. Every image is resized (shorter
     /// side) and centre-cropped to `image_size` x `image_size` RGB when loaded.
-    ImageFolder {
-        root: PathBuf,
-        split: FolderSplit,
-        image_size: usize,
-    },
+    ImageFolder { root: PathBuf, split: FolderSplit, image_size: usize },
 }
 
 /// Where Debian's `dataset-fashion-mnist` package installs the IDX files.
@@ -71,10 +62,9 @@ impl Source {
     pub fn from_name(name: &str) -> Option<Source> {
         match name {
             "builtin/digits" => Some(Source::BuiltinDigits),
-            "fashion-mnist" => Some(Source::Idx {
-                path: DEBIAN_FASHION_MNIST_DIR.into(),
-                flavor: IdxFlavor::FashionMnist,
-            }),
+            "fashion-mnist" => {
+                Some(Source::Idx { path: DEBIAN_FASHION_MNIST_DIR.into(), flavor: IdxFlavor::FashionMnist })
+            }
             _ => None,
         }
     }
@@ -129,10 +119,7 @@ pub struct Holdout {
 
 impl Default for Holdout {
     fn default() -> Self {
-        Self {
-            fraction: 0.2,
-            seed: 0,
-        }
+        Self { fraction: 0.2, seed: 0 }
     }
 }
 
@@ -183,9 +170,5 @@ pub fn load_with_cache(
 }
 
 pub(crate) fn resolve(base_dir: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base_dir.join(p)
-    }
+    if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) }
 }

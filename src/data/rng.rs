@@ -21,9 +21,7 @@ fn mix64(mut z: u64) -> u64 {
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self {
-            state: mix64(seed ^ 0x6A09_E667_F3BC_C908),
-        }
+        Self { state: mix64(seed ^ 0x6A09_E667_F3BC_C908) }
     }
 
     /// A stream derived from several keys, e.g. `(seed, epoch, sample)`; distinct keys give

@@ -25,20 +25,14 @@ pub(crate) fn validate(cfg: &DatasetConfig) -> Result<(), DataError> {
     if let Some(f) = cfg.fraction
         && !(f > 0.0 && f <= 1.0)
     {
-        return Err(DataError::config(
-            "fraction",
-            format!("expected a value in (0, 1], got {f}"),
-        ));
+        return Err(DataError::config("fraction", format!("expected a value in (0, 1], got {f}")));
     }
     if cfg.per_class == Some(0) {
         return Err(DataError::config("per_class", "expected > 0, got 0"));
     }
     let h = cfg.holdout.fraction;
     if !(h > 0.0 && h < 1.0) {
-        return Err(DataError::config(
-            "holdout.fraction",
-            format!("expected a value in (0, 1), got {h}"),
-        ));
+        return Err(DataError::config("holdout.fraction", format!("expected a value in (0, 1), got {h}")));
     }
     if let Some(classes) = &cfg.classes
         && classes.is_empty()
@@ -49,10 +43,7 @@ pub(crate) fn validate(cfg: &DatasetConfig) -> Result<(), DataError> {
 }
 
 /// Resolves class references to source class indices, in the order given.
-pub(crate) fn resolve_classes(
-    refs: Option<&[ClassRef]>,
-    names: &[String],
-) -> Result<Vec<u32>, DataError> {
+pub(crate) fn resolve_classes(refs: Option<&[ClassRef]>, names: &[String]) -> Result<Vec<u32>, DataError> {
     let Some(refs) = refs else {
         return Ok((0..names.len() as u32).collect());
     };
@@ -60,11 +51,7 @@ pub(crate) fn resolve_classes(
         if names.len() <= 20 {
             names.join(", ")
         } else {
-            format!(
-                "0..{} or a class name such as {}",
-                names.len() - 1,
-                names[..3].join(", ")
-            )
+            format!("0..{} or a class name such as {}", names.len() - 1, names[..3].join(", "))
         }
     };
     let mut out = Vec::with_capacity(refs.len());
@@ -72,26 +59,17 @@ pub(crate) fn resolve_classes(
         let idx = match r {
             ClassRef::Index(i) if (*i as usize) < names.len() => *i,
             ClassRef::Index(i) => {
-                return Err(DataError::UnknownClass {
-                    class: i.to_string(),
-                    valid: valid(),
-                });
+                return Err(DataError::UnknownClass { class: i.to_string(), valid: valid() });
             }
             ClassRef::Name(n) => match names.iter().position(|x| x == n) {
                 Some(i) => i as u32,
                 None => {
-                    return Err(DataError::UnknownClass {
-                        class: n.clone(),
-                        valid: valid(),
-                    });
+                    return Err(DataError::UnknownClass { class: n.clone(), valid: valid() });
                 }
             },
         };
         if out.contains(&idx) {
-            return Err(DataError::config(
-                "classes",
-                format!("class {} listed twice", names[idx as usize]),
-            ));
+            return Err(DataError::config("classes", format!("class {} listed twice", names[idx as usize])));
         }
         out.push(idx);
     }
@@ -99,12 +77,7 @@ pub(crate) fn resolve_classes(
 }
 
 /// Splits records into (train, test) by a stratified seeded holdout.
-pub(crate) fn holdout_split(
-    labels: &[u32],
-    n_classes: usize,
-    split: Split,
-    holdout: Holdout,
-) -> Vec<usize> {
+pub(crate) fn holdout_split(labels: &[u32], n_classes: usize, split: Split, holdout: Holdout) -> Vec<usize> {
     if split == Split::All {
         return (0..labels.len()).collect();
     }
@@ -117,9 +90,7 @@ pub(crate) fn holdout_split(
         }
     }
     let want_test = split == Split::Test;
-    (0..labels.len())
-        .filter(|&i| is_test[i] == want_test)
-        .collect()
+    (0..labels.len()).filter(|&i| is_test[i] == want_test).collect()
 }
 
 /// Applies classes, per_class and fraction to the `candidates` (record indices of the split).
@@ -162,11 +133,8 @@ pub(crate) fn select(
             m.sort_unstable();
         }
     }
-    let mut kept: Vec<(usize, u32)> = members
-        .iter()
-        .enumerate()
-        .flat_map(|(c, m)| m.iter().map(move |&i| (i, c as u32)))
-        .collect();
+    let mut kept: Vec<(usize, u32)> =
+        members.iter().enumerate().flat_map(|(c, m)| m.iter().map(move |&i| (i, c as u32))).collect();
     kept.sort_unstable();
     Ok(Selection {
         indices: kept.iter().map(|k| k.0).collect(),
@@ -228,10 +196,7 @@ mod tests {
         }
         assert_eq!(a, select(&labels(), &all, &names(3), &c).unwrap());
         c.seed = 1;
-        assert_ne!(
-            a.indices,
-            select(&labels(), &all, &names(3), &c).unwrap().indices
-        );
+        assert_ne!(a.indices, select(&labels(), &all, &names(3), &c).unwrap().indices);
     }
 
     #[test]
@@ -239,13 +204,8 @@ mod tests {
         let mut c = cfg();
         c.per_class = Some(11);
         let all: Vec<usize> = (0..30).collect();
-        let e = select(&labels(), &all, &names(3), &c)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "per_class: class \"0\" has 10 images in this split, 11 requested; lower per_class"
-        );
+        let e = select(&labels(), &all, &names(3), &c).unwrap_err().to_string();
+        assert_eq!(e, "per_class: class \"0\" has 10 images in this split, 11 requested; lower per_class");
     }
 
     #[test]
@@ -261,9 +221,7 @@ mod tests {
     fn unknown_class_lists_valid_ones() {
         let mut c = cfg();
         c.classes = Some(vec![ClassRef::Name("cat".into())]);
-        let e = select(&labels(), &[0], &names(3), &c)
-            .unwrap_err()
-            .to_string();
+        let e = select(&labels(), &[0], &names(3), &c).unwrap_err().to_string();
         assert_eq!(e, "classes: unknown class \"cat\"; valid: 0, 1, 2");
         c.classes = Some(vec![ClassRef::Index(3)]);
         assert!(select(&labels(), &[0], &names(3), &c).is_err());
@@ -272,10 +230,7 @@ mod tests {
     #[test]
     fn holdout_is_complementary_and_stratified() {
         let l = labels();
-        let h = Holdout {
-            fraction: 0.3,
-            seed: 5,
-        };
+        let h = Holdout { fraction: 0.3, seed: 5 };
         let train = holdout_split(&l, 3, Split::Train, h);
         let test = holdout_split(&l, 3, Split::Test, h);
         assert_eq!(train.len() + test.len(), 30);
@@ -283,28 +238,14 @@ mod tests {
         for k in 0..3 {
             assert_eq!(test.iter().filter(|&&i| l[i] == k).count(), 3);
         }
-        assert_ne!(
-            test,
-            holdout_split(
-                &l,
-                3,
-                Split::Test,
-                Holdout {
-                    fraction: 0.3,
-                    seed: 6
-                }
-            )
-        );
+        assert_ne!(test, holdout_split(&l, 3, Split::Test, Holdout { fraction: 0.3, seed: 6 }));
     }
 
     #[test]
     fn bad_fraction_is_a_config_error() {
         let mut c = cfg();
         c.fraction = Some(1.5);
-        assert_eq!(
-            validate(&c).unwrap_err().to_string(),
-            "fraction: expected a value in (0, 1], got 1.5"
-        );
+        assert_eq!(validate(&c).unwrap_err().to_string(), "fraction: expected a value in (0, 1], got 1.5");
     }
 
     proptest::proptest! {

@@ -28,10 +28,7 @@ pub enum Normalize {
 impl Normalize {
     /// Fixed statistics, e.g. those of the train selection for evaluating on its test split.
     pub fn from_stats(stats: &Stats) -> Self {
-        Normalize::Given {
-            mean: stats.mean.clone(),
-            std: stats.std.clone(),
-        }
+        Normalize::Given { mean: stats.mean.clone(), std: stats.std.clone() }
     }
 }
 
@@ -64,10 +61,7 @@ impl TransformConfig {
     /// CIFAR-style training at native size: pad 4 + random crop, flip, normalise.
     pub fn cifar_train(size: usize) -> Self {
         Self {
-            random_crop: Some(RandomCrop {
-                size,
-                padding: size / 8,
-            }),
+            random_crop: Some(RandomCrop { size, padding: size / 8 }),
             hflip: true,
             normalize: Some(Normalize::Dataset),
             ..Self::default()
@@ -78,10 +72,7 @@ impl TransformConfig {
     pub fn paper_cifar_train() -> Self {
         Self {
             resize: Some(256),
-            random_crop: Some(RandomCrop {
-                size: 224,
-                padding: 0,
-            }),
+            random_crop: Some(RandomCrop { size: 224, padding: 0 }),
             hflip: true,
             normalize: Some(Normalize::ImageNet),
             ..Self::default()
@@ -111,10 +102,7 @@ impl TransformConfig {
 
     /// Only scaling to [0, 1] and normalising with the dataset's statistics.
     pub fn eval() -> Self {
-        Self {
-            normalize: Some(Normalize::Dataset),
-            ..Self::default()
-        }
+        Self { normalize: Some(Normalize::Dataset), ..Self::default() }
     }
 }
 
@@ -129,11 +117,7 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(
-        cfg: &TransformConfig,
-        in_shape: [usize; 3],
-        stats: &Stats,
-    ) -> Result<Self, DataError> {
+    pub fn new(cfg: &TransformConfig, in_shape: [usize; 3], stats: &Stats) -> Result<Self, DataError> {
         let [mut c, mut h, mut w] = in_shape;
         if cfg.grayscale_to_rgb {
             if c != 1 && c != 3 {
@@ -163,20 +147,14 @@ impl Pipeline {
             if rc.size == 0 || rc.size > h + 2 * rc.padding || rc.size > w + 2 * rc.padding {
                 return Err(DataError::config(
                     "transform.random_crop",
-                    format!(
-                        "{} does not fit images of {h}x{w} padded by {}",
-                        rc.size, rc.padding
-                    ),
+                    format!("{} does not fit images of {h}x{w} padded by {}", rc.size, rc.padding),
                 ));
             }
             (h, w) = (rc.size, rc.size);
         }
         if let Some(n) = cfg.random_resized_crop {
             if n == 0 {
-                return Err(DataError::config(
-                    "transform.random_resized_crop",
-                    "expected > 0, got 0",
-                ));
+                return Err(DataError::config("transform.random_resized_crop", "expected > 0, got 0"));
             }
             (h, w) = (n, n);
         }
@@ -186,11 +164,7 @@ impl Pipeline {
             Some(Normalize::Given { mean, std }) => (mean.clone(), std.clone()),
             Some(Normalize::Dataset) => {
                 let rep = |v: &Vec<f32>| {
-                    if c == 3 && v.len() == 1 {
-                        vec![v[0]; 3]
-                    } else {
-                        v.clone()
-                    }
+                    if c == 3 && v.len() == 1 { vec![v[0]; 3] } else { v.clone() }
                 };
                 (rep(&stats.mean), rep(&stats.std))
             }
@@ -198,11 +172,7 @@ impl Pipeline {
         if mean.len() != c || std.len() != c {
             return Err(DataError::config(
                 "transform.normalize",
-                format!(
-                    "{} means and {} stds for images with {c} channels",
-                    mean.len(),
-                    std.len()
-                ),
+                format!("{} means and {} stds for images with {c} channels", mean.len(), std.len()),
             ));
         }
         if let Some(s) = std.iter().find(|s| s.is_nan() || **s <= 0.0) {
@@ -214,10 +184,7 @@ impl Pipeline {
         if let Some(d) = &cfg.dsa
             && d.families.is_empty()
         {
-            return Err(DataError::config(
-                "dsa.strategy",
-                "expected at least one family",
-            ));
+            return Err(DataError::config("dsa.strategy", "expected at least one family"));
         }
         Ok(Self {
             cfg: cfg.clone(),
@@ -241,13 +208,7 @@ impl Pipeline {
     }
 
     /// Transforms one `u8` image into `out` (length `out_len`).
-    pub fn apply(
-        &self,
-        src: &[u8],
-        rng: &mut Rng,
-        batch_family: Option<DsaFamily>,
-        out: &mut [f32],
-    ) {
+    pub fn apply(&self, src: &[u8], rng: &mut Rng, batch_family: Option<DsaFamily>, out: &mut [f32]) {
         let [c0, h0, w0] = self.in_shape;
         let mut shape = [c0, h0, w0];
         let mut cur: Vec<f32> = src.iter().map(|&p| p as f32 / 255.0).collect(); // as torchvision ToTensor
@@ -268,10 +229,8 @@ impl Pipeline {
             (shape[1], shape[2]) = (n, n);
         }
         if let Some(rc) = self.cfg.random_crop {
-            let top = rng.below((shape[1] + 2 * rc.padding - rc.size + 1) as u64) as i64
-                - rc.padding as i64;
-            let left = rng.below((shape[2] + 2 * rc.padding - rc.size + 1) as u64) as i64
-                - rc.padding as i64;
+            let top = rng.below((shape[1] + 2 * rc.padding - rc.size + 1) as u64) as i64 - rc.padding as i64;
+            let left = rng.below((shape[2] + 2 * rc.padding - rc.size + 1) as u64) as i64 - rc.padding as i64;
             cur = crop(&cur, shape, top, left, rc.size);
             (shape[1], shape[2]) = (rc.size, rc.size);
         }
@@ -281,8 +240,7 @@ impl Pipeline {
             for c in 0..shape[0] {
                 for r in 0..ch {
                     let src = (c * shape[1] + top + r) * shape[2] + left;
-                    window[(c * ch + r) * cw..(c * ch + r + 1) * cw]
-                        .copy_from_slice(&cur[src..src + cw]);
+                    window[(c * ch + r) * cw..(c * ch + r + 1) * cw].copy_from_slice(&cur[src..src + cw]);
                 }
             }
             cur = resize_bilinear(&window, [shape[0], ch, cw], n, n);
@@ -294,9 +252,7 @@ impl Pipeline {
         let plane = shape[1] * shape[2];
         for ch in 0..shape[0] {
             let (m, s) = (self.mean[ch], self.inv_std[ch]);
-            cur[ch * plane..(ch + 1) * plane]
-                .iter_mut()
-                .for_each(|v| *v = (*v - m) * s);
+            cur[ch * plane..(ch + 1) * plane].iter_mut().for_each(|v| *v = (*v - m) * s);
         }
         if let Some(d) = &self.cfg.dsa {
             let mut scratch = vec![0.0; cur.len()];
@@ -403,9 +359,7 @@ mod tests {
             assert!(t + h <= 40 && l + w <= 60 && h > 0 && w > 0);
             areas.push((h * w) as f64 / 2400.0);
         }
-        let (min, max) = areas
-            .iter()
-            .fold((1f64, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
+        let (min, max) = areas.iter().fold((1f64, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
         // Rounding of h and w lets the area stray a little outside [0.08, 1].
         assert!((0.07..0.2).contains(&min) && max > 0.8, "{min} {max}");
     }

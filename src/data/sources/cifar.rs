@@ -11,18 +11,8 @@ use crate::data::{Cifar100Labels, DataError, Split};
 
 const PIXELS: usize = 3 * 32 * 32;
 
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+pub const CIFAR10_CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 pub const CIFAR100_CLASSES: [&str; 100] = [
     "apple",
@@ -159,10 +149,7 @@ fn data_dir(path: &Path, child: &str, marker: &str) -> Result<PathBuf, DataError
     Ok(path.to_path_buf())
 }
 
-pub(crate) fn files_cifar10(
-    path: &Path,
-    split: Split,
-) -> Result<Vec<(String, PathBuf)>, DataError> {
+pub(crate) fn files_cifar10(path: &Path, split: Split) -> Result<Vec<(String, PathBuf)>, DataError> {
     let dir = data_dir(path, "cifar-10-batches-bin", "test_batch.bin")?;
     let mut names: Vec<String> = Vec::new();
     if split != Split::Test {
@@ -173,10 +160,7 @@ pub(crate) fn files_cifar10(
     }
     let mut out = Vec::new();
     for n in names {
-        out.push((
-            n.clone(),
-            first_existing(&[dir.join(&n)], "a CIFAR-10 batch file")?,
-        ));
+        out.push((n.clone(), first_existing(&[dir.join(&n)], "a CIFAR-10 batch file")?));
     }
     if dir.join("batches.meta.txt").is_file() {
         out.push(("batches.meta.txt".into(), dir.join("batches.meta.txt")));
@@ -184,10 +168,7 @@ pub(crate) fn files_cifar10(
     Ok(out)
 }
 
-pub(crate) fn files_cifar100(
-    path: &Path,
-    split: Split,
-) -> Result<Vec<(String, PathBuf)>, DataError> {
+pub(crate) fn files_cifar100(path: &Path, split: Split) -> Result<Vec<(String, PathBuf)>, DataError> {
     let dir = data_dir(path, "cifar-100-binary", "test.bin")?;
     let names: &[&str] = match split {
         Split::Train => &["train.bin"],
@@ -196,10 +177,7 @@ pub(crate) fn files_cifar100(
     };
     let mut out = Vec::new();
     for n in names {
-        out.push((
-            n.to_string(),
-            first_existing(&[dir.join(n)], "a CIFAR-100 data file")?,
-        ));
+        out.push((n.to_string(), first_existing(&[dir.join(n)], "a CIFAR-100 data file")?));
     }
     for meta in ["fine_label_names.txt", "coarse_label_names.txt"] {
         if dir.join(meta).is_file() {
@@ -214,12 +192,8 @@ fn names_from(file: Option<&PathBuf>, defaults: &[&str]) -> Result<Vec<String>, 
         return Ok(defaults.iter().map(|s| s.to_string()).collect());
     };
     let text = std::fs::read_to_string(file).map_err(|e| DataError::io(file, e))?;
-    let names: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
+    let names: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     if names.len() != defaults.len() {
         return Err(DataError::Format {
             path: file.clone(),
@@ -230,10 +204,7 @@ fn names_from(file: Option<&PathBuf>, defaults: &[&str]) -> Result<Vec<String>, 
 }
 
 pub(crate) fn class_names_cifar10(files: &[(String, PathBuf)]) -> Result<Vec<String>, DataError> {
-    let meta = files
-        .iter()
-        .find(|f| f.0 == "batches.meta.txt")
-        .map(|f| &f.1);
+    let meta = files.iter().find(|f| f.0 == "batches.meta.txt").map(|f| &f.1);
     names_from(meta, &CIFAR10_CLASSES)
 }
 
@@ -245,10 +216,7 @@ pub(crate) fn class_names_cifar100(
         Cifar100Labels::Fine => ("fine_label_names.txt", &CIFAR100_CLASSES),
         Cifar100Labels::Coarse => ("coarse_label_names.txt", &CIFAR100_COARSE_CLASSES),
     };
-    names_from(
-        files.iter().find(|f| f.0 == meta_name).map(|f| &f.1),
-        defaults,
-    )
+    names_from(files.iter().find(|f| f.0 == meta_name).map(|f| &f.1), defaults)
 }
 
 pub(crate) fn read_cifar10(path: &Path, split: Split) -> Result<Records, DataError> {
@@ -257,11 +225,7 @@ pub(crate) fn read_cifar10(path: &Path, split: Split) -> Result<Records, DataErr
     read_batches(&files, 1, 0, class_names)
 }
 
-pub(crate) fn read_cifar100(
-    path: &Path,
-    labels: Cifar100Labels,
-    split: Split,
-) -> Result<Records, DataError> {
+pub(crate) fn read_cifar100(path: &Path, labels: Cifar100Labels, split: Split) -> Result<Records, DataError> {
     let files = files_cifar100(path, split)?;
     // Record layout: coarse label byte, then fine label byte.
     let label_at = match labels {
@@ -279,12 +243,7 @@ fn read_batches(
     label_at: usize,
     class_names: Vec<String>,
 ) -> Result<Records, DataError> {
-    let mut out = Records {
-        images: Vec::new(),
-        shape: [3, 32, 32],
-        labels: Vec::new(),
-        class_names,
-    };
+    let mut out = Records { images: Vec::new(), shape: [3, 32, 32], labels: Vec::new(), class_names };
     for (_, file) in files.iter().filter(|f| f.0.ends_with(".bin")) {
         let bytes = std::fs::read(file).map_err(|e| DataError::io(file, e))?;
         parse_records(file, &bytes, header, label_at, &mut out)?;

@@ -29,11 +29,7 @@ pub(crate) fn parse(path: &Path, csv: &[u8]) -> Result<Records, DataError> {
     let text = std::str::from_utf8(csv).map_err(|_| format_err(path, 0, "not UTF-8 text"))?;
     let mut images = Vec::with_capacity(1797 * 64);
     let mut labels = Vec::with_capacity(1797);
-    for (n, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split(',').collect();
         if fields.len() != 65 {
             return Err(format_err(
@@ -48,18 +44,12 @@ pub(crate) fn parse(path: &Path, csv: &[u8]) -> Result<Records, DataError> {
                 .parse()
                 .map_err(|_| format_err(path, n + 1, &format!("pixel {f:?} is not an integer")))?;
             if v > 16 {
-                return Err(format_err(
-                    path,
-                    n + 1,
-                    &format!("pixel {v} outside 0..=16"),
-                ));
+                return Err(format_err(path, n + 1, &format!("pixel {v} outside 0..=16")));
             }
             images.push(((v * 255 + 8) / 16) as u8);
         }
-        let label: i64 = fields[64]
-            .trim()
-            .parse()
-            .map_err(|_| format_err(path, n + 1, "label is not an integer"))?;
+        let label: i64 =
+            fields[64].trim().parse().map_err(|_| format_err(path, n + 1, "label is not an integer"))?;
         if !(0..10).contains(&label) {
             return Err(DataError::LabelOutOfRange {
                 path: path.to_path_buf(),
@@ -70,19 +60,11 @@ pub(crate) fn parse(path: &Path, csv: &[u8]) -> Result<Records, DataError> {
         }
         labels.push(label as u32);
     }
-    Ok(Records {
-        images,
-        shape: [1, 8, 8],
-        labels,
-        class_names: (0..10).map(|i| i.to_string()).collect(),
-    })
+    Ok(Records { images, shape: [1, 8, 8], labels, class_names: (0..10).map(|i| i.to_string()).collect() })
 }
 
 fn format_err(path: &Path, line: usize, detail: &str) -> DataError {
-    DataError::Format {
-        path: PathBuf::from(path),
-        detail: format!("line {line}: {detail}"),
-    }
+    DataError::Format { path: PathBuf::from(path), detail: format!("line {line}: {detail}") }
 }
 
 #[cfg(test)]
@@ -106,12 +88,7 @@ mod tests {
     #[test]
     fn bad_label_is_a_typed_error_naming_the_file() {
         let line = format!("{}11\n", "0,".repeat(64));
-        let e = parse(Path::new("x.csv"), line.as_bytes())
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "x.csv: record 0: label 11 out of range (the dataset has 10 classes)"
-        );
+        let e = parse(Path::new("x.csv"), line.as_bytes()).unwrap_err().to_string();
+        assert_eq!(e, "x.csv: record 0: label 11 out of range (the dataset has 10 classes)");
     }
 }

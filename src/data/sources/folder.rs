@@ -33,10 +33,7 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, bool)>, DataError> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let e = e.map_err(|e| DataError::io(dir, e))?;
-        let is_dir = e
-            .file_type()
-            .map_err(|err| DataError::io(e.path(), err))?
-            .is_dir();
+        let is_dir = e.file_type().map_err(|err| DataError::io(e.path(), err))?.is_dir();
         out.push((e.file_name().to_string_lossy().into_owned(), is_dir));
     }
     out.sort();
@@ -44,24 +41,13 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, bool)>, DataError> {
 }
 
 fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataError> {
-    let Source::ImageFolder {
-        root,
-        split,
-        image_size,
-    } = &cfg.source
-    else {
-        unreachable!("folder source")
-    };
+    let Source::ImageFolder { root, split, image_size } = &cfg.source else { unreachable!("folder source") };
     if *image_size == 0 {
         return Err(DataError::config("image_size", "expected > 0, got 0"));
     }
     let root = crate::data::resolve(base_dir, root);
     require_dir(&root, "an image folder with one sub-directory per class")?;
-    let class_names: Vec<String> = sorted_entries(&root)?
-        .into_iter()
-        .filter(|e| e.1)
-        .map(|e| e.0)
-        .collect();
+    let class_names: Vec<String> = sorted_entries(&root)?.into_iter().filter(|e| e.1).map(|e| e.0).collect();
     if class_names.is_empty() {
         return Err(DataError::Format {
             path: root,
@@ -108,11 +94,8 @@ fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataEr
             }
             // Not a binary search: "class/file" strings need not sort in class order
             // ("a b/x" < "a/x" although class "a" < "a b").
-            let by_name: std::collections::HashMap<&str, usize> = files
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (f.0.as_str(), i))
-                .collect();
+            let by_name: std::collections::HashMap<&str, usize> =
+                files.iter().enumerate().map(|(i, f)| (f.0.as_str(), i)).collect();
             let mut out = Vec::new();
             for lf in wanted {
                 let text = std::fs::read_to_string(&lf).map_err(|e| DataError::io(&lf, e))?;
@@ -135,10 +118,7 @@ fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataEr
                         }
                     }
                 }
-                let name = lf
-                    .file_name()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let name = lf.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 list_files.push((format!("split-list {name}"), lf));
             }
             out.sort_unstable();
@@ -146,16 +126,7 @@ fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataEr
             out
         }
     };
-    Ok((
-        Listing {
-            root,
-            class_names,
-            files,
-            candidates,
-            list_files,
-        },
-        *image_size,
-    ))
+    Ok((Listing { root, class_names, files, candidates, list_files }, *image_size))
 }
 
 fn fingerprint_of(
@@ -170,10 +141,7 @@ fn fingerprint_of(
     b.param("image_size", image_size);
     b.param("folder_classes", format!("{:?}", l.class_names));
     match &cfg.source {
-        Source::ImageFolder {
-            split: FolderSplit::FirstFraction(f),
-            ..
-        } => {
+        Source::ImageFolder { split: FolderSplit::FirstFraction(f), .. } => {
             b.param("folder_split", format!("first {:016x}", f.to_bits()));
         }
         _ => {
@@ -246,22 +214,13 @@ pub(crate) fn load(
 /// Decodes one image to RGB `C,H,W` bytes, shorter side resized to `size`, centre-cropped.
 pub(crate) fn decode(path: &Path, size: usize) -> Result<Vec<u8>, DataError> {
     let reader = image::ImageReader::open(path).map_err(|e| DataError::io(path, e))?;
-    let reader = reader
-        .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?;
+    let reader = reader.with_guessed_format().map_err(|e| DataError::io(path, e))?;
     let img = reader
         .decode()
-        .map_err(|e| DataError::Decode {
-            path: path.into(),
-            detail: e.to_string(),
-        })?
+        .map_err(|e| DataError::Decode { path: path.into(), detail: e.to_string() })?
         .to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let (nw, nh) = if w <= h {
-        (size, (h * size + w / 2) / w)
-    } else {
-        ((w * size + h / 2) / h, size)
-    };
+    let (nw, nh) = if w <= h { (size, (h * size + w / 2) / w) } else { ((w * size + h / 2) / h, size) };
     let resized = if (nw, nh) == (w, h) {
         img
     } else {

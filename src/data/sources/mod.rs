@@ -44,13 +44,9 @@ pub(crate) fn load(
     let read_split = if holdout { Split::All } else { cfg.split };
     let recs = match &cfg.source {
         Source::BuiltinDigits => digits::read()?,
-        Source::Idx { path, flavor } => {
-            idx::read(&super::resolve(base_dir, path), *flavor, read_split)?
-        }
+        Source::Idx { path, flavor } => idx::read(&super::resolve(base_dir, path), *flavor, read_split)?,
         Source::MnistJson { path } => mnist_json::read(&super::resolve(base_dir, path))?,
-        Source::Cifar10 { path } => {
-            cifar::read_cifar10(&super::resolve(base_dir, path), read_split)?
-        }
+        Source::Cifar10 { path } => cifar::read_cifar10(&super::resolve(base_dir, path), read_split)?,
         Source::Cifar100 { path, labels } => {
             cifar::read_cifar100(&super::resolve(base_dir, path), *labels, read_split)?
         }
@@ -84,22 +80,15 @@ pub(crate) fn fingerprint(
             b.param("source", format!("idx/{flavor:?}"));
             let names = match flavor {
                 super::IdxFlavor::Mnist => digit_names(),
-                super::IdxFlavor::FashionMnist => FASHION_MNIST_CLASSES
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                super::IdxFlavor::FashionMnist => {
+                    FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()
+                }
             };
-            (
-                idx::files(&super::resolve(base_dir, path), cfg.split)?,
-                names,
-            )
+            (idx::files(&super::resolve(base_dir, path), cfg.split)?, names)
         }
         Source::MnistJson { path } => {
             b.param("source", "mnist-json");
-            (
-                mnist_json::files(&super::resolve(base_dir, path))?,
-                digit_names(),
-            )
+            (mnist_json::files(&super::resolve(base_dir, path))?, digit_names())
         }
         Source::Cifar10 { path } => {
             b.param("source", "cifar10");
@@ -131,14 +120,10 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
 pub(crate) fn gunzip_if_needed(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
         let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Truncated {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "gzip stream is incomplete or corrupt ({e}); download the file again"
-                ),
-            })?;
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| DataError::Truncated {
+            path: path.to_path_buf(),
+            detail: format!("gzip stream is incomplete or corrupt ({e}); download the file again"),
+        })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -156,11 +141,7 @@ pub(crate) fn first_existing(candidates: &[PathBuf], what: &str) -> Result<PathB
         path: candidates[0].clone(),
         what: format!(
             "{what}; also tried {}",
-            candidates[1..]
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            candidates[1..].iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ),
     })
 }
@@ -169,9 +150,6 @@ pub(crate) fn require_dir(path: &Path, what: &str) -> Result<(), DataError> {
     if path.is_dir() {
         Ok(())
     } else {
-        Err(DataError::NotFound {
-            path: path.to_path_buf(),
-            what: format!("expected {what}"),
-        })
+        Err(DataError::NotFound { path: path.to_path_buf(), what: format!("expected {what}") })
     }
 }
