@@ -21,10 +21,19 @@ pub const MAX_TAGS_PER_BATCH: usize = 100;
 #[derive(Debug, thiserror::Error)]
 pub enum MlflowError {
     #[error("{endpoint}: http {status} {error_code}: {message}")]
-    Api { endpoint: String, status: u16, error_code: String, message: String },
+    Api {
+        endpoint: String,
+        status: u16,
+        error_code: String,
+        message: String,
+    },
 
     #[error("{endpoint}: cannot reach the server ({attempts} attempts): {detail}")]
-    Transport { endpoint: String, attempts: u32, detail: String },
+    Transport {
+        endpoint: String,
+        attempts: u32,
+        detail: String,
+    },
 
     #[error("{endpoint}: unexpected response: {detail}")]
     Decode { endpoint: String, detail: String },
@@ -33,7 +42,10 @@ pub enum MlflowError {
     BadUri { uri: String, reason: String },
 
     #[error("{}: {source}", path.display())]
-    LocalFile { path: PathBuf, source: std::io::Error },
+    LocalFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error(transparent)]
     Invalid(#[from] InvalidEntity),
@@ -147,11 +159,19 @@ pub struct Run {
 
 impl Run {
     pub fn tag(&self, key: &str) -> Option<&str> {
-        self.data.tags.iter().find(|t| t.key == key).map(|t| t.value.as_str())
+        self.data
+            .tags
+            .iter()
+            .find(|t| t.key == key)
+            .map(|t| t.value.as_str())
     }
 
     pub fn param(&self, key: &str) -> Option<&str> {
-        self.data.params.iter().find(|t| t.key == key).map(|t| t.value.as_str())
+        self.data
+            .params
+            .iter()
+            .find(|t| t.key == key)
+            .map(|t| t.value.as_str())
     }
 }
 
@@ -178,7 +198,9 @@ pub struct MlflowClient {
 impl std::fmt::Debug for MlflowClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The authorization header stays out of logs.
-        f.debug_struct("MlflowClient").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("MlflowClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -202,12 +224,24 @@ impl MlflowClient {
             .user_agent(format!("distillery/{}", env!("CARGO_PKG_VERSION")))
             .build();
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let authorization = match (env("MLFLOW_TRACKING_TOKEN"), env("MLFLOW_TRACKING_USERNAME"), env("MLFLOW_TRACKING_PASSWORD")) {
+        let authorization = match (
+            env("MLFLOW_TRACKING_TOKEN"),
+            env("MLFLOW_TRACKING_USERNAME"),
+            env("MLFLOW_TRACKING_PASSWORD"),
+        ) {
             (Some(token), _, _) => Some(format!("Bearer {token}")),
-            (None, Some(user), Some(pass)) => Some(format!("Basic {}", base64(format!("{user}:{pass}").as_bytes()))),
+            (None, Some(user), Some(pass)) => Some(format!(
+                "Basic {}",
+                base64(format!("{user}:{pass}").as_bytes())
+            )),
             _ => None,
         };
-        Ok(MlflowClient { agent: agent_config.into(), base, authorization, config })
+        Ok(MlflowClient {
+            agent: agent_config.into(),
+            base,
+            authorization,
+            config,
+        })
     }
 
     /// The normalised base URI, used to key the sync ledger.
@@ -239,12 +273,18 @@ impl MlflowClient {
         if let Some(exp) = self.get_experiment_by_name(name)? {
             return active_experiment(exp);
         }
-        match self.api_post("experiments/create", &json!({ "name": name }), Retry::Idempotent) {
+        match self.api_post(
+            "experiments/create",
+            &json!({ "name": name }),
+            Retry::Idempotent,
+        ) {
             Ok(v) => id_field("experiments/create", &v, "experiment_id"),
-            Err(e) if e.error_code() == Some("RESOURCE_ALREADY_EXISTS") => match self.get_experiment_by_name(name)? {
-                Some(exp) => active_experiment(exp),
-                None => Err(e),
-            },
+            Err(e) if e.error_code() == Some("RESOURCE_ALREADY_EXISTS") => {
+                match self.get_experiment_by_name(name)? {
+                    Some(exp) => active_experiment(exp),
+                    None => Err(e),
+                }
+            }
             Err(e) => Err(e),
         }
     }
@@ -261,7 +301,10 @@ impl MlflowClient {
         for (k, v) in tags {
             check_tag(k, v)?;
         }
-        let tags: Vec<Value> = tags.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+        let tags: Vec<Value> = tags
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v}))
+            .collect();
         let body = json!({
             "experiment_id": experiment_id,
             "run_name": run_name,
@@ -278,7 +321,11 @@ impl MlflowClient {
     }
 
     /// All runs of the experiments matching an MLflow filter string (deleted ones included).
-    pub fn search_runs(&self, experiment_ids: &[&str], filter: &str) -> Result<Vec<Run>, MlflowError> {
+    pub fn search_runs(
+        &self,
+        experiment_ids: &[&str],
+        filter: &str,
+    ) -> Result<Vec<Run>, MlflowError> {
         let mut runs = Vec::new();
         let mut page_token: Option<String> = None;
         loop {
@@ -319,27 +366,50 @@ impl MlflowClient {
         for (k, v) in tags {
             check_tag(k, v)?;
         }
-        let kv = |items: &[(String, String)]| -> Vec<Value> { items.iter().map(|(k, v)| json!({"key": k, "value": v})).collect() };
+        let kv = |items: &[(String, String)]| -> Vec<Value> {
+            items
+                .iter()
+                .map(|(k, v)| json!({"key": k, "value": v}))
+                .collect()
+        };
         for chunk in params.chunks(MAX_PARAMS_PER_BATCH) {
-            self.api_post("runs/log-batch", &json!({"run_id": run_id, "params": kv(chunk)}), Retry::Idempotent)?;
+            self.api_post(
+                "runs/log-batch",
+                &json!({"run_id": run_id, "params": kv(chunk)}),
+                Retry::Idempotent,
+            )?;
         }
         for chunk in tags.chunks(MAX_TAGS_PER_BATCH) {
-            self.api_post("runs/log-batch", &json!({"run_id": run_id, "tags": kv(chunk)}), Retry::Idempotent)?;
+            self.api_post(
+                "runs/log-batch",
+                &json!({"run_id": run_id, "tags": kv(chunk)}),
+                Retry::Idempotent,
+            )?;
         }
         for chunk in metrics.chunks(MAX_METRICS_PER_BATCH) {
             let wire: Vec<WireMetric> = chunk.iter().map(WireMetric::from).collect();
-            self.api_post("runs/log-batch", &json!({"run_id": run_id, "metrics": wire}), Retry::Idempotent)?;
+            self.api_post(
+                "runs/log-batch",
+                &json!({"run_id": run_id, "metrics": wire}),
+                Retry::Idempotent,
+            )?;
         }
         Ok(())
     }
 
     /// Sets a run's status (`RUNNING`, `FINISHED`, `FAILED`, `KILLED`) and end time.
-    pub fn update_run(&self, run_id: &str, status: &str, end_time_ms: Option<i64>) -> Result<(), MlflowError> {
+    pub fn update_run(
+        &self,
+        run_id: &str,
+        status: &str,
+        end_time_ms: Option<i64>,
+    ) -> Result<(), MlflowError> {
         let mut body = json!({"run_id": run_id, "status": status});
         if let Some(end) = end_time_ms {
             body["end_time"] = json!(end);
         }
-        self.api_post("runs/update", &body, Retry::Idempotent).map(|_| ())
+        self.api_post("runs/update", &body, Retry::Idempotent)
+            .map(|_| ())
     }
 
     /// Every logged point of one metric, in the server's order.
@@ -347,12 +417,19 @@ impl MlflowClient {
         let mut out = Vec::new();
         let mut page_token = String::new();
         loop {
-            let mut query = vec![("run_id", run_id), ("metric_key", key), ("max_results", "25000")];
+            let mut query = vec![
+                ("run_id", run_id),
+                ("metric_key", key),
+                ("max_results", "25000"),
+            ];
             if !page_token.is_empty() {
                 query.push(("page_token", &page_token));
             }
             let v = self.api_get("metrics/get-history", &query)?;
-            let page: Vec<WireMetric> = decode("metrics/get-history", v.get("metrics").unwrap_or(&json!([])))?;
+            let page: Vec<WireMetric> = decode(
+                "metrics/get-history",
+                v.get("metrics").unwrap_or(&json!([])),
+            )?;
             out.extend(page.into_iter().map(Metric::from));
             match v.get("next_page_token").and_then(Value::as_str) {
                 Some(token) if !token.is_empty() => page_token = token.to_string(),
@@ -364,12 +441,22 @@ impl MlflowClient {
     /// Uploads a file to `<run artifact root>/<artifact_path>` through the server's
     /// mlflow-artifacts API (the run's artifact URI must be `mlflow-artifacts:/...`, i.e. the
     /// server was started with artifact serving, MLflow's default).
-    pub fn upload_artifact(&self, run: &RunInfo, local: &Path, artifact_path: &str) -> Result<(), MlflowError> {
+    pub fn upload_artifact(
+        &self,
+        run: &RunInfo,
+        local: &Path,
+        artifact_path: &str,
+    ) -> Result<(), MlflowError> {
         let url = self.artifact_url(run, artifact_path)?;
         let endpoint = format!("PUT mlflow-artifacts {artifact_path}");
         self.with_retries(&endpoint, || {
-            let file = std::fs::File::open(local).map_err(|source| MlflowError::LocalFile { path: local.to_path_buf(), source })?;
-            let req = self.with_auth(self.agent.put(&url)).header("Content-Type", "application/octet-stream");
+            let file = std::fs::File::open(local).map_err(|source| MlflowError::LocalFile {
+                path: local.to_path_buf(),
+                source,
+            })?;
+            let req = self
+                .with_auth(self.agent.put(&url))
+                .header("Content-Type", "application/octet-stream");
             let resp = req
                 .config()
                 .timeout_global(None)
@@ -383,14 +470,29 @@ impl MlflowClient {
     }
 
     /// Downloads one artifact of a run.
-    pub fn download_artifact(&self, run: &RunInfo, artifact_path: &str) -> Result<Vec<u8>, MlflowError> {
+    pub fn download_artifact(
+        &self,
+        run: &RunInfo,
+        artifact_path: &str,
+    ) -> Result<Vec<u8>, MlflowError> {
         let url = self.artifact_url(run, artifact_path)?;
         let endpoint = format!("GET mlflow-artifacts {artifact_path}");
         self.with_retries(&endpoint, || {
-            let resp = self.with_auth(self.agent.get(&url)).config().timeout_global(None).timeout_per_read(Some(self.config.transfer_stall_timeout)).build().call();
+            let resp = self
+                .with_auth(self.agent.get(&url))
+                .config()
+                .timeout_global(None)
+                .timeout_per_read(Some(self.config.transfer_stall_timeout))
+                .build()
+                .call();
             let mut resp = resp.map_err(|e| transport(&endpoint, e))?;
             let status = resp.status().as_u16();
-            let bytes = resp.body_mut().with_config().limit(u64::MAX).read_to_vec().map_err(|e| transport(&endpoint, e))?;
+            let bytes = resp
+                .body_mut()
+                .with_config()
+                .limit(u64::MAX)
+                .read_to_vec()
+                .map_err(|e| transport(&endpoint, e))?;
             if status >= 300 {
                 check_status(&endpoint, status, &String::from_utf8_lossy(&bytes))?;
             }
@@ -412,8 +514,17 @@ impl MlflowClient {
                 run.run_id, run.artifact_uri
             ),
         })?;
-        let path: Vec<String> = root.split('/').chain(artifact_path.split('/')).filter(|s| !s.is_empty()).map(percent_encode).collect();
-        Ok(format!("{}/api/2.0/mlflow-artifacts/artifacts/{}", self.base, path.join("/")))
+        let path: Vec<String> = root
+            .split('/')
+            .chain(artifact_path.split('/'))
+            .filter(|s| !s.is_empty())
+            .map(percent_encode)
+            .collect();
+        Ok(format!(
+            "{}/api/2.0/mlflow-artifacts/artifacts/{}",
+            self.base,
+            path.join("/")
+        ))
     }
 
     fn with_auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
@@ -431,7 +542,10 @@ impl MlflowClient {
             for (k, v) in query {
                 req = req.query(*k, *v);
             }
-            Ok(parse_response(&endpoint, read_text(&endpoint, req.call())?)?)
+            Ok(parse_response(
+                &endpoint,
+                read_text(&endpoint, req.call())?,
+            )?)
         })
     }
 
@@ -441,15 +555,20 @@ impl MlflowClient {
         let bytes = serde_json::to_vec(body).expect("json values serialize");
         let once = retry == Retry::OnlyIfNotSent;
         self.with_retries(&endpoint, || {
-            let req = self.with_auth(self.agent.post(&url)).header("Content-Type", "application/json");
+            let req = self
+                .with_auth(self.agent.post(&url))
+                .header("Content-Type", "application/json");
             let resp = match req.send(&bytes[..]) {
                 Ok(resp) => resp,
                 // A request that may have reached the server is not sent again when sending twice
                 // could create twice.
-                Err(e) if once && !nothing_sent(&e) => return Err(Attempt::Final(transport(&endpoint, e))),
+                Err(e) if once && !nothing_sent(&e) => {
+                    return Err(Attempt::Final(transport(&endpoint, e)));
+                }
                 Err(e) => return Err(Attempt::Again(transport(&endpoint, e))),
             };
-            let result = read_text(&endpoint, Ok(resp)).and_then(|r| Ok(parse_response(&endpoint, r)?));
+            let result =
+                read_text(&endpoint, Ok(resp)).and_then(|r| Ok(parse_response(&endpoint, r)?));
             result.map_err(|a| match a {
                 Attempt::Again(e) | Attempt::Final(e) if once => Attempt::Final(e),
                 other => other,
@@ -457,7 +576,11 @@ impl MlflowClient {
         })
     }
 
-    fn with_retries<T>(&self, endpoint: &str, mut f: impl FnMut() -> Result<T, Attempt>) -> Result<T, MlflowError> {
+    fn with_retries<T>(
+        &self,
+        endpoint: &str,
+        mut f: impl FnMut() -> Result<T, Attempt>,
+    ) -> Result<T, MlflowError> {
         let mut wait = self.config.backoff;
         let attempts = self.config.max_attempts.max(1);
         for attempt in 1..=attempts {
@@ -469,7 +592,11 @@ impl MlflowClient {
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
                 Err(Attempt::Again(MlflowError::Transport { detail, .. })) => {
-                    return Err(MlflowError::Transport { endpoint: endpoint.to_string(), attempts: attempt, detail });
+                    return Err(MlflowError::Transport {
+                        endpoint: endpoint.to_string(),
+                        attempts: attempt,
+                        detail,
+                    });
                 }
                 Err(Attempt::Again(e)) => return Err(e),
             }
@@ -494,7 +621,10 @@ impl From<MlflowError> for Attempt {
 fn nothing_sent(e: &ureq::Error) -> bool {
     use std::io::ErrorKind;
     match e {
-        ureq::Error::Io(io) => matches!(io.kind(), ErrorKind::ConnectionRefused | ErrorKind::AddrNotAvailable),
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused | ErrorKind::AddrNotAvailable
+        ),
         ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
         ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
         _ => false,
@@ -502,13 +632,23 @@ fn nothing_sent(e: &ureq::Error) -> bool {
 }
 
 fn transport(endpoint: &str, e: ureq::Error) -> MlflowError {
-    MlflowError::Transport { endpoint: endpoint.to_string(), attempts: 1, detail: e.to_string() }
+    MlflowError::Transport {
+        endpoint: endpoint.to_string(),
+        attempts: 1,
+        detail: e.to_string(),
+    }
 }
 
-fn read_text(endpoint: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<(u16, String), Attempt> {
+fn read_text(
+    endpoint: &str,
+    resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<(u16, String), Attempt> {
     let mut resp = resp.map_err(|e| transport(endpoint, e))?;
     let status = resp.status().as_u16();
-    let body = resp.body_mut().read_to_string().map_err(|e| transport(endpoint, e))?;
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| transport(endpoint, e))?;
     Ok((status, body))
 }
 
@@ -525,9 +665,21 @@ fn check_status(endpoint: &str, status: u16, body: &str) -> Result<(), MlflowErr
     }
     let (error_code, message) = match serde_json::from_str::<ErrorBody>(body) {
         Ok(e) if !e.error_code.is_empty() => (e.error_code, e.message),
-        _ => (String::new(), body.chars().take(500).collect::<String>().trim().to_string()),
+        _ => (
+            String::new(),
+            body.chars()
+                .take(500)
+                .collect::<String>()
+                .trim()
+                .to_string(),
+        ),
     };
-    Err(MlflowError::Api { endpoint: endpoint.to_string(), status, error_code, message })
+    Err(MlflowError::Api {
+        endpoint: endpoint.to_string(),
+        status,
+        error_code,
+        message,
+    })
 }
 
 fn parse_response(endpoint: &str, (status, body): (u16, String)) -> Result<Value, MlflowError> {
@@ -535,18 +687,27 @@ fn parse_response(endpoint: &str, (status, body): (u16, String)) -> Result<Value
     if body.trim().is_empty() {
         return Ok(json!({}));
     }
-    serde_json::from_str(&body).map_err(|e| MlflowError::Decode { endpoint: endpoint.to_string(), detail: format!("invalid json: {e}") })
+    serde_json::from_str(&body).map_err(|e| MlflowError::Decode {
+        endpoint: endpoint.to_string(),
+        detail: format!("invalid json: {e}"),
+    })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(endpoint: &str, v: &Value) -> Result<T, MlflowError> {
-    T::deserialize(v).map_err(|e| MlflowError::Decode { endpoint: endpoint.to_string(), detail: e.to_string() })
+    T::deserialize(v).map_err(|e| MlflowError::Decode {
+        endpoint: endpoint.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 fn id_field(endpoint: &str, v: &Value, field: &str) -> Result<String, MlflowError> {
     v.get(field)
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| MlflowError::Decode { endpoint: endpoint.to_string(), detail: format!("no {field} in {v}") })
+        .ok_or_else(|| MlflowError::Decode {
+            endpoint: endpoint.to_string(),
+            detail: format!("no {field} in {v}"),
+        })
 }
 
 fn active_experiment(exp: Experiment) -> Result<String, MlflowError> {
@@ -555,7 +716,10 @@ fn active_experiment(exp: Experiment) -> Result<String, MlflowError> {
             endpoint: "experiments/get-by-name".into(),
             status: 400,
             error_code: "INVALID_STATE".into(),
-            message: format!("experiment {:?} is deleted on the server; restore it (mlflow experiments restore) or rename the experiment", exp.name),
+            message: format!(
+                "experiment {:?} is deleted on the server; restore it (mlflow experiments restore) or rename the experiment",
+                exp.name
+            ),
         });
     }
     Ok(exp.experiment_id)
@@ -563,12 +727,17 @@ fn active_experiment(exp: Experiment) -> Result<String, MlflowError> {
 
 /// Checks the scheme and strips a trailing slash; keeps any path prefix.
 pub(crate) fn normalize_uri(uri: &str) -> Result<String, MlflowError> {
-    let bad = |reason: &str| MlflowError::BadUri { uri: uri.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| MlflowError::BadUri {
+        uri: uri.to_string(),
+        reason: reason.to_string(),
+    };
     let trimmed = uri.trim().trim_end_matches('/');
     let rest = trimmed
         .strip_prefix("http://")
         .or_else(|| trimmed.strip_prefix("https://"))
-        .ok_or_else(|| bad("use an http:// or https:// MLflow server (file stores and databricks are not supported)"))?;
+        .ok_or_else(|| {
+            bad("use an http:// or https:// MLflow server (file stores and databricks are not supported)")
+        })?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err(bad("no host"));
     }
@@ -591,7 +760,9 @@ fn artifact_root_path(artifact_uri: &str) -> Option<String> {
     }
     let anchor = "/api/2.0/mlflow-artifacts/artifacts/";
     if artifact_uri.starts_with("http://") || artifact_uri.starts_with("https://") {
-        return artifact_uri.split_once(anchor).map(|(_, p)| p.trim_matches('/').to_string());
+        return artifact_uri
+            .split_once(anchor)
+            .map(|(_, p)| p.trim_matches('/').to_string());
     }
     None
 }
@@ -612,7 +783,10 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -638,18 +812,31 @@ struct WireMetric {
 
 impl From<&Metric> for WireMetric {
     fn from(m: &Metric) -> Self {
-        WireMetric { key: m.key.clone(), value: m.value, timestamp: m.timestamp_ms, step: m.step }
+        WireMetric {
+            key: m.key.clone(),
+            value: m.value,
+            timestamp: m.timestamp_ms,
+            step: m.step,
+        }
     }
 }
 
 impl From<WireMetric> for Metric {
     fn from(m: WireMetric) -> Self {
-        Metric { key: m.key, value: m.value, step: m.step, timestamp_ms: m.timestamp }
+        Metric {
+            key: m.key,
+            value: m.value,
+            step: m.step,
+            timestamp_ms: m.timestamp,
+        }
     }
 }
 
 fn metrics_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Metric>, D::Error> {
-    Ok(Vec::<WireMetric>::deserialize(d)?.into_iter().map(Metric::from).collect())
+    Ok(Vec::<WireMetric>::deserialize(d)?
+        .into_iter()
+        .map(Metric::from)
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -681,18 +868,37 @@ mod tests {
     #[test]
     fn base_uri_keeps_its_path_and_drops_the_trailing_slash() {
         assert_eq!(normalize_uri("http://h:5000/").unwrap(), "http://h:5000");
-        assert_eq!(normalize_uri("https://h/prefix/mlflow/").unwrap(), "https://h/prefix/mlflow");
-        for bad in ["file:///tmp/mlruns", "databricks", "http://", "http:///x", "http://h/?a=1"] {
-            assert!(matches!(normalize_uri(bad), Err(MlflowError::BadUri { .. })), "{bad}");
+        assert_eq!(
+            normalize_uri("https://h/prefix/mlflow/").unwrap(),
+            "https://h/prefix/mlflow"
+        );
+        for bad in [
+            "file:///tmp/mlruns",
+            "databricks",
+            "http://",
+            "http:///x",
+            "http://h/?a=1",
+        ] {
+            assert!(
+                matches!(normalize_uri(bad), Err(MlflowError::BadUri { .. })),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn artifact_roots_map_to_the_proxy_path() {
-        assert_eq!(artifact_root_path("mlflow-artifacts:/1/abc/artifacts").as_deref(), Some("1/abc/artifacts"));
-        assert_eq!(artifact_root_path("mlflow-artifacts://host:5000/1/abc/artifacts").as_deref(), Some("1/abc/artifacts"));
         assert_eq!(
-            artifact_root_path("http://h/p/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts").as_deref(),
+            artifact_root_path("mlflow-artifacts:/1/abc/artifacts").as_deref(),
+            Some("1/abc/artifacts")
+        );
+        assert_eq!(
+            artifact_root_path("mlflow-artifacts://host:5000/1/abc/artifacts").as_deref(),
+            Some("1/abc/artifacts")
+        );
+        assert_eq!(
+            artifact_root_path("http://h/p/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts")
+                .as_deref(),
             Some("1/abc/artifacts")
         );
         assert_eq!(artifact_root_path("s3://bucket/1/abc/artifacts"), None);
@@ -729,7 +935,10 @@ mod tests {
         assert_eq!(err.status(), Some(400));
         assert_eq!(err.error_code(), Some("INVALID_PARAMETER_VALUE"));
         assert!(!err.is_transient());
-        assert_eq!(err.to_string(), "POST runs/log-batch: http 400 INVALID_PARAMETER_VALUE: bad metric");
+        assert_eq!(
+            err.to_string(),
+            "POST runs/log-batch: http 400 INVALID_PARAMETER_VALUE: bad metric"
+        );
         let err = check_status("GET runs/get", 502, "<html>bad gateway</html>").unwrap_err();
         assert!(err.is_transient());
         assert_eq!(err.error_code(), Some(""));
@@ -759,11 +968,22 @@ mod tests {
 
     #[test]
     fn a_closed_port_is_a_transport_error_after_bounded_retries() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let config = ClientConfig { max_attempts: 3, backoff: Duration::from_millis(1), ..ClientConfig::default() };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = ClientConfig {
+            max_attempts: 3,
+            backoff: Duration::from_millis(1),
+            ..ClientConfig::default()
+        };
         let client = MlflowClient::new(&format!("http://127.0.0.1:{port}"), config).unwrap();
         let err = client.health().unwrap_err();
-        assert!(matches!(err, MlflowError::Transport { attempts: 3, .. }), "{err}");
+        assert!(
+            matches!(err, MlflowError::Transport { attempts: 3, .. }),
+            "{err}"
+        );
         assert!(err.is_transient());
     }
 }

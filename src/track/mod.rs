@@ -67,7 +67,11 @@ impl RunId {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         hasher.write_u32(nanos);
-        RunId(format!("{:012x}-{:08x}", now_ms.max(0), hasher.finish() as u32))
+        RunId(format!(
+            "{:012x}-{:08x}",
+            now_ms.max(0),
+            hasher.finish() as u32
+        ))
     }
 }
 
@@ -153,7 +157,9 @@ pub(crate) mod mlflow_f64 {
                 "Infinity" => Ok(f64::INFINITY),
                 "-Infinity" => Ok(f64::NEG_INFINITY),
                 other => other.parse::<f64>().map_err(|_| {
-                    D::Error::custom(format!("expected a number, NaN, Infinity or -Infinity, got {other:?}"))
+                    D::Error::custom(format!(
+                        "expected a number, NaN, Infinity or -Infinity, got {other:?}"
+                    ))
                 }),
             },
         }
@@ -179,8 +185,14 @@ mod tests {
     #[test]
     fn non_finite_values_use_mlflow_strings() {
         assert_eq!(round_trip(0.25), (r#"{"v":0.25}"#.to_string(), 0.25));
-        assert_eq!(round_trip(f64::INFINITY), (r#"{"v":"Infinity"}"#.to_string(), f64::INFINITY));
-        assert_eq!(round_trip(f64::NEG_INFINITY), (r#"{"v":"-Infinity"}"#.to_string(), f64::NEG_INFINITY));
+        assert_eq!(
+            round_trip(f64::INFINITY),
+            (r#"{"v":"Infinity"}"#.to_string(), f64::INFINITY)
+        );
+        assert_eq!(
+            round_trip(f64::NEG_INFINITY),
+            (r#"{"v":"-Infinity"}"#.to_string(), f64::NEG_INFINITY)
+        );
         let (text, back) = round_trip(f64::NAN);
         assert_eq!(text, r#"{"v":"NaN"}"#);
         assert!(back.is_nan());

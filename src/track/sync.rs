@@ -69,7 +69,11 @@ pub fn sync_with_client(store: &Path, client: &MlflowClient) -> Result<SyncRepor
 }
 
 /// Pushes the given runs (and the runs they point to) under the ledger lock.
-pub(crate) fn push_runs(store: &LocalStore, client: &MlflowClient, run_ids: &[RunId]) -> Result<SyncReport, TrackError> {
+pub(crate) fn push_runs(
+    store: &LocalStore,
+    client: &MlflowClient,
+    run_ids: &[RunId],
+) -> Result<SyncReport, TrackError> {
     let mut pusher = Pusher::open(store, client)?;
     for run_id in run_ids {
         pusher.report.runs_seen += 1;
@@ -111,11 +115,18 @@ pub(crate) struct RunSync {
 }
 
 impl RunSync {
-    pub fn is_complete(&self, meta: &RunMeta, metrics_len: u64, artifacts: &[(String, PathBuf, u64)]) -> bool {
+    pub fn is_complete(
+        &self,
+        meta: &RunMeta,
+        metrics_len: u64,
+        artifacts: &[(String, PathBuf, u64)],
+    ) -> bool {
         self.params_done
             && self.tags_done
             && self.metric_bytes == metrics_len
-            && artifacts.iter().all(|(p, _, size)| self.artifacts.get(p) == Some(size))
+            && artifacts
+                .iter()
+                .all(|(p, _, size)| self.artifacts.get(p) == Some(size))
             && (!meta.status.is_terminal() || self.status == Some(meta.status))
     }
 }
@@ -124,7 +135,10 @@ fn ledger_paths(store: &LocalStore, uri: &str) -> (PathBuf, PathBuf) {
     let digest = Sha256::digest(uri.as_bytes());
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let dir = store.root().join("sync");
-    (dir.join(format!("{hex}.json")), dir.join(format!("{hex}.lock")))
+    (
+        dir.join(format!("{hex}.json")),
+        dir.join(format!("{hex}.lock")),
+    )
 }
 
 pub(crate) fn read_all_ledgers(store: &LocalStore) -> Result<Vec<Ledger>, TrackError> {
@@ -160,12 +174,21 @@ impl<'a> Pusher<'a> {
         let (ledger_path, lock_path) = ledger_paths(store, &uri);
         let dir = ledger_path.parent().expect("ledger has a directory");
         fs::create_dir_all(dir).map_err(TrackError::io(dir))?;
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(TrackError::io(&lock_path))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(TrackError::io(&lock_path))?;
         lock.lock().map_err(TrackError::io(&lock_path))?;
         let ledger = if ledger_path.exists() {
             read_json(&ledger_path)?
         } else {
-            Ledger { format: LEDGER_FORMAT, uri: uri.clone(), runs: BTreeMap::new() }
+            Ledger {
+                format: LEDGER_FORMAT,
+                uri: uri.clone(),
+                runs: BTreeMap::new(),
+            }
         };
         Ok(Pusher {
             store,
@@ -173,7 +196,10 @@ impl<'a> Pusher<'a> {
             ledger,
             ledger_path,
             experiments: HashMap::new(),
-            report: SyncReport { uri, ..SyncReport::default() },
+            report: SyncReport {
+                uri,
+                ..SyncReport::default()
+            },
             _lock: lock,
         })
     }
@@ -183,7 +209,10 @@ impl<'a> Pusher<'a> {
     }
 
     fn entry(&mut self, run_id: &RunId) -> &mut RunSync {
-        self.ledger.runs.get_mut(run_id).expect("ensure_run made the entry")
+        self.ledger
+            .runs
+            .get_mut(run_id)
+            .expect("ensure_run made the entry")
     }
 
     fn experiment_id(&mut self, name: &str) -> Result<String, MlflowError> {
@@ -204,10 +233,16 @@ impl<'a> Pusher<'a> {
         if let Some(parent) = &meta.parent {
             let parent_meta = self.store.read_meta(parent)?;
             self.ensure_run(parent, &parent_meta)?;
-            tags.push(("mlflow.parentRunId".to_string(), self.ledger.runs[parent].mlflow_run_id.clone()));
+            tags.push((
+                "mlflow.parentRunId".to_string(),
+                self.ledger.runs[parent].mlflow_run_id.clone(),
+            ));
         }
         let experiment_id = self.experiment_id(&meta.experiment)?;
-        let filter = format!("tags.`{LOCAL_RUN_ID_TAG}` = '{}'", run_id.as_str().replace('\'', "\\'"));
+        let filter = format!(
+            "tags.`{LOCAL_RUN_ID_TAG}` = '{}'",
+            run_id.as_str().replace('\'', "\\'")
+        );
         let found = self.client.search_runs(&[&experiment_id], &filter)?;
         let info: RunInfo = match found.into_iter().next() {
             Some(run) => {
@@ -215,7 +250,9 @@ impl<'a> Pusher<'a> {
                 run.info
             }
             None => {
-                let info = self.client.create_run(&experiment_id, &meta.name, meta.start_ms, &tags)?;
+                let info =
+                    self.client
+                        .create_run(&experiment_id, &meta.name, meta.start_ms, &tags)?;
                 self.report.runs_created += 1;
                 info
             }
@@ -256,12 +293,16 @@ impl<'a> Pusher<'a> {
         }
 
         if !self.ledger.runs[run_id].tags_done {
-            let mut tags: Vec<(String, String)> = self.store.read_tags(run_id)?.into_iter().collect();
+            let mut tags: Vec<(String, String)> =
+                self.store.read_tags(run_id)?.into_iter().collect();
             if let Some(original) = &meta.cached_from {
                 // Point at the original's MLflow run; push it first if it is still local only.
                 if let Ok(original_meta) = self.store.read_meta(original) {
                     self.ensure_run(original, &original_meta)?;
-                    tags.push((CACHED_FROM_MLFLOW_TAG.to_string(), self.ledger.runs[original].mlflow_run_id.clone()));
+                    tags.push((
+                        CACHED_FROM_MLFLOW_TAG.to_string(),
+                        self.ledger.runs[original].mlflow_run_id.clone(),
+                    ));
                 }
             }
             self.client.log_batch(&mlflow_id, &[], &[], &tags)?;
@@ -301,13 +342,20 @@ impl<'a> Pusher<'a> {
         }
 
         if meta.status.is_terminal() && self.ledger.runs[run_id].status != Some(meta.status) {
-            self.client.update_run(&mlflow_id, meta.status.as_mlflow(), meta.end_ms)?;
+            self.client
+                .update_run(&mlflow_id, meta.status.as_mlflow(), meta.end_ms)?;
             self.entry(run_id).status = Some(meta.status);
             self.report.statuses_sent += 1;
             self.save()?;
         }
         // Complete as of the meta read above; lines appended since are for the next push.
-        Ok(self.ledger.runs[run_id].is_complete(&meta, self.store.metrics_len(run_id)?, &artifacts))
+        Ok(
+            self.ledger.runs[run_id].is_complete(
+                &meta,
+                self.store.metrics_len(run_id)?,
+                &artifacts,
+            ),
+        )
     }
 
     fn run_info(&self, run_id: &RunId) -> RunInfo {

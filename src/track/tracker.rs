@@ -8,6 +8,7 @@ use super::{ClientConfig, MlflowClient, RunId, RunStatus, TrackError, now_ms};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -85,6 +86,13 @@ pub struct Tracker {
     push: Option<PushHandle>,
 }
 
+/// A node run's record before it is written.
+struct NodeRecord {
+    meta: RunMeta,
+    params: Vec<(String, String)>,
+    tags: BTreeMap<String, String>,
+}
+
 struct OpenRun {
     meta: RunMeta,
     metrics: File,
@@ -93,6 +101,9 @@ struct OpenRun {
 
 struct PushHandle {
     tx: mpsc::Sender<Msg>,
+    /// Set while a nudge is queued and its pass has not started: further records need no
+    /// message (each costs a thread wake-up on the training thread).
+    nudge_pending: Arc<AtomicBool>,
     thread: JoinHandle<Option<SyncReport>>,
     state: Arc<Mutex<PushState>>,
 }
@@ -109,10 +120,19 @@ impl Tracker {
     pub fn open(config: TrackerConfig) -> Result<Tracker, TrackError> {
         let store = LocalStore::open(&config.store_dir)?;
         let push = match &config.tracking_uri {
-            Some(uri) => Some(start_push(store.clone(), MlflowClient::new(uri, config.client.clone())?, &config)?),
+            Some(uri) => Some(start_push(
+                store.clone(),
+                MlflowClient::new(uri, config.client.clone())?,
+                &config,
+            )?),
             None => None,
         };
-        Ok(Tracker { store, open: Mutex::new(HashMap::new()), host: host_name(), push })
+        Ok(Tracker {
+            store,
+            open: Mutex::new(HashMap::new()),
+            host: host_name(),
+            push,
+        })
     }
 
     pub fn store(&self) -> &LocalStore {
@@ -121,7 +141,12 @@ impl Tracker {
 
     /// Starts the run of one invocation (the parent of its node runs). The spec is copied as
     /// artifact `spec/<file name>`; the git commit of the repository holding it, if any, is tagged.
-    pub fn start_invocation(&self, experiment: &str, spec_path: Option<&Path>, tags: &[(String, String)]) -> Result<RunId, TrackError> {
+    pub fn start_invocation(
+        &self,
+        experiment: &str,
+        spec_path: Option<&Path>,
+        tags: &[(String, String)],
+    ) -> Result<RunId, TrackError> {
         if experiment.trim().is_empty() {
             return Err(TrackError::Invalid(super::params::InvalidEntity {
                 what: "experiment",
@@ -138,7 +163,10 @@ impl Tracker {
         let mut all_tags = BTreeMap::new();
         all_tags.insert("distillery.run_kind".to_string(), "invocation".to_string());
         all_tags.insert("distillery.host".to_string(), self.host.clone());
-        all_tags.insert("distillery.version".to_string(), env!("CARGO_PKG_VERSION").to_string());
+        all_tags.insert(
+            "distillery.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
         all_tags.insert("mlflow.source.type".to_string(), "LOCAL".to_string());
         if let Ok(user) = std::env::var("USER") {
             all_tags.insert("mlflow.user".to_string(), user);
@@ -153,7 +181,14 @@ impl Tracker {
         for (k, v) in &all_tags {
             check_tag(k, v)?;
         }
-        let meta = new_meta(run_id.clone(), RunKind::Invocation, None, experiment, &name, start);
+        let meta = new_meta(
+            run_id.clone(),
+            RunKind::Invocation,
+            None,
+            experiment,
+            &name,
+            start,
+        );
         self.create(meta, &[], &all_tags)?;
         if let Some(spec) = spec_path {
             self.log_artifact(&run_id, spec, &format!("spec/{name}"))?;
@@ -164,7 +199,7 @@ impl Tracker {
     /// Starts the run of one node under its invocation. Params are the node's resolved config,
     /// flattened; a key or value MLflow would refuse or cut is an error before anything is written.
     pub fn start_node_run(&self, parent: &RunId, node: &NodeRun<'_>) -> Result<RunId, TrackError> {
-        let (meta, params, tags) = self.node_record(parent, node)?;
+        let NodeRecord { meta, params, tags } = self.node_record(parent, node)?;
         let run_id = meta.run_id.clone();
         self.create(meta, &params, &tags)?;
         Ok(run_id)
@@ -173,9 +208,18 @@ impl Tracker {
     /// Records a node whose result came from the cache: a finished run with the node's params
     /// that points to the run which produced the result (tag `distillery.cached_from`, and on
     /// MLflow `distillery.cached_from_mlflow_run`). Nothing is retrained or copied.
-    pub fn log_cached(&self, parent: &RunId, node: &NodeRun<'_>, original: &RunId) -> Result<RunId, TrackError> {
+    pub fn log_cached(
+        &self,
+        parent: &RunId,
+        node: &NodeRun<'_>,
+        original: &RunId,
+    ) -> Result<RunId, TrackError> {
         self.store.read_meta(original)?;
-        let (mut meta, params, mut tags) = self.node_record(parent, node)?;
+        let NodeRecord {
+            mut meta,
+            params,
+            mut tags,
+        } = self.node_record(parent, node)?;
         meta.cached_from = Some(original.clone());
         meta.status = RunStatus::Finished;
         meta.end_ms = Some(meta.start_ms);
@@ -193,7 +237,10 @@ impl Tracker {
         let mut found = None;
         for run_id in self.store.run_ids()? {
             let meta = self.store.read_meta(&run_id)?;
-            if meta.cache_key.as_deref() == Some(cache_key) && meta.cached_from.is_none() && meta.status == RunStatus::Finished {
+            if meta.cache_key.as_deref() == Some(cache_key)
+                && meta.cached_from.is_none()
+                && meta.status == RunStatus::Finished
+            {
                 found = Some(run_id);
             }
         }
@@ -216,7 +263,12 @@ impl Tracker {
     }
 
     /// Copies a file into the run's artifacts as `artifact_path` (e.g. `checkpoints/final.safetensors`).
-    pub fn log_artifact(&self, run_id: &RunId, local_path: &Path, artifact_path: &str) -> Result<(), TrackError> {
+    pub fn log_artifact(
+        &self,
+        run_id: &RunId,
+        local_path: &Path,
+        artifact_path: &str,
+    ) -> Result<(), TrackError> {
         {
             let mut open = self.open.lock().expect("tracker lock");
             self.open_run(&mut open, run_id)?;
@@ -250,7 +302,9 @@ impl Tracker {
 
     /// The live push's state, when a tracking URI is set.
     pub fn push_state(&self) -> Option<PushState> {
-        self.push.as_ref().map(|p| p.state.lock().expect("push state lock").clone())
+        self.push
+            .as_ref()
+            .map(|p| p.state.lock().expect("push state lock").clone())
     }
 
     /// Ends the background push after one last attempt and returns its report (None without a
@@ -261,17 +315,29 @@ impl Tracker {
         push.thread.join().ok().flatten()
     }
 
-    fn create(&self, meta: RunMeta, params: &[(String, String)], tags: &BTreeMap<String, String>) -> Result<(), TrackError> {
+    fn create(
+        &self,
+        meta: RunMeta,
+        params: &[(String, String)],
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), TrackError> {
         let run_id = meta.run_id.clone();
         self.store.create_run(&meta, params, tags)?;
         let metrics = self.store.metrics_appender(&run_id)?;
         let metrics_path = self.store.metrics_path(&run_id);
-        self.open.lock().expect("tracker lock").insert(run_id.clone(), OpenRun { meta, metrics, metrics_path });
+        self.open.lock().expect("tracker lock").insert(
+            run_id.clone(),
+            OpenRun {
+                meta,
+                metrics,
+                metrics_path,
+            },
+        );
         self.send(Msg::Track(run_id));
         Ok(())
     }
 
-    fn node_record(&self, parent: &RunId, node: &NodeRun<'_>) -> Result<(RunMeta, Vec<(String, String)>, BTreeMap<String, String>), TrackError> {
+    fn node_record(&self, parent: &RunId, node: &NodeRun<'_>) -> Result<NodeRecord, TrackError> {
         let parent_meta = self.store.read_meta(parent)?;
         let params = flatten_params(node.config);
         for (k, v) in &params {
@@ -282,10 +348,18 @@ impl Tracker {
         tags.insert("distillery.run_kind".to_string(), "node".to_string());
         tags.insert("distillery.node".to_string(), node.node_name.to_string());
         tags.insert("distillery.node_kind".to_string(), node.kind.to_string());
-        tags.insert("distillery.cache_key".to_string(), node.cache_key.to_string());
+        tags.insert(
+            "distillery.cache_key".to_string(),
+            node.cache_key.to_string(),
+        );
         tags.insert("distillery.device".to_string(), node.device.to_string());
         tags.insert("distillery.host".to_string(), self.host.clone());
-        for inherited in ["mlflow.source.git.commit", "mlflow.source.name", "mlflow.source.type", "mlflow.user"] {
+        for inherited in [
+            "mlflow.source.git.commit",
+            "mlflow.source.name",
+            "mlflow.source.type",
+            "mlflow.user",
+        ] {
             if let Some(v) = parent_tags.get(inherited) {
                 tags.insert(inherited.to_string(), v.clone());
             }
@@ -295,13 +369,24 @@ impl Tracker {
             check_tag(k, v)?;
         }
         let start = now_ms();
-        let mut meta = new_meta(RunId::generate(start), RunKind::Node, Some(parent.clone()), &parent_meta.experiment, node.node_name, start);
+        let mut meta = new_meta(
+            RunId::generate(start),
+            RunKind::Node,
+            Some(parent.clone()),
+            &parent_meta.experiment,
+            node.node_name,
+            start,
+        );
         meta.node_kind = Some(node.kind.to_string());
         meta.cache_key = Some(node.cache_key.to_string());
-        Ok((meta, params, tags))
+        Ok(NodeRecord { meta, params, tags })
     }
 
-    fn open_run<'m>(&self, open: &'m mut HashMap<RunId, OpenRun>, run_id: &RunId) -> Result<&'m mut OpenRun, TrackError> {
+    fn open_run<'m>(
+        &self,
+        open: &'m mut HashMap<RunId, OpenRun>,
+        run_id: &RunId,
+    ) -> Result<&'m mut OpenRun, TrackError> {
         if !open.contains_key(run_id) {
             return Err(self.not_open(run_id));
         }
@@ -310,13 +395,19 @@ impl Tracker {
 
     fn not_open(&self, run_id: &RunId) -> TrackError {
         match self.store.read_meta(run_id) {
-            Ok(meta) => TrackError::RunEnded { run_id: run_id.to_string(), status: meta.status },
+            Ok(meta) => TrackError::RunEnded {
+                run_id: run_id.to_string(),
+                status: meta.status,
+            },
             Err(e) => e,
         }
     }
 
     fn send(&self, msg: Msg) {
         if let Some(push) = &self.push {
+            if matches!(msg, Msg::Nudge) && push.nudge_pending.swap(true, Ordering::SeqCst) {
+                return;
+            }
             // A send fails only if the push thread is gone; records stay in the store for sync.
             let _ = push.tx.send(msg);
         }
@@ -333,10 +424,19 @@ impl Drop for Tracker {
     }
 }
 
-fn start_push(store: LocalStore, client: MlflowClient, config: &TrackerConfig) -> Result<PushHandle, TrackError> {
+fn start_push(
+    store: LocalStore,
+    client: MlflowClient,
+    config: &TrackerConfig,
+) -> Result<PushHandle, TrackError> {
     let (tx, rx) = mpsc::channel::<Msg>();
-    let state = Arc::new(Mutex::new(PushState { uri: client.base_uri().to_string(), ..PushState::default() }));
+    let state = Arc::new(Mutex::new(PushState {
+        uri: client.base_uri().to_string(),
+        ..PushState::default()
+    }));
     let thread_state = state.clone();
+    let nudge_pending = Arc::new(AtomicBool::new(false));
+    let thread_nudge = nudge_pending.clone();
     let interval = config.push_interval;
     let max_retry = config.max_retry_interval.max(interval);
     let thread = std::thread::Builder::new()
@@ -346,16 +446,20 @@ fn start_push(store: LocalStore, client: MlflowClient, config: &TrackerConfig) -
             let mut due: Option<Instant> = None;
             let mut retry_wait = interval;
             let pass = |runs: &[RunId]| -> (bool, Option<SyncReport>) {
+                // Cleared before reading the store: a record written after this point nudges again.
+                thread_nudge.store(false, Ordering::SeqCst);
                 let result = push_runs(&store, &client, runs);
                 let mut st = thread_state.lock().expect("push state lock");
                 st.passes += 1;
                 match result {
                     Ok(report) => {
                         let done = report.is_complete();
-                        st.last_error = report
-                            .aborted
-                            .clone()
-                            .or_else(|| report.failed.first().map(|(id, e)| format!("run {id}: {e}")));
+                        st.last_error = report.aborted.clone().or_else(|| {
+                            report
+                                .failed
+                                .first()
+                                .map(|(id, e)| format!("run {id}: {e}"))
+                        });
                         st.last_report = Some(report.clone());
                         (done, Some(report))
                     }
@@ -366,7 +470,9 @@ fn start_push(store: LocalStore, client: MlflowClient, config: &TrackerConfig) -
                 }
             };
             loop {
-                let wait = due.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(3600));
+                let wait = due
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+                    .unwrap_or(Duration::from_secs(3600));
                 match rx.recv_timeout(wait) {
                     Ok(Msg::Track(id)) => {
                         runs.push(id);
@@ -394,7 +500,12 @@ fn start_push(store: LocalStore, client: MlflowClient, config: &TrackerConfig) -
             }
         })
         .map_err(TrackError::io("<push thread>"))?;
-    Ok(PushHandle { tx, thread, state })
+    Ok(PushHandle {
+        tx,
+        nudge_pending,
+        thread,
+        state,
+    })
 }
 
 fn host_name() -> String {
@@ -408,7 +519,10 @@ fn host_name() -> String {
 
 /// The commit checked out in the git repository holding `spec`, if it is in one.
 fn git_commit(spec: &Path) -> Option<String> {
-    let dir = spec.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = spec
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -430,7 +544,14 @@ mod tests {
     }
 
     fn node<'a>(name: &'a str, config: &'a serde_json::Value) -> NodeRun<'a> {
-        NodeRun { node_name: name, kind: "distill", cache_key: "k1", config, device: "cpu", tags: &[] }
+        NodeRun {
+            node_name: name,
+            kind: "distill",
+            cache_key: "k1",
+            config,
+            device: "cpu",
+            tags: &[],
+        }
     }
 
     #[test]
@@ -442,7 +563,14 @@ mod tests {
         let inv = t.start_invocation("e", Some(&spec), &[]).unwrap();
         let config = json!({"losses": {"kd": {"temperature": 4}}, "epochs": 2});
         let kd = t.start_node_run(&inv, &node("kd", &config)).unwrap();
-        t.log_metrics(&kd, &[Metric::new("loss", 1.0, 0, 1), Metric::new("loss", f64::NAN, 1, 2)]).unwrap();
+        t.log_metrics(
+            &kd,
+            &[
+                Metric::new("loss", 1.0, 0, 1),
+                Metric::new("loss", f64::NAN, 1, 2),
+            ],
+        )
+        .unwrap();
         t.end_run(&kd, RunStatus::Finished).unwrap();
         let cached = t.log_cached(&inv, &node("kd_again", &config), &kd).unwrap();
         t.end_run(&inv, RunStatus::Failed).unwrap();
@@ -461,7 +589,12 @@ mod tests {
         assert!(kd_run.synced.is_empty());
         assert_eq!(by_id(&cached).meta.cached_from.as_ref(), Some(&kd));
         let table = super::super::format_runs(&runs);
-        assert!(table.contains("  kd_again") && table.contains("cached") && table.contains("local only"), "{table}");
+        assert!(
+            table.contains("  kd_again")
+                && table.contains("cached")
+                && table.contains("local only"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -470,9 +603,18 @@ mod tests {
         let t = tracker(dir.path());
         let inv = t.start_invocation("e", None, &[]).unwrap();
         t.end_run(&inv, RunStatus::Finished).unwrap();
-        let err = t.log_metrics(&inv, &[Metric::new("a", 1.0, 0, 0)]).unwrap_err().to_string();
-        assert_eq!(err, format!("run {inv} is already finished; it cannot log more"));
-        let err = t.end_run(&RunId::new("x"), RunStatus::Finished).unwrap_err().to_string();
+        let err = t
+            .log_metrics(&inv, &[Metric::new("a", 1.0, 0, 0)])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!("run {inv} is already finished; it cannot log more")
+        );
+        let err = t
+            .end_run(&RunId::new("x"), RunStatus::Finished)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("unknown run x"), "{err}");
         assert!(t.end_run(&inv, RunStatus::Running).is_err());
     }
@@ -483,10 +625,19 @@ mod tests {
         let t = tracker(dir.path());
         let inv = t.start_invocation("e", None, &[]).unwrap();
         let config = json!({"note": "x".repeat(6001)});
-        let err = t.start_node_run(&inv, &node("n", &config)).unwrap_err().to_string();
-        assert!(err.starts_with(r#"param "note": value is 6001 characters"#), "{err}");
+        let err = t
+            .start_node_run(&inv, &node("n", &config))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(r#"param "note": value is 6001 characters"#),
+            "{err}"
+        );
         assert_eq!(t.store().run_ids().unwrap().len(), 1);
-        let err = t.log_metrics(&inv, &[Metric::new("acc@1", 1.0, 0, 0)]).unwrap_err().to_string();
+        let err = t
+            .log_metrics(&inv, &[Metric::new("acc@1", 1.0, 0, 0)])
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with(r#"metric "acc@1": contains '@'"#), "{err}");
         assert!(t.store().read_metrics(&inv).unwrap().is_empty());
     }
@@ -506,7 +657,10 @@ mod tests {
 
     #[test]
     fn tracking_uri_flag_wins_over_the_environment() {
-        assert_eq!(resolve_tracking_uri(Some("http://a")), Some("http://a".to_string()));
+        assert_eq!(
+            resolve_tracking_uri(Some("http://a")),
+            Some("http://a".to_string())
+        );
         assert_eq!(resolve_tracking_uri(Some("  ")), None);
     }
 }

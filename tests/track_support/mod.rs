@@ -18,7 +18,11 @@ pub fn mlflow_executable() -> Option<PathBuf> {
     match std::env::var_os("DISTILLERY_MLFLOW") {
         Some(path) => {
             let path = PathBuf::from(path);
-            assert!(path.is_file(), "DISTILLERY_MLFLOW={} is not a file; run scripts/mlflow-venv and export its output", path.display());
+            assert!(
+                path.is_file(),
+                "DISTILLERY_MLFLOW={} is not a file; run scripts/mlflow-venv and export its output",
+                path.display()
+            );
             Some(path)
         }
         None if in_ci => panic!(
@@ -26,7 +30,9 @@ pub fn mlflow_executable() -> Option<PathBuf> {
              run `export DISTILLERY_MLFLOW=\"$(scripts/mlflow-venv)\"` first"
         ),
         None => {
-            eprintln!("skipping: DISTILLERY_MLFLOW is not set (export DISTILLERY_MLFLOW=\"$(scripts/mlflow-venv)\" to run MLflow tests)");
+            eprintln!(
+                "skipping: DISTILLERY_MLFLOW is not set (export DISTILLERY_MLFLOW=\"$(scripts/mlflow-venv)\" to run MLflow tests)"
+            );
             None
         }
     }
@@ -71,7 +77,11 @@ impl MlflowServer {
 
     fn spawn(&mut self) {
         std::fs::create_dir_all(&self.dir).expect("server dir");
-        assert!(port_is_free(self.port), "port {} is already in use: another server would answer for ours", self.port);
+        assert!(
+            port_is_free(self.port),
+            "port {} is already in use: another server would answer for ours",
+            self.port
+        );
         // A shell watchdog in its own process group: it stops the server (and uvicorn's worker)
         // when the test process exits, even when a server kept in a static is never dropped.
         // TERM is ignored by the shell only, after the server started, so `kill -TERM -group`
@@ -109,20 +119,35 @@ kill -KILL 0
         let started = Instant::now();
         let client = MlflowClient::new(
             &self.uri,
-            ClientConfig { max_attempts: 1, timeout: Duration::from_secs(2), connect_timeout: Duration::from_secs(1), ..ClientConfig::default() },
+            ClientConfig {
+                max_attempts: 1,
+                timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_secs(1),
+                ..ClientConfig::default()
+            },
         )
         .unwrap();
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("mlflow server exited ({status}) before answering /health; log:\n{}", self.log_tail());
+                panic!(
+                    "mlflow server exited ({status}) before answering /health; log:\n{}",
+                    self.log_tail()
+                );
             }
             if client.health().is_ok_and(|body| body.trim() == "OK") {
-                eprintln!("mlflow server on port {} healthy after {:.1} s", self.port, started.elapsed().as_secs_f64());
+                eprintln!(
+                    "mlflow server on port {} healthy after {:.1} s",
+                    self.port,
+                    started.elapsed().as_secs_f64()
+                );
                 return;
             }
             if started.elapsed() > limit {
                 self.stop();
-                panic!("mlflow server did not answer /health within {limit:?}; log:\n{}", self.log_tail());
+                panic!(
+                    "mlflow server did not answer /health within {limit:?}; log:\n{}",
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -130,14 +155,22 @@ kill -KILL 0
 
     /// Stops the server (the whole process group) and waits until its port is free.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let group = format!("-{}", child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = child.wait();
         while Instant::now() < deadline && !port_is_free(self.port) {
             std::thread::sleep(Duration::from_millis(100));
@@ -165,5 +198,6 @@ fn free_port() -> u16 {
 /// Free when nothing answers on it and it can be bound.
 fn port_is_free(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() && TcpListener::bind(addr).is_ok()
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+        && TcpListener::bind(addr).is_ok()
 }
