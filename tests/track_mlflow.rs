@@ -404,3 +404,59 @@ fn a_bad_record_fails_its_run_and_the_rest_still_sync() {
     assert_eq!(report.runs_complete, 2);
     assert!(!report.is_complete());
 }
+
+#[test]
+fn a_cached_node_pushes_its_original_from_an_earlier_offline_invocation() {
+    let Some(uri) = server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join(".distillery");
+    let config = json!({"epochs": 1});
+    let node = NodeRun {
+        node_name: "teacher",
+        kind: "train",
+        cache_key: "teacher-key",
+        config: &config,
+        device: "cpu",
+        tags: &[],
+    };
+    let logged = vec![
+        Metric::new("loss", 0.75, 0, 10),
+        Metric::new("loss", 0.25, 1, 20),
+    ];
+
+    // Yesterday, offline: the teacher is trained.
+    let offline = Tracker::open(TrackerConfig::new(&store, None)).unwrap();
+    let inv1 = offline
+        .start_invocation("cached-original", None, &[])
+        .unwrap();
+    let trained = offline.start_node_run(&inv1, &node).unwrap();
+    offline.log_metrics(&trained, &logged).unwrap();
+    offline.end_run(&trained, RunStatus::Finished).unwrap();
+    offline.end_run(&inv1, RunStatus::Finished).unwrap();
+    drop(offline);
+
+    // Today, live: the teacher comes from the cache.
+    let live = Tracker::open(fast_config(&store, uri)).unwrap();
+    let inv2 = live.start_invocation("cached-original", None, &[]).unwrap();
+    let original = live.find_run_by_cache_key("teacher-key").unwrap().unwrap();
+    assert_eq!(original, trained);
+    let cached = live.log_cached(&inv2, &node, &original).unwrap();
+    live.end_run(&inv2, RunStatus::Finished).unwrap();
+    let report = live.finish().unwrap();
+    assert!(report.is_complete(), "{report:?}");
+
+    let client = MlflowClient::new(uri, ClientConfig::default()).unwrap();
+    let original_run = mlflow_run(&client, "cached-original", &trained);
+    let cached_run = mlflow_run(&client, "cached-original", &cached);
+    assert_eq!(
+        cached_run.tag("distillery.cached_from_mlflow_run"),
+        Some(original_run.info.run_id.as_str())
+    );
+    assert_eq!(original_run.info.status, "FINISHED");
+    assert_history(&client, &original_run, "loss", &logged);
+    // Its invocation came along whole, status included.
+    assert_eq!(
+        mlflow_run(&client, "cached-original", &inv1).info.status,
+        "FINISHED"
+    );
+}

@@ -231,8 +231,9 @@ impl<'a> Pusher<'a> {
         }
         let mut tags = vec![(LOCAL_RUN_ID_TAG.to_string(), run_id.to_string())];
         if let Some(parent) = &meta.parent {
-            let parent_meta = self.store.read_meta(parent)?;
-            self.ensure_run(parent, &parent_meta)?;
+            // The whole parent, not just its id: it may be an earlier invocation that only reaches
+            // this server through a cached node pointing into it.
+            self.push_run(parent)?;
             tags.push((
                 "mlflow.parentRunId".to_string(),
                 self.ledger.runs[parent].mlflow_run_id.clone(),
@@ -296,9 +297,10 @@ impl<'a> Pusher<'a> {
             let mut tags: Vec<(String, String)> =
                 self.store.read_tags(run_id)?.into_iter().collect();
             if let Some(original) = &meta.cached_from {
-                // Point at the original's MLflow run; push it first if it is still local only.
-                if let Ok(original_meta) = self.store.read_meta(original) {
-                    self.ensure_run(original, &original_meta)?;
+                // Point at the original's MLflow run. It may belong to an earlier invocation that
+                // was never pushed: push all of it first, so the pointer leads to a full run.
+                if self.store.read_meta(original).is_ok() {
+                    self.push_run(original)?;
                     tags.push((
                         CACHED_FROM_MLFLOW_TAG.to_string(),
                         self.ledger.runs[original].mlflow_run_id.clone(),

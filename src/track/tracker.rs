@@ -656,6 +656,12 @@ mod tests {
     }
 
     #[test]
+    fn tracker_is_shared_across_node_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Tracker>();
+    }
+
+    #[test]
     fn tracking_uri_flag_wins_over_the_environment() {
         assert_eq!(
             resolve_tracking_uri(Some("http://a")),
