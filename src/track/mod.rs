@@ -55,10 +55,19 @@ impl RunId {
 
     pub(crate) fn generate(now_ms: i64) -> RunId {
         use std::hash::{BuildHasher, Hasher};
-        use std::sync::atomic::{AtomicU64, Ordering};
-        // Uniqueness within a process comes from the counter; across processes from the
-        // randomly keyed hasher (std seeds it from the OS) mixed with pid and nanoseconds.
+        use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+        // The time part is strictly increasing within a process (a run started in the same
+        // millisecond as the previous one takes the next millisecond), so ids sort in creation
+        // order. Uniqueness across processes comes from the randomly keyed hasher (std seeds it
+        // from the OS) mixed with a counter, the pid and the nanoseconds.
+        static LAST_MS: AtomicI64 = AtomicI64::new(0);
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let prev = LAST_MS
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now_ms.max(last + 1))
+            })
+            .expect("the closure always returns Some");
+        let ms = now_ms.max(prev + 1).max(0);
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
         hasher.write_u32(std::process::id());
@@ -67,17 +76,13 @@ impl RunId {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         hasher.write_u32(nanos);
-        RunId(format!(
-            "{:012x}-{:08x}",
-            now_ms.max(0),
-            hasher.finish() as u32
-        ))
+        RunId(format!("{ms:012x}-{:08x}", hasher.finish() as u32))
     }
 }
 
 impl fmt::Display for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -108,7 +113,7 @@ impl RunStatus {
 
 impl fmt::Display for RunStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             RunStatus::Running => "running",
             RunStatus::Finished => "finished",
             RunStatus::Failed => "failed",
@@ -207,11 +212,10 @@ mod tests {
 
     #[test]
     fn run_ids_sort_by_time_and_are_unique() {
-        let a = RunId::generate(1_000);
-        let b = RunId::generate(1_000);
-        let c = RunId::generate(2_000);
-        assert_ne!(a, b);
-        assert!(a < c && b < c);
+        let a = RunId::generate(now_ms());
+        let b = RunId::generate(now_ms());
+        let c = RunId::generate(1_000);
+        assert!(a < b && b < c, "{a} {b} {c}");
         assert_eq!(a.as_str().len(), 21);
     }
 }

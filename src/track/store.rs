@@ -426,7 +426,7 @@ pub fn format_runs(runs: &[RunSummary]) -> String {
         let kind = match (&m.node_kind, &m.cached_from) {
             (_, Some(_)) => "cached".to_string(),
             (Some(k), None) => k.clone(),
-            (None, None) => m.experiment.clone(),
+            (None, None) => "invocation".to_string(),
         };
         let synced = if r.synced.is_empty() {
             "local only".to_string()
@@ -441,7 +441,10 @@ pub fn format_runs(runs: &[RunSummary]) -> String {
             "{:<22} {:<10} {:<28} {:<10} {:>7} {:>8}  {}\n",
             m.run_id,
             m.status,
-            format!("{indent}{}", m.name),
+            match m.kind {
+                RunKind::Invocation => format!("{indent}{} [{}]", m.name, m.experiment),
+                RunKind::Node => format!("{indent}{}", m.name),
+            },
             kind,
             r.n_metric_points,
             seconds,

@@ -54,6 +54,37 @@ impl SyncReport {
     }
 }
 
+/// One paragraph for people: what was sent, and what is left and why.
+impl std::fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{}: {} of {} runs complete; sent {} new runs ({} found again by tag), {} params, \
+             {} tags, {} metric points, {} artifacts, {} final statuses",
+            self.uri,
+            self.runs_complete,
+            self.runs_seen,
+            self.runs_created,
+            self.runs_matched,
+            self.params_sent,
+            self.tags_sent,
+            self.metrics_sent,
+            self.artifacts_sent,
+            self.statuses_sent
+        )?;
+        for (run_id, error) in &self.failed {
+            writeln!(f, "run {run_id} failed: {error}")?;
+        }
+        if let Some(reason) = &self.aborted {
+            writeln!(
+                f,
+                "stopped early, the rest stays in the local store for the next sync: {reason}"
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Pushes every run of the store at `store` that is not yet (fully) on the server at `uri`.
 /// Running it again pushes only what is new; it never duplicates a run or a metric point.
 pub fn sync(store: &Path, uri: &str) -> Result<SyncReport, TrackError> {
@@ -372,5 +403,43 @@ impl<'a> Pusher<'a> {
             artifact_uri: entry.artifact_uri.clone(),
             lifecycle_stage: String::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_says_what_is_left_and_why() {
+        let report = SyncReport {
+            uri: "http://h:5000".into(),
+            runs_seen: 3,
+            runs_created: 2,
+            runs_complete: 1,
+            metrics_sent: 40,
+            failed: vec![(RunId::new("r1"), "metric \"a!\": bad".into())],
+            aborted: Some("POST runs/log-batch: cannot reach the server".into()),
+            ..SyncReport::default()
+        };
+        assert!(!report.is_complete());
+        assert_eq!(
+            report.to_string(),
+            "http://h:5000: 1 of 3 runs complete; sent 2 new runs (0 found again by tag), 0 params, \
+             0 tags, 40 metric points, 0 artifacts, 0 final statuses\n\
+             run r1 failed: metric \"a!\": bad\n\
+             stopped early, the rest stays in the local store for the next sync: \
+             POST runs/log-batch: cannot reach the server\n"
+        );
+    }
+
+    #[test]
+    fn ledger_names_depend_only_on_the_normalised_uri() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("s")).unwrap();
+        let (a, lock) = ledger_paths(&store, "http://h:5000");
+        assert_eq!(a.extension().unwrap(), "json");
+        assert_eq!(lock.extension().unwrap(), "lock");
+        assert_ne!(a, ledger_paths(&store, "http://h:5001").0);
     }
 }
