@@ -231,6 +231,32 @@ impl Tracker {
         Ok(run_id)
     }
 
+    /// Opens a run started by another process (e.g. a node running under Slurm while the
+    /// invocation runs on the login node), so this tracker can log to it and end it. Both
+    /// processes append whole lines to the same metrics file, so the store must be on a file
+    /// system with atomic appends (a local disk; not NFS).
+    pub fn attach_run(&self, run_id: &RunId) -> Result<(), TrackError> {
+        let meta = self.store.read_meta(run_id)?;
+        if meta.status.is_terminal() {
+            return Err(TrackError::RunEnded {
+                run_id: run_id.to_string(),
+                status: meta.status,
+            });
+        }
+        let metrics = self.store.metrics_appender(run_id)?;
+        let metrics_path = self.store.metrics_path(run_id);
+        self.open.lock().expect("tracker lock").insert(
+            run_id.clone(),
+            OpenRun {
+                meta,
+                metrics,
+                metrics_path,
+            },
+        );
+        self.send(Msg::Track(run_id.clone()));
+        Ok(())
+    }
+
     /// The latest finished, trained (not cached) node run with this cache key: the run a cached
     /// node points to.
     pub fn find_run_by_cache_key(&self, cache_key: &str) -> Result<Option<RunId>, TrackError> {
@@ -653,6 +679,34 @@ mod tests {
         t.end_run(&first, RunStatus::Finished).unwrap();
         t.log_cached(&inv, &node("kd", &config), &first).unwrap();
         assert_eq!(t.find_run_by_cache_key("k1").unwrap(), Some(first));
+    }
+
+    #[test]
+    fn another_tracker_can_attach_to_a_running_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = tracker(dir.path());
+        let inv = main.start_invocation("e", None, &[]).unwrap();
+        let config = json!({});
+        let run = main.start_node_run(&inv, &node("n", &config)).unwrap();
+        main.log_metrics(&run, &[Metric::new("a", 1.0, 0, 1)])
+            .unwrap();
+
+        let worker = tracker(dir.path());
+        worker.attach_run(&run).unwrap();
+        worker
+            .log_metrics(&run, &[Metric::new("a", 2.0, 1, 2)])
+            .unwrap();
+        worker.end_run(&run, RunStatus::Finished).unwrap();
+        assert_eq!(main.store().read_metrics(&run).unwrap().len(), 2);
+        assert_eq!(
+            main.store().read_meta(&run).unwrap().status,
+            RunStatus::Finished
+        );
+        let err = tracker(dir.path())
+            .attach_run(&run)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already finished"), "{err}");
     }
 
     #[test]
