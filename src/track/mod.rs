@@ -28,9 +28,13 @@ mod tracker;
 
 pub use error::TrackError;
 pub use mlflow::{ClientConfig, MlflowClient, MlflowError};
-pub use params::{MAX_KEY_LEN, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN, flatten_params};
-pub use store::{LocalStore, Metric, RunKind, RunMeta, RunSummary, format_runs, list_runs};
-pub use sync::{SyncReport, sync};
+pub use params::{
+    InvalidEntity, MAX_KEY_LEN, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN, flatten_params,
+};
+pub use store::{
+    LocalStore, Metric, RunKind, RunMeta, RunSummary, SyncedTo, format_runs, list_runs,
+};
+pub use sync::{CACHED_FROM_MLFLOW_TAG, LOCAL_RUN_ID_TAG, SyncReport, sync, sync_with_client};
 pub use tracker::{NodeRun, PushState, Tracker, TrackerConfig, resolve_tracking_uri};
 
 use serde::{Deserialize, Serialize};
