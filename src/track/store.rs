@@ -1,0 +1,607 @@
+//! The local run store: one directory per run, plain JSON files, atomic rewrites.
+
+use super::params::InvalidEntity;
+use super::{RunId, RunStatus, TrackError, mlflow_f64};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Version of the on-disk layout, written into every meta.json.
+const FORMAT: u32 = 1;
+
+/// One metric point. `value` may be NaN or infinite; `timestamp_ms` is milliseconds since the
+/// Unix epoch (MLflow's unit).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    pub key: String,
+    #[serde(with = "mlflow_f64")]
+    pub value: f64,
+    pub step: i64,
+    #[serde(rename = "timestamp")]
+    pub timestamp_ms: i64,
+}
+
+impl Metric {
+    pub fn new(key: impl Into<String>, value: f64, step: i64, timestamp_ms: i64) -> Metric {
+        Metric {
+            key: key.into(),
+            value,
+            step,
+            timestamp_ms,
+        }
+    }
+
+    /// Equality that treats NaN as equal to NaN, for comparing what was logged with what was read.
+    pub fn same_as(&self, other: &Metric) -> bool {
+        self.key == other.key
+            && self.step == other.step
+            && self.timestamp_ms == other.timestamp_ms
+            && (self.value == other.value || (self.value.is_nan() && other.value.is_nan()))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// One `distillery run` call; the parent of its node runs.
+    Invocation,
+    /// One node of the graph, trained or taken from the cache.
+    Node,
+}
+
+/// What meta.json holds. Rewritten atomically when the status changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunMeta {
+    pub format: u32,
+    pub run_id: RunId,
+    pub kind: RunKind,
+    /// The invocation run a node run belongs to.
+    pub parent: Option<RunId>,
+    pub experiment: String,
+    /// Node name, or for an invocation the spec's file name.
+    pub name: String,
+    pub node_kind: Option<String>,
+    pub cache_key: Option<String>,
+    /// Set when the node was not retrained: the run that produced the cached result.
+    pub cached_from: Option<RunId>,
+    pub status: RunStatus,
+    pub start_ms: i64,
+    pub end_ms: Option<i64>,
+}
+
+/// Access to a store directory (`.distillery/` beside the spec by default).
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+/// The part of a metrics file that holds complete lines, read from a byte offset.
+pub(crate) struct MetricChunk {
+    pub metrics: Vec<Metric>,
+    /// Byte offset just after each metric's line, to resume exactly after any prefix.
+    pub ends: Vec<u64>,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<LocalStore, TrackError> {
+        let store = LocalStore { root: root.into() };
+        let runs = store.runs_dir();
+        fs::create_dir_all(&runs).map_err(TrackError::io(&runs))?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+
+    pub fn run_dir(&self, run_id: &RunId) -> PathBuf {
+        self.runs_dir().join(run_id.as_str())
+    }
+
+    pub(crate) fn metrics_path(&self, run_id: &RunId) -> PathBuf {
+        self.run_dir(run_id).join("metrics.jsonl")
+    }
+
+    fn artifacts_dir(&self, run_id: &RunId) -> PathBuf {
+        self.run_dir(run_id).join("artifacts")
+    }
+
+    /// Creates a run directory with its meta, params and tags. Params and tags never change after.
+    pub(crate) fn create_run(
+        &self,
+        meta: &RunMeta,
+        params: &[(String, String)],
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), TrackError> {
+        let dir = self.run_dir(&meta.run_id);
+        fs::create_dir_all(&dir).map_err(TrackError::io(&dir))?;
+        write_json_atomic(&dir.join("params.json"), &params)?;
+        write_json_atomic(&dir.join("tags.json"), tags)?;
+        let metrics = self.metrics_path(&meta.run_id);
+        File::create(&metrics).map_err(TrackError::io(&metrics))?;
+        // meta.json last: a run directory without it is an interrupted creation and is ignored.
+        write_json_atomic(&dir.join("meta.json"), meta)
+    }
+
+    pub fn read_meta(&self, run_id: &RunId) -> Result<RunMeta, TrackError> {
+        let path = self.run_dir(run_id).join("meta.json");
+        if !path.exists() {
+            return Err(TrackError::UnknownRun {
+                run_id: run_id.to_string(),
+                store: self.root.clone(),
+            });
+        }
+        read_json(&path)
+    }
+
+    pub(crate) fn write_meta(&self, meta: &RunMeta) -> Result<(), TrackError> {
+        write_json_atomic(&self.run_dir(&meta.run_id).join("meta.json"), meta)
+    }
+
+    pub fn read_params(&self, run_id: &RunId) -> Result<Vec<(String, String)>, TrackError> {
+        read_json(&self.run_dir(run_id).join("params.json"))
+    }
+
+    pub fn read_tags(&self, run_id: &RunId) -> Result<BTreeMap<String, String>, TrackError> {
+        read_json(&self.run_dir(run_id).join("tags.json"))
+    }
+
+    /// Opens a run's metrics file for appending.
+    pub(crate) fn metrics_appender(&self, run_id: &RunId) -> Result<File, TrackError> {
+        let path = self.metrics_path(run_id);
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(TrackError::io(&path))
+    }
+
+    /// Reads every complete metric line at or after `offset`. A trailing line without its newline
+    /// (a write in progress, or a crash mid-write) is left for later.
+    pub(crate) fn read_metrics_from(
+        &self,
+        run_id: &RunId,
+        offset: u64,
+    ) -> Result<MetricChunk, TrackError> {
+        let path = self.metrics_path(run_id);
+        let mut file = File::open(&path).map_err(TrackError::io(&path))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(TrackError::io(&path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(TrackError::io(&path))?;
+        let mut chunk = MetricChunk {
+            metrics: Vec::new(),
+            ends: Vec::new(),
+        };
+        let mut start = 0usize;
+        while let Some(nl) = bytes[start..].iter().position(|&b| b == b'\n') {
+            let line = &bytes[start..start + nl];
+            let metric: Metric =
+                serde_json::from_slice(line).map_err(|e| TrackError::CorruptMetrics {
+                    path: path.clone(),
+                    offset: offset + start as u64,
+                    reason: e.to_string(),
+                })?;
+            start += nl + 1;
+            chunk.metrics.push(metric);
+            chunk.ends.push(offset + start as u64);
+        }
+        Ok(chunk)
+    }
+
+    /// All metric points of a run, in logging order.
+    pub fn read_metrics(&self, run_id: &RunId) -> Result<Vec<Metric>, TrackError> {
+        Ok(self.read_metrics_from(run_id, 0)?.metrics)
+    }
+
+    /// Size of the metrics file: the push compares it with its ledger to skip idle runs cheaply.
+    pub(crate) fn metrics_len(&self, run_id: &RunId) -> Result<u64, TrackError> {
+        let path = self.metrics_path(run_id);
+        Ok(fs::metadata(&path).map_err(TrackError::io(&path))?.len())
+    }
+
+    /// Copies `local` into the run's artifacts as `artifact_path` (a relative path with `/`).
+    /// A hard link is tried first (checkpoints are large and immutable), a copy otherwise.
+    pub(crate) fn add_artifact(
+        &self,
+        run_id: &RunId,
+        local: &Path,
+        artifact_path: &str,
+    ) -> Result<(), TrackError> {
+        check_artifact_path(artifact_path)?;
+        if !local.is_file() {
+            return Err(TrackError::Invalid(InvalidEntity {
+                what: "artifact",
+                key: local.display().to_string(),
+                reason: "is not a file".into(),
+            }));
+        }
+        let dest = self.artifacts_dir(run_id).join(artifact_path);
+        let dir = dest.parent().expect("artifact path has a parent");
+        fs::create_dir_all(dir).map_err(TrackError::io(dir))?;
+        let tmp = temp_sibling(&dest);
+        if fs::hard_link(local, &tmp).is_err() {
+            fs::copy(local, &tmp).map_err(TrackError::io(local))?;
+        }
+        fs::rename(&tmp, &dest).map_err(TrackError::io(&dest))
+    }
+
+    /// The run's artifacts as (artifact path, file, size), sorted by path.
+    pub fn list_artifacts(
+        &self,
+        run_id: &RunId,
+    ) -> Result<Vec<(String, PathBuf, u64)>, TrackError> {
+        let root = self.artifacts_dir(run_id);
+        let mut out = Vec::new();
+        if root.is_dir() {
+            walk(&root, &root, &mut out)?;
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Ids of all complete run records, oldest first.
+    pub fn run_ids(&self) -> Result<Vec<RunId>, TrackError> {
+        let dir = self.runs_dir();
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(TrackError::io(&dir))? {
+            let entry = entry.map_err(TrackError::io(&dir))?;
+            if entry.path().join("meta.json").is_file() {
+                ids.push(RunId::new(entry.file_name().to_string_lossy().into_owned()));
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, u64)>) -> Result<(), TrackError> {
+    for entry in fs::read_dir(dir).map_err(TrackError::io(dir))? {
+        let entry = entry.map_err(TrackError::io(dir))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        let meta = entry.metadata().map_err(TrackError::io(&path))?;
+        if meta.is_dir() {
+            walk(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).expect("walk stays under root");
+            let rel = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push((rel, path, meta.len()));
+        }
+    }
+    Ok(())
+}
+
+fn check_artifact_path(path: &str) -> Result<(), TrackError> {
+    let bad = path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\\')
+        || path
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == ".." || seg.starts_with(".tmp-"));
+    if bad {
+        return Err(TrackError::Invalid(InvalidEntity {
+            what: "artifact path",
+            key: path.to_string(),
+            reason:
+                "must be a relative path like `checkpoints/model.safetensors` without '.' or '..'"
+                    .into(),
+        }));
+    }
+    Ok(())
+}
+
+fn temp_sibling(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(
+        ".tmp-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Writes JSON to a temporary sibling then renames it over `path`, so readers see the old
+/// or the new file, never half of one.
+pub(crate) fn write_json_atomic<T: Serialize + ?Sized>(
+    path: &Path,
+    value: &T,
+) -> Result<(), TrackError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(TrackError::json(path))?;
+    let tmp = temp_sibling(path);
+    fs::write(&tmp, bytes).map_err(TrackError::io(&tmp))?;
+    fs::rename(&tmp, path).map_err(TrackError::io(path))
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrackError> {
+    let bytes = fs::read(path).map_err(TrackError::io(path))?;
+    serde_json::from_slice(&bytes).map_err(TrackError::json(path))
+}
+
+/// Appends metric lines in one write, so a concurrent reader sees whole lines or nothing new
+/// (short of a crash mid-write, which leaves a partial last line the reader skips).
+pub(crate) fn append_metrics(
+    file: &mut File,
+    path: &Path,
+    metrics: &[Metric],
+) -> Result<(), TrackError> {
+    let mut buf = Vec::with_capacity(metrics.len() * 80);
+    for m in metrics {
+        serde_json::to_writer(&mut buf, m).map_err(TrackError::json(path))?;
+        buf.push(b'\n');
+    }
+    file.write_all(&buf).map_err(TrackError::io(path))
+}
+
+/// One line of `distillery runs`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunSummary {
+    pub meta: RunMeta,
+    pub n_params: usize,
+    pub n_metric_points: usize,
+    /// Last logged value of each metric key.
+    pub last_metrics: BTreeMap<String, f64>,
+    pub artifacts: Vec<String>,
+    /// Servers this run was pushed to, with the MLflow run id and whether everything
+    /// (metrics, artifacts, final status) has been acknowledged.
+    pub synced: Vec<SyncedTo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SyncedTo {
+    pub uri: String,
+    pub mlflow_run_id: String,
+    pub complete: bool,
+}
+
+/// Lists every run in the store, oldest first (for `distillery runs`).
+pub fn list_runs(store: &Path) -> Result<Vec<RunSummary>, TrackError> {
+    let store = LocalStore::open(store)?;
+    let ledgers = super::sync::read_all_ledgers(&store)?;
+    let mut out = Vec::new();
+    for run_id in store.run_ids()? {
+        let meta = store.read_meta(&run_id)?;
+        let metrics = store.read_metrics(&run_id)?;
+        let mut last_metrics = BTreeMap::new();
+        for m in &metrics {
+            last_metrics.insert(m.key.clone(), m.value);
+        }
+        let artifacts = store.list_artifacts(&run_id)?;
+        let metrics_len = store.metrics_len(&run_id)?;
+        let synced = ledgers
+            .iter()
+            .filter_map(|ledger| {
+                let entry = ledger.runs.get(&run_id)?;
+                Some(SyncedTo {
+                    uri: ledger.uri.clone(),
+                    mlflow_run_id: entry.mlflow_run_id.clone(),
+                    complete: entry.is_complete(&meta, metrics_len, &artifacts),
+                })
+            })
+            .collect();
+        out.push(RunSummary {
+            n_params: store.read_params(&run_id)?.len(),
+            n_metric_points: metrics.len(),
+            last_metrics,
+            artifacts: artifacts.into_iter().map(|(p, _, _)| p).collect(),
+            synced,
+            meta,
+        });
+    }
+    Ok(out)
+}
+
+/// A plain-text table of runs: invocations, each followed by its node runs indented.
+pub fn format_runs(runs: &[RunSummary]) -> String {
+    let mut out = String::new();
+    let header = format!(
+        "{:<22} {:<10} {:<28} {:<10} {:>7} {:>8}  {}\n",
+        "RUN", "STATUS", "NAME", "KIND", "POINTS", "SECONDS", "SYNCED"
+    );
+    out.push_str(&header);
+    let line = |r: &RunSummary, indent: &str| {
+        let m = &r.meta;
+        let seconds = m
+            .end_ms
+            .map(|e| format!("{:.1}", (e - m.start_ms) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let kind = match (&m.node_kind, &m.cached_from) {
+            (_, Some(_)) => "cached".to_string(),
+            (Some(k), None) => k.clone(),
+            (None, None) => "invocation".to_string(),
+        };
+        let synced = if r.synced.is_empty() {
+            "local only".to_string()
+        } else {
+            r.synced
+                .iter()
+                .map(|s| format!("{}{}", s.uri, if s.complete { "" } else { " (partial)" }))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "{:<22} {:<10} {:<28} {:<10} {:>7} {:>8}  {}\n",
+            m.run_id,
+            m.status,
+            match m.kind {
+                RunKind::Invocation => format!("{indent}{} [{}]", m.name, m.experiment),
+                RunKind::Node => format!("{indent}{}", m.name),
+            },
+            kind,
+            r.n_metric_points,
+            seconds,
+            synced
+        )
+    };
+    for inv in runs.iter().filter(|r| r.meta.parent.is_none()) {
+        out.push_str(&line(inv, ""));
+        for child in runs
+            .iter()
+            .filter(|r| r.meta.parent.as_ref() == Some(&inv.meta.run_id))
+        {
+            out.push_str(&line(child, "  "));
+        }
+    }
+    // Node runs whose invocation record is gone still get listed.
+    for orphan in runs.iter().filter(|r| {
+        r.meta
+            .parent
+            .as_ref()
+            .is_some_and(|p| !runs.iter().any(|x| &x.meta.run_id == p))
+    }) {
+        out.push_str(&line(orphan, "? "));
+    }
+    out
+}
+
+pub(crate) fn new_meta(
+    run_id: RunId,
+    kind: RunKind,
+    parent: Option<RunId>,
+    experiment: &str,
+    name: &str,
+    start_ms: i64,
+) -> RunMeta {
+    RunMeta {
+        format: FORMAT,
+        run_id,
+        kind,
+        parent,
+        experiment: experiment.to_string(),
+        name: name.to_string(),
+        node_kind: None,
+        cache_key: None,
+        cached_from: None,
+        status: RunStatus::Running,
+        start_ms,
+        end_ms: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with_run() -> (tempfile::TempDir, LocalStore, RunId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join(".distillery")).unwrap();
+        let id = RunId::generate(super::super::now_ms());
+        let meta = new_meta(id.clone(), RunKind::Invocation, None, "exp", "spec.yaml", 5);
+        let params = vec![("a.b".to_string(), "1".to_string())];
+        let tags = BTreeMap::from([("host".to_string(), "h".to_string())]);
+        store.create_run(&meta, &params, &tags).unwrap();
+        (dir, store, id)
+    }
+
+    #[test]
+    fn run_record_round_trips() {
+        let (_dir, store, id) = store_with_run();
+        assert_eq!(store.run_ids().unwrap(), vec![id.clone()]);
+        assert_eq!(store.read_meta(&id).unwrap().name, "spec.yaml");
+        assert_eq!(
+            store.read_params(&id).unwrap(),
+            vec![("a.b".to_string(), "1".to_string())]
+        );
+        assert_eq!(store.read_tags(&id).unwrap()["host"], "h");
+        let path = store.metrics_path(&id);
+        let mut file = store.metrics_appender(&id).unwrap();
+        let logged = vec![
+            Metric::new("loss", f64::NAN, 0, 10),
+            Metric::new("loss", 0.5, 1, 11),
+            Metric::new("acc", f64::INFINITY, 1, 11),
+        ];
+        append_metrics(&mut file, &path, &logged).unwrap();
+        let read = store.read_metrics(&id).unwrap();
+        assert_eq!(read.len(), 3);
+        assert!(read.iter().zip(&logged).all(|(a, b)| a.same_as(b)));
+    }
+
+    #[test]
+    fn partial_last_line_is_left_for_later_and_offsets_resume_exactly() {
+        let (_dir, store, id) = store_with_run();
+        let path = store.metrics_path(&id);
+        let mut file = store.metrics_appender(&id).unwrap();
+        append_metrics(
+            &mut file,
+            &path,
+            &[Metric::new("a", 1.0, 0, 1), Metric::new("a", 2.0, 1, 2)],
+        )
+        .unwrap();
+        file.write_all(br#"{"key":"a","val"#).unwrap();
+        let chunk = store.read_metrics_from(&id, 0).unwrap();
+        assert_eq!(chunk.metrics.len(), 2);
+        let rest = store.read_metrics_from(&id, chunk.ends[0]).unwrap();
+        assert_eq!(rest.metrics, vec![Metric::new("a", 2.0, 1, 2)]);
+        assert_eq!(rest.ends, vec![chunk.ends[1]]);
+        file.write_all(b"ue\":3.0,\"step\":2,\"timestamp\":3}\n")
+            .unwrap();
+        let tail = store.read_metrics_from(&id, chunk.ends[1]).unwrap();
+        assert_eq!(tail.metrics, vec![Metric::new("a", 3.0, 2, 3)]);
+    }
+
+    #[test]
+    fn corrupt_metric_line_names_the_file() {
+        let (_dir, store, id) = store_with_run();
+        fs::write(store.metrics_path(&id), "not json\n").unwrap();
+        let err = store.read_metrics(&id).unwrap_err().to_string();
+        assert!(
+            err.contains("metrics.jsonl") && err.contains("invalid metric record"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn artifacts_are_copied_under_their_path() {
+        let (dir, store, id) = store_with_run();
+        let src = dir.path().join("model.bin");
+        fs::write(&src, b"weights").unwrap();
+        store
+            .add_artifact(&id, &src, "checkpoints/model.bin")
+            .unwrap();
+        let listed = store.list_artifacts(&id).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].0.as_str(), listed[0].2),
+            ("checkpoints/model.bin", 7)
+        );
+        for bad in ["../x", "/abs", "a//b", ""] {
+            assert!(store.add_artifact(&id, &src, bad).is_err(), "{bad:?}");
+        }
+        let err = store
+            .add_artifact(&id, &dir.path().join("missing"), "m")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a file"), "{err}");
+    }
+
+    #[test]
+    fn unknown_run_is_a_clear_error() {
+        let (_dir, store, _) = store_with_run();
+        let err = store
+            .read_meta(&RunId::new("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("unknown run nope: no run record under"),
+            "{err}"
+        );
+    }
+}
