@@ -146,7 +146,7 @@ def write(name, losses, inputs, labels, params, terms, total, extra=None):
         case.update(extra)
     with open(os.path.join(OUT, name + ".json"), "w") as f:
         json.dump(case, f, separators=(",", ":"))
-    print(f"{name}: total {float(total):.6f}")
+    print(f"{name}: total {float(total.detach()):.6f}")
 
 
 def weighted(terms):

@@ -429,3 +429,258 @@ fn crd_gradients_match_finite_differences() {
     check_fd("crd", &case, &steps[1], &state);
 }
 
+
+/// Teacher outputs computed on a plain device (how the engine runs the frozen teacher) give
+/// the same terms and student gradients, BatchNorm heads included.
+#[test]
+fn teacher_outputs_without_autodiff() {
+    let case = fixture("align_uniform_simclr");
+    let module = build(&case, DType::F64, &[], None);
+    let mut batch = Batch::new(&case, DType::F64, None);
+    for name in ["teacher_features", "teacher_logits"] {
+        let t = batch.inputs[name].clone();
+        batch.inputs.insert(name.to_string(), Tensor::from_data(t.to_data(), (&Device::flex(), DType::F64)));
+    }
+    let (values, grad_inputs, grad_params) = run(&module, &batch);
+    let total = values.iter().find(|(n, _)| n == "total").unwrap().1;
+    assert_close("total", &[total], &[case["total"].as_f64().unwrap()], TOL_F64);
+    assert!(!grad_inputs.contains_key("teacher_features"));
+    let g = &grad_inputs["student_features"];
+    assert_close("d/d student_features", g, &raw(&case["grad_inputs"]["student_features"]).1, TOL_F64);
+    let key = "0/proj_t.net.layers.1.BatchNorm.gamma";
+    assert_close(key, &grad_params[key], &raw(&case["grad_params"]["proj_t.net.layers.1.BatchNorm.gamma"]).1, TOL_F64);
+}
+
+// ------------------------------------------------------------------ errors and presets
+
+fn dims() -> LossDims {
+    LossDims { student_dim: 5, teacher_dim: 7, num_classes: 3, n_data: 10 }
+}
+
+/// `validate` of one config: Ok, or (field, expected fragment, got).
+fn check_validate(config: LossConfig, want: Option<(&str, &str, &str)>) {
+    let got = config.validate(&dims());
+    match (got, want) {
+        (Ok(()), None) => {}
+        (Err(e), Some((field, expected, value))) => {
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.expected.contains(expected), "{e}");
+            assert_eq!(e.got, value, "{e}");
+            assert_eq!(e.loss, config.name());
+        }
+        (got, want) => panic!("{config:?}: got {got:?}, expected {want:?}"),
+    }
+}
+
+#[test]
+fn bad_parameters_are_config_errors() {
+    let kd = |t| LossConfig::Kd(KdConfig { temperature: t });
+    check_validate(kd(4.0), None);
+    check_validate(kd(-1.0), Some(("temperature", "> 0", "-1")));
+    check_validate(kd(0.0), Some(("temperature", "> 0", "0")));
+    check_validate(kd(f64::NAN), Some(("temperature", "> 0", "NaN")));
+    let ce = |ls| LossConfig::Ce(CeConfig { label_smoothing: ls });
+    check_validate(ce(0.1), None);
+    check_validate(ce(1.0), Some(("label_smoothing", "[0, 1)", "1")));
+    check_validate(ce(-0.1), Some(("label_smoothing", "[0, 1)", "-0.1")));
+    let au = |f: fn(&mut AlignUniformConfig)| {
+        let mut c = AlignUniformConfig::default();
+        f(&mut c);
+        LossConfig::AlignUniform(c)
+    };
+    check_validate(au(|_| {}), None);
+    check_validate(au(|c| c.dim = 0), Some(("dim", ">= 1", "0")));
+    check_validate(au(|c| c.t = -2.0), Some(("t", "> 0", "-2")));
+    check_validate(au(|c| c.alpha = 0.0), Some(("alpha", "> 0", "0")));
+    check_validate(au(|c| c.uniform_weight = -1.0), Some(("uniform_weight", ">= 0", "-1")));
+    let crd = |f: fn(&mut CrdConfig)| {
+        let mut c = CrdConfig { nce_k: 3, ..CrdConfig::default() };
+        f(&mut c);
+        LossConfig::Crd(c)
+    };
+    check_validate(crd(|_| {}), None);
+    check_validate(crd(|c| c.nce_k = 9), None);
+    // The paper's default 4096 on a 10-sample set.
+    check_validate(crd(|c| c.nce_k = 4096), Some(("nce_k", "n_data - 1 = 9", "4096")));
+    check_validate(crd(|c| c.nce_k = 10), Some(("nce_k", "n_data - 1 = 9", "10")));
+    check_validate(crd(|c| c.nce_k = 0), Some(("nce_k", "between 1", "0")));
+    check_validate(crd(|c| c.feat_dim = 0), Some(("feat_dim", ">= 1", "0")));
+    check_validate(crd(|c| c.nce_t = -0.07), Some(("nce_t", "> 0", "-0.07")));
+    check_validate(crd(|c| c.momentum = 1.0), Some(("momentum", "[0, 1)", "1")));
+    check_validate(
+        LossConfig::FitNet(FeatureConfig { regressor: false }),
+        Some(("regressor", "differs", "false")),
+    );
+    check_validate(LossConfig::Srrl(SrrlConfig { embed_weight: f64::INFINITY, ..SrrlConfig::default() }), Some(("embed_weight", ">= 0", "inf")));
+}
+
+#[test]
+fn config_error_message_names_the_path() {
+    let e = LossConfig::Kd(KdConfig { temperature: -1.0 }).validate(&dims()).unwrap_err();
+    assert_eq!(e.to_string(), "losses.kd.temperature: expected a finite number > 0, got -1");
+}
+
+#[test]
+fn building_rejects_bad_weights_duplicates_and_missing_classifier() {
+    let device = device();
+    let err = |losses: Vec<WeightedLoss>, classifier: Option<burn::nn::Linear>| {
+        DistillLosses::new(&losses, dims(), classifier, &device).unwrap_err()
+    };
+    let kd = || LossConfig::Kd(KdConfig::default());
+    let e = err(vec![WeightedLoss::new(-1.0, kd())], None);
+    assert_eq!((e.loss, e.field), ("kd", "weight"));
+    let e = err(vec![WeightedLoss::new(1.0, kd()), WeightedLoss::new(1.0, kd())], None);
+    assert_eq!((e.loss, e.field), ("kd", "name"));
+    let srrl = vec![WeightedLoss::new(1.0, LossConfig::Srrl(SrrlConfig::default()))];
+    let e = err(srrl.clone(), None);
+    assert_eq!((e.loss, e.field), ("srrl", "teacher_classifier"));
+    let wrong = burn::nn::LinearConfig::new(5, 3).init(&device);
+    let e = err(srrl, Some(wrong));
+    assert_eq!(e.got, "[5, 3]");
+    // Every preset builds for a set large enough for CRD's negatives.
+    let big = LossDims { n_data: 5000, ..dims() };
+    let fc = || Some(burn::nn::LinearConfig::new(7, 3).init(&device));
+    for name in PRESETS {
+        DistillLosses::new(&preset(name).unwrap(), big, fc(), &device).unwrap();
+    }
+    // ... and crd's 4096 negatives do not fit 10 samples.
+    let e = DistillLosses::new(&preset("crd").unwrap(), dims(), None, &device).unwrap_err();
+    assert_eq!((e.loss, e.field), ("crd", "nce_k"));
+}
+
+#[test]
+fn presets_follow_the_paper() {
+    let summary = |name| -> Vec<(f64, &'static str)> {
+        preset(name).unwrap().iter().map(|l| (l.weight, l.config.name())).collect()
+    };
+    assert_eq!(summary("kd"), [(1.0, "ce"), (1.0, "kd")]);
+    assert_eq!(summary("srrl"), [(1.0, "ce"), (1.0, "srrl")]);
+    assert_eq!(summary("align_uniform"), [(1.0, "ce"), (1.0, "align_uniform"), (1.0, "kd")]);
+    assert_eq!(summary("crd"), [(1.0, "ce"), (1.0, "crd"), (1.0, "kd")]);
+    assert!(preset("fitnets").is_none());
+    let au = preset("align_uniform").unwrap();
+    assert_eq!(au[1].config, LossConfig::AlignUniform(AlignUniformConfig::default()));
+    let LossConfig::AlignUniform(c) = &au[1].config else { unreachable!() };
+    assert_eq!((c.projector, c.dim, c.alpha, c.t), (ProjectorKind::MocoV2, 128, 2.0, 2.0));
+    let LossConfig::Kd(k) = &au[2].config else { unreachable!() };
+    assert_eq!(k.temperature, 4.0);
+    let crd = preset("crd").unwrap();
+    let LossConfig::Crd(c) = &crd[1].config else { unreachable!() };
+    assert_eq!((c.feat_dim, c.nce_k, c.nce_t, c.momentum), (128, 4096, 0.07, 0.5));
+}
+
+fn small_batch(n: usize, dtype: DType) -> DistillInputs {
+    let device = device();
+    let t = |rows, cols, seed: f64| {
+        let data: Vec<f64> = (0..rows * cols).map(|i| ((i as f64 + seed) * 0.77).sin()).collect();
+        Tensor::<2>::from_data(TensorData::new(data, [rows, cols]), (&device, dtype))
+    };
+    DistillInputs {
+        student_features: t(n, 5, 0.0),
+        student_logits: t(n, 3, 1.0),
+        teacher_features: t(n, 7, 2.0),
+        teacher_logits: t(n, 3, 3.0),
+        labels: Tensor::<1, Int>::from_data(TensorData::new((0..n as i64).map(|i| i % 3).collect::<Vec<_>>(), [n]), &device),
+        indices: Some((0..n).collect()),
+        contrast_indices: None,
+    }
+}
+
+#[test]
+fn bad_batches_are_errors() {
+    let device = device();
+    let losses = [
+        WeightedLoss::new(1.0, LossConfig::AlignUniform(AlignUniformConfig { dim: 4, ..Default::default() })),
+        WeightedLoss::new(1.0, LossConfig::Crd(CrdConfig { nce_k: 3, feat_dim: 4, ..Default::default() })),
+    ];
+    let module = DistillLosses::new(&losses, dims(), None, &device).unwrap();
+    let shape_of = |e: LossError| match e {
+        LossError::Shape { tensor, got, .. } => (tensor, got),
+        other => panic!("expected a shape error, got {other}"),
+    };
+    let mut x = small_batch(4, DType::F32);
+    x.teacher_features = x.teacher_features.slice([0..4, 0..6]);
+    assert_eq!(shape_of(module.forward(x).unwrap_err()), ("teacher_features", vec![4, 6]));
+    let mut x = small_batch(4, DType::F32);
+    x.labels = x.labels.slice([0..3]);
+    assert_eq!(shape_of(module.forward(x).unwrap_err()), ("labels", vec![3]));
+    let batch_error = |x: DistillInputs| match module.forward(x).unwrap_err() {
+        LossError::Batch { loss, what } => format!("{loss}: {what}"),
+        other => panic!("expected a batch error, got {other}"),
+    };
+    assert!(batch_error(small_batch(1, DType::F32)).starts_with("align_uniform: uniformity needs a batch of at least 2"));
+    let mut x = small_batch(4, DType::F32);
+    x.indices = None;
+    assert!(batch_error(x).contains("no dataset indices"));
+    let mut x = small_batch(4, DType::F32);
+    x.indices = Some(vec![0, 1, 1, 2]);
+    assert_eq!(batch_error(x), "crd: dataset index 1 appears twice in the batch");
+    let mut x = small_batch(4, DType::F32);
+    x.indices = Some(vec![0, 1, 2, 10]);
+    assert!(batch_error(x).contains("index 10 is out of range for n_data = 10"));
+    let mut x = small_batch(4, DType::F32);
+    x.contrast_indices = Some(vec![vec![0, 1, 2, 3]; 4]);
+    assert!(batch_error(x).contains("contrast row 1 must be [positive 1, 3 negatives]"));
+    // A good batch passes.
+    module.forward(small_batch(4, DType::F32)).unwrap();
+}
+
+#[test]
+fn non_finite_terms_name_the_term_and_step() {
+    let device = device();
+    let losses = preset("kd").unwrap();
+    let module = DistillLosses::new(&losses, dims(), None, &device).unwrap();
+    let terms = module.forward(small_batch(4, DType::F32)).unwrap();
+    let values = terms.check_finite(7).unwrap();
+    assert_eq!(values.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["ce", "kd", "total"]);
+    let mut x = small_batch(4, DType::F32);
+    x.teacher_logits = x.teacher_logits.mul_scalar(f64::NAN);
+    let err = module.forward(x).unwrap().check_finite(12).unwrap_err();
+    assert_eq!((err.term.as_str(), err.step), ("kd", 12));
+    assert!(err.value.is_nan());
+    assert_eq!(err.to_string(), "loss term kd is NaN at step 12: lower the learning rate or check the inputs");
+    let err = check_finite(&[("ce".into(), 1.0), ("srrl.logits".into(), f64::INFINITY)], 3).unwrap_err();
+    assert_eq!(err.term, "srrl.logits");
+}
+
+#[test]
+fn default_sampler_is_seeded_and_excludes_the_positive() {
+    let mut a = UniformNegatives::new(9);
+    let mut b = UniformNegatives::new(9);
+    let positives = [0usize, 3, 9];
+    let ra = a.sample(&positives, 50, 10);
+    assert_eq!(ra, b.sample(&positives, 50, 10), "same seed, same negatives");
+    assert_ne!(ra, UniformNegatives::new(10).sample(&positives, 50, 10));
+    let mut seen = [false; 10];
+    for (row, &p) in ra.iter().zip(&positives) {
+        assert_eq!(row.len(), 50);
+        for &i in row {
+            assert!(i < 10 && i != p, "negative {i} for positive {p}");
+            seen[i] = true;
+        }
+    }
+    assert_eq!(seen.iter().filter(|s| **s).count(), 10, "every index drawn somewhere");
+}
+
+/// Without explicit contrast rows, CRD draws negatives from its (injectable) sampler.
+#[test]
+fn crd_uses_the_injected_sampler() {
+    #[derive(Debug)]
+    struct Fixed(Vec<Vec<usize>>);
+    impl NegativeSampler for Fixed {
+        fn sample(&mut self, _: &[usize], _: usize, _: usize) -> Vec<Vec<usize>> {
+            self.0.clone()
+        }
+    }
+    let case = fixture("crd");
+    let step = &case["steps"][0];
+    let init = &case["init"];
+    let extra = [("memory_s", init["memory_s"].clone()), ("memory_t", init["memory_t"].clone())];
+    let batch = Batch::new(step, DType::F64, None);
+    let negatives: Vec<Vec<usize>> = batch.contrast.as_ref().unwrap().iter().map(|r| r[1..].to_vec()).collect();
+    let module = build(&case, DType::F64, &extra, None).with_crd_sampler(Fixed(negatives));
+    let mut x = batch.distill_inputs();
+    x.contrast_indices = None;
+    let crd = host(&module.forward(x).unwrap().terms[0].value)[0];
+    assert_close("crd", &[crd], &[step["crd"].as_f64().unwrap()], TOL_F64);
+}
