@@ -684,3 +684,73 @@ fn crd_uses_the_injected_sampler() {
     let crd = host(&module.forward(x).unwrap().terms[0].value)[0];
     assert_close("crd", &[crd], &[step["crd"].as_f64().unwrap()], TOL_F64);
 }
+
+/// Every parameter value by fixture-style key.
+struct Values {
+    path: Vec<String>,
+    out: HashMap<String, (bool, Vec<f64>)>,
+}
+
+impl ModuleVisitor for Values {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let t = param.val();
+        self.out.insert(key_of(&self.path), (t.is_require_grad(), host(&t)));
+    }
+}
+
+fn param_values(module: &DistillLosses) -> HashMap<String, (bool, Vec<f64>)> {
+    let mut v = Values { path: Vec::new(), out: HashMap::new() };
+    module.visit(&mut v);
+    v.out
+}
+
+/// The heads are ordinary burn parameters: a burn optimizer finds and trains every one of
+/// them (inside enum variants and the entry list) and leaves the frozen teacher classifier
+/// alone; the losses go down on a fixed batch.
+#[test]
+fn heads_train_with_a_burn_optimizer() {
+    use burn::optim::{AdamWConfig, GradientsParams};
+    let device = device();
+    let losses = [
+        WeightedLoss::new(1.0, LossConfig::AlignUniform(AlignUniformConfig { projector: ProjectorKind::SimClr, dim: 4, ..Default::default() })),
+        WeightedLoss::new(1.0, LossConfig::Srrl(SrrlConfig::default())),
+        WeightedLoss::new(1.0, LossConfig::Cosine(FeatureConfig::default())),
+    ];
+    let classifier = burn::nn::LinearConfig::new(7, 3).init(&device);
+    let mut module = DistillLosses::new(&losses, dims(), Some(classifier), &device).unwrap();
+    let before = param_values(&module);
+    let mut optim = AdamWConfig::new().init();
+    let mut first = None;
+    let mut last = Vec::new();
+    for _ in 0..30 {
+        let terms = module.forward(small_batch(8, DType::F32)).unwrap();
+        last = terms.check_finite(0).unwrap();
+        first.get_or_insert_with(|| last.clone());
+        let grads = GradientsParams::from_grads(terms.total.backward(), &module);
+        module = optim.step(1e-2, module, grads);
+    }
+    let first = first.unwrap();
+    for ((name, a), (_, b)) in first.iter().zip(&last) {
+        // Uniformity can only be traded against alignment; every other term must fall.
+        if name != "uniform" {
+            assert!(b < a, "{name}: {a} -> {b}");
+        }
+    }
+    let after = param_values(&module);
+    for (key, (trainable, v0)) in &before {
+        let moved = after[key].1 != *v0;
+        if key.contains("teacher_classifier") {
+            assert!(!trainable && !moved, "{key} is the frozen teacher classifier");
+        } else if key.contains("running_") {
+            assert!(moved, "{key}: batch-norm running statistics follow the batches");
+        } else {
+            assert!(*trainable && moved, "{key}: trainable {trainable}, moved {moved}");
+        }
+    }
+}
