@@ -8,9 +8,9 @@
 
 use std::time::Instant;
 
-use distillery::losses::{DistillInputs, DistillLosses, LossDims, preset};
 use burn::nn::LinearConfig;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use distillery::losses::{DistillInputs, DistillLosses, LossDims, preset};
 
 const BATCH: usize = 64;
 const DIMS: LossDims = LossDims { student_dim: 1280, teacher_dim: 2048, num_classes: 100, n_data: 5000 };
@@ -56,7 +56,8 @@ fn step_ms(name: &str, device: &Device, reps: usize) -> f64 {
 }
 
 fn torch_medians() -> Option<Vec<(String, f64)>> {
-    let py = std::env::var("DISTILLERY_TORCH_PYTHON").unwrap_or_else(|_| "/work/venvs/torch/bin/python".into());
+    let py =
+        std::env::var("DISTILLERY_TORCH_PYTHON").unwrap_or_else(|_| "/work/venvs/torch/bin/python".into());
     let out = std::process::Command::new(&py)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/bench_losses_torch.py"))
         .output()
@@ -68,7 +69,9 @@ fn torch_medians() -> Option<Vec<(String, f64)>> {
     Some(
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.split_once(' ').and_then(|(n, v)| Some((n.to_string(), v.trim().parse().ok()?))))
+            .filter_map(|l| {
+                l.split_once(' ').and_then(|(n, v)| Some((n.to_string(), v.trim().parse().ok()?)))
+            })
             .collect(),
     )
 }

@@ -136,10 +136,7 @@ impl Crd {
                     (u * 2.0 * stdv - stdv) as f32
                 })
                 .collect();
-            RunningState::new(Tensor::from_data(
-                TensorData::new(values, [n_data, feat_dim]),
-                device,
-            ))
+            RunningState::new(Tensor::from_data(TensorData::new(values, [n_data, feat_dim]), device))
         };
         let memory_t = bank();
         let memory_s = bank();
@@ -182,12 +179,8 @@ impl Crd {
         let rows: Vec<Vec<usize>> = match contrast {
             Some(rows) => rows.to_vec(),
             None => {
-                let negatives = self
-                    .sampler
-                    .0
-                    .lock()
-                    .expect("crd sampler lock poisoned")
-                    .sample(indices, k, self.n_data);
+                let negatives =
+                    self.sampler.0.lock().expect("crd sampler lock poisoned").sample(indices, k, self.n_data);
                 indices
                     .iter()
                     .zip(negatives)

@@ -33,9 +33,7 @@ pub fn kd(student_logits: Tensor<2>, teacher_logits: Tensor<2>, temperature: f64
     let log_p_s = log_softmax(student_logits.mul_scalar(1.0 / temperature), 1);
     let log_p_t = log_softmax(teacher_logits.clone().mul_scalar(1.0 / temperature), 1);
     let p_t = softmax(teacher_logits.mul_scalar(1.0 / temperature), 1);
-    (p_t * (log_p_t - log_p_s))
-        .sum()
-        .mul_scalar(temperature * temperature / batch as f64)
+    (p_t * (log_p_t - log_p_s)).sum().mul_scalar(temperature * temperature / batch as f64)
 }
 
 /// Rows scaled to unit L2 norm, `F.normalize(x, dim=1)` (norm clamped at 1e-12).
@@ -48,11 +46,7 @@ pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
 pub fn align(x: Tensor<2>, y: Tensor<2>, alpha: f64) -> Tensor<1> {
     let squared = (x - y).square().sum_dim(1);
     // alpha = 2 (the paper's value) skips the square root, whose gradient is infinite at 0.
-    let powered = if alpha == 2.0 {
-        squared
-    } else {
-        squared.powf_scalar(alpha / 2.0)
-    };
+    let powered = if alpha == 2.0 { squared } else { squared.powf_scalar(alpha / 2.0) };
     powered.mean()
 }
 

@@ -124,9 +124,7 @@ impl Projector {
                 Layer::BatchNormNoAffine(BatchNormNoAffine::new(d_out, device)),
             ],
         };
-        Self {
-            net: Sequential { layers },
-        }
+        Self { net: Sequential { layers } }
     }
 
     /// `[batch, d_in]` -> unit rows `[batch, d_out]`.
@@ -190,14 +188,10 @@ impl BatchNormNoAffine {
         let var = self.running_var.value_sync().to_device(&device);
         let mean_dtype = mean.dtype();
         self.running_mean.update(
-            mean.mul_scalar(1.0 - m)
-                .add(result.mean.detach().cast(mean_dtype).mul_scalar(m))
-                .detach(),
+            mean.mul_scalar(1.0 - m).add(result.mean.detach().cast(mean_dtype).mul_scalar(m)).detach(),
         );
         self.running_var.update(
-            var.mul_scalar(1.0 - m)
-                .add(result.variance.detach().cast(mean_dtype).mul_scalar(m))
-                .detach(),
+            var.mul_scalar(1.0 - m).add(result.variance.detach().cast(mean_dtype).mul_scalar(m)).detach(),
         );
         result.output
     }

@@ -24,7 +24,9 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor};
 
 pub use crd::{Crd, CrdOutput, NegativeSampler, SharedSampler, UniformNegatives};
-pub use functional::{align, contrast_loss, cosine_distance, cross_entropy, kd, l2_normalize, mse, uniformity};
+pub use functional::{
+    align, contrast_loss, cosine_distance, cross_entropy, kd, l2_normalize, mse, uniformity,
+};
 pub use heads::{BatchNormNoAffine, ConnectorKind, Layer, Projector, ProjectorKind, Sequential, connector};
 
 /// Cross-entropy on the student logits.
@@ -126,11 +128,7 @@ pub struct SrrlConfig {
 
 impl Default for SrrlConfig {
     fn default() -> Self {
-        Self {
-            connector: ConnectorKind::Mlp2,
-            embed_weight: 1.0,
-            logits_weight: 1.0,
-        }
+        Self { connector: ConnectorKind::Mlp2, embed_weight: 1.0, logits_weight: 1.0 }
     }
 }
 
@@ -197,12 +195,7 @@ pub enum LossError {
     #[error(transparent)]
     Config(#[from] LossConfigError),
     #[error("losses.{loss}: {tensor} has shape {got:?}, expected {expected}")]
-    Shape {
-        loss: &'static str,
-        tensor: &'static str,
-        got: Vec<usize>,
-        expected: String,
-    },
+    Shape { loss: &'static str, tensor: &'static str, got: Vec<usize>, expected: String },
     #[error("losses.{loss}: {what}")]
     Batch { loss: &'static str, what: String },
     #[error("losses.srrl needs the teacher's classifier: build the losses with a teacher head")]
@@ -212,12 +205,7 @@ pub enum LossError {
 }
 
 fn bad(loss: &'static str, field: &'static str, expected: &str, got: impl ToString) -> LossConfigError {
-    LossConfigError {
-        loss,
-        field,
-        expected: expected.to_string(),
-        got: got.to_string(),
-    }
+    LossConfigError { loss, field, expected: expected.to_string(), got: got.to_string() }
 }
 
 fn positive(loss: &'static str, field: &'static str, v: f64) -> Result<(), LossConfigError> {
@@ -269,7 +257,10 @@ impl LossConfig {
                     return Err(bad(
                         name,
                         "nce_k",
-                        &format!("between 1 and n_data - 1 = {} (negatives are other training samples)", dims.n_data.saturating_sub(1)),
+                        &format!(
+                            "between 1 and n_data - 1 = {} (negatives are other training samples)",
+                            dims.n_data.saturating_sub(1)
+                        ),
                         c.nce_k,
                     ));
                 }
@@ -287,7 +278,10 @@ impl LossConfig {
                     return Err(bad(
                         name,
                         "regressor",
-                        &format!("true when the student width {} differs from the teacher width {}", dims.student_dim, dims.teacher_dim),
+                        &format!(
+                            "true when the student width {} differs from the teacher width {}",
+                            dims.student_dim, dims.teacher_dim
+                        ),
                         false,
                     ));
                 }
@@ -319,11 +313,9 @@ pub fn preset(name: &str) -> Option<Vec<WeightedLoss>> {
     Some(match name {
         "kd" => vec![ce(), kd()],
         "srrl" => vec![ce(), WeightedLoss::new(1.0, LossConfig::Srrl(SrrlConfig::default()))],
-        "align_uniform" => vec![
-            ce(),
-            WeightedLoss::new(1.0, LossConfig::AlignUniform(AlignUniformConfig::default())),
-            kd(),
-        ],
+        "align_uniform" => {
+            vec![ce(), WeightedLoss::new(1.0, LossConfig::AlignUniform(AlignUniformConfig::default())), kd()]
+        }
         "crd" => vec![ce(), WeightedLoss::new(1.0, LossConfig::Crd(CrdConfig::default())), kd()],
         _ => return None,
     })
@@ -392,11 +384,7 @@ impl LossTerms {
 /// The first non-finite `(term, value)` as a [`NonFiniteLoss`] at `step`.
 pub fn check_finite(values: &[(String, f64)], step: u64) -> Result<(), NonFiniteLoss> {
     match values.iter().find(|(_, v)| !v.is_finite()) {
-        Some((term, value)) => Err(NonFiniteLoss {
-            term: term.clone(),
-            step,
-            value: *value,
-        }),
+        Some((term, value)) => Err(NonFiniteLoss { term: term.clone(), step, value: *value }),
         None => Ok(()),
     }
 }
@@ -496,7 +484,10 @@ impl DistillLosses {
                 return Err(bad(
                     "srrl",
                     "teacher_classifier",
-                    &format!("a [{}, {}] weight (teacher_dim, num_classes)", dims.teacher_dim, dims.num_classes),
+                    &format!(
+                        "a [{}, {}] weight (teacher_dim, num_classes)",
+                        dims.teacher_dim, dims.num_classes
+                    ),
                     format!("[{d_in}, {d_out}]"),
                 ));
             }
@@ -516,7 +507,16 @@ impl DistillLosses {
                     uniform_weight: c.uniform_weight,
                 }),
                 LossConfig::Crd(c) => LossHead::Crd(Crd::new(
-                    c.projector, s, t, c.feat_dim, c.nce_k, c.nce_t, c.momentum, dims.n_data, c.seed, device,
+                    c.projector,
+                    s,
+                    t,
+                    c.feat_dim,
+                    c.nce_k,
+                    c.nce_t,
+                    c.momentum,
+                    dims.n_data,
+                    c.seed,
+                    device,
                 )),
                 LossConfig::Srrl(c) => {
                     let fc = match &teacher_classifier {
@@ -544,10 +544,7 @@ impl DistillLosses {
             };
             entries.push(LossEntry { weight: l.weight, head });
         }
-        Ok(Self {
-            entries,
-            dims: [dims.student_dim, dims.teacher_dim, dims.num_classes, dims.n_data],
-        })
+        Ok(Self { entries, dims: [dims.student_dim, dims.teacher_dim, dims.num_classes, dims.n_data] })
     }
 
     /// Replaces CRD's negative sampler (no-op without crd).
@@ -585,7 +582,9 @@ impl DistillLosses {
         for entry in &self.entries {
             let w = entry.weight;
             match &entry.head {
-                LossHead::Ce(h) => push("ce", w, cross_entropy(z_s.clone(), labels.clone(), h.label_smoothing)),
+                LossHead::Ce(h) => {
+                    push("ce", w, cross_entropy(z_s.clone(), labels.clone(), h.label_smoothing))
+                }
                 LossHead::Kd(h) => push("kd", w, kd(z_s.clone(), z_t.clone(), h.temperature)),
                 LossHead::AlignUniform(h) => {
                     let g_s = h.proj_s.forward(f_s.clone());
@@ -598,7 +597,8 @@ impl DistillLosses {
                 LossHead::Crd(h) => {
                     let idx = indices.as_deref().ok_or(LossError::Batch {
                         loss: "crd",
-                        what: "the batch carries no dataset indices (crd needs them for its memory banks)".into(),
+                        what: "the batch carries no dataset indices (crd needs them for its memory banks)"
+                            .into(),
                     })?;
                     let out = h.forward(f_s.clone(), f_t.clone(), idx, contrast_indices.as_deref());
                     push("crd", w, out.student_anchor + out.teacher_anchor);

@@ -23,9 +23,11 @@ fn device() -> Device {
 }
 
 fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/losses").join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; regenerate with python tools/fixtures_losses.py", path.display()));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/losses").join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("{}: {e}; regenerate with python tools/fixtures_losses.py", path.display())
+    });
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 
@@ -185,7 +187,9 @@ impl Batch {
             let t = Tensor::<2>::from_data(data_of(&shape, data, dtype), (&device, dtype)).require_grad();
             inputs.insert(name.clone(), t);
         }
-        let usizes = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect::<Vec<_>>();
+        let usizes = |v: &Value| {
+            v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect::<Vec<_>>()
+        };
         Self {
             inputs,
             labels: step["labels"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect(),
@@ -210,7 +214,12 @@ impl Batch {
 
 /// Builds the losses of a fixture with its parameters loaded; `extra` overrides/adds values
 /// (CRD banks and Z) by key.
-fn build(case: &Value, dtype: DType, extra: &[(&str, Value)], perturb: Option<(&str, usize, f64)>) -> DistillLosses {
+fn build(
+    case: &Value,
+    dtype: DType,
+    extra: &[(&str, Value)],
+    perturb: Option<(&str, usize, f64)>,
+) -> DistillLosses {
     let device = device();
     let losses: Vec<WeightedLoss> = case["losses"]
         .as_array()
@@ -240,9 +249,9 @@ fn build(case: &Value, dtype: DType, extra: &[(&str, Value)], perturb: Option<(&
         entry.1[i] += delta;
     }
     // The teacher's classifier comes from the teacher; here a Linear with the fixture's values.
-    let classifier = values.contains_key("0/teacher_classifier.weight").then(|| {
-        burn::nn::LinearConfig::new(dims.teacher_dim, dims.num_classes).init(&device)
-    });
+    let classifier = values
+        .contains_key("0/teacher_classifier.weight")
+        .then(|| burn::nn::LinearConfig::new(dims.teacher_dim, dims.num_classes).init(&device));
     let module = DistillLosses::new(&losses, dims, classifier, &device).expect("fixture config is valid");
     let mut load = Load { path: Vec::new(), values: &values, dtype, used: Vec::new() };
     let module = module.map(&mut load);
@@ -259,11 +268,8 @@ fn run(module: &DistillLosses, batch: &Batch) -> Outcome {
     let terms = module.forward(batch.distill_inputs()).expect("fixture batch is valid");
     let values = terms.values();
     let grads = terms.total.backward();
-    let inputs = batch
-        .inputs
-        .iter()
-        .filter_map(|(k, t)| t.grad(&grads).map(|g| (k.clone(), host(&g))))
-        .collect();
+    let inputs =
+        batch.inputs.iter().filter_map(|(k, t)| t.grad(&grads).map(|g| (k.clone(), host(&g)))).collect();
     let mut visitor = Grads { path: Vec::new(), grads: &grads, out: HashMap::new() };
     module.visit(&mut visitor);
     (values, inputs, visitor.out)
@@ -293,7 +299,8 @@ fn check_case(name: &str, dtype: DType, tol: f64) {
     let terms = case["terms"].as_object().unwrap();
     assert_eq!(values.len(), terms.len() + 1, "{name}: terms {values:?}");
     for (term, value) in &values {
-        let want = if term == "total" { case["total"].as_f64().unwrap() } else { terms[term][1].as_f64().unwrap() };
+        let want =
+            if term == "total" { case["total"].as_f64().unwrap() } else { terms[term][1].as_f64().unwrap() };
         assert_close(&format!("{name}: {term}"), &[*value], &[want], tol);
     }
     // The weights the total used are the fixture's.
@@ -338,7 +345,12 @@ fn matches_pytorch_f32() {
 fn check_crd(dtype: DType, tol: f64) {
     let case = fixture("crd");
     let init = &case["init"];
-    let module = build(&case, dtype, &[("memory_s", init["memory_s"].clone()), ("memory_t", init["memory_t"].clone())], None);
+    let module = build(
+        &case,
+        dtype,
+        &[("memory_s", init["memory_s"].clone()), ("memory_t", init["memory_t"].clone())],
+        None,
+    );
     for (s, step) in case["steps"].as_array().unwrap().iter().enumerate() {
         let batch = Batch::new(step, dtype, None);
         let (values, grad_inputs, grad_params) = run(&module, &batch);
@@ -348,8 +360,18 @@ fn check_crd(dtype: DType, tol: f64) {
         compare_grads(&name, "input", &grad_inputs, &step["grad_inputs"], tol);
         compare_grads(&name, "param", &grad_params, &step["grad_params"], tol);
         let LossHead::Crd(crd) = &module.entries[0].head else { panic!("crd head") };
-        assert_close(&format!("{name}: memory_s"), &host(&crd.memory_s.value_sync()), &raw(&step["memory_s"]).1, tol);
-        assert_close(&format!("{name}: memory_t"), &host(&crd.memory_t.value_sync()), &raw(&step["memory_t"]).1, tol);
+        assert_close(
+            &format!("{name}: memory_s"),
+            &host(&crd.memory_s.value_sync()),
+            &raw(&step["memory_s"]).1,
+            tol,
+        );
+        assert_close(
+            &format!("{name}: memory_t"),
+            &host(&crd.memory_t.value_sync()),
+            &raw(&step["memory_t"]).1,
+            tol,
+        );
         let z: Vec<f64> = step["z"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         assert_close(&format!("{name}: z"), &host(&crd.z.value_sync()), &z, tol);
     }
@@ -421,14 +443,10 @@ fn crd_gradients_match_finite_differences() {
     // Second step from the state the first left: banks after step 0 and its Z.
     let z = &steps[0]["z"];
     let z = serde_json::json!({"shape": [2], "data": z});
-    let state = [
-        ("memory_s", steps[0]["memory_s"].clone()),
-        ("memory_t", steps[0]["memory_t"].clone()),
-        ("z", z),
-    ];
+    let state =
+        [("memory_s", steps[0]["memory_s"].clone()), ("memory_t", steps[0]["memory_t"].clone()), ("z", z)];
     check_fd("crd", &case, &steps[1], &state);
 }
-
 
 /// Teacher outputs computed on a plain device (how the engine runs the frozen teacher) give
 /// the same terms and student gradients, BatchNorm heads included.
@@ -448,7 +466,12 @@ fn teacher_outputs_without_autodiff() {
     let g = &grad_inputs["student_features"];
     assert_close("d/d student_features", g, &raw(&case["grad_inputs"]["student_features"]).1, TOL_F64);
     let key = "0/proj_t.net.layers.1.BatchNorm.gamma";
-    assert_close(key, &grad_params[key], &raw(&case["grad_params"]["proj_t.net.layers.1.BatchNorm.gamma"]).1, TOL_F64);
+    assert_close(
+        key,
+        &grad_params[key],
+        &raw(&case["grad_params"]["proj_t.net.layers.1.BatchNorm.gamma"]).1,
+        TOL_F64,
+    );
 }
 
 // ------------------------------------------------------------------ errors and presets
@@ -511,7 +534,10 @@ fn bad_parameters_are_config_errors() {
         LossConfig::FitNet(FeatureConfig { regressor: false }),
         Some(("regressor", "differs", "false")),
     );
-    check_validate(LossConfig::Srrl(SrrlConfig { embed_weight: f64::INFINITY, ..SrrlConfig::default() }), Some(("embed_weight", ">= 0", "inf")));
+    check_validate(
+        LossConfig::Srrl(SrrlConfig { embed_weight: f64::INFINITY, ..SrrlConfig::default() }),
+        Some(("embed_weight", ">= 0", "inf")),
+    );
 }
 
 #[test]
@@ -580,7 +606,10 @@ fn small_batch(n: usize, dtype: DType) -> DistillInputs {
         student_logits: t(n, 3, 1.0),
         teacher_features: t(n, 7, 2.0),
         teacher_logits: t(n, 3, 3.0),
-        labels: Tensor::<1, Int>::from_data(TensorData::new((0..n as i64).map(|i| i % 3).collect::<Vec<_>>(), [n]), &device),
+        labels: Tensor::<1, Int>::from_data(
+            TensorData::new((0..n as i64).map(|i| i % 3).collect::<Vec<_>>(), [n]),
+            &device,
+        ),
         indices: Some((0..n).collect()),
         contrast_indices: None,
     }
@@ -602,13 +631,16 @@ fn bad_batches_are_errors() {
     x.teacher_features = x.teacher_features.slice([0..4, 0..6]);
     assert_eq!(shape_of(module.forward(x).unwrap_err()), ("teacher_features", vec![4, 6]));
     let mut x = small_batch(4, DType::F32);
-    x.labels = x.labels.slice([0..3]);
+    x.labels = x.labels.narrow(0, 0, 3);
     assert_eq!(shape_of(module.forward(x).unwrap_err()), ("labels", vec![3]));
     let batch_error = |x: DistillInputs| match module.forward(x).unwrap_err() {
         LossError::Batch { loss, what } => format!("{loss}: {what}"),
         other => panic!("expected a batch error, got {other}"),
     };
-    assert!(batch_error(small_batch(1, DType::F32)).starts_with("align_uniform: uniformity needs a batch of at least 2"));
+    assert!(
+        batch_error(small_batch(1, DType::F32))
+            .starts_with("align_uniform: uniformity needs a batch of at least 2")
+    );
     let mut x = small_batch(4, DType::F32);
     x.indices = None;
     assert!(batch_error(x).contains("no dataset indices"));
@@ -638,7 +670,10 @@ fn non_finite_terms_name_the_term_and_step() {
     let err = module.forward(x).unwrap().check_finite(12).unwrap_err();
     assert_eq!((err.term.as_str(), err.step), ("kd", 12));
     assert!(err.value.is_nan());
-    assert_eq!(err.to_string(), "loss term kd is NaN at step 12: lower the learning rate or check the inputs");
+    assert_eq!(
+        err.to_string(),
+        "loss term kd is NaN at step 12: lower the learning rate or check the inputs"
+    );
     let err = check_finite(&[("ce".into(), 1.0), ("srrl.logits".into(), f64::INFINITY)], 3).unwrap_err();
     assert_eq!(err.term, "srrl.logits");
 }
@@ -677,7 +712,8 @@ fn crd_uses_the_injected_sampler() {
     let init = &case["init"];
     let extra = [("memory_s", init["memory_s"].clone()), ("memory_t", init["memory_t"].clone())];
     let batch = Batch::new(step, DType::F64, None);
-    let negatives: Vec<Vec<usize>> = batch.contrast.as_ref().unwrap().iter().map(|r| r[1..].to_vec()).collect();
+    let negatives: Vec<Vec<usize>> =
+        batch.contrast.as_ref().unwrap().iter().map(|r| r[1..].to_vec()).collect();
     let module = build(&case, DType::F64, &extra, None).with_crd_sampler(Fixed(negatives));
     let mut x = batch.distill_inputs();
     x.contrast_indices = None;
@@ -718,7 +754,14 @@ fn heads_train_with_a_burn_optimizer() {
     use burn::optim::{AdamWConfig, GradientsParams};
     let device = device();
     let losses = [
-        WeightedLoss::new(1.0, LossConfig::AlignUniform(AlignUniformConfig { projector: ProjectorKind::SimClr, dim: 4, ..Default::default() })),
+        WeightedLoss::new(
+            1.0,
+            LossConfig::AlignUniform(AlignUniformConfig {
+                projector: ProjectorKind::SimClr,
+                dim: 4,
+                ..Default::default()
+            }),
+        ),
         WeightedLoss::new(1.0, LossConfig::Srrl(SrrlConfig::default())),
         WeightedLoss::new(1.0, LossConfig::Cosine(FeatureConfig::default())),
     ];
