@@ -3,7 +3,8 @@
 //!
 //! Tolerances: in f64, every value and gradient element within 1e-9 of PyTorch relative to
 //! max(|expected|, largest |element| of that tensor) (so tiny elements are judged at the
-//! tensor's scale); the same fixtures in f32 (burn's default dtype) within 2e-4. Finite
+//! tensor's scale); the same fixtures in f32 (burn's default dtype) within 1e-5 (worst seen
+//! 3e-6, a simclrv2 batch-norm gradient). Finite
 //! differences (f64, h = 1e-6) agree with autodiff within 1e-6 relative (floor 1).
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use serde_json::Value;
 use super::*;
 
 const TOL_F64: f64 = 1e-9;
-const TOL_F32: f64 = 2e-4;
+const TOL_F32: f64 = 1e-5;
 
 fn device() -> Device {
     Device::flex().autodiff()
