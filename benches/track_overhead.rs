@@ -65,13 +65,7 @@ impl<'a> Loop<'a> {
             let run = t.start_node_run(&inv, &node).unwrap();
             (t, inv, run)
         });
-        Loop {
-            name,
-            tracker,
-            step_ms: Vec::new(),
-            log_us: Vec::new(),
-            next_step: 0,
-        }
+        Loop { name, tracker, step_ms: Vec::new(), log_us: Vec::new(), next_step: 0 }
     }
 
     fn steps(&mut self, n: usize) {
@@ -141,9 +135,7 @@ fn rest_latency(uri: &str) {
             .unwrap();
     });
     let batch_pooled = time(&mut |i| {
-        client
-            .log_batch(&run.run_id, &[Metric::new("m", 1.0, i, now_ms())], &[], &[])
-            .unwrap()
+        client.log_batch(&run.run_id, &[Metric::new("m", 1.0, i, now_ms())], &[], &[]).unwrap()
     });
     println!(
         "REST round trip (server on this machine): get-by-name median {get_pooled:.2} ms pooled, {get_fresh:.2} ms with a new client each; \
@@ -154,16 +146,11 @@ fn rest_latency(uri: &str) {
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let local = Tracker::open(TrackerConfig::new(dir.path().join("local"), None)).unwrap();
-    let server = track_support::mlflow_executable().map(|mlflow| {
-        track_support::MlflowServer::start(&mlflow, &dir.path().join("server"), false)
-    });
-    let live = server.as_ref().map(|s| {
-        Tracker::open(TrackerConfig::new(
-            dir.path().join("live"),
-            Some(s.uri.clone()),
-        ))
-        .unwrap()
-    });
+    let server = track_support::mlflow_executable()
+        .map(|mlflow| track_support::MlflowServer::start(&mlflow, &dir.path().join("server"), false));
+    let live = server
+        .as_ref()
+        .map(|s| Tracker::open(TrackerConfig::new(dir.path().join("live"), Some(s.uri.clone()))).unwrap());
     let live_slow = server.as_ref().map(|s| {
         let mut config = TrackerConfig::new(dir.path().join("live5"), Some(s.uri.clone()));
         config.push_interval = Duration::from_secs(5);
@@ -172,21 +159,14 @@ fn main() {
 
     let mut none = Loop::new("no tracking", None);
     let mut local_loop = Loop::new("local store only", Some(&local));
-    let mut live_loop = live
-        .as_ref()
-        .map(|t| Loop::new("live push, every 1 s", Some(t)));
-    let mut live_slow_loop = live_slow
-        .as_ref()
-        .map(|t| Loop::new("live push, every 5 s", Some(t)));
+    let mut live_loop = live.as_ref().map(|t| Loop::new("live push, every 1 s", Some(t)));
+    let mut live_slow_loop = live_slow.as_ref().map(|t| Loop::new("live push, every 5 s", Some(t)));
     none.steps(10); // warm-up, not counted
     none.step_ms.clear();
     for _ in 0..ROUNDS {
         none.steps(STEPS_PER_ROUND);
         local_loop.steps(STEPS_PER_ROUND);
-        for l in [live_loop.as_mut(), live_slow_loop.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        for l in [live_loop.as_mut(), live_slow_loop.as_mut()].into_iter().flatten() {
             l.steps(STEPS_PER_ROUND);
         }
     }

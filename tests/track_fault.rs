@@ -13,10 +13,7 @@ use track_support::{MlflowServer, mlflow_executable};
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -60,16 +57,7 @@ fn server_stopped_mid_run_then_restarted_gets_every_metric_exactly_once() {
             let t = 1_700_000_000_000 + step;
             let points = [
                 Metric::new("loss", 1.0 / (step as f64 + 1.0), step, t),
-                Metric::new(
-                    "acc",
-                    if step % 50 == 7 {
-                        f64::NAN
-                    } else {
-                        step as f64 / 1000.0
-                    },
-                    step,
-                    t,
-                ),
+                Metric::new("acc", if step % 50 == 7 { f64::NAN } else { step as f64 / 1000.0 }, step, t),
             ];
             let start = Instant::now();
             tracker.log_metrics(&run, &points).unwrap();
@@ -85,21 +73,15 @@ fn server_stopped_mid_run_then_restarted_gets_every_metric_exactly_once() {
     // Phase 1: server up, pushed live.
     log_steps(100, &mut logged, &mut up_micros);
     wait_until("the live push of phase 1", Duration::from_secs(20), || {
-        tracker
-            .push_state()
-            .unwrap()
-            .last_report
-            .is_some_and(|r| r.metrics_sent > 0)
+        tracker.push_state().unwrap().last_report.is_some_and(|r| r.metrics_sent > 0)
     });
 
     // Phase 2: the server stops mid-run; logging goes on without blocking.
     server.stop();
     log_steps(150, &mut logged, &mut down_micros);
-    wait_until(
-        "the push to notice the server is down",
-        Duration::from_secs(20),
-        || tracker.push_state().unwrap().last_error.is_some(),
-    );
+    wait_until("the push to notice the server is down", Duration::from_secs(20), || {
+        tracker.push_state().unwrap().last_error.is_some()
+    });
 
     // Phase 3: the server returns (same port, same store); the live push catches up by itself.
     server.restart();
@@ -112,11 +94,7 @@ fn server_stopped_mid_run_then_restarted_gets_every_metric_exactly_once() {
     let last = tracker.finish().unwrap();
     assert!(last.is_complete(), "{last:?}");
     let again = sync(&store, &server.uri).unwrap();
-    assert_eq!(
-        (again.runs_created, again.metrics_sent, again.statuses_sent),
-        (0, 0, 0),
-        "{again:?}"
-    );
+    assert_eq!((again.runs_created, again.metrics_sent, again.statuses_sent), (0, 0, 0), "{again:?}");
 
     let median = |v: &mut Vec<u128>| {
         v.sort();
@@ -133,25 +111,14 @@ fn server_stopped_mid_run_then_restarted_gets_every_metric_exactly_once() {
     let exp = client.get_experiment_by_name("fault").unwrap().unwrap();
     let runs = client.search_runs(&[&exp.experiment_id], "").unwrap();
     assert_eq!(runs.len(), 2, "no duplicate runs");
-    let child = runs
-        .iter()
-        .find(|r| r.tag("distillery.local_run_id") == Some(run.as_str()))
-        .unwrap();
+    let child = runs.iter().find(|r| r.tag("distillery.local_run_id") == Some(run.as_str())).unwrap();
     assert_eq!(child.info.status, "FINISHED");
     for key in ["loss", "acc"] {
         let mut want: Vec<&Metric> = logged.iter().filter(|m| m.key == key).collect();
         let mut got = client.get_metric_history(&child.info.run_id, key).unwrap();
-        assert_eq!(
-            got.len(),
-            want.len(),
-            "{key}: every point exactly once ({} logged)",
-            want.len()
-        );
+        assert_eq!(got.len(), want.len(), "{key}: every point exactly once ({} logged)", want.len());
         want.sort_by_key(|m| m.step);
         got.sort_by_key(|m| m.step);
-        assert!(
-            got.iter().zip(&want).all(|(g, w)| g.same_as(w)),
-            "{key}: values differ"
-        );
+        assert!(got.iter().zip(&want).all(|(g, w)| g.same_as(w)), "{key}: values differ");
     }
 }

@@ -828,6 +828,9 @@ pub enum Loss {
     Crd {
         #[serde(default = "one")]
         weight: f64,
+        /// Embedding heads on both sides (RepDistiller: linear).
+        #[serde(default = "linear_projector")]
+        projector: Projector,
         #[serde(default = "proj_dim")]
         dim: u32,
         #[serde(default = "nce_k")]
@@ -847,20 +850,21 @@ pub enum Loss {
         #[serde(default)]
         connector: Connector,
     },
-    /// Romero et al. 2015: MSE between a learned regressor of the student's features and the teacher's.
+    /// Romero et al. 2015: MSE between (regressed) student features and the teacher's.
     Fitnet {
         #[serde(default = "one")]
         weight: f64,
-    },
-    /// MSE between student and teacher features (same width, or a linear regressor).
-    Mse {
-        #[serde(default = "one")]
-        weight: f64,
+        /// A learned Linear(student width, teacher width); without it the widths must match
+        /// (plain feature MSE).
+        #[serde(default = "yes")]
+        regressor: bool,
     },
     /// 1 - cosine similarity of (regressed) student and teacher features.
     Cosine {
         #[serde(default = "one")]
         weight: f64,
+        #[serde(default = "yes")]
+        regressor: bool,
     },
 }
 
@@ -875,7 +879,6 @@ impl Loss {
             Loss::Crd { .. } => "crd",
             Loss::Srrl { .. } => "srrl",
             Loss::Fitnet { .. } => "fitnet",
-            Loss::Mse { .. } => "mse",
             Loss::Cosine { .. } => "cosine",
         }
     }
@@ -887,9 +890,8 @@ impl Loss {
             | Loss::AlignUniform { weight, .. }
             | Loss::Crd { weight, .. }
             | Loss::Srrl { weight, .. }
-            | Loss::Fitnet { weight }
-            | Loss::Mse { weight }
-            | Loss::Cosine { weight } => *weight,
+            | Loss::Fitnet { weight, .. }
+            | Loss::Cosine { weight, .. } => *weight,
         }
     }
 }
@@ -923,6 +925,12 @@ fn two() -> f64 {
 }
 fn half() -> f64 {
     0.5
+}
+fn yes() -> bool {
+    true
+}
+fn linear_projector() -> Projector {
+    Projector::Linear
 }
 fn tenth() -> f64 {
     0.1

@@ -532,7 +532,7 @@ impl<'a> Check<'a> {
                 Loss::Srrl { embed_weight, .. } => {
                     self.non_negative(&join(&lp, "embed_weight"), *embed_weight)
                 }
-                Loss::Fitnet { .. } | Loss::Mse { .. } | Loss::Cosine { .. } => {}
+                Loss::Fitnet { .. } | Loss::Cosine { .. } => {}
             }
         }
         if losses.0.iter().all(|l| l.weight() == 0.0) {

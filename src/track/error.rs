@@ -5,23 +5,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TrackError {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     #[error("{}: invalid json: {source}", path.display())]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Json { path: PathBuf, source: serde_json::Error },
 
     #[error("{}: byte {offset}: invalid metric record: {reason}", path.display())]
-    CorruptMetrics {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    CorruptMetrics { path: PathBuf, offset: u64, reason: String },
 
     #[error("unknown run {run_id}: no run record under {}", store.display())]
     UnknownRun { run_id: String, store: PathBuf },
@@ -30,10 +20,7 @@ pub enum TrackError {
     Invalid(#[from] super::params::InvalidEntity),
 
     #[error("run {run_id} is already {status}; it cannot log more")]
-    RunEnded {
-        run_id: String,
-        status: super::RunStatus,
-    },
+    RunEnded { run_id: String, status: super::RunStatus },
 
     #[error("unsupported tracking uri {uri:?}: {reason}")]
     BadTrackingUri { uri: String, reason: String },

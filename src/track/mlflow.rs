@@ -21,19 +21,10 @@ pub const MAX_TAGS_PER_BATCH: usize = 100;
 #[derive(Debug, thiserror::Error)]
 pub enum MlflowError {
     #[error("{endpoint}: http {status} {error_code}: {message}")]
-    Api {
-        endpoint: String,
-        status: u16,
-        error_code: String,
-        message: String,
-    },
+    Api { endpoint: String, status: u16, error_code: String, message: String },
 
     #[error("{endpoint}: cannot reach the server ({attempts} attempts): {detail}")]
-    Transport {
-        endpoint: String,
-        attempts: u32,
-        detail: String,
-    },
+    Transport { endpoint: String, attempts: u32, detail: String },
 
     #[error("{endpoint}: unexpected response: {detail}")]
     Decode { endpoint: String, detail: String },
@@ -42,10 +33,7 @@ pub enum MlflowError {
     BadUri { uri: String, reason: String },
 
     #[error("{}: {source}", path.display())]
-    LocalFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    LocalFile { path: PathBuf, source: std::io::Error },
 
     #[error(transparent)]
     Invalid(#[from] InvalidEntity),
@@ -159,19 +147,11 @@ pub struct Run {
 
 impl Run {
     pub fn tag(&self, key: &str) -> Option<&str> {
-        self.data
-            .tags
-            .iter()
-            .find(|t| t.key == key)
-            .map(|t| t.value.as_str())
+        self.data.tags.iter().find(|t| t.key == key).map(|t| t.value.as_str())
     }
 
     pub fn param(&self, key: &str) -> Option<&str> {
-        self.data
-            .params
-            .iter()
-            .find(|t| t.key == key)
-            .map(|t| t.value.as_str())
+        self.data.params.iter().find(|t| t.key == key).map(|t| t.value.as_str())
     }
 }
 
@@ -198,9 +178,7 @@ pub struct MlflowClient {
 impl std::fmt::Debug for MlflowClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The authorization header stays out of logs.
-        f.debug_struct("MlflowClient")
-            .field("base", &self.base)
-            .finish_non_exhaustive()
+        f.debug_struct("MlflowClient").field("base", &self.base).finish_non_exhaustive()
     }
 }
 
@@ -230,18 +208,12 @@ impl MlflowClient {
             env("MLFLOW_TRACKING_PASSWORD"),
         ) {
             (Some(token), _, _) => Some(format!("Bearer {token}")),
-            (None, Some(user), Some(pass)) => Some(format!(
-                "Basic {}",
-                base64(format!("{user}:{pass}").as_bytes())
-            )),
+            (None, Some(user), Some(pass)) => {
+                Some(format!("Basic {}", base64(format!("{user}:{pass}").as_bytes())))
+            }
             _ => None,
         };
-        Ok(MlflowClient {
-            agent: agent_config.into(),
-            base,
-            authorization,
-            config,
-        })
+        Ok(MlflowClient { agent: agent_config.into(), base, authorization, config })
     }
 
     /// The normalised base URI, used to key the sync ledger.
@@ -273,11 +245,7 @@ impl MlflowClient {
         if let Some(exp) = self.get_experiment_by_name(name)? {
             return active_experiment(exp);
         }
-        match self.api_post(
-            "experiments/create",
-            &json!({ "name": name }),
-            Retry::Idempotent,
-        ) {
+        match self.api_post("experiments/create", &json!({ "name": name }), Retry::Idempotent) {
             Ok(v) => id_field("experiments/create", &v, "experiment_id"),
             Err(e) if e.error_code() == Some("RESOURCE_ALREADY_EXISTS") => {
                 match self.get_experiment_by_name(name)? {
@@ -301,10 +269,7 @@ impl MlflowClient {
         for (k, v) in tags {
             check_tag(k, v)?;
         }
-        let tags: Vec<Value> = tags
-            .iter()
-            .map(|(k, v)| json!({"key": k, "value": v}))
-            .collect();
+        let tags: Vec<Value> = tags.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
         let body = json!({
             "experiment_id": experiment_id,
             "run_name": run_name,
@@ -321,11 +286,7 @@ impl MlflowClient {
     }
 
     /// All runs of the experiments matching an MLflow filter string (deleted ones included).
-    pub fn search_runs(
-        &self,
-        experiment_ids: &[&str],
-        filter: &str,
-    ) -> Result<Vec<Run>, MlflowError> {
+    pub fn search_runs(&self, experiment_ids: &[&str], filter: &str) -> Result<Vec<Run>, MlflowError> {
         let mut runs = Vec::new();
         let mut page_token: Option<String> = None;
         loop {
@@ -367,10 +328,7 @@ impl MlflowClient {
             check_tag(k, v)?;
         }
         let kv = |items: &[(String, String)]| -> Vec<Value> {
-            items
-                .iter()
-                .map(|(k, v)| json!({"key": k, "value": v}))
-                .collect()
+            items.iter().map(|(k, v)| json!({"key": k, "value": v})).collect()
         };
         for chunk in params.chunks(MAX_PARAMS_PER_BATCH) {
             self.api_post(
@@ -388,11 +346,7 @@ impl MlflowClient {
         }
         for chunk in metrics.chunks(MAX_METRICS_PER_BATCH) {
             let wire: Vec<WireMetric> = chunk.iter().map(WireMetric::from).collect();
-            self.api_post(
-                "runs/log-batch",
-                &json!({"run_id": run_id, "metrics": wire}),
-                Retry::Idempotent,
-            )?;
+            self.api_post("runs/log-batch", &json!({"run_id": run_id, "metrics": wire}), Retry::Idempotent)?;
         }
         Ok(())
     }
@@ -408,8 +362,7 @@ impl MlflowClient {
         if let Some(end) = end_time_ms {
             body["end_time"] = json!(end);
         }
-        self.api_post("runs/update", &body, Retry::Idempotent)
-            .map(|_| ())
+        self.api_post("runs/update", &body, Retry::Idempotent).map(|_| ())
     }
 
     /// Every logged point of one metric, in the server's order.
@@ -417,19 +370,13 @@ impl MlflowClient {
         let mut out = Vec::new();
         let mut page_token = String::new();
         loop {
-            let mut query = vec![
-                ("run_id", run_id),
-                ("metric_key", key),
-                ("max_results", "25000"),
-            ];
+            let mut query = vec![("run_id", run_id), ("metric_key", key), ("max_results", "25000")];
             if !page_token.is_empty() {
                 query.push(("page_token", &page_token));
             }
             let v = self.api_get("metrics/get-history", &query)?;
-            let page: Vec<WireMetric> = decode(
-                "metrics/get-history",
-                v.get("metrics").unwrap_or(&json!([])),
-            )?;
+            let page: Vec<WireMetric> =
+                decode("metrics/get-history", v.get("metrics").unwrap_or(&json!([])))?;
             out.extend(page.into_iter().map(Metric::from));
             match v.get("next_page_token").and_then(Value::as_str) {
                 Some(token) if !token.is_empty() => page_token = token.to_string(),
@@ -450,13 +397,9 @@ impl MlflowClient {
         let url = self.artifact_url(run, artifact_path)?;
         let endpoint = format!("PUT mlflow-artifacts {artifact_path}");
         self.with_retries(&endpoint, || {
-            let file = std::fs::File::open(local).map_err(|source| MlflowError::LocalFile {
-                path: local.to_path_buf(),
-                source,
-            })?;
-            let req = self
-                .with_auth(self.agent.put(&url))
-                .header("Content-Type", "application/octet-stream");
+            let file = std::fs::File::open(local)
+                .map_err(|source| MlflowError::LocalFile { path: local.to_path_buf(), source })?;
+            let req = self.with_auth(self.agent.put(&url)).header("Content-Type", "application/octet-stream");
             let resp = req
                 .config()
                 .timeout_global(None)
@@ -470,11 +413,7 @@ impl MlflowClient {
     }
 
     /// Downloads one artifact of a run.
-    pub fn download_artifact(
-        &self,
-        run: &RunInfo,
-        artifact_path: &str,
-    ) -> Result<Vec<u8>, MlflowError> {
+    pub fn download_artifact(&self, run: &RunInfo, artifact_path: &str) -> Result<Vec<u8>, MlflowError> {
         let url = self.artifact_url(run, artifact_path)?;
         let endpoint = format!("GET mlflow-artifacts {artifact_path}");
         self.with_retries(&endpoint, || {
@@ -520,11 +459,7 @@ impl MlflowClient {
             .filter(|s| !s.is_empty())
             .map(percent_encode)
             .collect();
-        Ok(format!(
-            "{}/api/2.0/mlflow-artifacts/artifacts/{}",
-            self.base,
-            path.join("/")
-        ))
+        Ok(format!("{}/api/2.0/mlflow-artifacts/artifacts/{}", self.base, path.join("/")))
     }
 
     fn with_auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
@@ -542,10 +477,7 @@ impl MlflowClient {
             for (k, v) in query {
                 req = req.query(*k, *v);
             }
-            Ok(parse_response(
-                &endpoint,
-                read_text(&endpoint, req.call())?,
-            )?)
+            Ok(parse_response(&endpoint, read_text(&endpoint, req.call())?)?)
         })
     }
 
@@ -555,9 +487,7 @@ impl MlflowClient {
         let bytes = serde_json::to_vec(body).expect("json values serialize");
         let once = retry == Retry::OnlyIfNotSent;
         self.with_retries(&endpoint, || {
-            let req = self
-                .with_auth(self.agent.post(&url))
-                .header("Content-Type", "application/json");
+            let req = self.with_auth(self.agent.post(&url)).header("Content-Type", "application/json");
             let resp = match req.send(&bytes[..]) {
                 Ok(resp) => resp,
                 // A request that may have reached the server is not sent again when sending twice
@@ -567,8 +497,7 @@ impl MlflowClient {
                 }
                 Err(e) => return Err(Attempt::Again(transport(&endpoint, e))),
             };
-            let result =
-                read_text(&endpoint, Ok(resp)).and_then(|r| Ok(parse_response(&endpoint, r)?));
+            let result = read_text(&endpoint, Ok(resp)).and_then(|r| Ok(parse_response(&endpoint, r)?));
             result.map_err(|a| match a {
                 Attempt::Again(e) | Attempt::Final(e) if once => Attempt::Final(e),
                 other => other,
@@ -621,10 +550,9 @@ impl From<MlflowError> for Attempt {
 fn nothing_sent(e: &ureq::Error) -> bool {
     use std::io::ErrorKind;
     match e {
-        ureq::Error::Io(io) => matches!(
-            io.kind(),
-            ErrorKind::ConnectionRefused | ErrorKind::AddrNotAvailable
-        ),
+        ureq::Error::Io(io) => {
+            matches!(io.kind(), ErrorKind::ConnectionRefused | ErrorKind::AddrNotAvailable)
+        }
         ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
         ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
         _ => false,
@@ -632,11 +560,7 @@ fn nothing_sent(e: &ureq::Error) -> bool {
 }
 
 fn transport(endpoint: &str, e: ureq::Error) -> MlflowError {
-    MlflowError::Transport {
-        endpoint: endpoint.to_string(),
-        attempts: 1,
-        detail: e.to_string(),
-    }
+    MlflowError::Transport { endpoint: endpoint.to_string(), attempts: 1, detail: e.to_string() }
 }
 
 fn read_text(
@@ -645,10 +569,7 @@ fn read_text(
 ) -> Result<(u16, String), Attempt> {
     let mut resp = resp.map_err(|e| transport(endpoint, e))?;
     let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| transport(endpoint, e))?;
+    let body = resp.body_mut().read_to_string().map_err(|e| transport(endpoint, e))?;
     Ok((status, body))
 }
 
@@ -665,21 +586,9 @@ fn check_status(endpoint: &str, status: u16, body: &str) -> Result<(), MlflowErr
     }
     let (error_code, message) = match serde_json::from_str::<ErrorBody>(body) {
         Ok(e) if !e.error_code.is_empty() => (e.error_code, e.message),
-        _ => (
-            String::new(),
-            body.chars()
-                .take(500)
-                .collect::<String>()
-                .trim()
-                .to_string(),
-        ),
+        _ => (String::new(), body.chars().take(500).collect::<String>().trim().to_string()),
     };
-    Err(MlflowError::Api {
-        endpoint: endpoint.to_string(),
-        status,
-        error_code,
-        message,
-    })
+    Err(MlflowError::Api { endpoint: endpoint.to_string(), status, error_code, message })
 }
 
 fn parse_response(endpoint: &str, (status, body): (u16, String)) -> Result<Value, MlflowError> {
@@ -694,20 +603,15 @@ fn parse_response(endpoint: &str, (status, body): (u16, String)) -> Result<Value
 }
 
 fn decode<T: serde::de::DeserializeOwned>(endpoint: &str, v: &Value) -> Result<T, MlflowError> {
-    T::deserialize(v).map_err(|e| MlflowError::Decode {
-        endpoint: endpoint.to_string(),
-        detail: e.to_string(),
-    })
+    T::deserialize(v)
+        .map_err(|e| MlflowError::Decode { endpoint: endpoint.to_string(), detail: e.to_string() })
 }
 
 fn id_field(endpoint: &str, v: &Value, field: &str) -> Result<String, MlflowError> {
-    v.get(field)
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| MlflowError::Decode {
-            endpoint: endpoint.to_string(),
-            detail: format!("no {field} in {v}"),
-        })
+    v.get(field).and_then(Value::as_str).map(str::to_string).ok_or_else(|| MlflowError::Decode {
+        endpoint: endpoint.to_string(),
+        detail: format!("no {field} in {v}"),
+    })
 }
 
 fn active_experiment(exp: Experiment) -> Result<String, MlflowError> {
@@ -727,15 +631,10 @@ fn active_experiment(exp: Experiment) -> Result<String, MlflowError> {
 
 /// Checks the scheme and strips a trailing slash; keeps any path prefix.
 pub(crate) fn normalize_uri(uri: &str) -> Result<String, MlflowError> {
-    let bad = |reason: &str| MlflowError::BadUri {
-        uri: uri.to_string(),
-        reason: reason.to_string(),
-    };
+    let bad = |reason: &str| MlflowError::BadUri { uri: uri.to_string(), reason: reason.to_string() };
     let trimmed = uri.trim().trim_end_matches('/');
-    let rest = trimmed
-        .strip_prefix("http://")
-        .or_else(|| trimmed.strip_prefix("https://"))
-        .ok_or_else(|| {
+    let rest =
+        trimmed.strip_prefix("http://").or_else(|| trimmed.strip_prefix("https://")).ok_or_else(|| {
             bad("use an http:// or https:// MLflow server (file stores and databricks are not supported)")
         })?;
     if rest.is_empty() || rest.starts_with('/') {
@@ -760,9 +659,7 @@ fn artifact_root_path(artifact_uri: &str) -> Option<String> {
     }
     let anchor = "/api/2.0/mlflow-artifacts/artifacts/";
     if artifact_uri.starts_with("http://") || artifact_uri.starts_with("https://") {
-        return artifact_uri
-            .split_once(anchor)
-            .map(|(_, p)| p.trim_matches('/').to_string());
+        return artifact_uri.split_once(anchor).map(|(_, p)| p.trim_matches('/').to_string());
     }
     None
 }
@@ -783,10 +680,7 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -812,31 +706,18 @@ struct WireMetric {
 
 impl From<&Metric> for WireMetric {
     fn from(m: &Metric) -> Self {
-        WireMetric {
-            key: m.key.clone(),
-            value: m.value,
-            timestamp: m.timestamp_ms,
-            step: m.step,
-        }
+        WireMetric { key: m.key.clone(), value: m.value, timestamp: m.timestamp_ms, step: m.step }
     }
 }
 
 impl From<WireMetric> for Metric {
     fn from(m: WireMetric) -> Self {
-        Metric {
-            key: m.key,
-            value: m.value,
-            step: m.step,
-            timestamp_ms: m.timestamp,
-        }
+        Metric { key: m.key, value: m.value, step: m.step, timestamp_ms: m.timestamp }
     }
 }
 
 fn metrics_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Metric>, D::Error> {
-    Ok(Vec::<WireMetric>::deserialize(d)?
-        .into_iter()
-        .map(Metric::from)
-        .collect())
+    Ok(Vec::<WireMetric>::deserialize(d)?.into_iter().map(Metric::from).collect())
 }
 
 #[derive(Deserialize)]
@@ -868,21 +749,9 @@ mod tests {
     #[test]
     fn base_uri_keeps_its_path_and_drops_the_trailing_slash() {
         assert_eq!(normalize_uri("http://h:5000/").unwrap(), "http://h:5000");
-        assert_eq!(
-            normalize_uri("https://h/prefix/mlflow/").unwrap(),
-            "https://h/prefix/mlflow"
-        );
-        for bad in [
-            "file:///tmp/mlruns",
-            "databricks",
-            "http://",
-            "http:///x",
-            "http://h/?a=1",
-        ] {
-            assert!(
-                matches!(normalize_uri(bad), Err(MlflowError::BadUri { .. })),
-                "{bad}"
-            );
+        assert_eq!(normalize_uri("https://h/prefix/mlflow/").unwrap(), "https://h/prefix/mlflow");
+        for bad in ["file:///tmp/mlruns", "databricks", "http://", "http:///x", "http://h/?a=1"] {
+            assert!(matches!(normalize_uri(bad), Err(MlflowError::BadUri { .. })), "{bad}");
         }
     }
 
@@ -897,8 +766,7 @@ mod tests {
             Some("1/abc/artifacts")
         );
         assert_eq!(
-            artifact_root_path("http://h/p/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts")
-                .as_deref(),
+            artifact_root_path("http://h/p/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts").as_deref(),
             Some("1/abc/artifacts")
         );
         assert_eq!(artifact_root_path("s3://bucket/1/abc/artifacts"), None);
@@ -935,10 +803,7 @@ mod tests {
         assert_eq!(err.status(), Some(400));
         assert_eq!(err.error_code(), Some("INVALID_PARAMETER_VALUE"));
         assert!(!err.is_transient());
-        assert_eq!(
-            err.to_string(),
-            "POST runs/log-batch: http 400 INVALID_PARAMETER_VALUE: bad metric"
-        );
+        assert_eq!(err.to_string(), "POST runs/log-batch: http 400 INVALID_PARAMETER_VALUE: bad metric");
         let err = check_status("GET runs/get", 502, "<html>bad gateway</html>").unwrap_err();
         assert!(err.is_transient());
         assert_eq!(err.error_code(), Some(""));
@@ -968,22 +833,12 @@ mod tests {
 
     #[test]
     fn a_closed_port_is_a_transport_error_after_bounded_retries() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = ClientConfig {
-            max_attempts: 3,
-            backoff: Duration::from_millis(1),
-            ..ClientConfig::default()
-        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config =
+            ClientConfig { max_attempts: 3, backoff: Duration::from_millis(1), ..ClientConfig::default() };
         let client = MlflowClient::new(&format!("http://127.0.0.1:{port}"), config).unwrap();
         let err = client.health().unwrap_err();
-        assert!(
-            matches!(err, MlflowError::Transport { attempts: 3, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, MlflowError::Transport { attempts: 3, .. }), "{err}");
         assert!(err.is_transient());
     }
 }

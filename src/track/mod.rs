@@ -28,12 +28,8 @@ mod tracker;
 
 pub use error::TrackError;
 pub use mlflow::{ClientConfig, MlflowClient, MlflowError};
-pub use params::{
-    InvalidEntity, MAX_KEY_LEN, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN, flatten_params,
-};
-pub use store::{
-    LocalStore, Metric, RunKind, RunMeta, RunSummary, SyncedTo, format_runs, list_runs,
-};
+pub use params::{InvalidEntity, MAX_KEY_LEN, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN, flatten_params};
+pub use store::{LocalStore, Metric, RunKind, RunMeta, RunSummary, SyncedTo, format_runs, list_runs};
 pub use sync::{CACHED_FROM_MLFLOW_TAG, LOCAL_RUN_ID_TAG, SyncReport, sync, sync_with_client};
 pub use tracker::{NodeRun, PushState, Tracker, TrackerConfig, resolve_tracking_uri};
 
@@ -67,9 +63,7 @@ impl RunId {
         static LAST_MS: AtomicI64 = AtomicI64::new(0);
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let prev = LAST_MS
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
-                Some(now_ms.max(last + 1))
-            })
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(now_ms.max(last + 1)))
             .expect("the closure always returns Some");
         let ms = now_ms.max(prev + 1).max(0);
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -166,9 +160,7 @@ pub(crate) mod mlflow_f64 {
                 "Infinity" => Ok(f64::INFINITY),
                 "-Infinity" => Ok(f64::NEG_INFINITY),
                 other => other.parse::<f64>().map_err(|_| {
-                    D::Error::custom(format!(
-                        "expected a number, NaN, Infinity or -Infinity, got {other:?}"
-                    ))
+                    D::Error::custom(format!("expected a number, NaN, Infinity or -Infinity, got {other:?}"))
                 }),
             },
         }
@@ -194,14 +186,8 @@ mod tests {
     #[test]
     fn non_finite_values_use_mlflow_strings() {
         assert_eq!(round_trip(0.25), (r#"{"v":0.25}"#.to_string(), 0.25));
-        assert_eq!(
-            round_trip(f64::INFINITY),
-            (r#"{"v":"Infinity"}"#.to_string(), f64::INFINITY)
-        );
-        assert_eq!(
-            round_trip(f64::NEG_INFINITY),
-            (r#"{"v":"-Infinity"}"#.to_string(), f64::NEG_INFINITY)
-        );
+        assert_eq!(round_trip(f64::INFINITY), (r#"{"v":"Infinity"}"#.to_string(), f64::INFINITY));
+        assert_eq!(round_trip(f64::NEG_INFINITY), (r#"{"v":"-Infinity"}"#.to_string(), f64::NEG_INFINITY));
         let (text, back) = round_trip(f64::NAN);
         assert_eq!(text, r#"{"v":"NaN"}"#);
         assert!(back.is_nan());

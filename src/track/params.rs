@@ -35,11 +35,7 @@ pub fn flatten_params(config: &Value) -> Vec<(String, String)> {
 
 fn flatten_into(value: &Value, prefix: String, out: &mut Vec<(String, String)>) {
     let join = |key: &str| {
-        if prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{prefix}.{key}")
-        }
+        if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") }
     };
     match value {
         Value::Object(map) if !map.is_empty() => {
@@ -63,25 +59,16 @@ fn flatten_into(value: &Value, prefix: String, out: &mut Vec<(String, String)>) 
 /// letters, digits, `_ - . / space :`, and no path tricks (`/a`, `a//b`, `a/../b`), because MLflow
 /// may store keys as file names.
 pub(crate) fn check_key(what: &'static str, key: &str) -> Result<(), InvalidEntity> {
-    let invalid = |reason: String| {
-        Err(InvalidEntity {
-            what,
-            key: key.to_string(),
-            reason,
-        })
-    };
+    let invalid = |reason: String| Err(InvalidEntity { what, key: key.to_string(), reason });
     if key.is_empty() {
         return invalid("must not be empty".into());
     }
     let n_chars = key.chars().count();
     if n_chars > MAX_KEY_LEN {
-        return invalid(format!(
-            "is {n_chars} characters, MLflow allows at most {MAX_KEY_LEN}"
-        ));
+        return invalid(format!("is {n_chars} characters, MLflow allows at most {MAX_KEY_LEN}"));
     }
-    if let Some(bad) = key
-        .chars()
-        .find(|c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ' ' | ':')))
+    if let Some(bad) =
+        key.chars().find(|c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ' ' | ':')))
     {
         return invalid(format!(
             "contains {bad:?}; use letters, digits, underscores, dashes, periods, spaces, colons and slashes"
@@ -89,9 +76,7 @@ pub(crate) fn check_key(what: &'static str, key: &str) -> Result<(), InvalidEnti
     }
     if key.starts_with('/')
         || key.ends_with('/')
-        || key
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        || key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
     {
         return invalid("must be a relative path without empty, '.' or '..' segments".into());
     }
@@ -109,12 +94,7 @@ pub(crate) fn check_tag(key: &str, value: &str) -> Result<(), InvalidEntity> {
     check_value("tag", key, value, MAX_TAG_VALUE_LEN)
 }
 
-fn check_value(
-    what: &'static str,
-    key: &str,
-    value: &str,
-    max: usize,
-) -> Result<(), InvalidEntity> {
+fn check_value(what: &'static str, key: &str, value: &str, max: usize) -> Result<(), InvalidEntity> {
     let n_chars = value.chars().count();
     if n_chars > max {
         return Err(InvalidEntity {
@@ -135,10 +115,8 @@ mod tests {
 
     fn check(config: Value, expect: &[(&str, &str)]) {
         let got = flatten_params(&config);
-        let want: Vec<(String, String)> = expect
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let want: Vec<(String, String)> =
+            expect.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(got, want);
     }
 
@@ -160,12 +138,7 @@ mod tests {
     fn scalar_arrays_stay_one_param_and_object_arrays_are_indexed() {
         check(
             json!({"classes": [0, 1, 2], "rows": [{"name": "kd"}, {"name": "au"}], "tags": ["a", "b"]}),
-            &[
-                ("classes", "[0,1,2]"),
-                ("rows.0.name", "kd"),
-                ("rows.1.name", "au"),
-                ("tags", r#"["a","b"]"#),
-            ],
+            &[("classes", "[0,1,2]"), ("rows.0.name", "kd"), ("rows.1.name", "au"), ("tags", r#"["a","b"]"#)],
         );
     }
 
@@ -173,12 +146,7 @@ mod tests {
     fn empty_containers_null_and_bools_keep_their_keys() {
         check(
             json!({"extra": {}, "list": [], "none": null, "flip": true}),
-            &[
-                ("extra", "{}"),
-                ("flip", "true"),
-                ("list", "[]"),
-                ("none", "null"),
-            ],
+            &[("extra", "{}"), ("flip", "true"), ("list", "[]"), ("none", "null")],
         );
         check(json!(3), &[("value", "3")]);
     }
@@ -188,17 +156,11 @@ mod tests {
         assert!(check_key("metric", "train/loss").is_ok());
         assert!(check_key("metric", "val acc:top-1").is_ok());
         for bad in ["", "/abs", "a//b", "a/../b", "./a", "a/", "loss!", "a\nb"] {
-            assert!(
-                check_key("metric", bad).is_err(),
-                "{bad:?} should be rejected"
-            );
+            assert!(check_key("metric", bad).is_err(), "{bad:?} should be rejected");
         }
         let long = "k".repeat(251);
         let err = check_key("metric", &long).unwrap_err().to_string();
-        assert!(
-            err.contains("251 characters, MLflow allows at most 250"),
-            "{err}"
-        );
+        assert!(err.contains("251 characters, MLflow allows at most 250"), "{err}");
         assert!(check_key("metric", &"k".repeat(250)).is_ok());
     }
 

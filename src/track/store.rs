@@ -25,12 +25,7 @@ pub struct Metric {
 
 impl Metric {
     pub fn new(key: impl Into<String>, value: f64, step: i64, timestamp_ms: i64) -> Metric {
-        Metric {
-            key: key.into(),
-            value,
-            step,
-            timestamp_ms,
-        }
+        Metric { key: key.into(), value, step, timestamp_ms }
     }
 
     /// Equality that treats NaN as equal to NaN, for comparing what was logged with what was read.
@@ -133,10 +128,7 @@ impl LocalStore {
     pub fn read_meta(&self, run_id: &RunId) -> Result<RunMeta, TrackError> {
         let path = self.run_dir(run_id).join("meta.json");
         if !path.exists() {
-            return Err(TrackError::UnknownRun {
-                run_id: run_id.to_string(),
-                store: self.root.clone(),
-            });
+            return Err(TrackError::UnknownRun { run_id: run_id.to_string(), store: self.root.clone() });
         }
         read_json(&path)
     }
@@ -156,39 +148,26 @@ impl LocalStore {
     /// Opens a run's metrics file for appending.
     pub(crate) fn metrics_appender(&self, run_id: &RunId) -> Result<File, TrackError> {
         let path = self.metrics_path(run_id);
-        OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(TrackError::io(&path))
+        OpenOptions::new().append(true).open(&path).map_err(TrackError::io(&path))
     }
 
     /// Reads every complete metric line at or after `offset`. A trailing line without its newline
     /// (a write in progress, or a crash mid-write) is left for later.
-    pub(crate) fn read_metrics_from(
-        &self,
-        run_id: &RunId,
-        offset: u64,
-    ) -> Result<MetricChunk, TrackError> {
+    pub(crate) fn read_metrics_from(&self, run_id: &RunId, offset: u64) -> Result<MetricChunk, TrackError> {
         let path = self.metrics_path(run_id);
         let mut file = File::open(&path).map_err(TrackError::io(&path))?;
-        file.seek(SeekFrom::Start(offset))
-            .map_err(TrackError::io(&path))?;
+        file.seek(SeekFrom::Start(offset)).map_err(TrackError::io(&path))?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(TrackError::io(&path))?;
-        let mut chunk = MetricChunk {
-            metrics: Vec::new(),
-            ends: Vec::new(),
-        };
+        file.read_to_end(&mut bytes).map_err(TrackError::io(&path))?;
+        let mut chunk = MetricChunk { metrics: Vec::new(), ends: Vec::new() };
         let mut start = 0usize;
         while let Some(nl) = bytes[start..].iter().position(|&b| b == b'\n') {
             let line = &bytes[start..start + nl];
-            let metric: Metric =
-                serde_json::from_slice(line).map_err(|e| TrackError::CorruptMetrics {
-                    path: path.clone(),
-                    offset: offset + start as u64,
-                    reason: e.to_string(),
-                })?;
+            let metric: Metric = serde_json::from_slice(line).map_err(|e| TrackError::CorruptMetrics {
+                path: path.clone(),
+                offset: offset + start as u64,
+                reason: e.to_string(),
+            })?;
             start += nl + 1;
             chunk.metrics.push(metric);
             chunk.ends.push(offset + start as u64);
@@ -234,10 +213,7 @@ impl LocalStore {
     }
 
     /// The run's artifacts as (artifact path, file, size), sorted by path.
-    pub fn list_artifacts(
-        &self,
-        run_id: &RunId,
-    ) -> Result<Vec<(String, PathBuf, u64)>, TrackError> {
+    pub fn list_artifacts(&self, run_id: &RunId) -> Result<Vec<(String, PathBuf, u64)>, TrackError> {
         let root = self.artifacts_dir(run_id);
         let mut out = Vec::new();
         if root.is_dir() {
@@ -275,11 +251,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, u64)>) -> Resul
             walk(root, &path, out)?;
         } else {
             let rel = path.strip_prefix(root).expect("walk stays under root");
-            let rel = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
+            let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
             out.push((rel, path, meta.len()));
         }
     }
@@ -290,16 +262,12 @@ fn check_artifact_path(path: &str) -> Result<(), TrackError> {
     let bad = path.is_empty()
         || path.starts_with('/')
         || path.contains('\\')
-        || path
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == ".." || seg.starts_with(".tmp-"));
+        || path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == ".." || seg.starts_with(".tmp-"));
     if bad {
         return Err(TrackError::Invalid(InvalidEntity {
             what: "artifact path",
             key: path.to_string(),
-            reason:
-                "must be a relative path like `checkpoints/model.safetensors` without '.' or '..'"
-                    .into(),
+            reason: "must be a relative path like `checkpoints/model.safetensors` without '.' or '..'".into(),
         }));
     }
     Ok(())
@@ -308,23 +276,13 @@ fn check_artifact_path(path: &str) -> Result<(), TrackError> {
 fn temp_sibling(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(
-        ".tmp-{}-{}-{name}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ))
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".tmp-{}-{}-{name}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
 }
 
 /// Writes JSON to a temporary sibling then renames it over `path`, so readers see the old
 /// or the new file, never half of one.
-pub(crate) fn write_json_atomic<T: Serialize + ?Sized>(
-    path: &Path,
-    value: &T,
-) -> Result<(), TrackError> {
+pub(crate) fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), TrackError> {
     let bytes = serde_json::to_vec_pretty(value).map_err(TrackError::json(path))?;
     let tmp = temp_sibling(path);
     fs::write(&tmp, bytes).map_err(TrackError::io(&tmp))?;
@@ -338,11 +296,7 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 
 /// Appends metric lines in one write, so a concurrent reader sees whole lines or nothing new
 /// (short of a crash mid-write, which leaves a partial last line the reader skips).
-pub(crate) fn append_metrics(
-    file: &mut File,
-    path: &Path,
-    metrics: &[Metric],
-) -> Result<(), TrackError> {
+pub(crate) fn append_metrics(file: &mut File, path: &Path, metrics: &[Metric]) -> Result<(), TrackError> {
     let mut buf = Vec::with_capacity(metrics.len() * 80);
     for m in metrics {
         serde_json::to_writer(&mut buf, m).map_err(TrackError::json(path))?;
@@ -453,20 +407,15 @@ pub fn format_runs(runs: &[RunSummary]) -> String {
     };
     for inv in runs.iter().filter(|r| r.meta.parent.is_none()) {
         out.push_str(&line(inv, ""));
-        for child in runs
-            .iter()
-            .filter(|r| r.meta.parent.as_ref() == Some(&inv.meta.run_id))
-        {
+        for child in runs.iter().filter(|r| r.meta.parent.as_ref() == Some(&inv.meta.run_id)) {
             out.push_str(&line(child, "  "));
         }
     }
     // Node runs whose invocation record is gone still get listed.
-    for orphan in runs.iter().filter(|r| {
-        r.meta
-            .parent
-            .as_ref()
-            .is_some_and(|p| !runs.iter().any(|x| &x.meta.run_id == p))
-    }) {
+    for orphan in runs
+        .iter()
+        .filter(|r| r.meta.parent.as_ref().is_some_and(|p| !runs.iter().any(|x| &x.meta.run_id == p)))
+    {
         out.push_str(&line(orphan, "? "));
     }
     out
@@ -516,10 +465,7 @@ mod tests {
         let (_dir, store, id) = store_with_run();
         assert_eq!(store.run_ids().unwrap(), vec![id.clone()]);
         assert_eq!(store.read_meta(&id).unwrap().name, "spec.yaml");
-        assert_eq!(
-            store.read_params(&id).unwrap(),
-            vec![("a.b".to_string(), "1".to_string())]
-        );
+        assert_eq!(store.read_params(&id).unwrap(), vec![("a.b".to_string(), "1".to_string())]);
         assert_eq!(store.read_tags(&id).unwrap()["host"], "h");
         let path = store.metrics_path(&id);
         let mut file = store.metrics_appender(&id).unwrap();
@@ -539,20 +485,15 @@ mod tests {
         let (_dir, store, id) = store_with_run();
         let path = store.metrics_path(&id);
         let mut file = store.metrics_appender(&id).unwrap();
-        append_metrics(
-            &mut file,
-            &path,
-            &[Metric::new("a", 1.0, 0, 1), Metric::new("a", 2.0, 1, 2)],
-        )
-        .unwrap();
+        append_metrics(&mut file, &path, &[Metric::new("a", 1.0, 0, 1), Metric::new("a", 2.0, 1, 2)])
+            .unwrap();
         file.write_all(br#"{"key":"a","val"#).unwrap();
         let chunk = store.read_metrics_from(&id, 0).unwrap();
         assert_eq!(chunk.metrics.len(), 2);
         let rest = store.read_metrics_from(&id, chunk.ends[0]).unwrap();
         assert_eq!(rest.metrics, vec![Metric::new("a", 2.0, 1, 2)]);
         assert_eq!(rest.ends, vec![chunk.ends[1]]);
-        file.write_all(b"ue\":3.0,\"step\":2,\"timestamp\":3}\n")
-            .unwrap();
+        file.write_all(b"ue\":3.0,\"step\":2,\"timestamp\":3}\n").unwrap();
         let tail = store.read_metrics_from(&id, chunk.ends[1]).unwrap();
         assert_eq!(tail.metrics, vec![Metric::new("a", 3.0, 2, 3)]);
     }
@@ -562,10 +503,7 @@ mod tests {
         let (_dir, store, id) = store_with_run();
         fs::write(store.metrics_path(&id), "not json\n").unwrap();
         let err = store.read_metrics(&id).unwrap_err().to_string();
-        assert!(
-            err.contains("metrics.jsonl") && err.contains("invalid metric record"),
-            "{err}"
-        );
+        assert!(err.contains("metrics.jsonl") && err.contains("invalid metric record"), "{err}");
     }
 
     #[test]
@@ -573,35 +511,21 @@ mod tests {
         let (dir, store, id) = store_with_run();
         let src = dir.path().join("model.bin");
         fs::write(&src, b"weights").unwrap();
-        store
-            .add_artifact(&id, &src, "checkpoints/model.bin")
-            .unwrap();
+        store.add_artifact(&id, &src, "checkpoints/model.bin").unwrap();
         let listed = store.list_artifacts(&id).unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!(
-            (listed[0].0.as_str(), listed[0].2),
-            ("checkpoints/model.bin", 7)
-        );
+        assert_eq!((listed[0].0.as_str(), listed[0].2), ("checkpoints/model.bin", 7));
         for bad in ["../x", "/abs", "a//b", ""] {
             assert!(store.add_artifact(&id, &src, bad).is_err(), "{bad:?}");
         }
-        let err = store
-            .add_artifact(&id, &dir.path().join("missing"), "m")
-            .unwrap_err()
-            .to_string();
+        let err = store.add_artifact(&id, &dir.path().join("missing"), "m").unwrap_err().to_string();
         assert!(err.contains("is not a file"), "{err}");
     }
 
     #[test]
     fn unknown_run_is_a_clear_error() {
         let (_dir, store, _) = store_with_run();
-        let err = store
-            .read_meta(&RunId::new("nope"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("unknown run nope: no run record under"),
-            "{err}"
-        );
+        let err = store.read_meta(&RunId::new("nope")).unwrap_err().to_string();
+        assert!(err.starts_with("unknown run nope: no run record under"), "{err}");
     }
 }

@@ -76,10 +76,7 @@ impl std::fmt::Display for SyncReport {
             writeln!(f, "run {run_id} failed: {error}")?;
         }
         if let Some(reason) = &self.aborted {
-            writeln!(
-                f,
-                "stopped early, the rest stays in the local store for the next sync: {reason}"
-            )?;
+            writeln!(f, "stopped early, the rest stays in the local store for the next sync: {reason}")?;
         }
         Ok(())
     }
@@ -155,9 +152,7 @@ impl RunSync {
         self.params_done
             && self.tags_done
             && self.metric_bytes == metrics_len
-            && artifacts
-                .iter()
-                .all(|(p, _, size)| self.artifacts.get(p) == Some(size))
+            && artifacts.iter().all(|(p, _, size)| self.artifacts.get(p) == Some(size))
             && (!meta.status.is_terminal() || self.status == Some(meta.status))
     }
 }
@@ -166,10 +161,7 @@ fn ledger_paths(store: &LocalStore, uri: &str) -> (PathBuf, PathBuf) {
     let digest = Sha256::digest(uri.as_bytes());
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let dir = store.root().join("sync");
-    (
-        dir.join(format!("{hex}.json")),
-        dir.join(format!("{hex}.lock")),
-    )
+    (dir.join(format!("{hex}.json")), dir.join(format!("{hex}.lock")))
 }
 
 pub(crate) fn read_all_ledgers(store: &LocalStore) -> Result<Vec<Ledger>, TrackError> {
@@ -215,11 +207,7 @@ impl<'a> Pusher<'a> {
         let ledger = if ledger_path.exists() {
             read_json(&ledger_path)?
         } else {
-            Ledger {
-                format: LEDGER_FORMAT,
-                uri: uri.clone(),
-                runs: BTreeMap::new(),
-            }
+            Ledger { format: LEDGER_FORMAT, uri: uri.clone(), runs: BTreeMap::new() }
         };
         Ok(Pusher {
             store,
@@ -227,10 +215,7 @@ impl<'a> Pusher<'a> {
             ledger,
             ledger_path,
             experiments: HashMap::new(),
-            report: SyncReport {
-                uri,
-                ..SyncReport::default()
-            },
+            report: SyncReport { uri, ..SyncReport::default() },
             _lock: lock,
         })
     }
@@ -240,10 +225,7 @@ impl<'a> Pusher<'a> {
     }
 
     fn entry(&mut self, run_id: &RunId) -> &mut RunSync {
-        self.ledger
-            .runs
-            .get_mut(run_id)
-            .expect("ensure_run made the entry")
+        self.ledger.runs.get_mut(run_id).expect("ensure_run made the entry")
     }
 
     fn experiment_id(&mut self, name: &str) -> Result<String, MlflowError> {
@@ -265,16 +247,10 @@ impl<'a> Pusher<'a> {
             // The whole parent, not just its id: it may be an earlier invocation that only reaches
             // this server through a cached node pointing into it.
             self.push_run(parent)?;
-            tags.push((
-                "mlflow.parentRunId".to_string(),
-                self.ledger.runs[parent].mlflow_run_id.clone(),
-            ));
+            tags.push(("mlflow.parentRunId".to_string(), self.ledger.runs[parent].mlflow_run_id.clone()));
         }
         let experiment_id = self.experiment_id(&meta.experiment)?;
-        let filter = format!(
-            "tags.`{LOCAL_RUN_ID_TAG}` = '{}'",
-            run_id.as_str().replace('\'', "\\'")
-        );
+        let filter = format!("tags.`{LOCAL_RUN_ID_TAG}` = '{}'", run_id.as_str().replace('\'', "\\'"));
         let found = self.client.search_runs(&[&experiment_id], &filter)?;
         let info: RunInfo = match found.into_iter().next() {
             Some(run) => {
@@ -282,9 +258,7 @@ impl<'a> Pusher<'a> {
                 run.info
             }
             None => {
-                let info =
-                    self.client
-                        .create_run(&experiment_id, &meta.name, meta.start_ms, &tags)?;
+                let info = self.client.create_run(&experiment_id, &meta.name, meta.start_ms, &tags)?;
                 self.report.runs_created += 1;
                 info
             }
@@ -325,8 +299,7 @@ impl<'a> Pusher<'a> {
         }
 
         if !self.ledger.runs[run_id].tags_done {
-            let mut tags: Vec<(String, String)> =
-                self.store.read_tags(run_id)?.into_iter().collect();
+            let mut tags: Vec<(String, String)> = self.store.read_tags(run_id)?.into_iter().collect();
             if let Some(original) = &meta.cached_from {
                 // Point at the original's MLflow run. It may belong to an earlier invocation that
                 // was never pushed: push all of it first, so the pointer leads to a full run.
@@ -375,20 +348,13 @@ impl<'a> Pusher<'a> {
         }
 
         if meta.status.is_terminal() && self.ledger.runs[run_id].status != Some(meta.status) {
-            self.client
-                .update_run(&mlflow_id, meta.status.as_mlflow(), meta.end_ms)?;
+            self.client.update_run(&mlflow_id, meta.status.as_mlflow(), meta.end_ms)?;
             self.entry(run_id).status = Some(meta.status);
             self.report.statuses_sent += 1;
             self.save()?;
         }
         // Complete as of the meta read above; lines appended since are for the next push.
-        Ok(
-            self.ledger.runs[run_id].is_complete(
-                &meta,
-                self.store.metrics_len(run_id)?,
-                &artifacts,
-            ),
-        )
+        Ok(self.ledger.runs[run_id].is_complete(&meta, self.store.metrics_len(run_id)?, &artifacts))
     }
 
     fn run_info(&self, run_id: &RunId) -> RunInfo {

@@ -120,19 +120,12 @@ impl Tracker {
     pub fn open(config: TrackerConfig) -> Result<Tracker, TrackError> {
         let store = LocalStore::open(&config.store_dir)?;
         let push = match &config.tracking_uri {
-            Some(uri) => Some(start_push(
-                store.clone(),
-                MlflowClient::new(uri, config.client.clone())?,
-                &config,
-            )?),
+            Some(uri) => {
+                Some(start_push(store.clone(), MlflowClient::new(uri, config.client.clone())?, &config)?)
+            }
             None => None,
         };
-        Ok(Tracker {
-            store,
-            open: Mutex::new(HashMap::new()),
-            host: host_name(),
-            push,
-        })
+        Ok(Tracker { store, open: Mutex::new(HashMap::new()), host: host_name(), push })
     }
 
     pub fn store(&self) -> &LocalStore {
@@ -163,10 +156,7 @@ impl Tracker {
         let mut all_tags = BTreeMap::new();
         all_tags.insert("distillery.run_kind".to_string(), "invocation".to_string());
         all_tags.insert("distillery.host".to_string(), self.host.clone());
-        all_tags.insert(
-            "distillery.version".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        );
+        all_tags.insert("distillery.version".to_string(), env!("CARGO_PKG_VERSION").to_string());
         all_tags.insert("mlflow.source.type".to_string(), "LOCAL".to_string());
         if let Ok(user) = std::env::var("USER") {
             all_tags.insert("mlflow.user".to_string(), user);
@@ -181,14 +171,7 @@ impl Tracker {
         for (k, v) in &all_tags {
             check_tag(k, v)?;
         }
-        let meta = new_meta(
-            run_id.clone(),
-            RunKind::Invocation,
-            None,
-            experiment,
-            &name,
-            start,
-        );
+        let meta = new_meta(run_id.clone(), RunKind::Invocation, None, experiment, &name, start);
         self.create(meta, &[], &all_tags)?;
         if let Some(spec) = spec_path {
             self.log_artifact(&run_id, spec, &format!("spec/{name}"))?;
@@ -215,11 +198,7 @@ impl Tracker {
         original: &RunId,
     ) -> Result<RunId, TrackError> {
         self.store.read_meta(original)?;
-        let NodeRecord {
-            mut meta,
-            params,
-            mut tags,
-        } = self.node_record(parent, node)?;
+        let NodeRecord { mut meta, params, mut tags } = self.node_record(parent, node)?;
         meta.cached_from = Some(original.clone());
         meta.status = RunStatus::Finished;
         meta.end_ms = Some(meta.start_ms);
@@ -238,21 +217,14 @@ impl Tracker {
     pub fn attach_run(&self, run_id: &RunId) -> Result<(), TrackError> {
         let meta = self.store.read_meta(run_id)?;
         if meta.status.is_terminal() {
-            return Err(TrackError::RunEnded {
-                run_id: run_id.to_string(),
-                status: meta.status,
-            });
+            return Err(TrackError::RunEnded { run_id: run_id.to_string(), status: meta.status });
         }
         let metrics = self.store.metrics_appender(run_id)?;
         let metrics_path = self.store.metrics_path(run_id);
-        self.open.lock().expect("tracker lock").insert(
-            run_id.clone(),
-            OpenRun {
-                meta,
-                metrics,
-                metrics_path,
-            },
-        );
+        self.open
+            .lock()
+            .expect("tracker lock")
+            .insert(run_id.clone(), OpenRun { meta, metrics, metrics_path });
         self.send(Msg::Track(run_id.clone()));
         Ok(())
     }
@@ -328,9 +300,7 @@ impl Tracker {
 
     /// The live push's state, when a tracking URI is set.
     pub fn push_state(&self) -> Option<PushState> {
-        self.push
-            .as_ref()
-            .map(|p| p.state.lock().expect("push state lock").clone())
+        self.push.as_ref().map(|p| p.state.lock().expect("push state lock").clone())
     }
 
     /// Ends the background push after one last attempt and returns its report (None without a
@@ -351,14 +321,10 @@ impl Tracker {
         self.store.create_run(&meta, params, tags)?;
         let metrics = self.store.metrics_appender(&run_id)?;
         let metrics_path = self.store.metrics_path(&run_id);
-        self.open.lock().expect("tracker lock").insert(
-            run_id.clone(),
-            OpenRun {
-                meta,
-                metrics,
-                metrics_path,
-            },
-        );
+        self.open
+            .lock()
+            .expect("tracker lock")
+            .insert(run_id.clone(), OpenRun { meta, metrics, metrics_path });
         self.send(Msg::Track(run_id));
         Ok(())
     }
@@ -374,18 +340,12 @@ impl Tracker {
         tags.insert("distillery.run_kind".to_string(), "node".to_string());
         tags.insert("distillery.node".to_string(), node.node_name.to_string());
         tags.insert("distillery.node_kind".to_string(), node.kind.to_string());
-        tags.insert(
-            "distillery.cache_key".to_string(),
-            node.cache_key.to_string(),
-        );
+        tags.insert("distillery.cache_key".to_string(), node.cache_key.to_string());
         tags.insert("distillery.device".to_string(), node.device.to_string());
         tags.insert("distillery.host".to_string(), self.host.clone());
-        for inherited in [
-            "mlflow.source.git.commit",
-            "mlflow.source.name",
-            "mlflow.source.type",
-            "mlflow.user",
-        ] {
+        for inherited in
+            ["mlflow.source.git.commit", "mlflow.source.name", "mlflow.source.type", "mlflow.user"]
+        {
             if let Some(v) = parent_tags.get(inherited) {
                 tags.insert(inherited.to_string(), v.clone());
             }
@@ -421,10 +381,7 @@ impl Tracker {
 
     fn not_open(&self, run_id: &RunId) -> TrackError {
         match self.store.read_meta(run_id) {
-            Ok(meta) => TrackError::RunEnded {
-                run_id: run_id.to_string(),
-                status: meta.status,
-            },
+            Ok(meta) => TrackError::RunEnded { run_id: run_id.to_string(), status: meta.status },
             Err(e) => e,
         }
     }
@@ -456,10 +413,8 @@ fn start_push(
     config: &TrackerConfig,
 ) -> Result<PushHandle, TrackError> {
     let (tx, rx) = mpsc::channel::<Msg>();
-    let state = Arc::new(Mutex::new(PushState {
-        uri: client.base_uri().to_string(),
-        ..PushState::default()
-    }));
+    let state =
+        Arc::new(Mutex::new(PushState { uri: client.base_uri().to_string(), ..PushState::default() }));
     let thread_state = state.clone();
     let nudge_pending = Arc::new(AtomicBool::new(false));
     let thread_nudge = nudge_pending.clone();
@@ -480,12 +435,10 @@ fn start_push(
                 match result {
                     Ok(report) => {
                         let done = report.is_complete();
-                        st.last_error = report.aborted.clone().or_else(|| {
-                            report
-                                .failed
-                                .first()
-                                .map(|(id, e)| format!("run {id}: {e}"))
-                        });
+                        st.last_error = report
+                            .aborted
+                            .clone()
+                            .or_else(|| report.failed.first().map(|(id, e)| format!("run {id}: {e}")));
                         st.last_report = Some(report.clone());
                         (done, Some(report))
                     }
@@ -526,12 +479,7 @@ fn start_push(
             }
         })
         .map_err(TrackError::io("<push thread>"))?;
-    Ok(PushHandle {
-        tx,
-        nudge_pending,
-        thread,
-        state,
-    })
+    Ok(PushHandle { tx, nudge_pending, thread, state })
 }
 
 fn host_name() -> String {
@@ -545,10 +493,7 @@ fn host_name() -> String {
 
 /// The commit checked out in the git repository holding `spec`, if it is in one.
 fn git_commit(spec: &Path) -> Option<String> {
-    let dir = spec
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = spec.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -570,14 +515,7 @@ mod tests {
     }
 
     fn node<'a>(name: &'a str, config: &'a serde_json::Value) -> NodeRun<'a> {
-        NodeRun {
-            node_name: name,
-            kind: "distill",
-            cache_key: "k1",
-            config,
-            device: "cpu",
-            tags: &[],
-        }
+        NodeRun { node_name: name, kind: "distill", cache_key: "k1", config, device: "cpu", tags: &[] }
     }
 
     #[test]
@@ -589,14 +527,7 @@ mod tests {
         let inv = t.start_invocation("e", Some(&spec), &[]).unwrap();
         let config = json!({"losses": {"kd": {"temperature": 4}}, "epochs": 2});
         let kd = t.start_node_run(&inv, &node("kd", &config)).unwrap();
-        t.log_metrics(
-            &kd,
-            &[
-                Metric::new("loss", 1.0, 0, 1),
-                Metric::new("loss", f64::NAN, 1, 2),
-            ],
-        )
-        .unwrap();
+        t.log_metrics(&kd, &[Metric::new("loss", 1.0, 0, 1), Metric::new("loss", f64::NAN, 1, 2)]).unwrap();
         t.end_run(&kd, RunStatus::Finished).unwrap();
         let cached = t.log_cached(&inv, &node("kd_again", &config), &kd).unwrap();
         t.end_run(&inv, RunStatus::Failed).unwrap();
@@ -616,9 +547,7 @@ mod tests {
         assert_eq!(by_id(&cached).meta.cached_from.as_ref(), Some(&kd));
         let table = super::super::format_runs(&runs);
         assert!(
-            table.contains("  kd_again")
-                && table.contains("cached")
-                && table.contains("local only"),
+            table.contains("  kd_again") && table.contains("cached") && table.contains("local only"),
             "{table}"
         );
     }
@@ -629,18 +558,9 @@ mod tests {
         let t = tracker(dir.path());
         let inv = t.start_invocation("e", None, &[]).unwrap();
         t.end_run(&inv, RunStatus::Finished).unwrap();
-        let err = t
-            .log_metrics(&inv, &[Metric::new("a", 1.0, 0, 0)])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            format!("run {inv} is already finished; it cannot log more")
-        );
-        let err = t
-            .end_run(&RunId::new("x"), RunStatus::Finished)
-            .unwrap_err()
-            .to_string();
+        let err = t.log_metrics(&inv, &[Metric::new("a", 1.0, 0, 0)]).unwrap_err().to_string();
+        assert_eq!(err, format!("run {inv} is already finished; it cannot log more"));
+        let err = t.end_run(&RunId::new("x"), RunStatus::Finished).unwrap_err().to_string();
         assert!(err.starts_with("unknown run x"), "{err}");
         assert!(t.end_run(&inv, RunStatus::Running).is_err());
     }
@@ -651,19 +571,10 @@ mod tests {
         let t = tracker(dir.path());
         let inv = t.start_invocation("e", None, &[]).unwrap();
         let config = json!({"note": "x".repeat(6001)});
-        let err = t
-            .start_node_run(&inv, &node("n", &config))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with(r#"param "note": value is 6001 characters"#),
-            "{err}"
-        );
+        let err = t.start_node_run(&inv, &node("n", &config)).unwrap_err().to_string();
+        assert!(err.starts_with(r#"param "note": value is 6001 characters"#), "{err}");
         assert_eq!(t.store().run_ids().unwrap().len(), 1);
-        let err = t
-            .log_metrics(&inv, &[Metric::new("acc@1", 1.0, 0, 0)])
-            .unwrap_err()
-            .to_string();
+        let err = t.log_metrics(&inv, &[Metric::new("acc@1", 1.0, 0, 0)]).unwrap_err().to_string();
         assert!(err.starts_with(r#"metric "acc@1": contains '@'"#), "{err}");
         assert!(t.store().read_metrics(&inv).unwrap().is_empty());
     }
@@ -688,24 +599,15 @@ mod tests {
         let inv = main.start_invocation("e", None, &[]).unwrap();
         let config = json!({});
         let run = main.start_node_run(&inv, &node("n", &config)).unwrap();
-        main.log_metrics(&run, &[Metric::new("a", 1.0, 0, 1)])
-            .unwrap();
+        main.log_metrics(&run, &[Metric::new("a", 1.0, 0, 1)]).unwrap();
 
         let worker = tracker(dir.path());
         worker.attach_run(&run).unwrap();
-        worker
-            .log_metrics(&run, &[Metric::new("a", 2.0, 1, 2)])
-            .unwrap();
+        worker.log_metrics(&run, &[Metric::new("a", 2.0, 1, 2)]).unwrap();
         worker.end_run(&run, RunStatus::Finished).unwrap();
         assert_eq!(main.store().read_metrics(&run).unwrap().len(), 2);
-        assert_eq!(
-            main.store().read_meta(&run).unwrap().status,
-            RunStatus::Finished
-        );
-        let err = tracker(dir.path())
-            .attach_run(&run)
-            .unwrap_err()
-            .to_string();
+        assert_eq!(main.store().read_meta(&run).unwrap().status, RunStatus::Finished);
+        let err = tracker(dir.path()).attach_run(&run).unwrap_err().to_string();
         assert!(err.contains("already finished"), "{err}");
     }
 
@@ -717,10 +619,7 @@ mod tests {
 
     #[test]
     fn tracking_uri_flag_wins_over_the_environment() {
-        assert_eq!(
-            resolve_tracking_uri(Some("http://a")),
-            Some("http://a".to_string())
-        );
+        assert_eq!(resolve_tracking_uri(Some("http://a")), Some("http://a".to_string()));
         assert_eq!(resolve_tracking_uri(Some("  ")), None);
     }
 }

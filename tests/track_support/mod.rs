@@ -129,10 +129,7 @@ kill -KILL 0
         .unwrap();
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "mlflow server exited ({status}) before answering /health; log:\n{}",
-                    self.log_tail()
-                );
+                panic!("mlflow server exited ({status}) before answering /health; log:\n{}", self.log_tail());
             }
             if client.health().is_ok_and(|body| body.trim() == "OK") {
                 eprintln!(
@@ -144,10 +141,7 @@ kill -KILL 0
             }
             if started.elapsed() > limit {
                 self.stop();
-                panic!(
-                    "mlflow server did not answer /health within {limit:?}; log:\n{}",
-                    self.log_tail()
-                );
+                panic!("mlflow server did not answer /health within {limit:?}; log:\n{}", self.log_tail());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -159,18 +153,12 @@ kill -KILL 0
             return;
         };
         let group = format!("-{}", child.id());
-        let _ = Command::new("kill")
-            .args(["-TERM", "--", &group])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).stderr(Stdio::null()).status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &group])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = child.wait();
         while Instant::now() < deadline && !port_is_free(self.port) {
             std::thread::sleep(Duration::from_millis(100));
@@ -198,6 +186,5 @@ fn free_port() -> u16 {
 /// Free when nothing answers on it and it can be bound.
 fn port_is_free(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
-        && TcpListener::bind(addr).is_ok()
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() && TcpListener::bind(addr).is_ok()
 }
