@@ -259,6 +259,18 @@ def main():
         save_file(weights, os.path.join(OUT, f"{name}.weights.safetensors"))
         save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(OUT, f"{name}.io.safetensors"))
         print(name, sum(v.numel() for v in weights.values()), "weights")
+    # Full-size torchvision state-dict layouts (names and shapes, no weights): the Rust models
+    # must produce exactly these, so hub checkpoints load.
+    full = {
+        "resnet18": torchvision.models.resnet18(),
+        "resnet50": torchvision.models.resnet50(),
+        "mobilenet_v2": torchvision.models.mobilenet_v2(),
+        "vit_b_16": torchvision.models.vit_b_16(),
+    }
+    names = {k: [[n, list(v.shape)] for n, v in m.state_dict().items() if not n.endswith("num_batches_tracked")]
+             for k, m in full.items()}
+    with open(os.path.join(OUT, "torchvision_names.json"), "w") as fh:
+        json.dump(names, fh)
     with open(os.path.join(OUT, "schedules.json"), "w") as fh:
         json.dump(schedules(), fh, indent=1)
     print("torch", torch.__version__, "torchvision", torchvision.__version__)

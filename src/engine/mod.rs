@@ -14,18 +14,17 @@ pub mod optim;
 pub mod safetensors;
 pub mod schedule;
 
-
 pub use device::parse_device;
 pub use error::EngineError;
-
 pub use models::{Arch, Model, ModelConfig, Stem, VitPreset};
-
-
 pub use checkpoint::{LoadOptions, load, load_into, save, torch_state_names};
 pub use eval::{EvalMetrics, cross_entropy, evaluate_batches};
 pub use optim::{OptimizerConfig, ParamRule, StepInfo, Trainer, TrainerConfig};
 pub use schedule::{ScheduleConfig, lr_at_epoch};
 
+pub use layers::freeze_batch_norm;
+
+#[cfg(test)]
+mod engine_tests;
 #[cfg(test)]
 mod parity_tests;
-pub use layers::freeze_batch_norm;
