@@ -5,7 +5,9 @@
 //!
 //! `cargo bench --bench engine`. Environment: `BENCH_PYTHON` (default `python3`; needs torch
 //! and torchvision), `BENCH_THREADS` (default: all cores, which is what rayon uses),
-//! `BENCH_ITERS` (default 5), `BENCH_WARMUP` (default 1). Without a working PyTorch the
+//! `BENCH_ITERS` (default 5), `BENCH_WARMUP` (default 1), `BENCH_ONLY` (one model name),
+//! `BENCH_NO_TORCH` (skip PyTorch, for profiling), `BENCH_NO_TUNE` (keep glibc's default
+//! malloc thresholds, see `engine::tune_allocator`). Without a working PyTorch the
 //! distillery columns are still printed, with the reason.
 
 use std::process::Command;
@@ -86,6 +88,10 @@ fn bench_torch(threads: usize, warmup: usize, iters: usize) -> Result<serde_json
 }
 
 fn main() {
+    // As the CLI does at start-up (see `engine::tune_allocator`); BENCH_NO_TUNE to compare.
+    if std::env::var_os("BENCH_NO_TUNE").is_none() {
+        distillery::engine::tune_allocator();
+    }
     // `cargo bench` passes `--bench`; nothing else is understood.
     let threads = env_usize("BENCH_THREADS", std::thread::available_parallelism().map_or(1, |n| n.get()));
     let iters = env_usize("BENCH_ITERS", 5);
@@ -93,12 +99,20 @@ fn main() {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     println!("engine bench: batch 64, 3x32x32, {threads} threads, {warmup} warm-up + {iters} timed iterations, medians");
     let mut ours = Vec::new();
+    let only = std::env::var("BENCH_ONLY").ok();
     for (name, arch) in models() {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         let (t, i) = bench_ours(arch, warmup, iters);
         eprintln!("distillery {name}: train {:.3} s/batch, infer {:.3} s/batch", median(t.clone()), median(i.clone()));
         ours.push((name, median(t), median(i)));
     }
-    let torch = bench_torch(threads, warmup, iters);
+    let torch = if std::env::var_os("BENCH_NO_TORCH").is_some() {
+        Err("skipped (BENCH_NO_TORCH)".to_string())
+    } else {
+        bench_torch(threads, warmup, iters)
+    };
     if let Err(e) = &torch {
         println!("pytorch: not measured: {e}");
     }

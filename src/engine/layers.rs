@@ -8,7 +8,7 @@
 use burn::module::{Flag, Module, Param, RunningState};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::module::batch_norm_train;
 use burn::tensor::{Device, Distribution, Tensor};
 
 /// `y = x W^T + b` with `W: [out, in]`, PyTorch's `nn.Linear`.
@@ -109,9 +109,15 @@ impl BatchNorm {
             self.running_var.update(var.detach());
             out.output
         } else {
+            // Folded into one scale and shift per channel: two passes over the activations
+            // where burn's `batch_norm` makes four (sub, div, mul, add).
             let mean = self.running_mean.value().to_device(&device);
             let var = self.running_var.value().to_device(&device);
-            batch_norm(x, self.weight.val(), self.bias.val(), mean, var, self.epsilon)
+            let scale = self.weight.val() * var.add_scalar(self.epsilon).sqrt().recip();
+            let shift = self.bias.val() - mean * scale.clone();
+            let mut shape = [1usize; D];
+            shape[1] = scale.dims()[0];
+            x * scale.reshape(shape) + shift.reshape(shape)
         }
     }
 }
