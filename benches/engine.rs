@@ -1,0 +1,133 @@
+//! Engine benchmark: training-step and inference throughput (images/s, batch 64, 3x32x32,
+//! 10 classes) for resnet18-cifar, mobilenetv2-cifar and resnet8, distillery (burn flex CPU)
+//! vs PyTorch CPU in the same run, both on the same number of threads. Prints medians and
+//! the ratio distillery / PyTorch (> 1 means distillery is faster).
+//!
+//! `cargo bench --bench engine`. Environment: `BENCH_PYTHON` (default `python3`; needs torch
+//! and torchvision), `BENCH_THREADS` (default: all cores, which is what rayon uses),
+//! `BENCH_ITERS` (default 5), `BENCH_WARMUP` (default 1), `BENCH_ONLY` (one model name),
+//! `BENCH_NO_TORCH` (skip PyTorch, for profiling), `BENCH_NO_TUNE` (keep glibc's default
+//! malloc thresholds, see `engine::tune_allocator`). Without a working PyTorch the
+//! distillery columns are still printed, with the reason.
+
+use std::process::Command;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use distillery::engine::{Arch, ModelConfig, OptimizerConfig, Stem, Trainer, TrainerConfig, cross_entropy};
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn models() -> Vec<(&'static str, Arch)> {
+    vec![
+        ("resnet18-cifar", Arch::ResNet { depth: 18, width_mult: 1.0, stem: Stem::Cifar }),
+        ("mobilenetv2-cifar", Arch::MobileNetV2 { width_mult: 1.0, stem: Stem::Cifar, dropout: 0.0 }),
+        ("resnet8", Arch::ResNet { depth: 8, width_mult: 1.0, stem: Stem::Cifar }),
+    ]
+}
+
+/// Seconds per batch for training steps and inference passes.
+fn bench_ours(arch: Arch, warmup: usize, iters: usize) -> (Vec<f64>, Vec<f64>) {
+    let cfg = ModelConfig { arch, in_channels: 3, image_size: 32, num_classes: 10 };
+    let ad = Device::flex().autodiff();
+    let mut model = cfg.init(&ad).unwrap();
+    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd { lr: 0.01, momentum: 0.9, nesterov: false, weight_decay: 5e-4 });
+    tc.epochs = 1;
+    let mut trainer = Trainer::new(tc).unwrap();
+    let x = Tensor::<4>::random([64, 3, 32, 32], Distribution::Normal(0.0, 1.0), &ad);
+    let y = Tensor::<1, Int>::random([64], Distribution::Uniform(0.0, 10.0), &ad);
+    let mut train = Vec::new();
+    for i in 0..warmup + iters {
+        let t = Instant::now();
+        let (_, z) = model.forward(x.clone());
+        let loss = cross_entropy(z, y.clone());
+        model = trainer.step(model, loss).0;
+        ad.sync().unwrap();
+        if i >= warmup {
+            train.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let device = Device::flex();
+    let eval = model.valid();
+    let x = x.without_autodiff();
+    let mut infer = Vec::new();
+    for i in 0..warmup + iters {
+        let t = Instant::now();
+        let z = eval.forward(x.clone()).1;
+        let _ = z.into_data();
+        device.sync().unwrap();
+        if i >= warmup {
+            infer.push(t.elapsed().as_secs_f64());
+        }
+    }
+    (train, infer)
+}
+
+fn bench_torch(threads: usize, warmup: usize, iters: usize) -> Result<serde_json::Value, String> {
+    let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/engine_torch.py");
+    let out = Command::new(&python)
+        .args([script, &threads.to_string(), &warmup.to_string(), &iters.to_string()])
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e} (set BENCH_PYTHON to a python with torch)"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("{python} {script} failed: {}", err.lines().last().unwrap_or("")));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("")).map_err(|e| format!("bad output from {script}: {e}"))
+}
+
+fn main() {
+    // As the CLI does at start-up (see `engine::tune_allocator`); BENCH_NO_TUNE to compare.
+    if std::env::var_os("BENCH_NO_TUNE").is_none() {
+        distillery::engine::tune_allocator();
+    }
+    // `cargo bench` passes `--bench`; nothing else is understood.
+    let threads = env_usize("BENCH_THREADS", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let iters = env_usize("BENCH_ITERS", 5);
+    let warmup = env_usize("BENCH_WARMUP", 1);
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    println!("engine bench: batch 64, 3x32x32, {threads} threads, {warmup} warm-up + {iters} timed iterations, medians");
+    let mut ours = Vec::new();
+    let only = std::env::var("BENCH_ONLY").ok();
+    for (name, arch) in models() {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let (t, i) = bench_ours(arch, warmup, iters);
+        eprintln!("distillery {name}: train {:.3} s/batch, infer {:.3} s/batch", median(t.clone()), median(i.clone()));
+        ours.push((name, median(t), median(i)));
+    }
+    let torch = if std::env::var_os("BENCH_NO_TORCH").is_some() {
+        Err("skipped (BENCH_NO_TORCH)".to_string())
+    } else {
+        bench_torch(threads, warmup, iters)
+    };
+    if let Err(e) = &torch {
+        println!("pytorch: not measured: {e}");
+    }
+    println!("{:<20} {:>8} {:>16} {:>16} {:>7}", "model", "mode", "distillery img/s", "pytorch img/s", "ratio");
+    for (name, t, i) in ours {
+        for (mode, s) in [("train", t), ("infer", i)] {
+            let ips = 64.0 / s;
+            let theirs = torch.as_ref().ok().and_then(|j| {
+                let v: Vec<f64> = serde_json::from_value(j[name][mode].clone()).ok()?;
+                Some(64.0 / median(v))
+            });
+            match theirs {
+                Some(p) => println!("{name:<20} {mode:>8} {ips:>16.1} {p:>16.1} {:>7.2}", ips / p),
+                None => println!("{name:<20} {mode:>8} {ips:>16.1} {:>16} {:>7}", "-", "-"),
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Layers whose parameters are laid out and named as in PyTorch, so that checkpoints map
+//! one to one onto torchvision/timm state dicts and numerics match `torch.nn`.
+//!
+//! burn's own `Linear` stores its weight as `[in, out]` and its `BatchNorm` feeds the biased
+//! batch variance into the running variance; PyTorch stores `[out, in]` and uses the unbiased
+//! variance. Both differences would break checkpoint and parity tests, hence these wrappers.
+
+use burn::module::{Flag, Module, Param, RunningState};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::tensor::module::batch_norm_train;
+use burn::tensor::{Device, Distribution, Tensor};
+
+/// `y = x W^T + b` with `W: [out, in]`, PyTorch's `nn.Linear`.
+#[derive(Module, Debug)]
+pub struct Linear {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+/// PyTorch's default `nn.Linear` init: kaiming-uniform(a=sqrt 5), i.e. U(-1/sqrt(in), 1/sqrt(in)).
+pub fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+    let bound = 1.0 / (d_in as f64).sqrt();
+    let dist = Distribution::Uniform(-bound, bound);
+    Linear {
+        weight: Param::from_tensor(Tensor::random([d_out, d_in], dist, device)),
+        bias: bias.then(|| Param::from_tensor(Tensor::random([d_out], dist, device))),
+    }
+}
+
+impl Linear {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let w = self.weight.val().transpose();
+        let y = x.matmul(w.unsqueeze());
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
+        }
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.weight.shape().dims::<2>()[0]
+    }
+}
+
+/// 2-d convolution with PyTorch's `[out, in/groups, kh, kw]` weight (burn's own layout).
+pub fn conv2d(
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+    bias: bool,
+    device: &Device,
+) -> Conv2d {
+    let pad = kernel / 2;
+    Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_groups(groups)
+        .with_bias(bias)
+        // torchvision ResNet/MobileNetV2: kaiming-normal, fan_out, relu gain.
+        .with_initializer(burn::nn::Initializer::KaimingNormal {
+            gain: 2f64.sqrt(),
+            fan_out_only: true,
+        })
+        .init(device)
+}
+
+/// Batch normalisation with PyTorch's semantics: the running variance is updated with the
+/// unbiased batch variance; `weight`/`bias` names as in `nn.BatchNorm2d`.
+#[derive(Module, Debug)]
+pub struct BatchNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub running_mean: RunningState<Tensor<1>>,
+    pub running_var: RunningState<Tensor<1>>,
+    pub training: Param<Flag>,
+    pub momentum: f64,
+    pub epsilon: f64,
+}
+
+pub fn batch_norm_layer(channels: usize, device: &Device) -> BatchNorm {
+    BatchNorm {
+        weight: Param::from_tensor(Tensor::ones([channels], device)),
+        bias: Param::from_tensor(Tensor::zeros([channels], device)),
+        running_mean: RunningState::new(Tensor::zeros([channels], device)),
+        running_var: RunningState::new(Tensor::ones([channels], device)),
+        training: Param::from_bool(true),
+        momentum: 0.1,
+        epsilon: 1e-5,
+    }
+}
+
+impl BatchNorm {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let device = x.device();
+        if device.is_autodiff() && self.training.is_enabled() {
+            let dims = x.dims();
+            let n: usize = dims.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| *d).product();
+            let out = batch_norm_train(x, self.weight.val(), self.bias.val(), self.epsilon);
+            let unbiased = (n as f64) / ((n.max(2) - 1) as f64);
+            let m = self.momentum;
+            let mean = self.running_mean.value_sync().to_device(&device);
+            let var = self.running_var.value_sync().to_device(&device);
+            let mean = mean.mul_scalar(1.0 - m) + out.mean.detach().mul_scalar(m);
+            let var = var.mul_scalar(1.0 - m) + out.variance.detach().mul_scalar(m * unbiased);
+            self.running_mean.update(mean.detach());
+            self.running_var.update(var.detach());
+            out.output
+        } else {
+            // Folded into one scale and shift per channel: two passes over the activations
+            // where burn's `batch_norm` makes four (sub, div, mul, add).
+            let mean = self.running_mean.value().to_device(&device);
+            let var = self.running_var.value().to_device(&device);
+            let scale = self.weight.val() * var.add_scalar(self.epsilon).sqrt().recip();
+            let shift = self.bias.val() - mean * scale.clone();
+            let mut shape = [1usize; D];
+            shape[1] = scale.dims()[0];
+            x * scale.reshape(shape) + shift.reshape(shape)
+        }
+    }
+}
+
+/// Layer normalisation over the last dimension, `nn.LayerNorm` names.
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub epsilon: f64,
+}
+
+pub fn layer_norm(dim: usize, epsilon: f64, device: &Device) -> LayerNorm {
+    LayerNorm {
+        weight: Param::from_tensor(Tensor::ones([dim], device)),
+        bias: Param::from_tensor(Tensor::zeros([dim], device)),
+        epsilon,
+    }
+}
+
+impl LayerNorm {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let x = (x - mean).div((var + self.epsilon).sqrt());
+        x * self.weight.val().unsqueeze() + self.bias.val().unsqueeze()
+    }
+}
+
+/// Conv (no bias) then batch norm: torchvision's `Conv2dNormActivation` minus the activation,
+/// and ResNet's `downsample`. Field names map to the Sequential indices `0` and `1`.
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+}
+
+pub fn conv_bn(
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+    device: &Device,
+) -> ConvBn {
+    ConvBn {
+        conv: conv2d(c_in, c_out, kernel, stride, groups, false, device),
+        bn: batch_norm_layer(c_out, device),
+    }
+}
+
+impl ConvBn {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.bn.forward(self.conv.forward(x))
+    }
+}
+
+/// Global average pool `[n, c, h, w] -> [n, c]`.
+pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+}
+
+/// Switch every batch norm (and dropout) of `module` to inference behaviour while keeping its
+/// parameters trainable: batch norm normalises with its running statistics and stops updating
+/// them ("frozen BN" fine-tuning). [`Module::train`] turns them back on.
+pub fn freeze_batch_norm<M: Module>(module: M) -> M {
+    struct Off;
+    impl burn::module::ModuleMapper for Off {
+        fn map_flag(&mut self, flag: Param<Flag>) -> Param<Flag> {
+            flag.with_value(false)
+        }
+    }
+    module.map(&mut Off)
+}

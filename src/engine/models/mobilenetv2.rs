@@ -1,0 +1,160 @@
+//! MobileNetV2 (Sandler et al. 2018, "MobileNetV2: Inverted Residuals and Linear
+//! Bottlenecks", arXiv 1801.04381), laid out as torchvision's `mobilenet_v2` so its state dict
+//! loads unchanged: `features.0` stem, `features.1..17` inverted residuals, `features.18` the
+//! 1x1 conv to 1280 channels, `classifier.1` the head (`classifier.0` is dropout).
+//!
+//! The CIFAR stem (for 32x32 inputs) sets the stride of the first conv and of the second stage
+//! to 1, leaving an overall stride of 8 (4x4 maps before pooling) instead of 32.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::{Device, Tensor};
+
+use super::Stem;
+use crate::engine::error::EngineError;
+use crate::engine::layers::{BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv2d, global_avg_pool, linear};
+use burn::nn::conv::Conv2d;
+
+#[derive(Module, Debug)]
+pub struct MobileNetV2 {
+    pub features: Vec<Feature>,
+    pub classifier: Classifier,
+}
+
+/// One entry of torchvision's `features` Sequential.
+#[derive(Module, Debug)]
+pub enum Feature {
+    ConvBn(ConvBn),
+    Block(InvertedResidual),
+}
+
+/// torchvision's `conv` Sequential: [expand ConvBn]? depthwise ConvBn, project conv, bn.
+#[derive(Module, Debug)]
+pub struct InvertedResidual {
+    pub conv: Vec<Layer>,
+    pub use_residual: bool,
+}
+
+#[derive(Module, Debug)]
+pub enum Layer {
+    ConvBn(ConvBn),
+    Conv(Conv2d),
+    Bn(BatchNorm),
+}
+
+#[derive(Module, Debug)]
+pub struct Classifier {
+    pub dropout: Dropout,
+    pub linear: Linear,
+}
+
+/// torchvision's `_make_divisible`: round to a multiple of 8, never below 90% of the value.
+fn make_divisible(v: f32, divisor: usize) -> usize {
+    let d = divisor as f32;
+    let mut new_v = ((v + d / 2.0) / d).floor() as usize * divisor;
+    new_v = new_v.max(divisor);
+    if (new_v as f32) < 0.9 * v {
+        new_v += divisor;
+    }
+    new_v
+}
+
+impl MobileNetV2 {
+    pub fn new(
+        width_mult: f32,
+        stem: Stem,
+        dropout: f64,
+        in_channels: usize,
+        num_classes: usize,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        if !(width_mult > 0.0 && width_mult.is_finite()) {
+            return Err(EngineError::InvalidConfig(format!(
+                "mobilenetv2 width_mult: expected > 0, got {width_mult}"
+            )));
+        }
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(EngineError::InvalidConfig(format!(
+                "mobilenetv2 dropout: expected in [0, 1), got {dropout}"
+            )));
+        }
+        let cifar = matches!(stem, Stem::Cifar);
+        // t (expansion), c (channels), n (repeats), s (stride of the first repeat)
+        let settings: [[usize; 4]; 7] = [
+            [1, 16, 1, 1],
+            [6, 24, 2, if cifar { 1 } else { 2 }],
+            [6, 32, 3, 2],
+            [6, 64, 4, 2],
+            [6, 96, 3, 1],
+            [6, 160, 3, 2],
+            [6, 320, 1, 1],
+        ];
+        let mut c_in = make_divisible(32.0 * width_mult, 8);
+        let last = make_divisible(1280.0 * width_mult.max(1.0), 8);
+        let first_stride = if cifar { 1 } else { 2 };
+        let mut features = vec![Feature::ConvBn(conv_bn(in_channels, c_in, 3, first_stride, 1, device))];
+        for [t, c, n, s] in settings {
+            let c_out = make_divisible(c as f32 * width_mult, 8);
+            for i in 0..n {
+                let stride = if i == 0 { s } else { 1 };
+                let hidden = c_in * t;
+                let mut conv = Vec::new();
+                if t != 1 {
+                    conv.push(Layer::ConvBn(conv_bn(c_in, hidden, 1, 1, 1, device)));
+                }
+                conv.push(Layer::ConvBn(conv_bn(hidden, hidden, 3, stride, hidden, device)));
+                conv.push(Layer::Conv(conv2d(hidden, c_out, 1, 1, 1, false, device)));
+                conv.push(Layer::Bn(batch_norm_layer(c_out, device)));
+                features.push(Feature::Block(InvertedResidual {
+                    conv,
+                    use_residual: stride == 1 && c_in == c_out,
+                }));
+                c_in = c_out;
+            }
+        }
+        features.push(Feature::ConvBn(conv_bn(c_in, last, 1, 1, 1, device)));
+        Ok(MobileNetV2 {
+            features,
+            classifier: Classifier {
+                dropout: DropoutConfig::new(dropout).init(),
+                linear: linear(last, num_classes, true, device),
+            },
+        })
+    }
+
+    pub fn forward_features(&self, mut x: Tensor<4>) -> Tensor<2> {
+        for f in &self.features {
+            x = match f {
+                Feature::ConvBn(cb) => relu6(cb.forward(x)),
+                Feature::Block(b) => b.forward(x),
+            };
+        }
+        global_avg_pool(x)
+    }
+
+    pub fn logits_from_features(&self, f: Tensor<2>) -> Tensor<2> {
+        self.classifier.linear.forward(self.classifier.dropout.forward(f))
+    }
+
+    pub fn feature_dim(&self) -> usize {
+        self.classifier.linear.weight.shape().dims::<2>()[1]
+    }
+}
+
+impl InvertedResidual {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut y = x.clone();
+        for layer in &self.conv {
+            y = match layer {
+                Layer::ConvBn(cb) => relu6(cb.forward(y)),
+                Layer::Conv(c) => c.forward(y),
+                Layer::Bn(bn) => bn.forward(y),
+            };
+        }
+        if self.use_residual { x + y } else { y }
+    }
+}
+
+fn relu6(x: Tensor<4>) -> Tensor<4> {
+    x.clamp(0.0, 6.0)
+}

@@ -1,0 +1,178 @@
+//! Parity with PyTorch on fixtures written by `tools/fixtures_engine.py` (see its docstring):
+//! eval- and train-mode features/logits within 1e-4 absolute; the loss of two training steps
+//! and every tensor of the state dict after them (parameters and batch-norm statistics)
+//! within 1e-5 relative (per tensor: max |ours - torch| <= 1e-5 max |torch|), for SGD
+//! (momentum, Nesterov, weight decay, head lr x10) and AdamW (with global-norm clipping).
+//! The deepest nets train with batch norm frozen (see `FROZEN_BN` in the script for why).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::models::{Arch, ModelConfig, Stem, VitPreset};
+use super::optim::{OptimizerConfig, ParamRule, Trainer, TrainerConfig};
+use super::safetensors::{self, Data, Entry};
+use super::{cross_entropy, freeze_batch_norm, load, save};
+
+pub(crate) fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/engine")
+}
+
+pub(crate) fn config(case: &str) -> ModelConfig {
+    let (arch, image_size) = match case {
+        "mlp" => (Arch::Mlp { hidden: vec![16, 12] }, 8),
+        "cnn" => (Arch::Cnn { channels: vec![4, 8] }, 8),
+        "resnet8_cifar" => (Arch::ResNet { depth: 8, width_mult: 0.25, stem: Stem::Cifar }, 8),
+        "resnet18_imagenet" => (Arch::ResNet { depth: 18, width_mult: 1.0 / 16.0, stem: Stem::ImageNet }, 48),
+        "resnet50_imagenet" => (Arch::ResNet { depth: 50, width_mult: 1.0 / 16.0, stem: Stem::ImageNet }, 48),
+        "mobilenetv2_cifar" => (Arch::MobileNetV2 { width_mult: 0.1, stem: Stem::Cifar, dropout: 0.0 }, 16),
+        "mobilenetv2_imagenet" => (Arch::MobileNetV2 { width_mult: 0.1, stem: Stem::ImageNet, dropout: 0.0 }, 48),
+        "vit" => (
+            Arch::Vit { preset: VitPreset::Tiny, patch_size: 8, depth: Some(2), heads: Some(2), dim: Some(8) },
+            16,
+        ),
+        other => panic!("unknown case {other}"),
+    };
+    ModelConfig { arch, in_channels: 3, image_size, num_classes: 5 }
+}
+
+fn read(path: &Path) -> BTreeMap<String, Entry> {
+    safetensors::read(path).unwrap_or_else(|e| {
+        panic!("{e}; regenerate with `python tools/fixtures_engine.py`")
+    })
+}
+
+fn floats(io: &BTreeMap<String, Entry>, key: &str) -> (Vec<f32>, Vec<usize>) {
+    match io.get(key) {
+        Some(Entry { shape, data: Data::F32(v) }) => (v.clone(), shape.clone()),
+        _ => panic!("fixture has no float tensor {key}"),
+    }
+}
+
+fn input(io: &BTreeMap<String, Entry>, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    let (x, shape) = floats(io, "x");
+    let x = Tensor::<4>::from_data(TensorData::new(x, shape), device);
+    let Some(Entry { data: Data::I64(y), .. }) = io.get("labels") else { panic!("no labels") };
+    let y = Tensor::<1, Int>::from_data(TensorData::new(y.clone(), [y.len()]), device);
+    (x, y)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn assert_close_abs(what: &str, ours: &[f32], torch: &[f32], tol: f32) {
+    let d = max_abs_diff(ours, torch);
+    assert!(d <= tol, "{what}: max abs error {d:e} > {tol:e}");
+}
+
+fn rel_error(what: &str, ours: &[f32], torch: &[f32], tol: f32) -> Option<String> {
+    let d = max_abs_diff(ours, torch);
+    let scale = torch.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
+    (d > tol * scale).then(|| format!("{what}: max abs error {d:e} > {tol:e} x max |torch| {scale:e}"))
+}
+
+fn check_forward(case: &str) {
+    let dir = fixture_dir();
+    let io = read(&dir.join(format!("{case}.io.safetensors")));
+    let cfg = config(case);
+    let weights = dir.join(format!("{case}.weights.safetensors"));
+    let device = Device::flex();
+    let model = load(&cfg, &weights, &device).unwrap().valid();
+    let (x, _) = input(&io, &device);
+    let (f, z) = model.forward(x);
+    assert_close_abs(&format!("{case} eval features"), &values(f), &floats(&io, "features").0, 1e-4);
+    assert_close_abs(&format!("{case} eval logits"), &values(z), &floats(&io, "logits").0, 1e-4);
+
+    let ad = Device::flex().autodiff();
+    let model = load(&cfg, &weights, &ad).unwrap();
+    let (x, _) = input(&io, &ad);
+    let (f, z) = model.forward(x);
+    assert_close_abs(&format!("{case} train features"), &values(f), &floats(&io, "train_features").0, 1e-4);
+    assert_close_abs(&format!("{case} train logits"), &values(z), &floats(&io, "train_logits").0, 1e-4);
+}
+
+fn check_steps(case: &str, kind: &str) {
+    let dir = fixture_dir();
+    let io = read(&dir.join(format!("{case}.io.safetensors")));
+    let cfg = config(case);
+    let ad = Device::flex().autodiff();
+    let mut model = load(&cfg, &dir.join(format!("{case}.weights.safetensors")), &ad).unwrap();
+    // See FROZEN_BN in tools/fixtures_engine.py.
+    if matches!(case, "resnet50_imagenet" | "mobilenetv2_cifar" | "mobilenetv2_imagenet") {
+        model = freeze_batch_norm(model);
+    }
+    let mut tc = match kind {
+        "sgd" => {
+            let mut tc = TrainerConfig::new(OptimizerConfig::Sgd {
+                lr: 0.01,
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 5e-4,
+            });
+            tc.rules.push(ParamRule::lr_mult(model.head_path(), 10.0));
+            tc
+        }
+        _ => {
+            let mut tc = TrainerConfig::new(OptimizerConfig::AdamW {
+                lr: 1e-3,
+                betas: (0.9, 0.999),
+                eps: 1e-3,
+                weight_decay: 0.01,
+            });
+            tc.grad_clip = Some(0.5);
+            tc
+        }
+    };
+    tc.epochs = 1;
+    let mut trainer = Trainer::new(tc).unwrap();
+    let (x, y) = input(&io, &ad);
+    let mut errors = Vec::new();
+    for step in 0..2 {
+        let (_, z) = model.forward(x.clone());
+        let loss = cross_entropy(z, y.clone());
+        let l = values(loss.clone());
+        errors.extend(rel_error(&format!("{case} {kind} loss{step}"), &l, &floats(&io, &format!("{kind}.loss{step}")).0, 1e-5));
+        model = trainer.step(model, loss).0;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("after.safetensors");
+    save(&model, &path).unwrap();
+    let after = safetensors::read(&path).unwrap();
+    let mut n = 0;
+    for (name, e) in &after {
+        let Data::F32(ours) = &e.data else { continue };
+        let (torch, shape) = floats(&io, &format!("{kind}.{name}"));
+        assert_eq!(shape, e.shape, "{case} {name}");
+        errors.extend(rel_error(&format!("{case} {kind} {name}"), ours, &torch, 1e-5));
+        n += 1;
+    }
+    assert!(n > 0);
+    assert!(errors.is_empty(), "{} of {n} tensors off:\n{}", errors.len(), errors.join("\n"));
+}
+
+macro_rules! parity {
+    ($($case:ident),*) => {
+        mod forward { $( #[test] fn $case() { super::check_forward(stringify!($case)); } )* }
+        mod sgd_two_steps { $( #[test] fn $case() { super::check_steps(stringify!($case), "sgd"); } )* }
+        mod adamw_two_steps { $( #[test] fn $case() { super::check_steps(stringify!($case), "adamw"); } )* }
+    };
+}
+
+parity!(
+    mlp,
+    cnn,
+    resnet8_cifar,
+    resnet18_imagenet,
+    resnet50_imagenet,
+    mobilenetv2_cifar,
+    mobilenetv2_imagenet,
+    vit
+);
