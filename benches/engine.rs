@@ -40,7 +40,12 @@ fn bench_ours(arch: Arch, warmup: usize, iters: usize) -> (Vec<f64>, Vec<f64>) {
     let cfg = ModelConfig { arch, in_channels: 3, image_size: 32, num_classes: 10 };
     let ad = Device::flex().autodiff();
     let mut model = cfg.init(&ad).unwrap();
-    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd { lr: 0.01, momentum: 0.9, nesterov: false, weight_decay: 5e-4 });
+    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd {
+        lr: 0.01,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 5e-4,
+    });
     tc.epochs = 1;
     let mut trainer = Trainer::new(tc).unwrap();
     let x = Tensor::<4>::random([64, 3, 32, 32], Distribution::Normal(0.0, 1.0), &ad);
@@ -84,7 +89,8 @@ fn bench_torch(threads: usize, warmup: usize, iters: usize) -> Result<serde_json
         return Err(format!("{python} {script} failed: {}", err.lines().last().unwrap_or("")));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or("")).map_err(|e| format!("bad output from {script}: {e}"))
+    serde_json::from_str(text.lines().last().unwrap_or(""))
+        .map_err(|e| format!("bad output from {script}: {e}"))
 }
 
 fn main() {
@@ -97,7 +103,9 @@ fn main() {
     let iters = env_usize("BENCH_ITERS", 5);
     let warmup = env_usize("BENCH_WARMUP", 1);
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
-    println!("engine bench: batch 64, 3x32x32, {threads} threads, {warmup} warm-up + {iters} timed iterations, medians");
+    println!(
+        "engine bench: batch 64, 3x32x32, {threads} threads, {warmup} warm-up + {iters} timed iterations, medians"
+    );
     let mut ours = Vec::new();
     let only = std::env::var("BENCH_ONLY").ok();
     for (name, arch) in models() {
@@ -105,7 +113,11 @@ fn main() {
             continue;
         }
         let (t, i) = bench_ours(arch, warmup, iters);
-        eprintln!("distillery {name}: train {:.3} s/batch, infer {:.3} s/batch", median(t.clone()), median(i.clone()));
+        eprintln!(
+            "distillery {name}: train {:.3} s/batch, infer {:.3} s/batch",
+            median(t.clone()),
+            median(i.clone())
+        );
         ours.push((name, median(t), median(i)));
     }
     let torch = if std::env::var_os("BENCH_NO_TORCH").is_some() {
@@ -116,7 +128,10 @@ fn main() {
     if let Err(e) = &torch {
         println!("pytorch: not measured: {e}");
     }
-    println!("{:<20} {:>8} {:>16} {:>16} {:>7}", "model", "mode", "distillery img/s", "pytorch img/s", "ratio");
+    println!(
+        "{:<20} {:>8} {:>16} {:>16} {:>7}",
+        "model", "mode", "distillery img/s", "pytorch img/s", "ratio"
+    );
     for (name, t, i) in ours {
         for (mode, s) in [("train", t), ("infer", i)] {
             let ips = 64.0 / s;

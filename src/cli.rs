@@ -10,11 +10,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::data::FingerprintCache;
 use crate::diag::{self, Diagnostic};
+use crate::exec::{self, Cancel, RunOptions};
 use crate::graph::{self, Graph};
 use crate::plan::{self, Status};
 use crate::resolve;
 use crate::spec::{self, Experiment};
 use crate::store::Store;
+use crate::track;
 
 #[derive(Parser, Debug)]
 #[command(name = "distillery", version, about = "Run knowledge-distillation experiments declared in YAML")]
@@ -39,6 +41,44 @@ pub enum Command {
         /// Plan these nodes to run even when cached.
         #[arg(long, value_name = "NODE")]
         force: Vec<String>,
+    },
+    /// Run every node that is not cached, then print the report tables.
+    Run {
+        file: PathBuf,
+        /// Nodes run at once.
+        #[arg(long, short = 'j', default_value_t = 1)]
+        jobs: usize,
+        /// Run only these nodes (their inputs must be cached).
+        #[arg(long, value_name = "NODE")]
+        only: Vec<String>,
+        /// Rerun these nodes and everything downstream of them.
+        #[arg(long, value_name = "NODE")]
+        from: Vec<String>,
+        /// Rerun these nodes even if cached.
+        #[arg(long, value_name = "NODE")]
+        force: Vec<String>,
+        /// The artifact store (default: .distillery beside the experiment file).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+        /// Log to this MLflow server (default: $MLFLOW_TRACKING_URI; runs are always recorded
+        /// locally and pushed when the server answers).
+        #[arg(long, value_name = "URI")]
+        tracking: Option<String>,
+    },
+    /// List the runs recorded in the local run store.
+    Runs {
+        /// The store (default: .distillery in the current folder).
+        #[arg(long, value_name = "DIR", default_value = ".distillery")]
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push runs recorded locally to an MLflow server (idempotent).
+    Sync {
+        #[arg(long, value_name = "URI")]
+        to: String,
+        #[arg(long, value_name = "DIR", default_value = ".distillery")]
+        store: PathBuf,
     },
     /// Print the experiment graph.
     Graph {
@@ -68,6 +108,8 @@ pub enum GraphFormat {
 pub enum Failure {
     Invalid(String),
     Internal(String),
+    /// Ctrl-C: exit 130, the shell's convention.
+    Interrupted,
 }
 
 impl From<std::io::Error> for Failure {
@@ -85,6 +127,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
             eprint!("{text}");
             ExitCode::from(1)
         }
+        Err(Failure::Interrupted) => ExitCode::from(130),
         Err(Failure::Internal(text)) => {
             let _ = out.flush();
             eprintln!("internal error: {text}");
@@ -145,6 +188,40 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                 GraphFormat::Mermaid => graph::to_mermaid(&g),
             };
             write!(out, "{text}")?;
+        }
+        Command::Run { file, jobs, only, from, force, store, tracking } => {
+            let store_dir = store.unwrap_or_else(|| default_store(&file));
+            std::fs::create_dir_all(&store_dir)
+                .map_err(|e| Failure::Internal(format!("{}: {e}", store_dir.display())))?;
+            let (exp, g) = load_graph(&file, Some(&store_dir))?;
+            for name in only.iter().chain(&from).chain(&force) {
+                if g.get(name).is_none() && !exp.nodes.iter().any(|n| &n.base == name) {
+                    return Err(Failure::Invalid(format!("error: no node named `{name}`\n")));
+                }
+            }
+            run_experiment(
+                &exp,
+                &g,
+                &store_dir,
+                RunOptions { jobs, only, from, force },
+                tracking.as_deref(),
+                out,
+            )?;
+        }
+        Command::Runs { store, json } => {
+            let runs = track::list_runs(&store).map_err(|e| Failure::Invalid(format!("error: {e}\n")))?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&runs).expect("runs serialise"))?;
+            } else {
+                write!(out, "{}", track::format_runs(&runs))?;
+            }
+        }
+        Command::Sync { to, store } => {
+            let report = track::sync(&store, &to).map_err(|e| Failure::Invalid(format!("error: {e}\n")))?;
+            writeln!(out, "{report}")?;
+            if !report.is_complete() {
+                return Err(Failure::Invalid("error: some records were not pushed; run sync again\n".into()));
+            }
         }
         Command::Schema => {
             let s = spec::json_schema();
@@ -221,4 +298,110 @@ pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
         let _ = writeln!(s, "  {word:<6}  {:<width$}  {:<8}  {}  {why}", e.node, e.kind, &e.key[..12]);
     }
     s
+}
+
+/// Runs a loaded experiment: Ctrl-C stops it cleanly (a second Ctrl-C exits at once), every node
+/// is recorded as a run, and the report tables are printed at the end.
+fn run_experiment(
+    exp: &Experiment,
+    g: &Graph,
+    store_dir: &Path,
+    opts: RunOptions,
+    tracking: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let internal = |e: &dyn std::fmt::Display| Failure::Internal(e.to_string());
+    crate::engine::tune_allocator();
+    let cancel = Cancel::default();
+    {
+        let c = cancel.clone();
+        // A second Ctrl-C while stopping exits immediately (nothing half-written is ever committed).
+        let _ = ctrlc::set_handler(move || {
+            if c.is_cancelled() {
+                std::process::exit(130);
+            }
+            eprintln!("\n  interrupt: finishing nothing half-way; Ctrl-C again to exit now");
+            c.cancel();
+        });
+    }
+    let store = Store::open(store_dir).map_err(|e| internal(&e))?;
+    let uri = track::resolve_tracking_uri(tracking);
+    let tracker = track::Tracker::open(track::TrackerConfig::new(store_dir, uri))
+        .map_err(|e| Failure::Invalid(format!("error: {e}\n")))?;
+    let parent = tracker
+        .start_invocation(
+            &exp.name,
+            Some(&exp.path),
+            &[("distillery.version".into(), env!("CARGO_PKG_VERSION").into())],
+        )
+        .map_err(|e| internal(&e))?;
+    let terminal = exec::sinks::Terminal::new(std::time::Duration::from_secs(2));
+    let tracking_sink = exec::sinks::Tracking::new(&tracker, exp, g, parent.clone());
+    let sink = exec::sinks::Fanout(vec![&terminal, &tracking_sink]);
+    let fingerprints = std::sync::Arc::new(
+        FingerprintCache::open(&store_dir.join("fingerprints.json")).map_err(|e| internal(&e))?,
+    );
+    let runner = crate::nodes::Runner::new(fingerprints);
+    let n = g.node_order().count();
+    eprintln!("running `{}`: {n} nodes, store {}", exp.name, store_dir.display());
+    let t0 = std::time::Instant::now();
+    let summary = exec::run(exp, g, &store, &runner, &opts, &sink, &cancel);
+    let status = if summary.cancelled() {
+        track::RunStatus::Killed
+    } else if summary.ok() {
+        track::RunStatus::Finished
+    } else {
+        track::RunStatus::Failed
+    };
+    let _ = tracker.end_run(&parent, status);
+    if let Some(report) = tracker.finish() {
+        if !report.is_complete() {
+            eprintln!(
+                "  tracking: not everything reached the server yet; `distillery sync --to URI` pushes the rest"
+            );
+        }
+    }
+    // Tables of the report nodes that finished.
+    for (name, outcome) in &summary.outcomes {
+        let Some(ix) = g.get(name) else { continue };
+        if !matches!(outcome, exec::Outcome::Done { .. } | exec::Outcome::Cached) {
+            continue;
+        }
+        if exp.node(name).is_some_and(|n| matches!(n.kind, spec::NodeKind::Report(_))) {
+            if let Ok(crate::store::Lookup::Hit(e)) = store.get(g.key(ix)) {
+                if let Some(t) = e.manifest.metrics.get("table").and_then(|v| v.as_str()) {
+                    writeln!(out, "\n{t}")?;
+                }
+            }
+        }
+    }
+    let count = |f: fn(&exec::Outcome) -> bool| summary.outcomes.iter().filter(|(_, o)| f(o)).count();
+    eprintln!(
+        "{} ran, {} cached, {} failed, {} blocked, {} interrupted in {:.1} s",
+        count(|o| matches!(o, exec::Outcome::Done { .. })),
+        count(|o| *o == exec::Outcome::Cached),
+        count(|o| matches!(o, exec::Outcome::Failed { .. })),
+        count(|o| matches!(o, exec::Outcome::Blocked { .. })),
+        count(|o| *o == exec::Outcome::Cancelled),
+        t0.elapsed().as_secs_f64()
+    );
+    if summary.cancelled() {
+        return Err(Failure::Interrupted);
+    }
+    if !summary.ok() {
+        let failed: Vec<String> = summary
+            .outcomes
+            .iter()
+            .filter_map(|(n, o)| match o {
+                exec::Outcome::Failed { error } => Some(format!("  {n}: {error}")),
+                _ => None,
+            })
+            .collect();
+        return Err(Failure::Invalid(format!(
+            "error: {} node(s) failed:\n{}\n",
+            failed.len(),
+            failed.join("\n")
+        )));
+    }
+    Ok(())
 }

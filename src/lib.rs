@@ -9,6 +9,7 @@ pub mod engine;
 pub mod exec;
 pub mod graph;
 pub mod losses;
+pub mod nodes;
 pub mod plan;
 pub mod resolve;
 pub mod spec;

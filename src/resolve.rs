@@ -186,3 +186,115 @@ mod tests {
         assert_eq!((got[1].weight, s.embed_weight, s.logits_weight), (1.0, 4.0, 0.5));
     }
 }
+
+/// The engine's model for a spec architecture, given the data's shape and class count.
+pub fn model_config(
+    m: &spec::ModelSpec,
+    in_channels: usize,
+    image_size: usize,
+    num_classes: usize,
+) -> crate::engine::ModelConfig {
+    use crate::engine::{Arch, ModelConfig, Stem, VitPreset};
+    let stem = |s: spec::Stem| match s {
+        spec::Stem::Cifar => Stem::Cifar,
+        spec::Stem::Imagenet => Stem::ImageNet,
+        spec::Stem::Auto if image_size <= 64 => Stem::Cifar,
+        spec::Stem::Auto => Stem::ImageNet,
+    };
+    let arch = match m {
+        spec::ModelSpec::Mlp { hidden } => Arch::Mlp { hidden: hidden.iter().map(|&h| h as usize).collect() },
+        spec::ModelSpec::Cnn { channels } => {
+            Arch::Cnn { channels: channels.iter().map(|&c| c as usize).collect() }
+        }
+        spec::ModelSpec::Resnet { depth, width, stem: s, .. } => {
+            // The engine scales each depth's base width (16 for the CIFAR ResNet-8, 64 otherwise).
+            let base = if *depth == 8 { 16.0 } else { 64.0 };
+            let width_mult = width.map(|w| w as f32 / base).unwrap_or(1.0);
+            Arch::ResNet { depth: *depth as usize, width_mult, stem: stem(*s) }
+        }
+        spec::ModelSpec::Mobilenetv2 { width_mult, stem: s, .. } => {
+            Arch::MobileNetV2 { width_mult: *width_mult as f32, stem: stem(*s), dropout: 0.2 }
+        }
+        spec::ModelSpec::Vit { preset, patch_size, depth, heads, dim, .. } => Arch::Vit {
+            preset: match preset {
+                spec::VitPreset::Tiny => VitPreset::Tiny,
+                spec::VitPreset::Small => VitPreset::Small,
+                spec::VitPreset::B16 => VitPreset::B16,
+            },
+            // Small images get small patches (an 8x8 digit in 16x16 patches would be one token).
+            patch_size: patch_size.map(|p| p as usize).unwrap_or(if image_size <= 32 { 4 } else { 16 }),
+            depth: depth.map(|d| d as usize),
+            heads: heads.map(|h| h as usize),
+            dim: dim.map(|d| d as usize),
+        },
+    };
+    ModelConfig { arch, in_channels, image_size, num_classes }
+}
+
+/// The engine's optimiser and schedule for a node's training settings.
+pub fn trainer_config(
+    optimizer: &spec::OptimizerSpec,
+    schedule: &spec::ScheduleSpec,
+    epochs: u32,
+    warmup_epochs: u32,
+    grad_clip: Option<f64>,
+) -> crate::engine::TrainerConfig {
+    use crate::engine::{OptimizerConfig, ScheduleConfig, TrainerConfig};
+    let optimizer = match *optimizer {
+        spec::OptimizerSpec::Sgd { lr, momentum, nesterov, weight_decay } => {
+            OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay }
+        }
+        spec::OptimizerSpec::Adamw { lr, beta1, beta2, eps, weight_decay } => {
+            OptimizerConfig::AdamW { lr, betas: (beta1, beta2), eps, weight_decay }
+        }
+    };
+    let mut cfg = TrainerConfig::new(optimizer);
+    cfg.schedule = match schedule {
+        spec::ScheduleSpec::None => ScheduleConfig::None,
+        spec::ScheduleSpec::Cosine {} => ScheduleConfig::Cosine,
+        spec::ScheduleSpec::Multistep { milestones, gamma } => ScheduleConfig::MultiStep {
+            milestones: milestones.iter().map(|&m| m as usize).collect(),
+            gamma: *gamma,
+        },
+    };
+    cfg.epochs = epochs as usize;
+    cfg.warmup_epochs = warmup_epochs as usize;
+    cfg.grad_clip = grad_clip;
+    cfg
+}
+
+/// Per-image training transforms of a dataset plus the node's batch augmentation; inputs are
+/// normalised with `normalize` (the training set's statistics unless the spec gives values).
+pub fn train_transform(
+    d: &DatasetSpec,
+    augment: &spec::AugmentSpec,
+    normalize: data::Normalize,
+) -> Result<data::TransformConfig, String> {
+    let mut t = data::TransformConfig { normalize: Some(normalize), ..data::TransformConfig::default() };
+    for tr in &d.transforms {
+        match tr {
+            spec::TransformSpec::Resize { size } => t.resize = Some(*size as usize),
+            spec::TransformSpec::PadCrop { size, padding } => {
+                t.random_crop = Some(data::RandomCrop { size: *size as usize, padding: *padding as usize })
+            }
+            spec::TransformSpec::RandomResizedCrop { size } => t.random_resized_crop = Some(*size as usize),
+            spec::TransformSpec::CenterCrop { size } => t.center_crop = Some(*size as usize),
+            spec::TransformSpec::Flip {} => t.hflip = true,
+            spec::TransformSpec::Normalize { mean: Some(m), std: Some(s) } => {
+                t.normalize = Some(data::Normalize::Given {
+                    mean: m.iter().map(|&x| x as f32).collect(),
+                    std: s.iter().map(|&x| x as f32).collect(),
+                })
+            }
+            spec::TransformSpec::Normalize { .. } => {}
+        }
+    }
+    if let spec::AugmentSpec::Dsa { strategy, mode } = augment {
+        let mode = match mode {
+            spec::DsaMode::S => data::DsaMode::Single,
+            spec::DsaMode::M => data::DsaMode::Multiple,
+        };
+        t.dsa = Some(data::DsaConfig::from_strategy(strategy, mode).map_err(|e| e.to_string())?);
+    }
+    Ok(t)
+}

@@ -116,7 +116,10 @@ pub fn save(model: &Model, path: &Path) -> Result<(), EngineError> {
     for (_, name, shape, data) in collect(&model, true) {
         if let Some(prefix) = name.strip_suffix("running_mean") {
             // torchvision state dicts carry it; strict `load_state_dict` wants it.
-            tensors.insert(format!("{prefix}num_batches_tracked"), Entry { shape: vec![], data: Data::I64(vec![0]) });
+            tensors.insert(
+                format!("{prefix}num_batches_tracked"),
+                Entry { shape: vec![], data: Data::I64(vec![0]) },
+            );
         }
         tensors.insert(name, Entry { shape, data: Data::F32(data.unwrap()) });
     }
@@ -143,7 +146,11 @@ pub fn load_into(model: Model, path: &Path, options: &LoadOptions) -> Result<Mod
         }
         match file.get(name) {
             None => {
-                return Err(EngineError::MissingTensor { path: path.into(), name: name.clone(), expected: shape.clone() });
+                return Err(EngineError::MissingTensor {
+                    path: path.into(),
+                    name: name.clone(),
+                    expected: shape.clone(),
+                });
             }
             Some(e) if &e.shape != shape => {
                 return Err(EngineError::ShapeMismatch {

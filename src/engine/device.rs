@@ -48,8 +48,9 @@ fn cuda_device(_spec: &str, index: usize) -> Result<Device, EngineError> {
 fn cuda_device(spec: &str, _index: usize) -> Result<Device, EngineError> {
     Err(EngineError::Device {
         spec: spec.into(),
-        reason: "this binary was built without CUDA support; rebuild with `--features cuda` or use device: cpu"
-            .into(),
+        reason:
+            "this binary was built without CUDA support; rebuild with `--features cuda` or use device: cpu"
+                .into(),
     })
 }
 

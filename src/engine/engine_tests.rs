@@ -23,10 +23,16 @@ fn full_size_models_have_torchvision_state_dict_layouts() {
     let cases = [
         ("resnet18", full(Arch::ResNet { depth: 18, width_mult: 1.0, stem: Stem::ImageNet }, 224)),
         ("resnet50", full(Arch::ResNet { depth: 50, width_mult: 1.0, stem: Stem::ImageNet }, 224)),
-        ("mobilenet_v2", full(Arch::MobileNetV2 { width_mult: 1.0, stem: Stem::ImageNet, dropout: 0.2 }, 224)),
+        (
+            "mobilenet_v2",
+            full(Arch::MobileNetV2 { width_mult: 1.0, stem: Stem::ImageNet, dropout: 0.2 }, 224),
+        ),
         (
             "vit_b_16",
-            full(Arch::Vit { preset: VitPreset::B16, patch_size: 16, depth: None, heads: None, dim: None }, 224),
+            full(
+                Arch::Vit { preset: VitPreset::B16, patch_size: 16, depth: None, heads: None, dim: None },
+                224,
+            ),
         ),
     ];
     let device = Device::flex();
@@ -50,7 +56,9 @@ fn feature_dims_are_the_papers() {
         (Arch::MobileNetV2 { width_mult: 1.0, stem: Stem::Cifar, dropout: 0.2 }, 1280),
     ];
     for (arch, d) in dims {
-        let m = ModelConfig { arch: arch.clone(), in_channels: 3, image_size: 32, num_classes: 10 }.init(&device).unwrap();
+        let m = ModelConfig { arch: arch.clone(), in_channels: 3, image_size: 32, num_classes: 10 }
+            .init(&device)
+            .unwrap();
         assert_eq!(m.feature_dim(), d, "{arch:?}");
         let (f, z) = m.valid().forward(Tensor::zeros([2, 3, 32, 32], &device));
         assert_eq!(f.dims(), [2, d]);
@@ -65,11 +73,18 @@ fn bad_configs_are_rejected_with_the_value() {
         (Arch::ResNet { depth: 20, width_mult: 1.0, stem: Stem::Cifar }, "got 20"),
         (Arch::ResNet { depth: 18, width_mult: 0.0, stem: Stem::Cifar }, "width_mult"),
         (Arch::Cnn { channels: vec![] }, "cnn channels"),
-        (Arch::Vit { preset: VitPreset::Tiny, patch_size: 5, depth: None, heads: None, dim: None }, "patch_size"),
-        (Arch::Vit { preset: VitPreset::Tiny, patch_size: 4, depth: None, heads: Some(5), dim: None }, "heads"),
+        (
+            Arch::Vit { preset: VitPreset::Tiny, patch_size: 5, depth: None, heads: None, dim: None },
+            "patch_size",
+        ),
+        (
+            Arch::Vit { preset: VitPreset::Tiny, patch_size: 4, depth: None, heads: Some(5), dim: None },
+            "heads",
+        ),
     ];
     for (arch, needle) in bad {
-        let err = ModelConfig { arch, in_channels: 3, image_size: 32, num_classes: 10 }.init(&device).unwrap_err();
+        let err =
+            ModelConfig { arch, in_channels: 3, image_size: 32, num_classes: 10 }.init(&device).unwrap_err();
         assert!(err.to_string().contains(needle), "{err}");
     }
 }
@@ -175,7 +190,12 @@ fn frozen_backbone_and_extra_modules_train_as_configured() {
         _ => unreachable!(),
     });
     let before_proj = values(m.projector.weight.val());
-    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.0 });
+    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+    });
     tc.rules = vec![ParamRule::frozen("student"), ParamRule::lr_mult("student.fc", 1.0)];
     let mut trainer = Trainer::new(tc).unwrap();
     let x = input(cfg.image_size, &ad);
@@ -191,7 +211,12 @@ fn frozen_backbone_and_extra_modules_train_as_configured() {
 
 #[test]
 fn clipping_reports_the_norm_and_invalid_settings_are_named() {
-    let mut tc = TrainerConfig::new(OptimizerConfig::AdamW { lr: 1e-3, betas: (0.9, 1.0), eps: 1e-8, weight_decay: 0.0 });
+    let mut tc = TrainerConfig::new(OptimizerConfig::AdamW {
+        lr: 1e-3,
+        betas: (0.9, 1.0),
+        eps: 1e-8,
+        weight_decay: 0.0,
+    });
     let err = Trainer::new(tc.clone()).err().unwrap().to_string();
     assert!(err.contains("betas"), "{err}");
     tc.optimizer = OptimizerConfig::Sgd { lr: 0.1, momentum: 0.0, nesterov: true, weight_decay: 0.0 };
@@ -223,9 +248,13 @@ fn evaluation_counts_top1_and_top5_from_the_logits() {
     let dir = fixture_dir();
     let io = safetensors::read(&dir.join("resnet8_cifar.io.safetensors")).unwrap();
     let device = Device::flex();
-    let model = load(&config("resnet8_cifar"), &dir.join("resnet8_cifar.weights.safetensors"), &device).unwrap();
-    let (Some(Entry { shape, data: Data::F32(x) }), Some(Entry { data: Data::I64(y), .. }), Some(Entry { data: Data::F32(z), .. })) =
-        (io.get("x"), io.get("labels"), io.get("logits"))
+    let model =
+        load(&config("resnet8_cifar"), &dir.join("resnet8_cifar.weights.safetensors"), &device).unwrap();
+    let (
+        Some(Entry { shape, data: Data::F32(x) }),
+        Some(Entry { data: Data::I64(y), .. }),
+        Some(Entry { data: Data::F32(z), .. }),
+    ) = (io.get("x"), io.get("labels"), io.get("logits"))
     else {
         panic!("fixture")
     };

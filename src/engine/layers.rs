@@ -60,10 +60,7 @@ pub fn conv2d(
         .with_groups(groups)
         .with_bias(bias)
         // torchvision ResNet/MobileNetV2: kaiming-normal, fan_out, relu gain.
-        .with_initializer(burn::nn::Initializer::KaimingNormal {
-            gain: 2f64.sqrt(),
-            fan_out_only: true,
-        })
+        .with_initializer(burn::nn::Initializer::KaimingNormal { gain: 2f64.sqrt(), fan_out_only: true })
         .init(device)
 }
 

@@ -198,7 +198,12 @@ impl Trainer {
         let mut grad_norm = None;
         let mut scale = 1.0;
         if let Some(max_norm) = self.config.grad_clip {
-            let mut v = NormVisitor { path: PathTracker::default(), rules: &self.config.rules, grads: &grads, sq: None };
+            let mut v = NormVisitor {
+                path: PathTracker::default(),
+                rules: &self.config.rules,
+                grads: &grads,
+                sq: None,
+            };
             module.visit(&mut v);
             let norm = v.sq.map(|t| t.into_scalar::<f64>().sqrt()).unwrap_or(0.0);
             // torch clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
@@ -338,10 +343,18 @@ fn update(
                 g = g + p.clone().mul_scalar(*weight_decay);
             }
             let buf = match state {
-                Some(State::Sgd { momentum: buf }) if *momentum != 0.0 => buf.mul_scalar(*momentum) + g.clone(),
+                Some(State::Sgd { momentum: buf }) if *momentum != 0.0 => {
+                    buf.mul_scalar(*momentum) + g.clone()
+                }
                 _ => g.clone(),
             };
-            let d = if *nesterov { g + buf.clone().mul_scalar(*momentum) } else if *momentum != 0.0 { buf.clone() } else { g };
+            let d = if *nesterov {
+                g + buf.clone().mul_scalar(*momentum)
+            } else if *momentum != 0.0 {
+                buf.clone()
+            } else {
+                g
+            };
             (p - d.mul_scalar(lr), State::Sgd { momentum: buf })
         }
         OptimizerConfig::AdamW { betas: (b1, b2), eps, weight_decay, .. } => {

@@ -28,9 +28,17 @@ pub(crate) fn config(case: &str) -> ModelConfig {
         "resnet18_imagenet" => (Arch::ResNet { depth: 18, width_mult: 1.0 / 16.0, stem: Stem::ImageNet }, 48),
         "resnet50_imagenet" => (Arch::ResNet { depth: 50, width_mult: 1.0 / 16.0, stem: Stem::ImageNet }, 48),
         "mobilenetv2_cifar" => (Arch::MobileNetV2 { width_mult: 0.1, stem: Stem::Cifar, dropout: 0.0 }, 16),
-        "mobilenetv2_imagenet" => (Arch::MobileNetV2 { width_mult: 0.1, stem: Stem::ImageNet, dropout: 0.0 }, 48),
+        "mobilenetv2_imagenet" => {
+            (Arch::MobileNetV2 { width_mult: 0.1, stem: Stem::ImageNet, dropout: 0.0 }, 48)
+        }
         "vit" => (
-            Arch::Vit { preset: VitPreset::Tiny, patch_size: 8, depth: Some(2), heads: Some(2), dim: Some(8) },
+            Arch::Vit {
+                preset: VitPreset::Tiny,
+                patch_size: 8,
+                depth: Some(2),
+                heads: Some(2),
+                dim: Some(8),
+            },
             16,
         ),
         other => panic!("unknown case {other}"),
@@ -39,9 +47,8 @@ pub(crate) fn config(case: &str) -> ModelConfig {
 }
 
 fn read(path: &Path) -> BTreeMap<String, Entry> {
-    safetensors::read(path).unwrap_or_else(|e| {
-        panic!("{e}; regenerate with `python tools/fixtures_engine.py`")
-    })
+    safetensors::read(path)
+        .unwrap_or_else(|e| panic!("{e}; regenerate with `python tools/fixtures_engine.py`"))
 }
 
 fn floats(io: &BTreeMap<String, Entry>, key: &str) -> (Vec<f32>, Vec<usize>) {
@@ -139,7 +146,12 @@ fn check_steps(case: &str, kind: &str) {
         let (_, z) = model.forward(x.clone());
         let loss = cross_entropy(z, y.clone());
         let l = values(loss.clone());
-        errors.extend(rel_error(&format!("{case} {kind} loss{step}"), &l, &floats(&io, &format!("{kind}.loss{step}")).0, 1e-5));
+        errors.extend(rel_error(
+            &format!("{case} {kind} loss{step}"),
+            &l,
+            &floats(&io, &format!("{kind}.loss{step}")).0,
+            1e-5,
+        ));
         model = trainer.step(model, loss).0;
     }
     let tmp = tempfile::tempdir().unwrap();

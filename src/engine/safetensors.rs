@@ -73,20 +73,36 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Entry>, EngineErr
             "F64" | "I64" => 8,
             "F32" | "I32" => 4,
             "F16" | "BF16" => 2,
-            other => return Err(bad(&format!("unsupported dtype {other} (expected F32, F64, F16, BF16, I64 or I32)"))),
+            other => {
+                return Err(bad(&format!(
+                    "unsupported dtype {other} (expected F32, F64, F16, BF16, I64 or I32)"
+                )));
+            }
         };
         if raw.len() != numel * width {
             return Err(bad(&format!("{} bytes of data for shape {shape:?} of {dtype}", raw.len())));
         }
         let data = match dtype {
-            "F32" => Data::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            "F64" => Data::F32(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()),
-            "BF16" => Data::F32(
-                raw.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+            "F32" => {
+                Data::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+            }
+            "F64" => Data::F32(
+                raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
             ),
-            "F16" => Data::F32(raw.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()),
-            "I64" => Data::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
-            _ => Data::I64(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect()),
+            "BF16" => Data::F32(
+                raw.chunks_exact(2)
+                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                    .collect(),
+            ),
+            "F16" => {
+                Data::F32(raw.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect())
+            }
+            "I64" => {
+                Data::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+            }
+            _ => Data::I64(
+                raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+            ),
         };
         out.insert(name, Entry { shape, data });
     }
@@ -117,7 +133,11 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// Write tensors (in the given order of names, sorted in the header as the format requires)
 /// atomically: to a temporary file beside `path`, then renamed.
-pub fn write(path: &Path, tensors: &BTreeMap<String, Entry>, metadata: &BTreeMap<String, String>) -> Result<(), EngineError> {
+pub fn write(
+    path: &Path,
+    tensors: &BTreeMap<String, Entry>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), EngineError> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap());
@@ -160,7 +180,13 @@ mod tests {
 
     #[test]
     fn f16_conversion_matches_known_values() {
-        for (h, f) in [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x3555, 0.333_251_95), (0x0001, 5.960_464_5e-8), (0x7bff, 65504.0)] {
+        for (h, f) in [
+            (0x3c00u16, 1.0f32),
+            (0xc000, -2.0),
+            (0x3555, 0.333_251_95),
+            (0x0001, 5.960_464_5e-8),
+            (0x7bff, 65504.0),
+        ] {
             assert_eq!(f16_to_f32(h), f, "{h:#x}");
         }
     }
@@ -170,7 +196,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.safetensors");
         let mut t = BTreeMap::new();
-        t.insert("a.weight".to_string(), Entry { shape: vec![2, 3], data: Data::F32(vec![1., 2., 3., 4., 5., 6.]) });
+        t.insert(
+            "a.weight".to_string(),
+            Entry { shape: vec![2, 3], data: Data::F32(vec![1., 2., 3., 4., 5., 6.]) },
+        );
         t.insert("n".to_string(), Entry { shape: vec![], data: Data::I64(vec![7]) });
         write(&p, &t, &BTreeMap::new()).unwrap();
         assert_eq!(read(&p).unwrap(), t);

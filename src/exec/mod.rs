@@ -375,5 +375,7 @@ fn compute(
     Ok((entry, seconds))
 }
 
+pub mod sinks;
+
 #[cfg(test)]
 mod tests;

@@ -144,11 +144,8 @@ pub enum TransformSpec {
     RandomResizedCrop { size: u32 },
     /// Centre crop to `size`.
     CenterCrop { size: u32 },
-    /// Horizontal flip with probability `p`.
-    Flip {
-        #[serde(default = "half")]
-        p: f64,
-    },
+    /// Horizontal flip with probability 0.5.
+    Flip {},
     /// Normalise with the dataset's own statistics, or with the `mean`/`std` given.
     Normalize {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,11 +269,8 @@ impl OptimizerSpec {
 pub enum ScheduleSpec {
     #[default]
     None,
-    /// Cosine annealing from the optimizer's lr to `min_lr` over the epochs.
-    Cosine {
-        #[serde(default)]
-        min_lr: f64,
-    },
+    /// Cosine annealing from the optimizer's lr to 0 over the epochs after warm-up.
+    Cosine {},
     /// Multiply the lr by `gamma` at each milestone epoch.
     Multistep {
         milestones: Vec<u32>,

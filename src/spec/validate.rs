@@ -193,7 +193,7 @@ impl<'a> Check<'a> {
                 | TransformSpec::RandomResizedCrop { size }
                 | TransformSpec::CenterCrop { size }
                 | TransformSpec::PadCrop { size, .. } => self.at_least(&join(&tp, "size"), (*size).into(), 1),
-                TransformSpec::Flip { p: prob } => self.within(&join(&tp, "p"), *prob, 0.0, 1.0, true),
+                TransformSpec::Flip {} => {}
                 TransformSpec::Normalize { mean, std } => {
                     if mean.is_some() != std.is_some() {
                         self.err(
@@ -315,7 +315,7 @@ impl<'a> Check<'a> {
         }
         match schedule {
             ScheduleSpec::None => {}
-            ScheduleSpec::Cosine { min_lr } => self.non_negative(&format!("{p}.schedule.min_lr"), *min_lr),
+            ScheduleSpec::Cosine {} => {}
             ScheduleSpec::Multistep { milestones, gamma } => {
                 let mp = format!("{p}.schedule.milestones");
                 if milestones.is_empty() {

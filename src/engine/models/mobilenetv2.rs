@@ -12,7 +12,9 @@ use burn::tensor::{Device, Tensor};
 
 use super::Stem;
 use crate::engine::error::EngineError;
-use crate::engine::layers::{BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv2d, global_avg_pool, linear};
+use crate::engine::layers::{
+    BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv2d, global_avg_pool, linear,
+};
 use burn::nn::conv::Conv2d;
 
 #[derive(Module, Debug)]

@@ -41,14 +41,32 @@ pub enum VitPreset {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Arch {
-    Mlp { hidden: Vec<usize> },
-    Cnn { channels: Vec<usize> },
+    Mlp {
+        hidden: Vec<usize>,
+    },
+    Cnn {
+        channels: Vec<usize>,
+    },
     /// Depth 8, 10, 18, 34 or 50; see [`resnet`] for the base widths `width_mult` scales.
-    ResNet { depth: usize, width_mult: f32, stem: Stem },
+    ResNet {
+        depth: usize,
+        width_mult: f32,
+        stem: Stem,
+    },
     /// `dropout` before the head (torchvision's default is 0.2).
-    MobileNetV2 { width_mult: f32, stem: Stem, dropout: f64 },
+    MobileNetV2 {
+        width_mult: f32,
+        stem: Stem,
+        dropout: f64,
+    },
     /// `depth`, `heads`, `dim` override the preset; the MLP dim is 4x `dim`.
-    Vit { preset: VitPreset, patch_size: usize, depth: Option<usize>, heads: Option<usize>, dim: Option<usize> },
+    Vit {
+        preset: VitPreset,
+        patch_size: usize,
+        depth: Option<usize>,
+        heads: Option<usize>,
+        dim: Option<usize>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -142,7 +160,14 @@ impl ModelConfig {
                         dims.dim, dims.heads
                     )));
                 }
-                Model::Vit(Vit::new(&dims, *patch_size, self.image_size, self.in_channels, self.num_classes, device))
+                Model::Vit(Vit::new(
+                    &dims,
+                    *patch_size,
+                    self.image_size,
+                    self.in_channels,
+                    self.num_classes,
+                    device,
+                ))
             }
         })
     }

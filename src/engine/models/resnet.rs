@@ -102,8 +102,8 @@ impl ResNet {
             let mut blocks = Vec::new();
             for b in 0..n_blocks {
                 let stride = if stage > 0 && b == 0 { 2 } else { 1 };
-                let downsample = (stride != 1 || c_in != c_out)
-                    .then(|| conv_bn(c_in, c_out, 1, stride, 1, device));
+                let downsample =
+                    (stride != 1 || c_in != c_out).then(|| conv_bn(c_in, c_out, 1, stride, 1, device));
                 let block = if plan.bottleneck {
                     // torchvision puts the stride on the 3x3 conv (ResNet v1.5).
                     Block {

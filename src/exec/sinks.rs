@@ -1,0 +1,155 @@
+//! Where run events go: the terminal (throttled log lines) and the run tracker (local run
+//! store, pushed to MLflow when a tracking URI is set). Nodes never talk to either directly.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{Event, EventSink, Outcome};
+use crate::graph::Graph;
+use crate::spec::Experiment;
+use crate::track::{Metric, NodeRun, RunId, RunStatus, Tracker, now_ms};
+
+/// Every event to every sink.
+pub struct Fanout<'a>(pub Vec<&'a dyn EventSink>);
+
+impl EventSink for Fanout<'_> {
+    fn event(&self, e: Event) {
+        for s in &self.0 {
+            s.event(e.clone());
+        }
+    }
+}
+
+/// Plain log lines on stderr: one per node start and end, progress at most every `every`.
+pub struct Terminal {
+    every: Duration,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl Terminal {
+    pub fn new(every: Duration) -> Terminal {
+        Terminal { every, last: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl EventSink for Terminal {
+    fn event(&self, e: Event) {
+        let mut err = std::io::stderr().lock();
+        match e {
+            Event::Started { node, key } => {
+                let _ = writeln!(err, "  start   {node}  ({})", &key[..12]);
+            }
+            Event::Progress { node, epoch, epochs, step, steps, loss, images_per_second } => {
+                let mut last = self.last.lock().expect("lock");
+                let now = Instant::now();
+                let due = last.get(&node).is_none_or(|t| now.duration_since(*t) >= self.every);
+                if due || (step == steps && epoch == epochs) {
+                    last.insert(node.clone(), now);
+                    let _ = writeln!(
+                        err,
+                        "          {node}  epoch {epoch}/{epochs}  step {step}/{steps}  loss {loss:.4}  {images_per_second:.0} img/s"
+                    );
+                }
+            }
+            Event::Warning { node, message } => {
+                let _ = writeln!(err, "  warning {node}: {message}");
+            }
+            Event::Finished { node, outcome } => {
+                let line = match outcome {
+                    Outcome::Done { seconds } => format!("  done    {node}  {seconds:.1} s"),
+                    Outcome::Cached => format!("  cached  {node}"),
+                    Outcome::Failed { error } => format!("  FAILED  {node}: {error}"),
+                    Outcome::Blocked { by } => format!("  blocked {node} (input {by} did not finish)"),
+                    Outcome::Cancelled => format!("  stopped {node} (interrupted; it reruns next time)"),
+                    Outcome::Skipped => return,
+                };
+                let _ = writeln!(err, "{line}");
+            }
+            Event::Metric { .. } => {}
+        }
+    }
+}
+
+/// Records every node as a run (nested under one run for the invocation).
+pub struct Tracking<'a> {
+    tracker: &'a Tracker,
+    exp: &'a Experiment,
+    graph: &'a Graph,
+    parent: RunId,
+    runs: Mutex<HashMap<String, RunId>>,
+}
+
+impl<'a> Tracking<'a> {
+    pub fn new(tracker: &'a Tracker, exp: &'a Experiment, graph: &'a Graph, parent: RunId) -> Tracking<'a> {
+        Tracking { tracker, exp, graph, parent, runs: Mutex::new(HashMap::new()) }
+    }
+
+    fn node_run<R>(&self, node: &str, f: impl FnOnce(&NodeRun<'_>) -> R) -> Option<R> {
+        let ix = self.graph.get(node)?;
+        let n = self.exp.node(node)?;
+        let key = self.graph.key(ix).hex();
+        let device = self.exp.device.to_string();
+        let tags = vec![("distillery.base".to_string(), n.base.clone())];
+        Some(f(&NodeRun {
+            node_name: node,
+            kind: n.kind.name(),
+            cache_key: &key,
+            config: &self.graph.canonical[&ix],
+            device: &device,
+            tags: &tags,
+        }))
+    }
+
+    fn warn(&self, what: &str, e: impl std::fmt::Display) {
+        eprintln!("  warning: tracking: {what}: {e}");
+    }
+}
+
+impl EventSink for Tracking<'_> {
+    fn event(&self, e: Event) {
+        match e {
+            Event::Started { node, .. } => {
+                match self.node_run(&node, |r| self.tracker.start_node_run(&self.parent, r)) {
+                    Some(Ok(id)) => {
+                        self.runs.lock().expect("lock").insert(node, id);
+                    }
+                    Some(Err(e)) => self.warn("start run", e),
+                    None => {}
+                }
+            }
+            Event::Metric { node, name, value, step } => {
+                if let Some(id) = self.runs.lock().expect("lock").get(&node) {
+                    let m = Metric { key: name, value, step: step as i64, timestamp_ms: now_ms() };
+                    if let Err(e) = self.tracker.log_metrics(id, &[m]) {
+                        self.warn("log metric", e);
+                    }
+                }
+            }
+            Event::Finished { node, outcome } => {
+                if outcome == Outcome::Cached {
+                    let key = self.graph.get(&node).map(|ix| self.graph.key(ix).hex()).unwrap_or_default();
+                    if let Ok(Some(original)) = self.tracker.find_run_by_cache_key(&key) {
+                        if let Some(Err(e)) =
+                            self.node_run(&node, |r| self.tracker.log_cached(&self.parent, r, &original))
+                        {
+                            self.warn("log cached run", e);
+                        }
+                    }
+                    return;
+                }
+                let Some(id) = self.runs.lock().expect("lock").remove(&node) else { return };
+                let status = match outcome {
+                    Outcome::Done { .. } => RunStatus::Finished,
+                    Outcome::Cancelled => RunStatus::Killed,
+                    _ => RunStatus::Failed,
+                };
+                if let Err(e) = self.tracker.end_run(&id, status) {
+                    self.warn("end run", e);
+                }
+            }
+            Event::Progress { .. } | Event::Warning { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! nodes: what each node kind does, on the engine, the data layer and the losses.
+//!
+//! Every node that trains a model stores `model.safetensors` (torchvision names), `model.json`
+//! (architecture, input shape, classes, normalisation), `history.jsonl` (per-epoch metrics) and
+//! returns its final metrics. Nodes report through the executor's event sink only.
+//!
+//! Architecture invariant: nodes write only into the job's output folder; the executor commits
+//! it to the store. A non-finite loss stops the node with an error naming the loss term and the
+//! step, before any optimizer update or file of that step is written.
+
+mod report;
+mod train;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::data::{self, Dataset, FingerprintCache, Normalize, TransformConfig};
+use crate::engine::{self, Model, ModelConfig};
+use crate::exec::{Input, Job, NodeError, NodeOutput, NodeRunner};
+use crate::resolve;
+use crate::spec::{self, NodeKind};
+
+/// Runs every node kind this build supports.
+pub struct Runner {
+    fingerprints: Arc<FingerprintCache>,
+}
+
+impl Runner {
+    pub fn new(fingerprints: Arc<FingerprintCache>) -> Runner {
+        Runner { fingerprints }
+    }
+}
+
+impl NodeRunner for Runner {
+    fn run(&self, job: &Job<'_>) -> Result<NodeOutput, NodeError> {
+        match &job.node.kind {
+            NodeKind::Train(_) | NodeKind::Finetune(_) | NodeKind::Distill(_) => train::run(self, job),
+            NodeKind::Evaluate(e) => evaluate(self, job, e),
+            NodeKind::Report(r) => report::run(self, job, r),
+            NodeKind::Generate(_) => Err(NodeError::Failed(
+                "generate nodes need a text-to-image runtime, which this build does not include yet".into(),
+            )),
+            NodeKind::Plugin(_) => {
+                Err(NodeError::Failed("plugin nodes are not supported by this build yet".into()))
+            }
+        }
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Failed(e.to_string())
+}
+
+/// What `model.json` says: enough to rebuild the model and feed it the inputs it was trained on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub model: spec::ModelSpec,
+    /// `[channels, height, width]` of the inputs.
+    pub image_shape: [usize; 3],
+    pub num_classes: usize,
+    pub class_names: Vec<String>,
+    /// Per-channel normalisation of the training data (applied to every input at test time).
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl ModelInfo {
+    pub fn config(&self) -> ModelConfig {
+        resolve::model_config(&self.model, self.image_shape[0], self.image_shape[1], self.num_classes)
+    }
+
+    pub fn read(dir: &Path) -> Result<ModelInfo, NodeError> {
+        let p = dir.join("model.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| failed(format!("{}: {e}", p.display())))?;
+        serde_json::from_str(&text).map_err(|e| failed(format!("{}: {e}", p.display())))
+    }
+
+    fn write(&self, dir: &Path) -> Result<(), NodeError> {
+        let p = dir.join("model.json");
+        std::fs::write(&p, serde_json::to_string_pretty(self).expect("json")).map_err(failed)
+    }
+
+    pub fn normalize(&self) -> Normalize {
+        Normalize::Given { mean: self.mean.clone(), std: self.std.clone() }
+    }
+}
+
+/// A trained model of an input node: its info and weights on `device` (inference mode).
+pub(crate) fn load_model(entry_dir: &Path, device: &Device) -> Result<(ModelInfo, Model), NodeError> {
+    let info = ModelInfo::read(entry_dir)?;
+    let model = engine::load(&info.config(), &entry_dir.join("model.safetensors"), device).map_err(failed)?;
+    Ok((info, model))
+}
+
+pub(crate) fn device(job: &Job<'_>) -> Result<Device, NodeError> {
+    engine::parse_device(&job.exp.device.to_string()).map_err(failed)
+}
+
+/// The dataset of a role (`data`, `val`, `eval`), loaded and selected.
+pub(crate) fn dataset(
+    runner: &Runner,
+    job: &Job<'_>,
+    role: &str,
+) -> Result<(String, Arc<Dataset>), NodeError> {
+    let name = job
+        .inputs
+        .iter()
+        .find_map(|(r, i)| match i {
+            Input::Dataset { name } if r == role => Some(name.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| failed(format!("no `{role}` dataset")))?;
+    let spec = &job.exp.datasets[&name];
+    let cfg = resolve::dataset_config(spec, job.exp.seed);
+    let ds = data::load_with_cache(&cfg, job.exp.base_dir(), &runner.fingerprints)
+        .map_err(|e| failed(format!("dataset `{name}`: {e}")))?;
+    Ok((name, Arc::new(ds)))
+}
+
+/// The stored result of a node input by role.
+pub(crate) fn node_input<'a>(job: &'a Job<'_>, role: &str) -> Result<&'a Path, NodeError> {
+    job.inputs
+        .iter()
+        .find_map(|(r, i)| match i {
+            Input::Node { entry, .. } if r == role => Some(entry.dir.as_path()),
+            _ => None,
+        })
+        .ok_or_else(|| failed(format!("no `{role}` input")))
+}
+
+/// Tensors of a batch on `device`.
+pub(crate) fn batch_tensors(b: &data::Batch, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    let x = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), device);
+    let labels: Vec<i64> = b.labels.iter().map(|&l| l as i64).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [b.labels.len()]), device);
+    (x, y)
+}
+
+/// Top-1/top-5/loss (and per-class accuracy) of a model on a dataset, normalised as in training.
+pub(crate) fn eval_model(
+    model: &Model,
+    info: &ModelInfo,
+    ds: &Arc<Dataset>,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Value, NodeError> {
+    if ds.shape != info.image_shape {
+        return Err(failed(format!(
+            "the model takes {:?} images, the dataset has {:?}",
+            info.image_shape, ds.shape
+        )));
+    }
+    let transform = TransformConfig { normalize: Some(info.normalize()), ..TransformConfig::default() };
+    let loader =
+        data::Loader::new(ds.clone(), data::LoaderConfig::eval(batch_size, transform)).map_err(failed)?;
+    let n_classes = info.num_classes;
+    let mut per_class = vec![(0usize, 0usize); n_classes];
+    let model_eval = burn::module::Module::valid(model);
+    let mut batches = Vec::new();
+    for b in loader.epoch(0) {
+        let (x, y) = batch_tensors(&b, device);
+        // Per-class hits from top-1 predictions.
+        let (_, z) = model_eval.forward(x.clone());
+        let pred: Vec<i64> =
+            z.argmax(1).into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| failed(format!("{e:?}")))?;
+        for (p, &l) in pred.iter().zip(&b.labels) {
+            if let Some(c) = per_class.get_mut(l as usize) {
+                c.1 += 1;
+                c.0 += (*p == l as i64) as usize;
+            }
+        }
+        batches.push((x, y));
+    }
+    let m = engine::evaluate_batches(model, batches);
+    let per_class: Vec<Value> = per_class
+        .iter()
+        .map(|(hit, n)| if *n == 0 { Value::Null } else { json!(*hit as f64 / *n as f64) })
+        .collect();
+    Ok(json!({ "accuracy": m.top1, "top5": m.top5, "loss": m.mean_loss, "n": m.n, "per_class": per_class }))
+}
+
+fn evaluate(runner: &Runner, job: &Job<'_>, e: &spec::EvaluateSpec) -> Result<NodeOutput, NodeError> {
+    let device = device(job)?;
+    let (info, model) = load_model(node_input(job, "model")?, &device)?;
+    let (_, ds) = dataset(runner, job, "data")?;
+    let mut metrics = eval_model(&model, &info, &ds, e.batch_size as usize, &device)?;
+    if !e.metrics.contains(&spec::Metric::PerClass) {
+        metrics.as_object_mut().expect("object").remove("per_class");
+    }
+    write_json(&job.out_dir.join("metrics.json"), &metrics)?;
+    Ok(NodeOutput { metrics })
+}
+
+pub(crate) fn write_json(path: &PathBuf, v: &Value) -> Result<(), NodeError> {
+    std::fs::write(path, serde_json::to_string_pretty(v).expect("json")).map_err(failed)
+}

@@ -1,0 +1,207 @@
+//! report: a table of the rows' metrics; instances that differ only in seed are one row,
+//! shown as mean ± std over seeds.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::{Runner, dataset, device, eval_model, failed, load_model, write_json};
+use crate::exec::{Input, Job, NodeError, NodeOutput};
+use crate::spec::{Column, ReportSpec, RowSpec, TableFormat};
+
+struct Row {
+    label: String,
+    /// One metrics object per seed.
+    samples: Vec<Value>,
+}
+
+fn column_name(c: Column) -> &'static str {
+    match c {
+        Column::Accuracy => "accuracy (%)",
+        Column::Top5 => "top-5 (%)",
+        Column::Loss => "loss",
+        Column::TrainSeconds => "train s",
+        Column::ImagesPerSecond => "images/s",
+        Column::Flops => "FLOPs",
+        Column::Params => "params",
+    }
+}
+
+fn value(c: Column, m: &Value) -> Option<f64> {
+    let get = |k: &str| m.get(k).and_then(Value::as_f64);
+    match c {
+        Column::Accuracy => get("accuracy").map(|a| a * 100.0),
+        Column::Top5 => get("top5").map(|a| a * 100.0),
+        Column::Loss => get("loss"),
+        Column::TrainSeconds => get("train_seconds"),
+        Column::ImagesPerSecond => get("images_per_second"),
+        Column::Flops => get("flops"),
+        Column::Params => get("params"),
+    }
+}
+
+/// `mean ± std` (sample std) over seeds, or the value alone.
+fn cell(c: Column, samples: &[Value]) -> (String, Value) {
+    let xs: Vec<f64> = samples.iter().filter_map(|m| value(c, m)).collect();
+    if xs.is_empty() {
+        return ("–".into(), Value::Null);
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let digits = match c {
+        Column::Params | Column::Flops | Column::ImagesPerSecond => 0,
+        Column::Loss => 3,
+        _ => 1,
+    };
+    if xs.len() == 1 {
+        return (format!("{mean:.digits$}"), json!({ "mean": mean, "n": 1 }));
+    }
+    let std = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    (format!("{mean:.digits$} ± {std:.digits$}"), json!({ "mean": mean, "std": std, "n": xs.len() }))
+}
+
+pub(super) fn run(runner: &Runner, job: &Job<'_>, r: &ReportSpec) -> Result<NodeOutput, NodeError> {
+    let device = device(job)?;
+    let eval = match &r.eval {
+        Some(_) => Some(dataset(runner, job, "eval")?.1),
+        None => None,
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    for (i, spec_row) in r.rows.iter().enumerate() {
+        let prefix = format!("rows/{i}");
+        let base_label = match spec_row {
+            RowSpec::Labelled { label, .. } => label.clone(),
+            RowSpec::Node(n) => n.0.clone(),
+        };
+        // Instances of this row, grouped by their matrix values other than the seed.
+        let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
+        for (role, input) in &job.inputs {
+            let Input::Node { name, entry } = input else { continue };
+            if role != &prefix && !role.starts_with(&format!("{prefix}/")) {
+                continue;
+            }
+            let node = job.exp.node(name).ok_or_else(|| failed(format!("unknown row node {name}")))?;
+            let mut metrics = entry.manifest.metrics.clone();
+            if let (Some(ds), true) = (&eval, node.kind.yields_model()) {
+                let (info, model) = load_model(&entry.dir, &device)?;
+                let m = eval_model(&model, &info, ds, 256, &device)?;
+                for k in ["accuracy", "top5", "loss"] {
+                    metrics[k] = m[k].clone();
+                }
+            }
+            let dims: Vec<String> = node
+                .assignment
+                .iter()
+                .filter(|(k, _)| k != "seed")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let label = if dims.is_empty() {
+                base_label.clone()
+            } else {
+                format!("{base_label} [{}]", dims.join(", "))
+            };
+            match groups.iter_mut().find(|(l, _)| *l == label) {
+                Some(g) => g.1.push(metrics),
+                None => groups.push((label, vec![metrics])),
+            }
+        }
+        rows.extend(groups.into_iter().map(|(label, samples)| Row { label, samples }));
+    }
+
+    let mut header: Vec<String> = vec!["".into()];
+    header.extend(r.columns.iter().map(|c| column_name(*c).to_string()));
+    header.push("seeds".into());
+    let mut cells: Vec<Vec<String>> = Vec::new();
+    let mut data = Vec::new();
+    for row in &rows {
+        let mut line = vec![row.label.clone()];
+        let mut obj = serde_json::Map::new();
+        for c in &r.columns {
+            let (text, v) = cell(*c, &row.samples);
+            line.push(text);
+            obj.insert(column_name(*c).into(), v);
+        }
+        line.push(row.samples.len().to_string());
+        cells.push(line);
+        data.push(json!({ "row": row.label, "values": obj }));
+    }
+    let md = markdown(r.title.as_deref(), &header, &cells);
+    std::fs::write(job.out_dir.join("table.md"), &md).map_err(failed)?;
+    std::fs::write(job.out_dir.join("table.csv"), csv(&header, &cells)).map_err(failed)?;
+    std::fs::write(job.out_dir.join("table.tex"), latex(r.title.as_deref(), &header, &cells))
+        .map_err(failed)?;
+    let rendered = match r.format {
+        TableFormat::Md => md,
+        TableFormat::Csv => csv(&header, &cells),
+        TableFormat::Latex => latex(r.title.as_deref(), &header, &cells),
+    };
+    let metrics = json!({ "rows": data, "table": rendered });
+    write_json(&job.out_dir.join("table.json"), &metrics)?;
+    Ok(NodeOutput { metrics })
+}
+
+fn markdown(title: Option<&str>, header: &[String], cells: &[Vec<String>]) -> String {
+    let mut s = String::new();
+    if let Some(t) = title {
+        let _ = writeln!(s, "### {t}\n");
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(1)
+                .max(3)
+        })
+        .collect();
+    let line = |r: &[String]| {
+        let parts: Vec<String> =
+            r.iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i == 0 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) }
+                })
+                .collect();
+        format!("| {} |", parts.join(" | "))
+    };
+    let _ = writeln!(s, "{}", line(header));
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, w)| if i == 0 { "-".repeat(*w) } else { format!("{}:", "-".repeat(w - 1)) })
+        .collect();
+    let _ = writeln!(s, "| {} |", rule.join(" | "));
+    for r in cells {
+        let _ = writeln!(s, "{}", line(r));
+    }
+    s
+}
+
+fn csv(header: &[String], cells: &[Vec<String>]) -> String {
+    let q = |c: &str| {
+        if c.contains([',', '"']) { format!("\"{}\"", c.replace('"', "\"\"")) } else { c.to_string() }
+    };
+    let mut s = String::new();
+    for r in std::iter::once(header).chain(cells.iter().map(Vec::as_slice)) {
+        let _ = writeln!(s, "{}", r.iter().map(|c| q(c)).collect::<Vec<_>>().join(","));
+    }
+    s
+}
+
+fn latex(title: Option<&str>, header: &[String], cells: &[Vec<String>]) -> String {
+    let esc = |c: &str| c.replace('%', "\\%").replace('±', "$\\pm$").replace('_', "\\_");
+    let mut s = String::new();
+    let _ = writeln!(s, "\\begin{{table}}\n\\centering");
+    if let Some(t) = title {
+        let _ = writeln!(s, "\\caption{{{}}}", esc(t));
+    }
+    let _ = writeln!(s, "\\begin{{tabular}}{{l{}}}\n\\toprule", "r".repeat(header.len() - 1));
+    let _ = writeln!(s, "{} \\\\\n\\midrule", header.iter().map(|h| esc(h)).collect::<Vec<_>>().join(" & "));
+    for r in cells {
+        let _ = writeln!(s, "{} \\\\", r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" & "));
+    }
+    let _ = writeln!(s, "\\bottomrule\n\\end{{tabular}}\n\\end{{table}}");
+    s
+}

@@ -1,0 +1,412 @@
+//! train, finetune and distill: one training loop, three ways to build what it trains.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde_json::{Value, json};
+
+use super::{
+    ModelInfo, Runner, batch_tensors, dataset, device, eval_model, failed, load_model, node_input, write_json,
+};
+use crate::data::{self, Dataset, Normalize};
+use crate::engine::{self, LoadOptions, Model, ParamRule, Trainer};
+use crate::exec::{Event, Job, NodeError, NodeOutput};
+use crate::losses::{DistillInputs, DistillLosses, LossDims};
+use crate::resolve;
+use crate::spec::{self, NodeKind};
+
+/// The student and every trainable loss head, stepped by one optimizer.
+#[derive(Module, Debug)]
+struct Distilled {
+    student: Model,
+    heads: DistillLosses,
+}
+
+/// The frozen teacher of a distill node and how to feed it.
+struct Teacher {
+    model: Model,
+    /// Affine map from the student's normalised inputs to the teacher's: x_t = x_s * a + b.
+    renorm: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+enum Trained {
+    Plain(Model),
+    Distill(Distilled, Teacher),
+}
+
+struct Setup {
+    trained: Trained,
+    info: ModelInfo,
+    trainer: engine::TrainerConfig,
+    batch_size: usize,
+    epochs: u32,
+    label_smoothing: f64,
+    augment: spec::AugmentSpec,
+    data_name: String,
+    data: Arc<Dataset>,
+    /// Linear probing keeps batch-norm statistics frozen.
+    freeze_bn: bool,
+}
+
+fn info_for(model: &spec::ModelSpec, ds: &Dataset) -> ModelInfo {
+    ModelInfo {
+        model: model.clone(),
+        image_shape: ds.shape,
+        num_classes: ds.n_classes(),
+        class_names: ds.class_names.clone(),
+        mean: ds.stats.mean.clone(),
+        std: ds.stats.std.clone(),
+    }
+}
+
+/// Loads `dir`'s weights into a fresh model for `info`; a new head when the class count changed.
+fn init_from(dir: &std::path::Path, info: &ModelInfo, device: &Device) -> Result<Model, NodeError> {
+    let from = super::ModelInfo::read(dir)?;
+    if from.model != info.model {
+        return Err(failed("the initial weights come from a different architecture"));
+    }
+    let model = info.config().init(device).map_err(failed)?;
+    let skip_head = from.num_classes != info.num_classes;
+    engine::load_into(model, &dir.join("model.safetensors"), &LoadOptions { skip_head }).map_err(failed)
+}
+
+fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<Setup, NodeError> {
+    let exp = job.exp;
+    let (data_name, ds) = dataset(runner, job, "data")?;
+    match &job.node.kind {
+        NodeKind::Train(s) => {
+            let info = info_for(&exp.models[&s.model.0], &ds);
+            let model = match &s.init {
+                Some(_) => init_from(node_input(job, "init")?, &info, ad)?,
+                None => info.config().init(ad).map_err(failed)?,
+            };
+            let mut trainer =
+                resolve::trainer_config(&s.optimizer, &s.schedule, s.epochs, s.warmup_epochs, s.grad_clip);
+            let lp = s.freeze == spec::Freeze::Backbone;
+            if lp {
+                trainer.rules = vec![ParamRule::frozen(""), ParamRule::lr_mult(model.head_path(), 1.0)];
+            }
+            Ok(Setup {
+                trained: Trained::Plain(model),
+                info,
+                trainer,
+                batch_size: s.batch_size as usize,
+                epochs: s.epochs,
+                label_smoothing: s.label_smoothing,
+                augment: s.augment.clone(),
+                data_name,
+                data: ds,
+                freeze_bn: lp,
+            })
+        }
+        NodeKind::Finetune(s) => {
+            let (info, model) = match (&s.from, &s.weights, &s.model) {
+                (Some(_), _, _) => {
+                    let dir = node_input(job, "from")?;
+                    let from = ModelInfo::read(dir)?;
+                    let info = info_for(&from.model, &ds);
+                    let model = init_from(dir, &info, ad)?;
+                    (info, model)
+                }
+                (None, Some(w), Some(m)) => {
+                    let info = info_for(&exp.models[&m.0], &ds);
+                    let fresh = info.config().init(ad).map_err(failed)?;
+                    // Hub weights carry their own head (ImageNet's 1000 classes): keep ours.
+                    let model =
+                        engine::load_into(fresh, &exp.base_dir().join(w), &LoadOptions { skip_head: true })
+                            .map_err(failed)?;
+                    (info, model)
+                }
+                _ => return Err(failed("finetune needs `from` or `weights` + `model`")),
+            };
+            let mut trainer =
+                resolve::trainer_config(&s.optimizer, &s.schedule, s.epochs, s.warmup_epochs, s.grad_clip);
+            let lp = s.freeze == spec::Freeze::Backbone;
+            trainer.rules = if lp {
+                vec![ParamRule::frozen(""), ParamRule::lr_mult(model.head_path(), s.head_lr_mult)]
+            } else {
+                vec![ParamRule::lr_mult(model.head_path(), s.head_lr_mult)]
+            };
+            Ok(Setup {
+                trained: Trained::Plain(model),
+                info,
+                trainer,
+                batch_size: s.batch_size as usize,
+                epochs: s.epochs,
+                label_smoothing: s.label_smoothing,
+                augment: s.augment.clone(),
+                data_name,
+                data: ds,
+                freeze_bn: lp,
+            })
+        }
+        NodeKind::Distill(s) => {
+            let (tinfo, teacher) = load_model(node_input(job, "teacher")?, plain)?;
+            let info = info_for(&exp.models[&s.student.0], &ds);
+            if tinfo.num_classes != info.num_classes || tinfo.image_shape != info.image_shape {
+                return Err(failed(format!(
+                    "the teacher was trained on {} classes of {:?} images, the distillation data has {} of {:?}",
+                    tinfo.num_classes, tinfo.image_shape, info.num_classes, info.image_shape
+                )));
+            }
+            let student = match &s.student_init {
+                Some(_) => init_from(node_input(job, "student_init")?, &info, ad)?,
+                None => info.config().init(ad).map_err(failed)?,
+            };
+            let weighted = resolve::losses(&s.losses, job.node.seed);
+            let dims = LossDims {
+                student_dim: student.feature_dim(),
+                teacher_dim: teacher.feature_dim(),
+                num_classes: info.num_classes,
+                n_data: ds.len(),
+            };
+            let classifier = Some(teacher_classifier(&teacher, ad));
+            let heads = DistillLosses::new(&weighted, dims, classifier, ad)
+                .map_err(|e| failed(format!("{}.losses: {e}", job.node.spec_path())))?;
+            let renorm = (tinfo.mean != info.mean || tinfo.std != info.std).then(|| {
+                let a: Vec<f32> = info.std.iter().zip(&tinfo.std).map(|(ss, ts)| ss / ts).collect();
+                let b: Vec<f32> =
+                    (0..info.mean.len()).map(|c| (info.mean[c] - tinfo.mean[c]) / tinfo.std[c]).collect();
+                (a, b)
+            });
+            Ok(Setup {
+                trained: Trained::Distill(
+                    Distilled { student, heads },
+                    Teacher { model: teacher.valid(), renorm },
+                ),
+                info,
+                trainer: resolve::trainer_config(
+                    &s.optimizer,
+                    &s.schedule,
+                    s.epochs,
+                    s.warmup_epochs,
+                    s.grad_clip,
+                ),
+                batch_size: s.batch_size as usize,
+                epochs: s.epochs,
+                label_smoothing: 0.0,
+                augment: s.augment.clone(),
+                data_name,
+                data: ds,
+                freeze_bn: false,
+            })
+        }
+        _ => unreachable!("train::run handles training kinds only"),
+    }
+}
+
+/// The teacher's final linear layer as burn's `Linear` (SRRL feeds the student's connected
+/// features through it). Ours stores PyTorch's `[out, in]` weight; burn's is `[in, out]`.
+fn teacher_classifier(m: &Model, device: &Device) -> burn::nn::Linear {
+    let l = match m {
+        Model::ResNet(r) => &r.fc,
+        Model::Mlp(x) => &x.head,
+        Model::Cnn(x) => &x.head,
+        Model::MobileNetV2(x) => &x.classifier.linear,
+        Model::Vit(v) => &v.heads.head,
+    };
+    let w = l.weight.val().transpose();
+    burn::nn::Linear {
+        weight: Param::from_tensor(Tensor::from_data(w.into_data(), device)),
+        bias: l.bias.as_ref().map(|b| Param::from_tensor(Tensor::from_data(b.val().into_data(), device))),
+    }
+}
+
+fn to_device(t: Tensor<2>, device: &Device) -> Tensor<2> {
+    Tensor::from_data(t.into_data(), device)
+}
+
+pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeError> {
+    let plain = device(job)?;
+    let ad = plain.clone().autodiff();
+    let Setup {
+        mut trained,
+        info,
+        trainer,
+        batch_size,
+        epochs,
+        label_smoothing,
+        augment,
+        data_name,
+        data,
+        freeze_bn,
+    } = setup(runner, job, &ad, &plain)?;
+    if data.len() < batch_size {
+        return Err(failed(format!(
+            "dataset `{data_name}` has {} images, fewer than one batch of {batch_size}",
+            data.len()
+        )));
+    }
+    let dspec = &job.exp.datasets[&data_name];
+    let normalize = Normalize::Given { mean: info.mean.clone(), std: info.std.clone() };
+    let transform = resolve::train_transform(dspec, &augment, normalize).map_err(failed)?;
+    let loader =
+        data::Loader::new(data.clone(), data::LoaderConfig::train(batch_size, job.node.seed, transform))
+            .map_err(failed)?;
+    let mut trainer = Trainer::new(trainer).map_err(failed)?;
+    if freeze_bn {
+        if let Trained::Plain(m) = trained {
+            trained = Trained::Plain(engine::freeze_batch_norm(m));
+        }
+    }
+    let val = match job.inputs.iter().any(|(r, _)| r == "val") {
+        true => Some(dataset(runner, job, "val")?.1),
+        false => None,
+    };
+    let mut history = std::fs::File::create(job.out_dir.join("history.jsonl")).map_err(failed)?;
+    let t0 = Instant::now();
+    let steps_per_epoch = loader.n_batches() as u64;
+    let (mut images, mut step) = (0u64, 0u64);
+    let (mut best_val, mut best_epoch, mut last): (Option<f64>, u32, Value) = (None, 0, Value::Null);
+    for epoch in 0..epochs {
+        trainer.set_epoch(epoch as usize);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut term_sums: Vec<(String, f64)> = Vec::new();
+        let te = Instant::now();
+        for b in loader.epoch(epoch as u64) {
+            job.cancel.check()?;
+            let (x, y) = batch_tensors(&b, &ad);
+            let n = b.labels.len();
+            let (loss, logits, terms) = match &trained {
+                Trained::Plain(m) => {
+                    let (_, z) = m.forward(x);
+                    let l = crate::losses::cross_entropy(z.clone(), y, label_smoothing);
+                    (l, z, Vec::new())
+                }
+                Trained::Distill(d, t) => {
+                    let xt = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), &plain);
+                    let xt = match &t.renorm {
+                        None => xt,
+                        Some((a, c)) => {
+                            let ch = a.len();
+                            let a = Tensor::<1>::from_data(TensorData::new(a.clone(), [ch]), &plain)
+                                .reshape([1, ch, 1, 1]);
+                            let c = Tensor::<1>::from_data(TensorData::new(c.clone(), [ch]), &plain)
+                                .reshape([1, ch, 1, 1]);
+                            xt * a + c
+                        }
+                    };
+                    let (ft, zt) = t.model.forward(xt);
+                    let (fs, zs) = d.student.forward(x);
+                    let terms = d
+                        .heads
+                        .forward(DistillInputs {
+                            student_features: fs,
+                            student_logits: zs.clone(),
+                            teacher_features: to_device(ft, &ad),
+                            teacher_logits: to_device(zt, &ad),
+                            labels: y,
+                            indices: Some(b.indices.clone()),
+                            contrast_indices: None,
+                        })
+                        .map_err(failed)?;
+                    let values = terms.check_finite(step).map_err(|e| {
+                        failed(format!("{}: {e}; nothing of this node was saved", job.node.spec_path()))
+                    })?;
+                    (terms.total, zs, values)
+                }
+            };
+            let lv = loss.clone().into_scalar::<f64>();
+            if !lv.is_finite() {
+                return Err(failed(format!(
+                    "non-finite loss `ce` ({lv}) at step {step}; nothing of this node was saved"
+                )));
+            }
+            let pred: Vec<i64> = logits
+                .argmax(1)
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec::<i64>()
+                .map_err(|e| failed(format!("{e:?}")))?;
+            correct += pred.iter().zip(&b.labels).filter(|(p, l)| **p == **l as i64).count();
+            trained = match trained {
+                Trained::Plain(m) => Trained::Plain(trainer.step(m, loss).0),
+                Trained::Distill(d, t) => Trained::Distill(trainer.step(d, loss).0, t),
+            };
+            for (name, v) in terms {
+                match term_sums.iter_mut().find(|(k, _)| *k == name) {
+                    Some(e) => e.1 += v * n as f64,
+                    None => term_sums.push((name, v * n as f64)),
+                }
+            }
+            loss_sum += lv * n as f64;
+            seen += n;
+            images += n as u64;
+            step += 1;
+            let secs = t0.elapsed().as_secs_f64();
+            job.events.event(Event::Progress {
+                node: job.node.name.clone(),
+                epoch: epoch + 1,
+                epochs,
+                step: step - epoch as u64 * steps_per_epoch,
+                steps: steps_per_epoch,
+                loss: lv,
+                images_per_second: images as f64 / secs.max(1e-9),
+            });
+        }
+        let model = match &trained {
+            Trained::Plain(m) => m,
+            Trained::Distill(d, _) => &d.student,
+        };
+        let mut row = json!({
+            "epoch": epoch + 1,
+            "loss": loss_sum / seen.max(1) as f64,
+            "train_accuracy": correct as f64 / seen.max(1) as f64,
+            "lr": trainer.lr(),
+            "epoch_seconds": te.elapsed().as_secs_f64(),
+        });
+        for (name, sum) in &term_sums {
+            if name != "total" {
+                row[format!("loss.{name}")] = json!(sum / seen.max(1) as f64);
+            }
+        }
+        if let Some(v) = &val {
+            let m = eval_model(&model.valid(), &info, v, 256, &plain)?;
+            let acc = m["accuracy"].as_f64().unwrap_or(0.0);
+            row["val_accuracy"] = json!(acc);
+            if best_val.is_none_or(|b| acc > b) {
+                best_val = Some(acc);
+                best_epoch = epoch + 1;
+            }
+        }
+        for (k, v) in row.as_object().expect("object") {
+            if let Some(x) = v.as_f64() {
+                job.events.event(Event::Metric {
+                    node: job.node.name.clone(),
+                    name: k.clone(),
+                    value: x,
+                    step: (epoch + 1) as u64,
+                });
+            }
+        }
+        writeln!(history, "{row}").map_err(failed)?;
+        last = row;
+    }
+    let train_seconds = t0.elapsed().as_secs_f64();
+    let model = match trained {
+        Trained::Plain(m) => m,
+        Trained::Distill(d, _) => d.student,
+    };
+    let model = model.valid();
+    engine::save(&model, &job.out_dir.join("model.safetensors")).map_err(failed)?;
+    info.write(&job.out_dir)?;
+    let mut metrics = json!({
+        "train_seconds": train_seconds,
+        "images_per_second": images as f64 / train_seconds.max(1e-9),
+        "epochs": epochs,
+        "steps": step,
+        "params": model.num_params(),
+        "final_loss": last["loss"],
+        "final_train_accuracy": last["train_accuracy"],
+    });
+    if let Some(b) = best_val {
+        metrics["best_val_accuracy"] = json!(b);
+        metrics["best_epoch"] = json!(best_epoch);
+        metrics["final_val_accuracy"] = last["val_accuracy"].clone();
+    }
+    write_json(&job.out_dir.join("metrics.json"), &metrics)?;
+    Ok(NodeOutput { metrics })
+}
