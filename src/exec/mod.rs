@@ -203,7 +203,7 @@ pub fn run(
     let mut running = 0usize;
     let mut in_flight: HashSet<NodeIndex> = HashSet::new();
     let jobs = opts.jobs.max(1);
-    let (tx, rx) = mpsc::channel::<(NodeIndex, Result<(Entry, f64), NodeError>)>();
+    let (tx, rx) = mpsc::channel::<(NodeIndex, Result<(Entry, Option<f64>), NodeError>)>();
 
     std::thread::scope(|scope| {
         loop {
@@ -312,7 +312,12 @@ pub fn run(
             match r {
                 Ok((entry, seconds)) => {
                     entries.insert(ix, entry);
-                    settle(&mut outcome, events, ix, &name, Outcome::Done { seconds });
+                    let o = match seconds {
+                        Some(seconds) => Outcome::Done { seconds },
+                        // Another process finished it while we waited for its lock.
+                        None => Outcome::Cached,
+                    };
+                    settle(&mut outcome, events, ix, &name, o);
                 }
                 Err(NodeError::Cancelled) => settle(&mut outcome, events, ix, &name, Outcome::Cancelled),
                 Err(e) => settle(&mut outcome, events, ix, &name, Outcome::Failed { error: e.to_string() }),
@@ -350,12 +355,12 @@ fn compute(
     force: bool,
     graph: &Graph,
     ix: NodeIndex,
-) -> Result<(Entry, f64), NodeError> {
+) -> Result<(Entry, Option<f64>), NodeError> {
     // Another process may be computing the same key: wait for it, then use its result.
     let _lock = store.lock(key)?;
     if !force {
         if let Lookup::Hit(e) = store.get(key)? {
-            return Ok((e, 0.0));
+            return Ok((e, None));
         }
     }
     let pending = store.begin(key)?;
@@ -372,7 +377,7 @@ fn compute(
     }
     let entry = pending.commit(&node.name, node.kind.name(), canonical.clone(), metrics)?;
     store.record(&node.name, key, &canonical)?;
-    Ok((entry, seconds))
+    Ok((entry, Some(seconds)))
 }
 
 pub mod sinks;

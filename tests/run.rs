@@ -1,0 +1,224 @@
+//! `distillery run` end to end on the built-in digits: results, caching, resume after SIGKILL
+//! and Ctrl-C, corrupt entries, and two processes on one store.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SPEC: &str = r#"
+experiment: e2e
+datasets:
+  pre:  { source: builtin/digits, classes: [0, 1, 2, 3, 4] }
+  task: { source: builtin/digits, classes: [5, 6, 7, 8, 9], per_class: 20 }
+  test: { source: builtin/digits, classes: [5, 6, 7, 8, 9], split: test }
+models:
+  big:   { arch: resnet, depth: 8, width: 16 }
+  small: { arch: cnn, channels: [8, 16] }
+nodes:
+  teacher_pt: { train: { model: big, data: pre, epochs: 4 } }
+  teacher:    { finetune: { from: teacher_pt, data: task, epochs: 4, batch_size: 32 } }
+  scratch:    { train: { model: small, data: task, epochs: 4, batch_size: 32 } }
+  kd:         { distill: { teacher: teacher, student: small, data: task, losses: kd, epochs: 4, batch_size: 32 } }
+  slow:       { train: { model: big, data: pre, epochs: EPOCHS } }
+  table:      { report: { rows: [scratch, kd, teacher], eval: test, columns: [accuracy, train_seconds] } }
+"#;
+
+fn spec(dir: &Path, slow_epochs: u32) -> PathBuf {
+    let p = dir.join("e2e.yaml");
+    std::fs::write(&p, SPEC.replace("EPOCHS", &slow_epochs.to_string())).unwrap();
+    p
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_distillery"))
+}
+
+fn run(spec: &Path, extra: &[&str]) -> Output {
+    let out = bin().arg("run").arg(spec).args(extra).env_remove("MLFLOW_TRACKING_URI").output().unwrap();
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// "N ran, M cached, ..." from the summary line.
+fn counts(out: &Output) -> (usize, usize) {
+    let e = text(&out.stderr);
+    let line = e.lines().rev().find(|l| l.contains(" ran, ")).unwrap_or_else(|| panic!("no summary:\n{e}"));
+    let n = |w: &str| -> usize {
+        let i = line.find(w).unwrap();
+        line[..i].split([' ', ',']).filter(|s| !s.is_empty()).next_back().unwrap().parse().unwrap()
+    };
+    (n(" ran"), n(" cached"))
+}
+
+/// sha256 of every stored file, by node name: the store's manifests.
+fn stored(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(dir.join(".distillery/objects")).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let m: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(e.unwrap().path().join("manifest.json")).unwrap()).unwrap();
+            for f in m["files"].as_array().unwrap() {
+                let path = f["path"].as_str().unwrap();
+                // Timings differ run to run; weights and data-derived files must not.
+                if path == "model.safetensors" || path == "model.json" {
+                    out.push((format!("{}/{path}", m["node"].as_str().unwrap()), f["sha256"].as_str().unwrap().to_string()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn wait_for(child: &mut Child, log: &Path, needle: &str, limit: Duration) {
+    let t0 = Instant::now();
+    loop {
+        if std::fs::read_to_string(log).unwrap_or_default().contains(needle) {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "process ended before `{needle}`");
+        assert!(t0.elapsed() < limit, "no `{needle}` within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_logged(spec: &Path, log: &Path) -> Child {
+    let f = std::fs::File::create(log).unwrap();
+    bin().arg("run").arg(spec).env_remove("MLFLOW_TRACKING_URI").stdout(Stdio::null()).stderr(f).spawn().unwrap()
+}
+
+#[test]
+fn runs_everything_then_everything_is_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), 1);
+    let first = run(&spec, &["-j", "2"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert_eq!(counts(&first), (6, 0));
+    let table = text(&first.stdout);
+    for row in ["| scratch", "| kd", "| teacher"] {
+        assert!(table.contains(row), "{table}");
+    }
+    let t0 = Instant::now();
+    let second = run(&spec, &[]);
+    assert_eq!(counts(&second), (0, 6));
+    assert!(t0.elapsed() < Duration::from_secs(2), "a cached run took {:?}", t0.elapsed());
+    assert_eq!(first.stdout, second.stdout, "the cached table is the same table");
+    // plan agrees.
+    let plan = bin().args(["plan", spec.to_str().unwrap()]).output().unwrap();
+    assert!(text(&plan.stdout).contains("0 to run, 6 cached"), "{}", text(&plan.stdout));
+}
+
+#[test]
+fn sigkill_mid_node_reruns_only_unfinished_nodes_with_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), 400);
+    let log = dir.path().join("log");
+    let mut child = spawn_logged(&spec, &log);
+    wait_for(&mut child, &log, "slow  epoch", Duration::from_secs(120));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(std::fs::read_dir(dir.path().join(".distillery/tmp")).unwrap().count() <= 1, true);
+    // Let the slow node finish quickly now: same spec except its epochs (a new key for it only).
+    let spec_fast = self::spec(dir.path(), 1);
+    let resumed = run(&spec_fast, &[]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
+    let (ran, cached) = counts(&resumed);
+    assert_eq!(ran + cached, 6);
+    assert!(ran < 6, "finished nodes were rerun: {}", text(&resumed.stderr));
+    assert!(text(&resumed.stderr).contains("done    slow"));
+    // The same spec from scratch in another store gives bit-identical weights.
+    let other = tempfile::tempdir().unwrap();
+    let spec_other = self::spec(other.path(), 1);
+    assert_eq!(run(&spec_other, &[]).status.code(), Some(0));
+    assert_eq!(stored(dir.path()), stored(other.path()));
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_the_next_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), 400);
+    let log = dir.path().join("log");
+    let mut child = spawn_logged(&spec, &log);
+    wait_for(&mut child, &log, "slow  epoch", Duration::from_secs(120));
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(std::fs::read_to_string(&log).unwrap().contains("stopped slow"));
+    assert_eq!(std::fs::read_dir(dir.path().join(".distillery/tmp")).unwrap().count(), 0, "nothing half-written");
+    let plan = bin().args(["plan", spec.to_str().unwrap()]).output().unwrap();
+    let p = text(&plan.stdout);
+    assert!(p.lines().any(|l| l.contains("run") && l.contains("slow")), "{p}");
+}
+
+#[test]
+fn a_corrupt_entry_is_detected_and_recomputed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), 1);
+    assert_eq!(run(&spec, &[]).status.code(), Some(0));
+    let before = stored(dir.path());
+    // Flip one byte of one stored checkpoint.
+    let mut target = None;
+    for shard in std::fs::read_dir(dir.path().join(".distillery/objects")).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let p = e.unwrap().path().join("model.safetensors");
+            if p.exists() && target.is_none() {
+                target = Some(p);
+            }
+        }
+    }
+    let target = target.unwrap();
+    let mut bytes = std::fs::read(&target).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&target, bytes).unwrap();
+    let again = run(&spec, &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(text(&again.stderr).contains("corrupt"), "{}", text(&again.stderr));
+    assert_eq!(counts(&again).0, 1, "only the corrupt node reruns: {}", text(&again.stderr));
+    assert_eq!(stored(dir.path()), before, "recomputed bit-identically");
+    assert_eq!(std::fs::read_dir(dir.path().join(".distillery/corrupt")).unwrap().count(), 1);
+}
+
+#[test]
+fn two_runs_on_one_store_compute_each_node_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), 1);
+    let a = bin().arg("run").arg(&spec).env_remove("MLFLOW_TRACKING_URI").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let b = bin().arg("run").arg(&spec).env_remove("MLFLOW_TRACKING_URI").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a.stderr));
+    assert_eq!(b.status.code(), Some(0), "{}", text(&b.stderr));
+    // The per-key lock makes one process wait for the other and reuse its result: every node
+    // is trained exactly once across both.
+    let starts = |o: &Output| text(&o.stderr).lines().filter(|l| l.starts_with("  start ")).count();
+    assert_eq!(starts(&a) + starts(&b), 6, "{}\n{}", text(&a.stderr), text(&b.stderr));
+    assert_eq!(counts(&a).0 + counts(&b).0, 6);
+    let third = run(&spec, &[]);
+    assert_eq!(counts(&third), (0, 6));
+    let objects: usize = std::fs::read_dir(dir.path().join(".distillery/objects"))
+        .unwrap()
+        .map(|s| std::fs::read_dir(s.unwrap().path()).unwrap().count())
+        .sum();
+    assert_eq!(objects, 6, "one entry a node");
+}
+
+#[test]
+fn a_failing_node_blocks_only_its_dependants() {
+    let dir = tempfile::tempdir().unwrap();
+    // A student wider than the data allows: kd fails (batch larger than the dataset); scratch runs.
+    let p = dir.path().join("f.yaml");
+    std::fs::write(
+        &p,
+        SPEC.replace("EPOCHS", "1").replace("losses: kd, epochs: 4, batch_size: 32", "losses: kd, epochs: 4, batch_size: 1000"),
+    )
+    .unwrap();
+    let out = run(&p, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(e.contains("FAILED  kd"), "{e}");
+    assert!(e.contains("blocked table"), "{e}");
+    assert!(e.contains("done    scratch"), "{e}");
+}
