@@ -16,32 +16,72 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use distillery::engine::{Arch, ModelConfig, OptimizerConfig, Stem, Trainer, TrainerConfig, cross_entropy};
+use distillery::engine::{
+    Arch, ModelConfig, OptimizerConfig, Stem, Trainer, TrainerConfig, cross_entropy,
+};
 
 fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn models() -> Vec<(&'static str, Arch)> {
     vec![
-        ("resnet18-cifar", Arch::ResNet { depth: 18, width_mult: 1.0, stem: Stem::Cifar }),
-        ("mobilenetv2-cifar", Arch::MobileNetV2 { width_mult: 1.0, stem: Stem::Cifar, dropout: 0.0 }),
-        ("resnet8", Arch::ResNet { depth: 8, width_mult: 1.0, stem: Stem::Cifar }),
+        (
+            "resnet18-cifar",
+            Arch::ResNet {
+                depth: 18,
+                width_mult: 1.0,
+                stem: Stem::Cifar,
+            },
+        ),
+        (
+            "mobilenetv2-cifar",
+            Arch::MobileNetV2 {
+                width_mult: 1.0,
+                stem: Stem::Cifar,
+                dropout: 0.0,
+            },
+        ),
+        (
+            "resnet8",
+            Arch::ResNet {
+                depth: 8,
+                width_mult: 1.0,
+                stem: Stem::Cifar,
+            },
+        ),
     ]
 }
 
 /// Seconds per batch for training steps and inference passes.
 fn bench_ours(arch: Arch, warmup: usize, iters: usize) -> (Vec<f64>, Vec<f64>) {
-    let cfg = ModelConfig { arch, in_channels: 3, image_size: 32, num_classes: 10 };
+    let cfg = ModelConfig {
+        arch,
+        in_channels: 3,
+        image_size: 32,
+        num_classes: 10,
+    };
     let ad = Device::flex().autodiff();
     let mut model = cfg.init(&ad).unwrap();
-    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd { lr: 0.01, momentum: 0.9, nesterov: false, weight_decay: 5e-4 });
+    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd {
+        lr: 0.01,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 5e-4,
+    });
     tc.epochs = 1;
     let mut trainer = Trainer::new(tc).unwrap();
     let x = Tensor::<4>::random([64, 3, 32, 32], Distribution::Normal(0.0, 1.0), &ad);
@@ -73,19 +113,36 @@ fn bench_ours(arch: Arch, warmup: usize, iters: usize) -> (Vec<f64>, Vec<f64>) {
     (train, infer)
 }
 
-fn bench_torch(threads: usize, warmup: usize, iters: usize, model: &str) -> Result<serde_json::Value, String> {
+fn bench_torch(
+    threads: usize,
+    warmup: usize,
+    iters: usize,
+    model: &str,
+) -> Result<serde_json::Value, String> {
     let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/engine_torch.py");
     let out = Command::new(&python)
-        .args([script, &threads.to_string(), &warmup.to_string(), &iters.to_string(), model])
+        .args([
+            script,
+            &threads.to_string(),
+            &warmup.to_string(),
+            &iters.to_string(),
+            model,
+        ])
         .output()
-        .map_err(|e| format!("cannot run {python}: {e} (set BENCH_PYTHON to a python with torch)"))?;
+        .map_err(|e| {
+            format!("cannot run {python}: {e} (set BENCH_PYTHON to a python with torch)")
+        })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("{python} {script} failed: {}", err.lines().last().unwrap_or("")));
+        return Err(format!(
+            "{python} {script} failed: {}",
+            err.lines().last().unwrap_or("")
+        ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or("")).map_err(|e| format!("bad output from {script}: {e}"))
+    serde_json::from_str(text.lines().last().unwrap_or(""))
+        .map_err(|e| format!("bad output from {script}: {e}"))
 }
 
 fn main() {
@@ -94,11 +151,19 @@ fn main() {
         distillery::engine::tune_allocator();
     }
     // `cargo bench` passes `--bench`; nothing else is understood.
-    let threads = env_usize("BENCH_THREADS", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = env_usize(
+        "BENCH_THREADS",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
     let iters = env_usize("BENCH_ITERS", 5);
     let warmup = env_usize("BENCH_WARMUP", 1);
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
-    println!("engine bench: batch 64, 3x32x32, {threads} threads, {warmup} warm-up + {iters} timed iterations x {rounds} rounds, medians", rounds = env_usize("BENCH_ROUNDS", 2));
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    println!(
+        "engine bench: batch 64, 3x32x32, {threads} threads, {warmup} warm-up + {iters} timed iterations x {rounds} rounds, medians",
+        rounds = env_usize("BENCH_ROUNDS", 2)
+    );
     let only = std::env::var("BENCH_ONLY").ok();
     let skip_torch = std::env::var_os("BENCH_NO_TORCH").is_some();
     // Rounds alternate distillery and PyTorch model by model, so that load from other
@@ -120,13 +185,23 @@ fn main() {
             }
             match bench_torch(threads, warmup, iters, name) {
                 Ok(j) => {
-                    pt.extend(serde_json::from_value::<Vec<f64>>(j[name]["train"].clone()).unwrap_or_default());
-                    pi.extend(serde_json::from_value::<Vec<f64>>(j[name]["infer"].clone()).unwrap_or_default());
+                    pt.extend(
+                        serde_json::from_value::<Vec<f64>>(j[name]["train"].clone())
+                            .unwrap_or_default(),
+                    );
+                    pi.extend(
+                        serde_json::from_value::<Vec<f64>>(j[name]["infer"].clone())
+                            .unwrap_or_default(),
+                    );
                 }
                 Err(e) => torch_error = Some(e),
             }
         }
-        eprintln!("distillery {name}: train {:.3} s/batch, infer {:.3} s/batch", median(t.clone()), median(i.clone()));
+        eprintln!(
+            "distillery {name}: train {:.3} s/batch, infer {:.3} s/batch",
+            median(t.clone()),
+            median(i.clone())
+        );
         rows.push((name, [("train", t, pt), ("infer", i, pi)]));
     }
     if skip_torch {
@@ -134,18 +209,27 @@ fn main() {
     } else if let Some(e) = &torch_error {
         println!("pytorch: not measured: {e}");
     }
-    println!("{:<20} {:>6} {:>17} {:>14} {:>6} {:>11}", "model", "mode", "distillery img/s", "pytorch img/s", "ratio", "best ratio");
+    println!(
+        "{:<20} {:>6} {:>17} {:>14} {:>6} {:>11}",
+        "model", "mode", "distillery img/s", "pytorch img/s", "ratio", "best ratio"
+    );
     for (name, modes) in rows {
         for (mode, ours, theirs) in modes {
             let ips = 64.0 / median(ours.clone());
             if theirs.is_empty() {
-                println!("{name:<20} {mode:>6} {ips:>17.1} {:>14} {:>6} {:>11}", "-", "-", "-");
+                println!(
+                    "{name:<20} {mode:>6} {ips:>17.1} {:>14} {:>6} {:>11}",
+                    "-", "-", "-"
+                );
                 continue;
             }
             let p = 64.0 / median(theirs.clone());
             let best = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
             let best_ratio = best(&theirs) / best(&ours);
-            println!("{name:<20} {mode:>6} {ips:>17.1} {p:>14.1} {:>6.2} {best_ratio:>11.2}", ips / p);
+            println!(
+                "{name:<20} {mode:>6} {ips:>17.1} {p:>14.1} {:>6.2} {best_ratio:>11.2}",
+                ips / p
+            );
         }
     }
 }

@@ -82,7 +82,9 @@ impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let t = param.val();
         let shape = t.dims().to_vec();
-        let data = self.with_data.then(|| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap());
+        let data = self
+            .with_data
+            .then(|| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap());
         let comps = self.path.components();
         let name = torch_name(self.kind, &comps);
         self.out.push((self.path.path(), name, shape, data));
@@ -105,7 +107,10 @@ fn collect(model: &Model, with_data: bool) -> Vec<(String, String, Vec<usize>, O
 /// `(torchvision name, shape)` of every tensor a checkpoint of `model` holds (buffers too,
 /// `num_batches_tracked` excepted).
 pub fn torch_state_names(model: &Model) -> Vec<(String, Vec<usize>)> {
-    collect(model, false).into_iter().map(|(_, n, s, _)| (n, s)).collect()
+    collect(model, false)
+        .into_iter()
+        .map(|(_, n, s, _)| (n, s))
+        .collect()
 }
 
 /// Save `model` (parameters and batch-norm running statistics) to `path`.
@@ -116,9 +121,21 @@ pub fn save(model: &Model, path: &Path) -> Result<(), EngineError> {
     for (_, name, shape, data) in collect(&model, true) {
         if let Some(prefix) = name.strip_suffix("running_mean") {
             // torchvision state dicts carry it; strict `load_state_dict` wants it.
-            tensors.insert(format!("{prefix}num_batches_tracked"), Entry { shape: vec![], data: Data::I64(vec![0]) });
+            tensors.insert(
+                format!("{prefix}num_batches_tracked"),
+                Entry {
+                    shape: vec![],
+                    data: Data::I64(vec![0]),
+                },
+            );
         }
-        tensors.insert(name, Entry { shape, data: Data::F32(data.unwrap()) });
+        tensors.insert(
+            name,
+            Entry {
+                shape,
+                data: Data::F32(data.unwrap()),
+            },
+        );
     }
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -126,7 +143,11 @@ pub fn save(model: &Model, path: &Path) -> Result<(), EngineError> {
 }
 
 /// Build the model of `config` on `device` and load its weights from `path`.
-pub fn load(config: &ModelConfig, path: &Path, device: &burn::tensor::Device) -> Result<Model, EngineError> {
+pub fn load(
+    config: &ModelConfig,
+    path: &Path,
+    device: &burn::tensor::Device,
+) -> Result<Model, EngineError> {
     load_into(config.init(device)?, path, &LoadOptions::default())
 }
 
@@ -143,7 +164,11 @@ pub fn load_into(model: Model, path: &Path, options: &LoadOptions) -> Result<Mod
         }
         match file.get(name) {
             None => {
-                return Err(EngineError::MissingTensor { path: path.into(), name: name.clone(), expected: shape.clone() });
+                return Err(EngineError::MissingTensor {
+                    path: path.into(),
+                    name: name.clone(),
+                    expected: shape.clone(),
+                });
             }
             Some(e) if &e.shape != shape => {
                 return Err(EngineError::ShapeMismatch {
@@ -153,7 +178,9 @@ pub fn load_into(model: Model, path: &Path, options: &LoadOptions) -> Result<Mod
                     found: e.shape.clone(),
                 });
             }
-            Some(Entry { data: Data::I64(_), .. }) => {
+            Some(Entry {
+                data: Data::I64(_), ..
+            }) => {
                 return Err(EngineError::Checkpoint {
                     path: path.into(),
                     reason: format!("tensor {name:?} is an integer tensor, expected floats"),
@@ -163,9 +190,15 @@ pub fn load_into(model: Model, path: &Path, options: &LoadOptions) -> Result<Mod
         }
     }
     let known: BTreeSet<&str> = expected.iter().map(|(_, n, _, _)| n.as_str()).collect();
-    let head_names: BTreeSet<&str> =
-        expected.iter().filter(|(p, ..)| is_under(p, &head)).map(|(_, n, _, _)| n.as_str()).collect();
-    let head_prefix = head_names.iter().next().map(|n| n.rsplit_once('.').map_or("", |x| x.0).to_string());
+    let head_names: BTreeSet<&str> = expected
+        .iter()
+        .filter(|(p, ..)| is_under(p, &head))
+        .map(|(_, n, _, _)| n.as_str())
+        .collect();
+    let head_prefix = head_names
+        .iter()
+        .next()
+        .map(|n| n.rsplit_once('.').map_or("", |x| x.0).to_string());
     if let Some(extra) = file.keys().find(|k| {
         !known.contains(k.as_str())
             && !k.ends_with("num_batches_tracked")
@@ -213,7 +246,11 @@ impl ModuleMapper for Apply<'_> {
         }
         let name = torch_name(self.kind, &self.path.components());
         // Checked in `load_into` before mapping.
-        let Some(Entry { shape, data: Data::F32(values) }) = self.file.remove(&name) else {
+        let Some(Entry {
+            shape,
+            data: Data::F32(values),
+        }) = self.file.remove(&name)
+        else {
             return param;
         };
         let (id, tensor, mapper) = param.consume();

@@ -13,7 +13,12 @@ use super::safetensors::{self, Data, Entry};
 use super::*;
 
 fn full(arch: Arch, image_size: usize) -> ModelConfig {
-    ModelConfig { arch, in_channels: 3, image_size, num_classes: 1000 }
+    ModelConfig {
+        arch,
+        in_channels: 3,
+        image_size,
+        num_classes: 1000,
+    }
 }
 
 #[test]
@@ -21,12 +26,51 @@ fn full_size_models_have_torchvision_state_dict_layouts() {
     let text = std::fs::read_to_string(fixture_dir().join("torchvision_names.json")).unwrap();
     let want: BTreeMap<String, Vec<(String, Vec<usize>)>> = serde_json::from_str(&text).unwrap();
     let cases = [
-        ("resnet18", full(Arch::ResNet { depth: 18, width_mult: 1.0, stem: Stem::ImageNet }, 224)),
-        ("resnet50", full(Arch::ResNet { depth: 50, width_mult: 1.0, stem: Stem::ImageNet }, 224)),
-        ("mobilenet_v2", full(Arch::MobileNetV2 { width_mult: 1.0, stem: Stem::ImageNet, dropout: 0.2 }, 224)),
+        (
+            "resnet18",
+            full(
+                Arch::ResNet {
+                    depth: 18,
+                    width_mult: 1.0,
+                    stem: Stem::ImageNet,
+                },
+                224,
+            ),
+        ),
+        (
+            "resnet50",
+            full(
+                Arch::ResNet {
+                    depth: 50,
+                    width_mult: 1.0,
+                    stem: Stem::ImageNet,
+                },
+                224,
+            ),
+        ),
+        (
+            "mobilenet_v2",
+            full(
+                Arch::MobileNetV2 {
+                    width_mult: 1.0,
+                    stem: Stem::ImageNet,
+                    dropout: 0.2,
+                },
+                224,
+            ),
+        ),
         (
             "vit_b_16",
-            full(Arch::Vit { preset: VitPreset::B16, patch_size: 16, depth: None, heads: None, dim: None }, 224),
+            full(
+                Arch::Vit {
+                    preset: VitPreset::B16,
+                    patch_size: 16,
+                    depth: None,
+                    heads: None,
+                    dim: None,
+                },
+                224,
+            ),
         ),
     ];
     let device = Device::flex();
@@ -44,13 +88,48 @@ fn full_size_models_have_torchvision_state_dict_layouts() {
 fn feature_dims_are_the_papers() {
     let device = Device::flex();
     let dims = [
-        (Arch::ResNet { depth: 18, width_mult: 1.0, stem: Stem::Cifar }, 512),
-        (Arch::ResNet { depth: 50, width_mult: 1.0, stem: Stem::Cifar }, 2048),
-        (Arch::ResNet { depth: 8, width_mult: 1.0, stem: Stem::Cifar }, 64),
-        (Arch::MobileNetV2 { width_mult: 1.0, stem: Stem::Cifar, dropout: 0.2 }, 1280),
+        (
+            Arch::ResNet {
+                depth: 18,
+                width_mult: 1.0,
+                stem: Stem::Cifar,
+            },
+            512,
+        ),
+        (
+            Arch::ResNet {
+                depth: 50,
+                width_mult: 1.0,
+                stem: Stem::Cifar,
+            },
+            2048,
+        ),
+        (
+            Arch::ResNet {
+                depth: 8,
+                width_mult: 1.0,
+                stem: Stem::Cifar,
+            },
+            64,
+        ),
+        (
+            Arch::MobileNetV2 {
+                width_mult: 1.0,
+                stem: Stem::Cifar,
+                dropout: 0.2,
+            },
+            1280,
+        ),
     ];
     for (arch, d) in dims {
-        let m = ModelConfig { arch: arch.clone(), in_channels: 3, image_size: 32, num_classes: 10 }.init(&device).unwrap();
+        let m = ModelConfig {
+            arch: arch.clone(),
+            in_channels: 3,
+            image_size: 32,
+            num_classes: 10,
+        }
+        .init(&device)
+        .unwrap();
         assert_eq!(m.feature_dim(), d, "{arch:?}");
         let (f, z) = m.valid().forward(Tensor::zeros([2, 3, 32, 32], &device));
         assert_eq!(f.dims(), [2, d]);
@@ -62,14 +141,53 @@ fn feature_dims_are_the_papers() {
 fn bad_configs_are_rejected_with_the_value() {
     let device = Device::flex();
     let bad = [
-        (Arch::ResNet { depth: 20, width_mult: 1.0, stem: Stem::Cifar }, "got 20"),
-        (Arch::ResNet { depth: 18, width_mult: 0.0, stem: Stem::Cifar }, "width_mult"),
+        (
+            Arch::ResNet {
+                depth: 20,
+                width_mult: 1.0,
+                stem: Stem::Cifar,
+            },
+            "got 20",
+        ),
+        (
+            Arch::ResNet {
+                depth: 18,
+                width_mult: 0.0,
+                stem: Stem::Cifar,
+            },
+            "width_mult",
+        ),
         (Arch::Cnn { channels: vec![] }, "cnn channels"),
-        (Arch::Vit { preset: VitPreset::Tiny, patch_size: 5, depth: None, heads: None, dim: None }, "patch_size"),
-        (Arch::Vit { preset: VitPreset::Tiny, patch_size: 4, depth: None, heads: Some(5), dim: None }, "heads"),
+        (
+            Arch::Vit {
+                preset: VitPreset::Tiny,
+                patch_size: 5,
+                depth: None,
+                heads: None,
+                dim: None,
+            },
+            "patch_size",
+        ),
+        (
+            Arch::Vit {
+                preset: VitPreset::Tiny,
+                patch_size: 4,
+                depth: None,
+                heads: Some(5),
+                dim: None,
+            },
+            "heads",
+        ),
     ];
     for (arch, needle) in bad {
-        let err = ModelConfig { arch, in_channels: 3, image_size: 32, num_classes: 10 }.init(&device).unwrap_err();
+        let err = ModelConfig {
+            arch,
+            in_channels: 3,
+            image_size: 32,
+            num_classes: 10,
+        }
+        .init(&device)
+        .unwrap_err();
         assert!(err.to_string().contains(needle), "{err}");
     }
 }
@@ -107,11 +225,17 @@ fn missing_and_misshaped_tensors_are_named() {
     let path = dir.path().join("missing.safetensors");
     safetensors::write(&path, &tensors, &BTreeMap::new()).unwrap();
     let err = load(&cfg, &path, &device).unwrap_err().to_string();
-    assert!(err.contains("missing tensor \"layer2.0.downsample.1.running_var\""), "{err}");
+    assert!(
+        err.contains("missing tensor \"layer2.0.downsample.1.running_var\""),
+        "{err}"
+    );
 
     cfg.num_classes = 7;
     let err = load(&cfg, &src, &device).unwrap_err().to_string();
-    assert!(err.contains("\"fc.weight\" has shape [5, 16], the model expects [7, 16]"), "{err}");
+    assert!(
+        err.contains("\"fc.weight\" has shape [5, 16], the model expects [7, 16]"),
+        "{err}"
+    );
 
     // A new task's head: keep the backbone, leave the head at its initialisation.
     let fresh = cfg.init(&device).unwrap();
@@ -120,13 +244,24 @@ fn missing_and_misshaped_tensors_are_named() {
 
     cfg.num_classes = 5;
     let mut tensors = safetensors::read(&src).unwrap();
-    tensors.insert("layer9.0.conv1.weight".into(), Entry { shape: vec![1], data: Data::F32(vec![0.0]) });
+    tensors.insert(
+        "layer9.0.conv1.weight".into(),
+        Entry {
+            shape: vec![1],
+            data: Data::F32(vec![0.0]),
+        },
+    );
     let path = dir.path().join("extra.safetensors");
     safetensors::write(&path, &tensors, &BTreeMap::new()).unwrap();
     let err = load(&cfg, &path, &device).unwrap_err().to_string();
-    assert!(err.contains("\"layer9.0.conv1.weight\" is not part of this model"), "{err}");
+    assert!(
+        err.contains("\"layer9.0.conv1.weight\" is not part of this model"),
+        "{err}"
+    );
 
-    let err = load(&cfg, &dir.path().join("nope.safetensors"), &device).unwrap_err().to_string();
+    let err = load(&cfg, &dir.path().join("nope.safetensors"), &device)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nope.safetensors"), "{err}");
 }
 
@@ -137,14 +272,33 @@ fn schedules_match_torch() {
     let cases = [
         ("cosine_e10_w0", ScheduleConfig::Cosine, 10, 0),
         ("cosine_e10_w2", ScheduleConfig::Cosine, 10, 2),
-        ("multistep_e10_w0", ScheduleConfig::MultiStep { milestones: vec![3, 6], gamma: 0.1 }, 10, 0),
-        ("multistep_e10_w1", ScheduleConfig::MultiStep { milestones: vec![3, 6], gamma: 0.1 }, 10, 1),
+        (
+            "multistep_e10_w0",
+            ScheduleConfig::MultiStep {
+                milestones: vec![3, 6],
+                gamma: 0.1,
+            },
+            10,
+            0,
+        ),
+        (
+            "multistep_e10_w1",
+            ScheduleConfig::MultiStep {
+                milestones: vec![3, 6],
+                gamma: 0.1,
+            },
+            10,
+            1,
+        ),
         ("none_e5_w2", ScheduleConfig::None, 5, 2),
     ];
     for (name, schedule, epochs, warmup) in cases {
         for (e, &lr) in want[name].iter().enumerate() {
             let ours = lr_at_epoch(&schedule, 0.1, e, epochs, warmup);
-            assert!((ours - lr).abs() <= 1e-9 * lr.abs().max(1e-3), "{name} epoch {e}: {ours} vs torch {lr}");
+            assert!(
+                (ours - lr).abs() <= 1e-9 * lr.abs().max(1e-3),
+                "{name} epoch {e}: {ours} vs torch {lr}"
+            );
         }
     }
 }
@@ -175,31 +329,76 @@ fn frozen_backbone_and_extra_modules_train_as_configured() {
         _ => unreachable!(),
     });
     let before_proj = values(m.projector.weight.val());
-    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.0 });
-    tc.rules = vec![ParamRule::frozen("student"), ParamRule::lr_mult("student.fc", 1.0)];
+    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+    });
+    tc.rules = vec![
+        ParamRule::frozen("student"),
+        ParamRule::lr_mult("student.fc", 1.0),
+    ];
     let mut trainer = Trainer::new(tc).unwrap();
     let x = input(cfg.image_size, &ad);
     let (f, z) = m.student.forward(x);
     let loss = z.powi_scalar(2).mean() + m.projector.forward(f).powi_scalar(2).mean();
     let (m, info) = trainer.step(m, loss);
     assert_eq!(info.updated, 4, "fc weight+bias, projector weight+bias");
-    let Model::ResNet(r) = &m.student else { unreachable!() };
-    assert_eq!(values(r.conv1.weight.val()), before_conv, "frozen backbone moved");
+    let Model::ResNet(r) = &m.student else {
+        unreachable!()
+    };
+    assert_eq!(
+        values(r.conv1.weight.val()),
+        before_conv,
+        "frozen backbone moved"
+    );
     assert_ne!(values(r.fc.weight.val()), before_fc, "head did not train");
-    assert_ne!(values(m.projector.weight.val()), before_proj, "projector did not train");
+    assert_ne!(
+        values(m.projector.weight.val()),
+        before_proj,
+        "projector did not train"
+    );
 }
 
 #[test]
 fn clipping_reports_the_norm_and_invalid_settings_are_named() {
-    let mut tc = TrainerConfig::new(OptimizerConfig::AdamW { lr: 1e-3, betas: (0.9, 1.0), eps: 1e-8, weight_decay: 0.0 });
+    let mut tc = TrainerConfig::new(OptimizerConfig::AdamW {
+        lr: 1e-3,
+        betas: (0.9, 1.0),
+        eps: 1e-8,
+        weight_decay: 0.0,
+    });
     let err = Trainer::new(tc.clone()).err().unwrap().to_string();
     assert!(err.contains("betas"), "{err}");
-    tc.optimizer = OptimizerConfig::Sgd { lr: 0.1, momentum: 0.0, nesterov: true, weight_decay: 0.0 };
-    assert!(Trainer::new(tc.clone()).err().unwrap().to_string().contains("nesterov"));
-    tc.optimizer = OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.0 };
+    tc.optimizer = OptimizerConfig::Sgd {
+        lr: 0.1,
+        momentum: 0.0,
+        nesterov: true,
+        weight_decay: 0.0,
+    };
+    assert!(
+        Trainer::new(tc.clone())
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("nesterov")
+    );
+    tc.optimizer = OptimizerConfig::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 0.0,
+    };
     tc.warmup_epochs = 3;
     tc.epochs = 3;
-    assert!(Trainer::new(tc.clone()).err().unwrap().to_string().contains("warmup_epochs"));
+    assert!(
+        Trainer::new(tc.clone())
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("warmup_epochs")
+    );
     tc.warmup_epochs = 0;
     tc.grad_clip = Some(1e-3);
     let mut trainer = Trainer::new(tc).unwrap();
@@ -212,7 +411,11 @@ fn clipping_reports_the_norm_and_invalid_settings_are_named() {
     // d(sum)/dW = 4 everywhere (6 entries), d/db = 4 (2 entries): norm = 4 sqrt(8).
     let norm = info.grad_norm.unwrap();
     assert!((norm - 4.0 * 8f64.sqrt()).abs() < 1e-4, "{norm}");
-    let moved: f32 = values(m.weight.val()).iter().zip(&w0).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let moved: f32 = values(m.weight.val())
+        .iter()
+        .zip(&w0)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     // Nesterov first step: g + 0.9 g, with g clipped to norm 1e-3.
     let want = (0.1 * 1.9 * 1e-3 * 4.0 / (4.0 * 8f64.sqrt())) as f32;
     assert!((moved - want).abs() < 1e-6, "{moved} vs {want}");
@@ -223,18 +426,43 @@ fn evaluation_counts_top1_and_top5_from_the_logits() {
     let dir = fixture_dir();
     let io = safetensors::read(&dir.join("resnet8_cifar.io.safetensors")).unwrap();
     let device = Device::flex();
-    let model = load(&config("resnet8_cifar"), &dir.join("resnet8_cifar.weights.safetensors"), &device).unwrap();
-    let (Some(Entry { shape, data: Data::F32(x) }), Some(Entry { data: Data::I64(y), .. }), Some(Entry { data: Data::F32(z), .. })) =
-        (io.get("x"), io.get("labels"), io.get("logits"))
+    let model = load(
+        &config("resnet8_cifar"),
+        &dir.join("resnet8_cifar.weights.safetensors"),
+        &device,
+    )
+    .unwrap();
+    let (
+        Some(Entry {
+            shape,
+            data: Data::F32(x),
+        }),
+        Some(Entry {
+            data: Data::I64(y), ..
+        }),
+        Some(Entry {
+            data: Data::F32(z), ..
+        }),
+    ) = (io.get("x"), io.get("labels"), io.get("logits"))
     else {
         panic!("fixture")
     };
     let n = y.len();
     let argmax: Vec<usize> = z
         .chunks(5)
-        .map(|r| r.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .0
+        })
         .collect();
-    let want_top1 = argmax.iter().zip(y).filter(|(a, b)| **a as i64 == **b).count() as f64 / n as f64;
+    let want_top1 = argmax
+        .iter()
+        .zip(y)
+        .filter(|(a, b)| **a as i64 == **b)
+        .count() as f64
+        / n as f64;
     let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), shape.clone()), &device);
     let yt = Tensor::<1, Int>::from_data(TensorData::new(y.clone(), [n]), &device);
     let m = evaluate_batches(&model, vec![(xt, yt)]);

@@ -44,5 +44,10 @@ where
         n += b;
     }
     let d = n.max(1) as f64;
-    EvalMetrics { top1: c1 as f64 / d, top5: c5 as f64 / d, mean_loss: loss_sum / d, n }
+    EvalMetrics {
+        top1: c1 as f64 / d,
+        top5: c5 as f64 / d,
+        mean_loss: loss_sum / d,
+        n,
+    }
 }

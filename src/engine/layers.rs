@@ -97,7 +97,12 @@ impl BatchNorm {
         let device = x.device();
         if device.is_autodiff() && self.training.is_enabled() {
             let dims = x.dims();
-            let n: usize = dims.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| *d).product();
+            let n: usize = dims
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 1)
+                .map(|(_, d)| *d)
+                .product();
             let out = batch_norm_train(x, self.weight.val(), self.bias.val(), self.epsilon);
             let unbiased = (n as f64) / ((n.max(2) - 1) as f64);
             let m = self.momentum;

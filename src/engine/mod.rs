@@ -14,11 +14,11 @@ pub mod optim;
 pub mod safetensors;
 pub mod schedule;
 
+pub use checkpoint::{LoadOptions, load, load_into, save, torch_state_names};
 pub use device::parse_device;
 pub use error::EngineError;
-pub use models::{Arch, Model, ModelConfig, Stem, VitPreset};
-pub use checkpoint::{LoadOptions, load, load_into, save, torch_state_names};
 pub use eval::{EvalMetrics, cross_entropy, evaluate_batches};
+pub use models::{Arch, Model, ModelConfig, Stem, VitPreset};
 pub use optim::{OptimizerConfig, ParamRule, StepInfo, Trainer, TrainerConfig};
 pub use schedule::{ScheduleConfig, lr_at_epoch};
 

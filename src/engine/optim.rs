@@ -20,9 +20,19 @@ use crate::engine::schedule::{ScheduleConfig, lr_at_epoch};
 #[derive(Clone, Debug, PartialEq)]
 pub enum OptimizerConfig {
     /// torch.optim.SGD (dampening 0).
-    Sgd { lr: f64, momentum: f64, nesterov: bool, weight_decay: f64 },
+    Sgd {
+        lr: f64,
+        momentum: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    },
     /// torch.optim.AdamW (decoupled weight decay, bias-corrected moments).
-    AdamW { lr: f64, betas: (f64, f64), eps: f64, weight_decay: f64 },
+    AdamW {
+        lr: f64,
+        betas: (f64, f64),
+        eps: f64,
+        weight_decay: f64,
+    },
 }
 
 impl OptimizerConfig {
@@ -46,15 +56,24 @@ pub struct ParamRule {
 
 impl ParamRule {
     pub fn lr_mult(prefix: impl Into<String>, lr_mult: f64) -> Self {
-        ParamRule { prefix: prefix.into(), lr_mult, frozen: false }
+        ParamRule {
+            prefix: prefix.into(),
+            lr_mult,
+            frozen: false,
+        }
     }
     pub fn frozen(prefix: impl Into<String>) -> Self {
-        ParamRule { prefix: prefix.into(), lr_mult: 0.0, frozen: true }
+        ParamRule {
+            prefix: prefix.into(),
+            lr_mult: 0.0,
+            frozen: true,
+        }
     }
     fn matches(&self, path: &str) -> bool {
         self.prefix.is_empty()
             || path == self.prefix
-            || (path.starts_with(&self.prefix) && path.as_bytes().get(self.prefix.len()) == Some(&b'.'))
+            || (path.starts_with(&self.prefix)
+                && path.as_bytes().get(self.prefix.len()) == Some(&b'.'))
     }
 }
 
@@ -85,32 +104,50 @@ impl TrainerConfig {
     fn validate(&self) -> Result<(), EngineError> {
         let bad = |m: String| Err(EngineError::InvalidConfig(m));
         match &self.optimizer {
-            OptimizerConfig::Sgd { lr, momentum, weight_decay, nesterov } => {
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+                nesterov,
+            } => {
                 if !(*lr >= 0.0 && lr.is_finite()) {
                     return bad(format!("optimizer sgd lr: expected >= 0, got {lr}"));
                 }
                 if !(0.0..1.0).contains(momentum) {
-                    return bad(format!("optimizer sgd momentum: expected in [0, 1), got {momentum}"));
+                    return bad(format!(
+                        "optimizer sgd momentum: expected in [0, 1), got {momentum}"
+                    ));
                 }
                 if *nesterov && *momentum == 0.0 {
                     return bad("optimizer sgd nesterov: needs momentum > 0".into());
                 }
                 if !(*weight_decay >= 0.0) {
-                    return bad(format!("optimizer sgd weight_decay: expected >= 0, got {weight_decay}"));
+                    return bad(format!(
+                        "optimizer sgd weight_decay: expected >= 0, got {weight_decay}"
+                    ));
                 }
             }
-            OptimizerConfig::AdamW { lr, betas, eps, weight_decay } => {
+            OptimizerConfig::AdamW {
+                lr,
+                betas,
+                eps,
+                weight_decay,
+            } => {
                 if !(*lr >= 0.0 && lr.is_finite()) {
                     return bad(format!("optimizer adamw lr: expected >= 0, got {lr}"));
                 }
                 if !((0.0..1.0).contains(&betas.0) && (0.0..1.0).contains(&betas.1)) {
-                    return bad(format!("optimizer adamw betas: expected each in [0, 1), got {betas:?}"));
+                    return bad(format!(
+                        "optimizer adamw betas: expected each in [0, 1), got {betas:?}"
+                    ));
                 }
                 if !(*eps > 0.0) {
                     return bad(format!("optimizer adamw eps: expected > 0, got {eps}"));
                 }
                 if !(*weight_decay >= 0.0) {
-                    return bad(format!("optimizer adamw weight_decay: expected >= 0, got {weight_decay}"));
+                    return bad(format!(
+                        "optimizer adamw weight_decay: expected >= 0, got {weight_decay}"
+                    ));
                 }
             }
         }
@@ -127,7 +164,10 @@ impl TrainerConfig {
         }
         for r in &self.rules {
             if !r.frozen && !(r.lr_mult >= 0.0 && r.lr_mult.is_finite()) {
-                return bad(format!("lr multiplier for {:?}: expected >= 0, got {}", r.prefix, r.lr_mult));
+                return bad(format!(
+                    "lr multiplier for {:?}: expected >= 0, got {}",
+                    r.prefix, r.lr_mult
+                ));
             }
         }
         self.schedule.validate()
@@ -137,8 +177,14 @@ impl TrainerConfig {
 /// Per-parameter optimizer state, flattened to rank 1 so states of any rank share one map.
 #[derive(Clone)]
 enum State {
-    Sgd { momentum: Tensor<1> },
-    Adam { m: Tensor<1>, v: Tensor<1>, step: i32 },
+    Sgd {
+        momentum: Tensor<1>,
+    },
+    Adam {
+        m: Tensor<1>,
+        v: Tensor<1>,
+        step: i32,
+    },
 }
 
 /// Optimizer + schedule + parameter rules, with its state. One `step` per batch; call
@@ -164,8 +210,19 @@ pub struct StepInfo {
 impl Trainer {
     pub fn new(config: TrainerConfig) -> Result<Self, EngineError> {
         config.validate()?;
-        let lr = lr_at_epoch(&config.schedule, config.optimizer.lr(), 0, config.epochs, config.warmup_epochs);
-        Ok(Trainer { config, states: HashMap::new(), lr, steps: 0 })
+        let lr = lr_at_epoch(
+            &config.schedule,
+            config.optimizer.lr(),
+            0,
+            config.epochs,
+            config.warmup_epochs,
+        );
+        Ok(Trainer {
+            config,
+            states: HashMap::new(),
+            lr,
+            steps: 0,
+        })
     }
 
     pub fn config(&self) -> &TrainerConfig {
@@ -175,7 +232,13 @@ impl Trainer {
     /// Set the schedule's epoch (0-based).
     pub fn set_epoch(&mut self, epoch: usize) {
         let c = &self.config;
-        self.lr = lr_at_epoch(&c.schedule, c.optimizer.lr(), epoch, c.epochs, c.warmup_epochs);
+        self.lr = lr_at_epoch(
+            &c.schedule,
+            c.optimizer.lr(),
+            epoch,
+            c.epochs,
+            c.warmup_epochs,
+        );
     }
 
     /// The current base learning rate.
@@ -194,11 +257,20 @@ impl Trainer {
     }
 
     /// Update `module` from gradients already extracted.
-    pub fn step_with_grads<M: Module>(&mut self, module: M, mut grads: GradientsParams) -> (M, StepInfo) {
+    pub fn step_with_grads<M: Module>(
+        &mut self,
+        module: M,
+        mut grads: GradientsParams,
+    ) -> (M, StepInfo) {
         let mut grad_norm = None;
         let mut scale = 1.0;
         if let Some(max_norm) = self.config.grad_clip {
-            let mut v = NormVisitor { path: PathTracker::default(), rules: &self.config.rules, grads: &grads, sq: None };
+            let mut v = NormVisitor {
+                path: PathTracker::default(),
+                rules: &self.config.rules,
+                grads: &grads,
+                sq: None,
+            };
             module.visit(&mut v);
             let norm = v.sq.map(|t| t.into_scalar::<f64>().sqrt()).unwrap_or(0.0);
             // torch clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
@@ -218,7 +290,14 @@ impl Trainer {
         let module = module.map(&mut mapper);
         let updated = mapper.updated;
         self.steps += 1;
-        (module, StepInfo { lr: self.lr, grad_norm, updated })
+        (
+            module,
+            StepInfo {
+                lr: self.lr,
+                grad_norm,
+                updated,
+            },
+        )
     }
 }
 
@@ -230,13 +309,18 @@ pub(crate) struct PathTracker {
 
 impl PathTracker {
     pub(crate) fn enter(&mut self, name: &str, container_type: &str) {
-        self.stack.push((name.to_string(), container_type.starts_with("Enum:")));
+        self.stack
+            .push((name.to_string(), container_type.starts_with("Enum:")));
     }
     pub(crate) fn exit(&mut self) {
         self.stack.pop();
     }
     pub(crate) fn components(&self) -> Vec<&str> {
-        self.stack.iter().filter(|(_, e)| !e).map(|(n, _)| n.as_str()).collect()
+        self.stack
+            .iter()
+            .filter(|(_, e)| !e)
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
     pub(crate) fn path(&self) -> String {
         self.components().join(".")
@@ -332,24 +416,46 @@ fn update(
     state: Option<State>,
 ) -> (Tensor<1>, State) {
     match optimizer {
-        OptimizerConfig::Sgd { momentum, nesterov, weight_decay, .. } => {
+        OptimizerConfig::Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
+            ..
+        } => {
             let mut g = g;
             if *weight_decay != 0.0 {
                 g = g + p.clone().mul_scalar(*weight_decay);
             }
             let buf = match state {
-                Some(State::Sgd { momentum: buf }) if *momentum != 0.0 => buf.mul_scalar(*momentum) + g.clone(),
+                Some(State::Sgd { momentum: buf }) if *momentum != 0.0 => {
+                    buf.mul_scalar(*momentum) + g.clone()
+                }
                 _ => g.clone(),
             };
-            let d = if *nesterov { g + buf.clone().mul_scalar(*momentum) } else if *momentum != 0.0 { buf.clone() } else { g };
+            let d = if *nesterov {
+                g + buf.clone().mul_scalar(*momentum)
+            } else if *momentum != 0.0 {
+                buf.clone()
+            } else {
+                g
+            };
             (p - d.mul_scalar(lr), State::Sgd { momentum: buf })
         }
-        OptimizerConfig::AdamW { betas: (b1, b2), eps, weight_decay, .. } => {
+        OptimizerConfig::AdamW {
+            betas: (b1, b2),
+            eps,
+            weight_decay,
+            ..
+        } => {
             let (m, v, step) = match state {
                 Some(State::Adam { m, v, step }) => (m, v, step + 1),
                 _ => (g.zeros_like(), g.zeros_like(), 1),
             };
-            let p = if *weight_decay != 0.0 { p.mul_scalar(1.0 - lr * weight_decay) } else { p };
+            let p = if *weight_decay != 0.0 {
+                p.mul_scalar(1.0 - lr * weight_decay)
+            } else {
+                p
+            };
             let m = m.mul_scalar(*b1) + g.clone().mul_scalar(1.0 - b1);
             let v = v.mul_scalar(*b2) + g.square().mul_scalar(1.0 - b2);
             let bc1 = 1.0 - b1.powi(step);

@@ -22,31 +22,89 @@ pub(crate) fn fixture_dir() -> PathBuf {
 
 pub(crate) fn config(case: &str) -> ModelConfig {
     let (arch, image_size) = match case {
-        "mlp" => (Arch::Mlp { hidden: vec![16, 12] }, 8),
-        "cnn" => (Arch::Cnn { channels: vec![4, 8] }, 8),
-        "resnet8_cifar" => (Arch::ResNet { depth: 8, width_mult: 0.25, stem: Stem::Cifar }, 8),
-        "resnet18_imagenet" => (Arch::ResNet { depth: 18, width_mult: 1.0 / 16.0, stem: Stem::ImageNet }, 48),
-        "resnet50_imagenet" => (Arch::ResNet { depth: 50, width_mult: 1.0 / 16.0, stem: Stem::ImageNet }, 48),
-        "mobilenetv2_cifar" => (Arch::MobileNetV2 { width_mult: 0.1, stem: Stem::Cifar, dropout: 0.0 }, 16),
-        "mobilenetv2_imagenet" => (Arch::MobileNetV2 { width_mult: 0.1, stem: Stem::ImageNet, dropout: 0.0 }, 48),
+        "mlp" => (
+            Arch::Mlp {
+                hidden: vec![16, 12],
+            },
+            8,
+        ),
+        "cnn" => (
+            Arch::Cnn {
+                channels: vec![4, 8],
+            },
+            8,
+        ),
+        "resnet8_cifar" => (
+            Arch::ResNet {
+                depth: 8,
+                width_mult: 0.25,
+                stem: Stem::Cifar,
+            },
+            8,
+        ),
+        "resnet18_imagenet" => (
+            Arch::ResNet {
+                depth: 18,
+                width_mult: 1.0 / 16.0,
+                stem: Stem::ImageNet,
+            },
+            48,
+        ),
+        "resnet50_imagenet" => (
+            Arch::ResNet {
+                depth: 50,
+                width_mult: 1.0 / 16.0,
+                stem: Stem::ImageNet,
+            },
+            48,
+        ),
+        "mobilenetv2_cifar" => (
+            Arch::MobileNetV2 {
+                width_mult: 0.1,
+                stem: Stem::Cifar,
+                dropout: 0.0,
+            },
+            16,
+        ),
+        "mobilenetv2_imagenet" => (
+            Arch::MobileNetV2 {
+                width_mult: 0.1,
+                stem: Stem::ImageNet,
+                dropout: 0.0,
+            },
+            48,
+        ),
         "vit" => (
-            Arch::Vit { preset: VitPreset::Tiny, patch_size: 8, depth: Some(2), heads: Some(2), dim: Some(8) },
+            Arch::Vit {
+                preset: VitPreset::Tiny,
+                patch_size: 8,
+                depth: Some(2),
+                heads: Some(2),
+                dim: Some(8),
+            },
             16,
         ),
         other => panic!("unknown case {other}"),
     };
-    ModelConfig { arch, in_channels: 3, image_size, num_classes: 5 }
+    ModelConfig {
+        arch,
+        in_channels: 3,
+        image_size,
+        num_classes: 5,
+    }
 }
 
 fn read(path: &Path) -> BTreeMap<String, Entry> {
-    safetensors::read(path).unwrap_or_else(|e| {
-        panic!("{e}; regenerate with `python tools/fixtures_engine.py`")
-    })
+    safetensors::read(path)
+        .unwrap_or_else(|e| panic!("{e}; regenerate with `python tools/fixtures_engine.py`"))
 }
 
 fn floats(io: &BTreeMap<String, Entry>, key: &str) -> (Vec<f32>, Vec<usize>) {
     match io.get(key) {
-        Some(Entry { shape, data: Data::F32(v) }) => (v.clone(), shape.clone()),
+        Some(Entry {
+            shape,
+            data: Data::F32(v),
+        }) => (v.clone(), shape.clone()),
         _ => panic!("fixture has no float tensor {key}"),
     }
 }
@@ -54,7 +112,12 @@ fn floats(io: &BTreeMap<String, Entry>, key: &str) -> (Vec<f32>, Vec<usize>) {
 fn input(io: &BTreeMap<String, Entry>, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
     let (x, shape) = floats(io, "x");
     let x = Tensor::<4>::from_data(TensorData::new(x, shape), device);
-    let Some(Entry { data: Data::I64(y), .. }) = io.get("labels") else { panic!("no labels") };
+    let Some(Entry {
+        data: Data::I64(y), ..
+    }) = io.get("labels")
+    else {
+        panic!("no labels")
+    };
     let y = Tensor::<1, Int>::from_data(TensorData::new(y.clone(), [y.len()]), device);
     (x, y)
 }
@@ -65,7 +128,10 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn assert_close_abs(what: &str, ours: &[f32], torch: &[f32], tol: f32) {
@@ -76,7 +142,8 @@ fn assert_close_abs(what: &str, ours: &[f32], torch: &[f32], tol: f32) {
 fn rel_error(what: &str, ours: &[f32], torch: &[f32], tol: f32) -> Option<String> {
     let d = max_abs_diff(ours, torch);
     let scale = torch.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
-    (d > tol * scale).then(|| format!("{what}: max abs error {d:e} > {tol:e} x max |torch| {scale:e}"))
+    (d > tol * scale)
+        .then(|| format!("{what}: max abs error {d:e} > {tol:e} x max |torch| {scale:e}"))
 }
 
 fn check_forward(case: &str) {
@@ -88,15 +155,35 @@ fn check_forward(case: &str) {
     let model = load(&cfg, &weights, &device).unwrap().valid();
     let (x, _) = input(&io, &device);
     let (f, z) = model.forward(x);
-    assert_close_abs(&format!("{case} eval features"), &values(f), &floats(&io, "features").0, 1e-4);
-    assert_close_abs(&format!("{case} eval logits"), &values(z), &floats(&io, "logits").0, 1e-4);
+    assert_close_abs(
+        &format!("{case} eval features"),
+        &values(f),
+        &floats(&io, "features").0,
+        1e-4,
+    );
+    assert_close_abs(
+        &format!("{case} eval logits"),
+        &values(z),
+        &floats(&io, "logits").0,
+        1e-4,
+    );
 
     let ad = Device::flex().autodiff();
     let model = load(&cfg, &weights, &ad).unwrap();
     let (x, _) = input(&io, &ad);
     let (f, z) = model.forward(x);
-    assert_close_abs(&format!("{case} train features"), &values(f), &floats(&io, "train_features").0, 1e-4);
-    assert_close_abs(&format!("{case} train logits"), &values(z), &floats(&io, "train_logits").0, 1e-4);
+    assert_close_abs(
+        &format!("{case} train features"),
+        &values(f),
+        &floats(&io, "train_features").0,
+        1e-4,
+    );
+    assert_close_abs(
+        &format!("{case} train logits"),
+        &values(z),
+        &floats(&io, "train_logits").0,
+        1e-4,
+    );
 }
 
 fn check_steps(case: &str, kind: &str) {
@@ -106,7 +193,10 @@ fn check_steps(case: &str, kind: &str) {
     let ad = Device::flex().autodiff();
     let mut model = load(&cfg, &dir.join(format!("{case}.weights.safetensors")), &ad).unwrap();
     // See FROZEN_BN in tools/fixtures_engine.py.
-    if matches!(case, "resnet50_imagenet" | "mobilenetv2_cifar" | "mobilenetv2_imagenet") {
+    if matches!(
+        case,
+        "resnet50_imagenet" | "mobilenetv2_cifar" | "mobilenetv2_imagenet"
+    ) {
         model = freeze_batch_norm(model);
     }
     let mut tc = match kind {
@@ -139,7 +229,12 @@ fn check_steps(case: &str, kind: &str) {
         let (_, z) = model.forward(x.clone());
         let loss = cross_entropy(z, y.clone());
         let l = values(loss.clone());
-        errors.extend(rel_error(&format!("{case} {kind} loss{step}"), &l, &floats(&io, &format!("{kind}.loss{step}")).0, 1e-5));
+        errors.extend(rel_error(
+            &format!("{case} {kind} loss{step}"),
+            &l,
+            &floats(&io, &format!("{kind}.loss{step}")).0,
+            1e-5,
+        ));
         model = trainer.step(model, loss).0;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -151,11 +246,21 @@ fn check_steps(case: &str, kind: &str) {
         let Data::F32(ours) = &e.data else { continue };
         let (torch, shape) = floats(&io, &format!("{kind}.{name}"));
         assert_eq!(shape, e.shape, "{case} {name}");
-        errors.extend(rel_error(&format!("{case} {kind} {name}"), ours, &torch, 1e-5));
+        errors.extend(rel_error(
+            &format!("{case} {kind} {name}"),
+            ours,
+            &torch,
+            1e-5,
+        ));
         n += 1;
     }
     assert!(n > 0);
-    assert!(errors.is_empty(), "{} of {n} tensors off:\n{}", errors.len(), errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{} of {n} tensors off:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
 }
 
 macro_rules! parity {

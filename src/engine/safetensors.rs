@@ -23,25 +23,48 @@ pub struct Entry {
 }
 
 fn ck(path: &Path, reason: impl Into<String>) -> EngineError {
-    EngineError::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
+    EngineError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// Read every tensor of a safetensors file.
 pub fn read(path: &Path) -> Result<BTreeMap<String, Entry>, EngineError> {
-    let bytes = std::fs::read(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse(path, &bytes)
 }
 
 fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Entry>, EngineError> {
     if bytes.len() < 8 {
-        return Err(ck(path, "not a safetensors file (shorter than its 8-byte header length)"));
+        return Err(ck(
+            path,
+            "not a safetensors file (shorter than its 8-byte header length)",
+        ));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let body_start = 8usize.checked_add(n).filter(|&e| e <= bytes.len()).ok_or_else(|| {
-        ck(path, format!("not a safetensors file (header length {n} exceeds the file size {})", bytes.len()))
-    })?;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..body_start])
-        .map_err(|e| ck(path, format!("not a safetensors file (bad JSON header: {e})")))?;
+    let body_start = 8usize
+        .checked_add(n)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| {
+            ck(
+                path,
+                format!(
+                    "not a safetensors file (header length {n} exceeds the file size {})",
+                    bytes.len()
+                ),
+            )
+        })?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..body_start]).map_err(|e| {
+            ck(
+                path,
+                format!("not a safetensors file (bad JSON header: {e})"),
+            )
+        })?;
     let body = &bytes[body_start..];
     let mut out = BTreeMap::new();
     for (name, info) in header {
@@ -49,7 +72,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Entry>, EngineErr
             continue;
         }
         let bad = |what: &str| ck(path, format!("tensor {name:?}: {what}"));
-        let dtype = info.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("missing dtype"))?;
+        let dtype = info
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| bad("missing dtype"))?;
         let shape: Vec<usize> = info
             .get("shape")
             .and_then(|s| s.as_array())
@@ -73,20 +99,49 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Entry>, EngineErr
             "F64" | "I64" => 8,
             "F32" | "I32" => 4,
             "F16" | "BF16" => 2,
-            other => return Err(bad(&format!("unsupported dtype {other} (expected F32, F64, F16, BF16, I64 or I32)"))),
+            other => {
+                return Err(bad(&format!(
+                    "unsupported dtype {other} (expected F32, F64, F16, BF16, I64 or I32)"
+                )));
+            }
         };
         if raw.len() != numel * width {
-            return Err(bad(&format!("{} bytes of data for shape {shape:?} of {dtype}", raw.len())));
+            return Err(bad(&format!(
+                "{} bytes of data for shape {shape:?} of {dtype}",
+                raw.len()
+            )));
         }
         let data = match dtype {
-            "F32" => Data::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            "F64" => Data::F32(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()),
-            "BF16" => Data::F32(
-                raw.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+            "F32" => Data::F32(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
             ),
-            "F16" => Data::F32(raw.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()),
-            "I64" => Data::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
-            _ => Data::I64(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect()),
+            "F64" => Data::F32(
+                raw.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                    .collect(),
+            ),
+            "BF16" => Data::F32(
+                raw.chunks_exact(2)
+                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                    .collect(),
+            ),
+            "F16" => Data::F32(
+                raw.chunks_exact(2)
+                    .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                    .collect(),
+            ),
+            "I64" => Data::I64(
+                raw.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            _ => Data::I64(
+                raw.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                    .collect(),
+            ),
         };
         out.insert(name, Entry { shape, data });
     }
@@ -117,21 +172,30 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// Write tensors (in the given order of names, sorted in the header as the format requires)
 /// atomically: to a temporary file beside `path`, then renamed.
-pub fn write(path: &Path, tensors: &BTreeMap<String, Entry>, metadata: &BTreeMap<String, String>) -> Result<(), EngineError> {
+pub fn write(
+    path: &Path,
+    tensors: &BTreeMap<String, Entry>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), EngineError> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap());
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).unwrap(),
+        );
     }
     let mut body: Vec<u8> = Vec::new();
     for (name, e) in tensors {
         let start = body.len();
         let dtype = match &e.data {
             Data::F32(v) => {
-                v.iter().for_each(|x| body.extend_from_slice(&x.to_le_bytes()));
+                v.iter()
+                    .for_each(|x| body.extend_from_slice(&x.to_le_bytes()));
                 "F32"
             }
             Data::I64(v) => {
-                v.iter().for_each(|x| body.extend_from_slice(&x.to_le_bytes()));
+                v.iter()
+                    .for_each(|x| body.extend_from_slice(&x.to_le_bytes()));
                 "I64"
             }
         };
@@ -149,7 +213,10 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, Entry>, metadata: &BTreeMap
     bytes.extend_from_slice(&h);
     bytes.extend_from_slice(&body);
     let tmp = path.with_extension("safetensors.tmp");
-    let io = |source| EngineError::Io { path: path.to_path_buf(), source };
+    let io = |source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     std::fs::write(&tmp, &bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
@@ -160,7 +227,13 @@ mod tests {
 
     #[test]
     fn f16_conversion_matches_known_values() {
-        for (h, f) in [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x3555, 0.333_251_95), (0x0001, 5.960_464_5e-8), (0x7bff, 65504.0)] {
+        for (h, f) in [
+            (0x3c00u16, 1.0f32),
+            (0xc000, -2.0),
+            (0x3555, 0.333_251_95),
+            (0x0001, 5.960_464_5e-8),
+            (0x7bff, 65504.0),
+        ] {
             assert_eq!(f16_to_f32(h), f, "{h:#x}");
         }
     }
@@ -170,13 +243,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.safetensors");
         let mut t = BTreeMap::new();
-        t.insert("a.weight".to_string(), Entry { shape: vec![2, 3], data: Data::F32(vec![1., 2., 3., 4., 5., 6.]) });
-        t.insert("n".to_string(), Entry { shape: vec![], data: Data::I64(vec![7]) });
+        t.insert(
+            "a.weight".to_string(),
+            Entry {
+                shape: vec![2, 3],
+                data: Data::F32(vec![1., 2., 3., 4., 5., 6.]),
+            },
+        );
+        t.insert(
+            "n".to_string(),
+            Entry {
+                shape: vec![],
+                data: Data::I64(vec![7]),
+            },
+        );
         write(&p, &t, &BTreeMap::new()).unwrap();
         assert_eq!(read(&p).unwrap(), t);
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
         let err = read(&p).unwrap_err().to_string();
-        assert!(err.contains("outside the file") || err.contains("bytes of data"), "{err}");
+        assert!(
+            err.contains("outside the file") || err.contains("bytes of data"),
+            "{err}"
+        );
     }
 }

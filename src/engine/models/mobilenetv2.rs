@@ -13,7 +13,9 @@ use burn::tensor::{Device, Tensor};
 
 use super::Stem;
 use crate::engine::error::EngineError;
-use crate::engine::layers::{BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv2d, global_avg_pool, linear};
+use crate::engine::layers::{
+    BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv2d, global_avg_pool, linear,
+};
 use burn::nn::conv::Conv2d;
 
 #[derive(Module, Debug)]
@@ -93,7 +95,14 @@ impl MobileNetV2 {
         let mut c_in = make_divisible(32.0 * width_mult, 8);
         let last = make_divisible(1280.0 * width_mult.max(1.0), 8);
         let first_stride = if cifar { 1 } else { 2 };
-        let mut features = vec![Feature::ConvBn(conv_bn(in_channels, c_in, 3, first_stride, 1, device))];
+        let mut features = vec![Feature::ConvBn(conv_bn(
+            in_channels,
+            c_in,
+            3,
+            first_stride,
+            1,
+            device,
+        ))];
         for [t, c, n, s] in settings {
             let c_out = make_divisible(c as f32 * width_mult, 8);
             for i in 0..n {
@@ -103,7 +112,9 @@ impl MobileNetV2 {
                 if t != 1 {
                     conv.push(Layer::ConvBn(conv_bn(c_in, hidden, 1, 1, 1, device)));
                 }
-                conv.push(Layer::ConvBn(conv_bn(hidden, hidden, 3, stride, hidden, device)));
+                conv.push(Layer::ConvBn(conv_bn(
+                    hidden, hidden, 3, stride, hidden, device,
+                )));
                 conv.push(Layer::Conv(conv2d(hidden, c_out, 1, 1, 1, false, device)));
                 conv.push(Layer::Bn(batch_norm_layer(c_out, device)));
                 features.push(Feature::Block(InvertedResidual {
@@ -134,7 +145,9 @@ impl MobileNetV2 {
     }
 
     pub fn logits_from_features(&self, f: Tensor<2>) -> Tensor<2> {
-        self.classifier.linear.forward(self.classifier.dropout.forward(f))
+        self.classifier
+            .linear
+            .forward(self.classifier.dropout.forward(f))
     }
 
     pub fn feature_dim(&self) -> usize {

@@ -41,14 +41,32 @@ pub enum VitPreset {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Arch {
-    Mlp { hidden: Vec<usize> },
-    Cnn { channels: Vec<usize> },
+    Mlp {
+        hidden: Vec<usize>,
+    },
+    Cnn {
+        channels: Vec<usize>,
+    },
     /// Depth 8, 10, 18, 34 or 50; see [`resnet`] for the base widths `width_mult` scales.
-    ResNet { depth: usize, width_mult: f32, stem: Stem },
+    ResNet {
+        depth: usize,
+        width_mult: f32,
+        stem: Stem,
+    },
     /// `dropout` before the head (torchvision's default is 0.2).
-    MobileNetV2 { width_mult: f32, stem: Stem, dropout: f64 },
+    MobileNetV2 {
+        width_mult: f32,
+        stem: Stem,
+        dropout: f64,
+    },
     /// `depth`, `heads`, `dim` override the preset; the MLP dim is 4x `dim`.
-    Vit { preset: VitPreset, patch_size: usize, depth: Option<usize>, heads: Option<usize>, dim: Option<usize> },
+    Vit {
+        preset: VitPreset,
+        patch_size: usize,
+        depth: Option<usize>,
+        heads: Option<usize>,
+        dim: Option<usize>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -89,7 +107,9 @@ impl ModelConfig {
         Ok(match &self.arch {
             Arch::Mlp { hidden } => {
                 if hidden.contains(&0) {
-                    return Err(invalid(format!("mlp hidden: widths must be > 0, got {hidden:?}")));
+                    return Err(invalid(format!(
+                        "mlp hidden: widths must be > 0, got {hidden:?}"
+                    )));
                 }
                 let in_dim = self.in_channels * self.image_size * self.image_size;
                 Model::Mlp(Mlp::new(in_dim, hidden, self.num_classes, device))
@@ -100,9 +120,18 @@ impl ModelConfig {
                         "cnn channels: expected a non-empty list of widths > 0, got {channels:?}"
                     )));
                 }
-                Model::Cnn(Cnn::new(self.in_channels, channels, self.num_classes, device))
+                Model::Cnn(Cnn::new(
+                    self.in_channels,
+                    channels,
+                    self.num_classes,
+                    device,
+                ))
             }
-            Arch::ResNet { depth, width_mult, stem } => Model::ResNet(ResNet::new(
+            Arch::ResNet {
+                depth,
+                width_mult,
+                stem,
+            } => Model::ResNet(ResNet::new(
                 *depth,
                 *width_mult,
                 *stem,
@@ -110,7 +139,11 @@ impl ModelConfig {
                 self.num_classes,
                 device,
             )?),
-            Arch::MobileNetV2 { width_mult, stem, dropout } => Model::MobileNetV2(MobileNetV2::new(
+            Arch::MobileNetV2 {
+                width_mult,
+                stem,
+                dropout,
+            } => Model::MobileNetV2(MobileNetV2::new(
                 *width_mult,
                 *stem,
                 *dropout,
@@ -118,7 +151,13 @@ impl ModelConfig {
                 self.num_classes,
                 device,
             )?),
-            Arch::Vit { preset, patch_size, depth, heads, dim } => {
+            Arch::Vit {
+                preset,
+                patch_size,
+                depth,
+                heads,
+                dim,
+            } => {
                 let (d0, l0, h0) = match preset {
                     VitPreset::Tiny => (192, 12, 3),
                     VitPreset::Small => (384, 12, 6),
@@ -142,7 +181,14 @@ impl ModelConfig {
                         dims.dim, dims.heads
                     )));
                 }
-                Model::Vit(Vit::new(&dims, *patch_size, self.image_size, self.in_channels, self.num_classes, device))
+                Model::Vit(Vit::new(
+                    &dims,
+                    *patch_size,
+                    self.image_size,
+                    self.in_channels,
+                    self.num_classes,
+                    device,
+                ))
             }
         })
     }

@@ -54,11 +54,31 @@ struct Plan {
 fn plan(depth: usize) -> Result<Plan, EngineError> {
     let wide = [64, 128, 256, 512];
     Ok(match depth {
-        8 => Plan { blocks: &[1, 1, 1], widths: [16, 32, 64, 0], bottleneck: false },
-        10 => Plan { blocks: &[1, 1, 1, 1], widths: wide, bottleneck: false },
-        18 => Plan { blocks: &[2, 2, 2, 2], widths: wide, bottleneck: false },
-        34 => Plan { blocks: &[3, 4, 6, 3], widths: wide, bottleneck: false },
-        50 => Plan { blocks: &[3, 4, 6, 3], widths: wide, bottleneck: true },
+        8 => Plan {
+            blocks: &[1, 1, 1],
+            widths: [16, 32, 64, 0],
+            bottleneck: false,
+        },
+        10 => Plan {
+            blocks: &[1, 1, 1, 1],
+            widths: wide,
+            bottleneck: false,
+        },
+        18 => Plan {
+            blocks: &[2, 2, 2, 2],
+            widths: wide,
+            bottleneck: false,
+        },
+        34 => Plan {
+            blocks: &[3, 4, 6, 3],
+            widths: wide,
+            bottleneck: false,
+        },
+        50 => Plan {
+            blocks: &[3, 4, 6, 3],
+            widths: wide,
+            bottleneck: true,
+        },
         other => {
             return Err(EngineError::InvalidConfig(format!(
                 "resnet depth: expected one of 8, 10, 18, 34, 50, got {other}"
@@ -143,7 +163,9 @@ impl ResNet {
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = relu(self.bn1.forward(self.conv1.forward(x)));
         if self.imagenet_stem {
-            let opts = MaxPoolOptions::new([3, 3]).with_stride([2, 2]).with_padding([1, 1]);
+            let opts = MaxPoolOptions::new([3, 3])
+                .with_stride([2, 2])
+                .with_padding([1, 1]);
             x = max_pool2d(x, opts);
         }
         for stage in &self.layers {

@@ -27,7 +27,11 @@ impl Mlp {
             layers.push(linear(d, h, true, device));
             d = h;
         }
-        Mlp { layers, head: linear(d, num_classes, true, device), in_dim }
+        Mlp {
+            layers,
+            head: linear(d, num_classes, true, device),
+            in_dim,
+        }
     }
 
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
@@ -48,7 +52,12 @@ pub struct Cnn {
 }
 
 impl Cnn {
-    pub fn new(in_channels: usize, channels: &[usize], num_classes: usize, device: &Device) -> Self {
+    pub fn new(
+        in_channels: usize,
+        channels: &[usize],
+        num_classes: usize,
+        device: &Device,
+    ) -> Self {
         let mut c = in_channels;
         let mut convs = Vec::new();
         let mut bns = Vec::new();
@@ -57,7 +66,11 @@ impl Cnn {
             bns.push(batch_norm_layer(out, device));
             c = out;
         }
-        Cnn { convs, bns, head: linear(c, num_classes, true, device) }
+        Cnn {
+            convs,
+            bns,
+            head: linear(c, num_classes, true, device),
+        }
     }
 
     pub fn forward_features(&self, mut x: Tensor<4>) -> Tensor<2> {

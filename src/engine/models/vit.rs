@@ -78,7 +78,10 @@ impl Vit {
         let fan_in = (in_channels * patch_size * patch_size) as f64;
         let conv_proj = Conv2dConfig::new([in_channels, d], [patch_size, patch_size])
             .with_stride([patch_size, patch_size])
-            .with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std: (1.0 / fan_in).sqrt() })
+            .with_initializer(burn::nn::Initializer::Normal {
+                mean: 0.0,
+                std: (1.0 / fan_in).sqrt(),
+            })
             .init(device);
         let std02 = Distribution::Normal(0.0, 0.02);
         let layers = (0..dims.depth)
@@ -112,7 +115,9 @@ impl Vit {
                 layers,
                 ln: layer_norm(d, 1e-6, device),
             },
-            heads: Heads { head: linear(d, num_classes, true, device) },
+            heads: Heads {
+                head: linear(d, num_classes, true, device),
+            },
             patch_size,
         }
     }
@@ -138,7 +143,10 @@ impl Vit {
 impl EncoderBlock {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.self_attention.forward(self.ln_1.forward(x));
-        let y = self.mlp.fc2.forward(gelu(self.mlp.fc1.forward(self.ln_2.forward(x.clone()))));
+        let y = self
+            .mlp
+            .fc2
+            .forward(gelu(self.mlp.fc1.forward(self.ln_2.forward(x.clone()))));
         x + y
     }
 }
