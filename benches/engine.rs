@@ -1,11 +1,12 @@
 //! Engine benchmark: training-step and inference throughput (images/s, batch 64, 3x32x32,
 //! 10 classes) for resnet18-cifar, mobilenetv2-cifar and resnet8, distillery (burn flex CPU)
 //! vs PyTorch CPU in the same run, both on the same number of threads. Prints medians and
-//! the ratio distillery / PyTorch (> 1 means distillery is faster).
+//! the ratio distillery / PyTorch (> 1 means distillery is faster), and the ratio of the best
+//! (fastest) iterations, which is less sensitive to other load on the machine.
 //!
 //! `cargo bench --bench engine`. Environment: `BENCH_PYTHON` (default `python3`; needs torch
 //! and torchvision), `BENCH_THREADS` (default: all cores, which is what rayon uses),
-//! `BENCH_ITERS` (default 5), `BENCH_WARMUP` (default 1), `BENCH_ONLY` (one model name),
+//! `BENCH_ITERS` (default 5), `BENCH_WARMUP` (default 1), `BENCH_ROUNDS` (default 2), `BENCH_ONLY` (one model name),
 //! `BENCH_NO_TORCH` (skip PyTorch, for profiling), `BENCH_NO_TUNE` (keep glibc's default
 //! malloc thresholds, see `engine::tune_allocator`). Without a working PyTorch the
 //! distillery columns are still printed, with the reason.
@@ -77,11 +78,16 @@ fn bench_ours(arch: Arch, warmup: usize, iters: usize) -> (Vec<f64>, Vec<f64>) {
     (train, infer)
 }
 
-fn bench_torch(threads: usize, warmup: usize, iters: usize) -> Result<serde_json::Value, String> {
+fn bench_torch(
+    threads: usize,
+    warmup: usize,
+    iters: usize,
+    model: &str,
+) -> Result<serde_json::Value, String> {
     let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/engine_torch.py");
     let out = Command::new(&python)
-        .args([script, &threads.to_string(), &warmup.to_string(), &iters.to_string()])
+        .args([script, &threads.to_string(), &warmup.to_string(), &iters.to_string(), model])
         .output()
         .map_err(|e| format!("cannot run {python}: {e} (set BENCH_PYTHON to a python with torch)"))?;
     if !out.status.success() {
@@ -104,45 +110,67 @@ fn main() {
     let warmup = env_usize("BENCH_WARMUP", 1);
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     println!(
-        "engine bench: batch 64, 3x32x32, {threads} threads, {warmup} warm-up + {iters} timed iterations, medians"
+        "engine bench: batch 64, 3x32x32, {threads} threads, {warmup} warm-up + {iters} timed iterations x {rounds} rounds, medians",
+        rounds = env_usize("BENCH_ROUNDS", 2)
     );
-    let mut ours = Vec::new();
     let only = std::env::var("BENCH_ONLY").ok();
+    let skip_torch = std::env::var_os("BENCH_NO_TORCH").is_some();
+    // Rounds alternate distillery and PyTorch model by model, so that load from other
+    // processes on a shared machine hits both sides alike; medians are over all rounds.
+    let rounds = env_usize("BENCH_ROUNDS", 2);
+    let mut rows = Vec::new();
+    let mut torch_error = None;
     for (name, arch) in models() {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
-        let (t, i) = bench_ours(arch, warmup, iters);
+        let (mut t, mut i, mut pt, mut pi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let (a, b) = bench_ours(arch.clone(), warmup, iters);
+            t.extend(a);
+            i.extend(b);
+            if skip_torch || torch_error.is_some() {
+                continue;
+            }
+            match bench_torch(threads, warmup, iters, name) {
+                Ok(j) => {
+                    pt.extend(
+                        serde_json::from_value::<Vec<f64>>(j[name]["train"].clone()).unwrap_or_default(),
+                    );
+                    pi.extend(
+                        serde_json::from_value::<Vec<f64>>(j[name]["infer"].clone()).unwrap_or_default(),
+                    );
+                }
+                Err(e) => torch_error = Some(e),
+            }
+        }
         eprintln!(
             "distillery {name}: train {:.3} s/batch, infer {:.3} s/batch",
             median(t.clone()),
             median(i.clone())
         );
-        ours.push((name, median(t), median(i)));
+        rows.push((name, [("train", t, pt), ("infer", i, pi)]));
     }
-    let torch = if std::env::var_os("BENCH_NO_TORCH").is_some() {
-        Err("skipped (BENCH_NO_TORCH)".to_string())
-    } else {
-        bench_torch(threads, warmup, iters)
-    };
-    if let Err(e) = &torch {
+    if skip_torch {
+        println!("pytorch: not measured: skipped (BENCH_NO_TORCH)");
+    } else if let Some(e) = &torch_error {
         println!("pytorch: not measured: {e}");
     }
     println!(
-        "{:<20} {:>8} {:>16} {:>16} {:>7}",
-        "model", "mode", "distillery img/s", "pytorch img/s", "ratio"
+        "{:<20} {:>6} {:>17} {:>14} {:>6} {:>11}",
+        "model", "mode", "distillery img/s", "pytorch img/s", "ratio", "best ratio"
     );
-    for (name, t, i) in ours {
-        for (mode, s) in [("train", t), ("infer", i)] {
-            let ips = 64.0 / s;
-            let theirs = torch.as_ref().ok().and_then(|j| {
-                let v: Vec<f64> = serde_json::from_value(j[name][mode].clone()).ok()?;
-                Some(64.0 / median(v))
-            });
-            match theirs {
-                Some(p) => println!("{name:<20} {mode:>8} {ips:>16.1} {p:>16.1} {:>7.2}", ips / p),
-                None => println!("{name:<20} {mode:>8} {ips:>16.1} {:>16} {:>7}", "-", "-"),
+    for (name, modes) in rows {
+        for (mode, ours, theirs) in modes {
+            let ips = 64.0 / median(ours.clone());
+            if theirs.is_empty() {
+                println!("{name:<20} {mode:>6} {ips:>17.1} {:>14} {:>6} {:>11}", "-", "-", "-");
+                continue;
             }
+            let p = 64.0 / median(theirs.clone());
+            let best = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
+            let best_ratio = best(&theirs) / best(&ours);
+            println!("{name:<20} {mode:>6} {ips:>17.1} {p:>14.1} {:>6.2} {best_ratio:>11.2}", ips / p);
         }
     }
 }

@@ -5,7 +5,7 @@ Same models, batch and step as benches/engine.rs: batch 64 of 3x32x32, 10 classe
 step is forward + cross-entropy + backward + SGD (momentum 0.9, wd 5e-4); inference is a
 forward pass in eval mode under no_grad. Prints one JSON object: model -> {train: [s...],
 infer: [s...]} (seconds per batch, warm-up excluded).
-Usage: engine_torch.py THREADS WARMUP ITERS
+Usage: engine_torch.py THREADS WARMUP ITERS [MODEL...]
 """
 import json
 import sys
@@ -45,6 +45,7 @@ def mobilenetv2_cifar():
 
 def main():
     threads, warmup, iters = (int(a) for a in sys.argv[1:4])
+    only = set(sys.argv[4:])
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     models = {"resnet18-cifar": lambda: resnet_cifar(18), "mobilenetv2-cifar": mobilenetv2_cifar, "resnet8": lambda: resnet_cifar(8)}
@@ -52,6 +53,8 @@ def main():
     x = torch.randn(64, 3, 32, 32)
     y = torch.randint(0, 10, (64,))
     for name, make in models.items():
+        if only and name not in only:
+            continue
         m = make()
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         m.train()

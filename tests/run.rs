@@ -58,13 +58,18 @@ fn stored(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for shard in std::fs::read_dir(dir.join(".distillery/objects")).unwrap() {
         for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let m: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(e.unwrap().path().join("manifest.json")).unwrap()).unwrap();
+            let m: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(e.unwrap().path().join("manifest.json")).unwrap(),
+            )
+            .unwrap();
             for f in m["files"].as_array().unwrap() {
                 let path = f["path"].as_str().unwrap();
                 // Timings differ run to run; weights and data-derived files must not.
                 if path == "model.safetensors" || path == "model.json" {
-                    out.push((format!("{}/{path}", m["node"].as_str().unwrap()), f["sha256"].as_str().unwrap().to_string()));
+                    out.push((
+                        format!("{}/{path}", m["node"].as_str().unwrap()),
+                        f["sha256"].as_str().unwrap().to_string(),
+                    ));
                 }
             }
         }
@@ -87,7 +92,14 @@ fn wait_for(child: &mut Child, log: &Path, needle: &str, limit: Duration) {
 
 fn spawn_logged(spec: &Path, log: &Path) -> Child {
     let f = std::fs::File::create(log).unwrap();
-    bin().arg("run").arg(spec).env_remove("MLFLOW_TRACKING_URI").stdout(Stdio::null()).stderr(f).spawn().unwrap()
+    bin()
+        .arg("run")
+        .arg(spec)
+        .env_remove("MLFLOW_TRACKING_URI")
+        .stdout(Stdio::null())
+        .stderr(f)
+        .spawn()
+        .unwrap()
 }
 
 #[test]
@@ -147,7 +159,11 @@ fn ctrl_c_stops_cleanly_and_the_next_run_resumes() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{}", std::fs::read_to_string(&log).unwrap());
     assert!(std::fs::read_to_string(&log).unwrap().contains("stopped slow"));
-    assert_eq!(std::fs::read_dir(dir.path().join(".distillery/tmp")).unwrap().count(), 0, "nothing half-written");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join(".distillery/tmp")).unwrap().count(),
+        0,
+        "nothing half-written"
+    );
     let plan = bin().args(["plan", spec.to_str().unwrap()]).output().unwrap();
     let p = text(&plan.stdout);
     assert!(p.lines().any(|l| l.contains("run") && l.contains("slow")), "{p}");
@@ -186,8 +202,22 @@ fn a_corrupt_entry_is_detected_and_recomputed() {
 fn two_runs_on_one_store_compute_each_node_once() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), 1);
-    let a = bin().arg("run").arg(&spec).env_remove("MLFLOW_TRACKING_URI").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let b = bin().arg("run").arg(&spec).env_remove("MLFLOW_TRACKING_URI").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let a = bin()
+        .arg("run")
+        .arg(&spec)
+        .env_remove("MLFLOW_TRACKING_URI")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = bin()
+        .arg("run")
+        .arg(&spec)
+        .env_remove("MLFLOW_TRACKING_URI")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert_eq!(a.status.code(), Some(0), "{}", text(&a.stderr));
     assert_eq!(b.status.code(), Some(0), "{}", text(&b.stderr));
@@ -212,7 +242,8 @@ fn a_failing_node_blocks_only_its_dependants() {
     let p = dir.path().join("f.yaml");
     std::fs::write(
         &p,
-        SPEC.replace("EPOCHS", "1").replace("losses: kd, epochs: 4, batch_size: 32", "losses: kd, epochs: 4, batch_size: 1000"),
+        SPEC.replace("EPOCHS", "1")
+            .replace("losses: kd, epochs: 4, batch_size: 32", "losses: kd, epochs: 4, batch_size: 1000"),
     )
     .unwrap();
     let out = run(&p, &[]);

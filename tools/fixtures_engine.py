@@ -14,7 +14,10 @@ For each architecture at a tiny size it writes
                               under `<opt>.<name>` (parameters and batch-norm statistics).
 SGD: lr 0.01, momentum 0.9, Nesterov, weight decay 5e-4, head lr x10 (a second param group).
 AdamW: lr 1e-3, betas (0.9, 0.999), eps 1e-3, weight decay 0.01, clip_grad_norm_ max 0.5.
-Also schedules.json: per-epoch learning rates of torch's schedulers.
+Also schedules.json (per-epoch learning rates of torch's schedulers) and
+torchvision_names.json (state-dict names and shapes of full-size resnet18/50, mobilenet_v2,
+vit_b_16). With FIXTURE_GRADS=1 the io files also get the first SGD step's gradients under
+`grad0.<name>` (for debugging a parity failure; not committed).
 """
 import json
 import math

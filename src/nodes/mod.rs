@@ -165,8 +165,12 @@ pub(crate) fn eval_model(
         let (x, y) = batch_tensors(&b, device);
         // Per-class hits from top-1 predictions.
         let (_, z) = model_eval.forward(x.clone());
-        let pred: Vec<i64> =
-            z.argmax(1).into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| failed(format!("{e:?}")))?;
+        let pred: Vec<i64> = z
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .map_err(|e| failed(format!("{e:?}")))?;
         for (p, &l) in pred.iter().zip(&b.labels) {
             if let Some(c) = per_class.get_mut(l as usize) {
                 c.1 += 1;

@@ -8,6 +8,7 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::Stem;
@@ -157,6 +158,9 @@ impl InvertedResidual {
     }
 }
 
+/// `min(max(x, 0), 6)` written as `relu(x) - relu(x - 6)`: the same function (exact up to one
+/// rounding above 12), but its backward is two ReLU masks instead of burn's clamp backward,
+/// whose scalar `mask_fill`s took a fifth of a MobileNetV2 training step.
 fn relu6(x: Tensor<4>) -> Tensor<4> {
-    x.clamp(0.0, 6.0)
+    relu(x.clone()) - relu(x.sub_scalar(6.0))
 }
