@@ -24,6 +24,9 @@ use crate::exec::{Input, Job, NodeError, NodeOutput, NodeRunner};
 use crate::resolve;
 use crate::spec::{self, NodeKind};
 
+/// Held while a node seeds burn's (process-wide) generator and draws its initial weights.
+pub(crate) static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs every node kind this build supports.
 pub struct Runner {
     fingerprints: Arc<FingerprintCache>,

@@ -233,7 +233,14 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         data_name,
         data,
         freeze_bn,
-    } = setup(runner, job, &ad, &plain)?;
+    } = {
+        // burn's CPU backend seeds one process-wide generator: build every randomly initialised
+        // tensor of this node (model, loss heads) under a lock, right after seeding it with the
+        // node's seed, so results are the same whatever runs beside it.
+        let _init = super::INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        plain.seed(job.node.seed);
+        setup(runner, job, &ad, &plain)?
+    };
     if data.len() < batch_size {
         return Err(failed(format!(
             "dataset `{data_name}` has {} images, fewer than one batch of {batch_size}",
