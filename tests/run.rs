@@ -253,3 +253,34 @@ fn a_failing_node_blocks_only_its_dependants() {
     assert!(e.contains("blocked table"), "{e}");
     assert!(e.contains("done    scratch"), "{e}");
 }
+
+#[test]
+fn a_non_finite_loss_stops_the_node_naming_term_and_step_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nan.yaml");
+    // An absurd learning rate: the weights blow up after the first update.
+    std::fs::write(
+        &p,
+        SPEC.replace("EPOCHS", "1").replace(
+            "losses: kd, epochs: 4, batch_size: 32 }",
+            "losses: kd, epochs: 4, batch_size: 32, optimizer: { type: sgd, lr: 1.0e30 } }",
+        ),
+    )
+    .unwrap();
+    let out = run(&p, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    let line = e.lines().find(|l| l.contains("FAILED  kd")).unwrap_or_else(|| panic!("{e}"));
+    assert!(
+        line.contains("loss term")
+            && line.contains(" at step ")
+            && (line.contains("NaN") || line.contains("inf")),
+        "{line}"
+    );
+    assert!(e.contains("blocked table"), "{e}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join(".distillery/tmp")).unwrap().count(),
+        0,
+        "no half-written entry"
+    );
+}

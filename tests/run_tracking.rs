@@ -1,0 +1,62 @@
+//! `distillery run --tracking URI` against a real MLflow server: one parent run per invocation,
+//! a nested run per node with params and per-epoch metrics, and cached nodes pointing to their
+//! original run.
+
+mod track_support;
+
+use std::process::Command;
+
+use distillery::track::CACHED_FROM_MLFLOW_TAG;
+use track_support::{MlflowServer, mlflow_executable};
+
+const SPEC: &str = r#"
+experiment: e2e-tracking
+datasets:
+  task: { source: builtin/digits, classes: [5, 6, 7], per_class: 20 }
+  test: { source: builtin/digits, classes: [5, 6, 7], split: test }
+models:
+  small: { arch: cnn, channels: [8] }
+nodes:
+  scratch: { train: { model: small, data: task, epochs: 3, batch_size: 20 } }
+  table:   { report: { rows: [scratch], eval: test } }
+"#;
+
+#[test]
+fn every_node_is_a_nested_mlflow_run_and_cached_nodes_point_to_the_original() {
+    let Some(mlflow) = mlflow_executable() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = MlflowServer::start(&mlflow, &dir.path().join("mlflow"), false);
+    let spec = dir.path().join("t.yaml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_distillery"))
+            .args(["run", spec.to_str().unwrap(), "--tracking", &server.uri])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run();
+    run(); // everything cached
+
+    let client = server.client();
+    let exp = client.get_experiment_by_name("e2e-tracking").unwrap().expect("experiment from the spec");
+    let runs = client.search_runs(&[&exp.experiment_id], "").unwrap();
+    let parents: Vec<_> = runs.iter().filter(|r| r.tag("mlflow.parentRunId").is_none()).collect();
+    assert_eq!(parents.len(), 2, "one parent run per invocation");
+    let children: Vec<_> = runs.iter().filter(|r| r.tag("mlflow.parentRunId").is_some()).collect();
+    assert_eq!(children.len(), 4, "a nested run per node per invocation");
+    let trained: Vec<_> = children
+        .iter()
+        .filter(|r| r.param("config.epochs") == Some("3") && r.tag(CACHED_FROM_MLFLOW_TAG).is_none())
+        .collect();
+    assert_eq!(trained.len(), 1, "the train node ran once");
+    let original = trained[0];
+    assert_eq!(original.info.status, "FINISHED");
+    let loss = client.get_metric_history(&original.info.run_id, "loss").unwrap();
+    assert_eq!(loss.len(), 3, "one loss point per epoch");
+    let cached: Vec<_> = children.iter().filter(|r| r.tag(CACHED_FROM_MLFLOW_TAG).is_some()).collect();
+    assert!(
+        cached.iter().any(|r| r.tag(CACHED_FROM_MLFLOW_TAG) == Some(original.info.run_id.as_str())),
+        "the cached train node points to its original run"
+    );
+}
