@@ -341,7 +341,7 @@ fn run_experiment(
     let fingerprints = std::sync::Arc::new(
         FingerprintCache::open(&store_dir.join("fingerprints.json")).map_err(|e| internal(&e))?,
     );
-    let runner = crate::nodes::Runner::new(fingerprints);
+    let runner = crate::nodes::Runner::new(fingerprints, store.clone());
     let n = g.node_order().count();
     eprintln!("running `{}`: {n} nodes, store {}", exp.name, store_dir.display());
     let t0 = std::time::Instant::now();

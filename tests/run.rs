@@ -228,11 +228,58 @@ fn two_runs_on_one_store_compute_each_node_once() {
     assert_eq!(counts(&a).0 + counts(&b).0, 6);
     let third = run(&spec, &[]);
     assert_eq!(counts(&third), (0, 6));
-    let objects: usize = std::fs::read_dir(dir.path().join(".distillery/objects"))
-        .unwrap()
-        .map(|s| std::fs::read_dir(s.unwrap().path()).unwrap().count())
-        .sum();
-    assert_eq!(objects, 6, "one entry a node");
+    let kinds = entry_kinds(dir.path());
+    assert_eq!(kinds.iter().filter(|k| *k != "teacher_outputs").count(), 6, "one entry a node: {kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "teacher_outputs").count(),
+        1,
+        "the teacher's outputs, once: {kinds:?}"
+    );
+}
+
+/// The `kind` of every store entry.
+fn entry_kinds(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(dir.join(".distillery/objects")).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let m: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(e.unwrap().path().join("manifest.json")).unwrap(),
+            )
+            .unwrap();
+            out.push(m["kind"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn teacher_outputs_are_computed_once_and_shared_unless_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tc.yaml");
+    // Two students over three seeds.
+    let spec_text = SPEC.replace("EPOCHS", "1").replace("  table:", "  au: { distill: { teacher: teacher, student: small, data: task, losses: align_uniform, epochs: 2, batch_size: 32 } }\n  table:")
+        + "matrix: { seed: [0, 1, 2] }\n";
+    std::fs::write(&p, &spec_text).unwrap();
+    let out = run(&p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The teacher is expanded over the seeds too: one set of outputs per teacher instance,
+    // shared by that seed's kd and au students.
+    let kinds = entry_kinds(dir.path());
+    assert_eq!(kinds.iter().filter(|k| *k == "distill").count(), 6, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "teacher_outputs").count(), 3, "{kinds:?}");
+    // Off: no cache entry, same nodes run.
+    let off = tempfile::tempdir().unwrap();
+    let p = off.path().join("tc.yaml");
+    std::fs::write(
+        &p,
+        spec_text
+            .replace("losses: kd,", "losses: kd, teacher_cache: off,")
+            .replace("losses: align_uniform,", "losses: align_uniform, teacher_cache: off,"),
+    )
+    .unwrap();
+    let out = run(&p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(entry_kinds(off.path()).iter().filter(|k| *k == "teacher_outputs").count(), 0);
 }
 
 #[test]

@@ -30,11 +30,13 @@ pub(crate) static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Runs every node kind this build supports.
 pub struct Runner {
     fingerprints: Arc<FingerprintCache>,
+    /// For results shared between nodes (the teacher-output cache).
+    store: crate::store::Store,
 }
 
 impl Runner {
-    pub fn new(fingerprints: Arc<FingerprintCache>) -> Runner {
-        Runner { fingerprints }
+    pub fn new(fingerprints: Arc<FingerprintCache>, store: crate::store::Store) -> Runner {
+        Runner { fingerprints, store }
     }
 }
 

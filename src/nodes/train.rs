@@ -28,6 +28,9 @@ struct Distilled {
 /// The frozen teacher of a distill node and how to feed it.
 struct Teacher {
     model: Model,
+    /// The teacher's outputs for every image of the distillation set (row i = dataset index i),
+    /// when its inputs are not randomly augmented: no teacher forward pass during training.
+    cached: Option<TeacherOutputs>,
     /// Affine map from the student's normalised inputs to the teacher's: x_t = x_s * a + b.
     renorm: Option<(Vec<f32>, Vec<f32>)>,
 }
@@ -166,6 +169,12 @@ fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<
             let classifier = Some(teacher_classifier(&teacher, ad));
             let heads = DistillLosses::new(&weighted, dims, classifier, ad)
                 .map_err(|e| failed(format!("{}.losses: {e}", job.node.spec_path())))?;
+            let cached = if teacher_cache_applies(s, &exp.datasets[&data_name]) {
+                let teacher_dir = node_input(job, "teacher")?;
+                Some(teacher_outputs(runner, job, teacher_dir, &teacher, &tinfo, &data_name, &ds, plain)?)
+            } else {
+                None
+            };
             let renorm = (tinfo.mean != info.mean || tinfo.std != info.std).then(|| {
                 let a: Vec<f32> = info.std.iter().zip(&tinfo.std).map(|(ss, ts)| ss / ts).collect();
                 let b: Vec<f32> =
@@ -175,7 +184,7 @@ fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<
             Ok(Setup {
                 trained: Trained::Distill(
                     Distilled { student, heads },
-                    Teacher { model: teacher.valid(), renorm },
+                    Teacher { model: teacher.valid(), renorm, cached },
                 ),
                 info,
                 trainer: resolve::trainer_config(
@@ -282,6 +291,27 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
                     let (_, z) = m.forward(x);
                     let l = crate::losses::cross_entropy(z.clone(), y, label_smoothing);
                     (l, z, Vec::new())
+                }
+                Trained::Distill(d, t) if t.cached.is_some() => {
+                    let c = t.cached.as_ref().expect("checked");
+                    let (ft, zt) = c.rows(&b.indices, &ad);
+                    let (fs, zs) = d.student.forward(x);
+                    let terms = d
+                        .heads
+                        .forward(DistillInputs {
+                            student_features: fs,
+                            student_logits: zs.clone(),
+                            teacher_features: ft,
+                            teacher_logits: zt,
+                            labels: y,
+                            indices: Some(b.indices.clone()),
+                            contrast_indices: None,
+                        })
+                        .map_err(failed)?;
+                    let values = terms.check_finite(step).map_err(|e| {
+                        failed(format!("{}: {e}; nothing of this node was saved", job.node.spec_path()))
+                    })?;
+                    (terms.total, zs, values)
                 }
                 Trained::Distill(d, t) => {
                     let xt = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), &plain);
@@ -416,4 +446,114 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
     }
     write_json(&job.out_dir.join("metrics.json"), &metrics)?;
     Ok(NodeOutput { metrics })
+}
+
+/// Teacher features and logits for a whole dataset, row-major f32.
+struct TeacherOutputs {
+    features: Vec<f32>,
+    logits: Vec<f32>,
+    feature_dim: usize,
+    num_classes: usize,
+}
+
+impl TeacherOutputs {
+    fn rows(&self, indices: &[usize], device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let gather = |src: &[f32], width: usize| {
+            let mut out = Vec::with_capacity(indices.len() * width);
+            for &i in indices {
+                out.extend_from_slice(&src[i * width..(i + 1) * width]);
+            }
+            Tensor::<2>::from_data(TensorData::new(out, [indices.len(), width]), device)
+        };
+        (gather(&self.features, self.feature_dim), gather(&self.logits, self.num_classes))
+    }
+}
+
+/// The teacher's outputs may be cached when nothing random happens to the inputs: no random
+/// per-image transform on the dataset and no batch augmentation.
+fn teacher_cache_applies(s: &spec::DistillSpec, d: &spec::DatasetSpec) -> bool {
+    let random = d.transforms.iter().any(|t| {
+        matches!(
+            t,
+            spec::TransformSpec::PadCrop { .. }
+                | spec::TransformSpec::RandomResizedCrop { .. }
+                | spec::TransformSpec::Flip {}
+        )
+    });
+    s.teacher_cache == spec::TeacherCache::Auto && s.augment == spec::AugmentSpec::None && !random
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f32_from(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Computed once per (teacher, dataset selection) and kept in the store, so every student, loss
+/// and seed distilled from this teacher on this data reuses them.
+fn teacher_outputs(
+    runner: &Runner,
+    job: &Job<'_>,
+    teacher_dir: &std::path::Path,
+    teacher: &Model,
+    tinfo: &ModelInfo,
+    data_name: &str,
+    ds: &Arc<Dataset>,
+    device: &Device,
+) -> Result<TeacherOutputs, NodeError> {
+    let teacher_key = std::fs::read_to_string(teacher_dir.join("manifest.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|m| m["key"].as_str().map(str::to_string))
+        .ok_or_else(|| failed("teacher entry without a manifest"))?;
+    let dspec = &job.exp.datasets[data_name];
+    let key = crate::graph::CacheKey::of(&json!({
+        "format": crate::graph::FORMAT_VERSION,
+        "teacher_outputs": teacher_key,
+        "data": ds.fingerprint().to_hex(),
+        "transforms": serde_json::to_value(&dspec.transforms).expect("json"),
+    }));
+    let store = &runner.store;
+    let _lock = store.lock(&key)?;
+    let (feature_dim, num_classes) = (teacher.feature_dim(), tinfo.num_classes);
+    if let crate::store::Lookup::Hit(e) = store.get(&key)? {
+        let features = f32_from(&std::fs::read(e.file("features.f32")).map_err(failed)?);
+        let logits = f32_from(&std::fs::read(e.file("logits.f32")).map_err(failed)?);
+        if features.len() == ds.len() * feature_dim && logits.len() == ds.len() * num_classes {
+            return Ok(TeacherOutputs { features, logits, feature_dim, num_classes });
+        }
+    }
+    let t0 = Instant::now();
+    let normalize = Normalize::Given { mean: tinfo.mean.clone(), std: tinfo.std.clone() };
+    let transform = resolve::train_transform(dspec, &spec::AugmentSpec::None, normalize).map_err(failed)?;
+    let loader = data::Loader::new(ds.clone(), data::LoaderConfig::eval(256, transform)).map_err(failed)?;
+    let mut features = vec![0f32; ds.len() * feature_dim];
+    let mut logits = vec![0f32; ds.len() * num_classes];
+    for b in loader.epoch(0) {
+        job.cancel.check()?;
+        let x = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), device);
+        let (f, z) = teacher.forward(x);
+        let f: Vec<f32> =
+            f.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| failed(format!("{e:?}")))?;
+        let z: Vec<f32> =
+            z.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| failed(format!("{e:?}")))?;
+        for (r, &i) in b.indices.iter().enumerate() {
+            features[i * feature_dim..(i + 1) * feature_dim]
+                .copy_from_slice(&f[r * feature_dim..(r + 1) * feature_dim]);
+            logits[i * num_classes..(i + 1) * num_classes]
+                .copy_from_slice(&z[r * num_classes..(r + 1) * num_classes]);
+        }
+    }
+    let pending = store.begin(&key)?;
+    std::fs::write(pending.dir().join("features.f32"), f32_bytes(&features)).map_err(failed)?;
+    std::fs::write(pending.dir().join("logits.f32"), f32_bytes(&logits)).map_err(failed)?;
+    pending.commit(
+        &format!("teacher outputs for {}", job.node.name),
+        "teacher_outputs",
+        json!({ "teacher": teacher_key, "data": data_name }),
+        json!({ "seconds": t0.elapsed().as_secs_f64(), "images": ds.len() }),
+    )?;
+    Ok(TeacherOutputs { features, logits, feature_dim, num_classes })
 }
