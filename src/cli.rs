@@ -170,7 +170,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                 .collect();
             let entries = if store_dir.join("objects").is_dir() {
                 let st = Store::open(&store_dir).map_err(|e| Failure::Internal(e.to_string()))?;
-                plan::plan(&g, &st, &forced)
+                plan::plan(&g, &st.scoped(&exp.name), &forced)
             } else {
                 plan::plan(&g, &plan::EmptyStore, &forced)
             };

@@ -65,7 +65,9 @@ fn missing_file_and_bad_flags_are_invalid_input() {
 
 #[test]
 fn plan_json_lists_every_instance_with_key_and_reason() {
-    let out = run(&["plan", "experiments/quickstart.yaml", "--json", "--force", "kd"]);
+    let dir = scratch!();
+    let store = dir.path().to_str().unwrap();
+    let out = run(&["plan", "experiments/quickstart.yaml", "--json", "--force", "kd", "--store", store]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let nodes = v["nodes"].as_array().unwrap();
@@ -93,9 +95,11 @@ fn plan_is_identical_across_runs_and_spec_formatting() {
     let m = lines.remove(matrix);
     lines.insert(0, m);
     let reformatted = write(dir.path(), "q.yaml", &lines.join("\n\n"));
-    let a = run(&["plan", "experiments/quickstart.yaml", "--json"]);
-    let b = run(&["plan", reformatted.to_str().unwrap(), "--json"]);
-    let c = run(&["plan", "experiments/quickstart.yaml", "--json"]);
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let a = run(&["plan", "experiments/quickstart.yaml", "--json", "--store", store]);
+    let b = run(&["plan", reformatted.to_str().unwrap(), "--json", "--store", store]);
+    let c = run(&["plan", "experiments/quickstart.yaml", "--json", "--store", store]);
     assert_eq!(a.stdout, c.stdout);
     let keys = |o: &Output| -> Vec<(String, String)> {
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

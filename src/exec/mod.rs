@@ -376,7 +376,7 @@ fn compute(
         m.entry("wall_seconds").or_insert(seconds.into());
     }
     let entry = pending.commit(&node.name, node.kind.name(), canonical.clone(), metrics)?;
-    store.record(&node.name, key, &canonical)?;
+    store.record(&Store::index_name(&exp.name, &node.name), key, &canonical)?;
     Ok((entry, Some(seconds)))
 }
 

@@ -22,41 +22,80 @@ impl EventSink for Fanout<'_> {
     }
 }
 
-/// Plain log lines on stderr: one per node start and end, progress at most every `every`.
+/// The terminal: a progress bar per running node (epoch, step, loss, images/s, ETA) when stderr
+/// is a terminal; otherwise plain log lines, progress at most every `every` per node.
 pub struct Terminal {
     every: Duration,
     last: Mutex<HashMap<String, Instant>>,
+    bars: Option<(indicatif::MultiProgress, Mutex<HashMap<String, indicatif::ProgressBar>>)>,
 }
 
 impl Terminal {
     pub fn new(every: Duration) -> Terminal {
-        Terminal { every, last: Mutex::new(HashMap::new()) }
+        use std::io::IsTerminal;
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(|| (indicatif::MultiProgress::new(), Mutex::new(HashMap::new())));
+        Terminal { every, last: Mutex::new(HashMap::new()), bars }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bars {
+            Some((m, _)) => {
+                let _ = m.println(text);
+            }
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{text}");
+            }
+        }
     }
 }
 
 impl EventSink for Terminal {
     fn event(&self, e: Event) {
-        let mut err = std::io::stderr().lock();
         match e {
             Event::Started { node, key } => {
-                let _ = writeln!(err, "  start   {node}  ({})", &key[..12]);
+                self.line(&format!("  start   {node}  ({})", &key[..12]));
+                if let Some((m, bars)) = &self.bars {
+                    let style = indicatif::ProgressStyle::with_template(
+                        "  {prefix:<24} [{bar:30}] {pos}/{len} steps  {msg}  eta {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> ");
+                    let bar =
+                        m.add(indicatif::ProgressBar::new(0).with_style(style).with_prefix(node.clone()));
+                    bars.lock().expect("lock").insert(node, bar);
+                }
             }
             Event::Progress { node, epoch, epochs, step, steps, loss, images_per_second } => {
+                if let Some((_, bars)) = &self.bars {
+                    if let Some(bar) = bars.lock().expect("lock").get(&node) {
+                        bar.set_length(steps * epochs as u64);
+                        bar.set_position((epoch as u64 - 1) * steps + step);
+                        bar.set_message(format!(
+                            "epoch {epoch}/{epochs}  loss {loss:.4}  {images_per_second:.0} img/s"
+                        ));
+                    }
+                    return;
+                }
                 let mut last = self.last.lock().expect("lock");
                 let now = Instant::now();
                 let due = last.get(&node).is_none_or(|t| now.duration_since(*t) >= self.every);
                 if due || (step == steps && epoch == epochs) {
                     last.insert(node.clone(), now);
-                    let _ = writeln!(
-                        err,
+                    self.line(&format!(
                         "          {node}  epoch {epoch}/{epochs}  step {step}/{steps}  loss {loss:.4}  {images_per_second:.0} img/s"
-                    );
+                    ));
                 }
             }
-            Event::Warning { node, message } => {
-                let _ = writeln!(err, "  warning {node}: {message}");
-            }
+            Event::Warning { node, message } => self.line(&format!("  warning {node}: {message}")),
             Event::Finished { node, outcome } => {
+                if let Some((m, bars)) = &self.bars {
+                    if let Some(bar) = bars.lock().expect("lock").remove(&node) {
+                        bar.finish_and_clear();
+                        m.remove(&bar);
+                    }
+                }
                 let line = match outcome {
                     Outcome::Done { seconds } => format!("  done    {node}  {seconds:.1} s"),
                     Outcome::Cached => format!("  cached  {node}"),
@@ -65,7 +104,7 @@ impl EventSink for Terminal {
                     Outcome::Cancelled => format!("  stopped {node} (interrupted; it reruns next time)"),
                     Outcome::Skipped => return,
                 };
-                let _ = writeln!(err, "{line}");
+                self.line(&line);
             }
             Event::Metric { .. } => {}
         }

@@ -349,9 +349,6 @@ pub struct TrainSpec {
     /// Evaluate on this dataset after each epoch (for best-on-validation reporting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val: Option<DatasetRef>,
-    /// Save a resumable checkpoint every N epochs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_every: Option<u32>,
 }
 
 /// Fine-tune a trained node (or a safetensors file) on a task, with a faster head.
@@ -391,8 +388,6 @@ pub struct FinetuneSpec {
     pub augment: AugmentSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val: Option<DatasetRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_every: Option<u32>,
 }
 
 /// Distil a frozen teacher into a student with a weighted sum of losses.
@@ -427,8 +422,6 @@ pub struct DistillSpec {
     pub augment: AugmentSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val: Option<DatasetRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_every: Option<u32>,
     /// Compute the teacher's outputs once per dataset when inputs are not randomly augmented.
     #[serde(default)]
     pub teacher_cache: TeacherCache,

@@ -294,7 +294,6 @@ impl<'a> Check<'a> {
         warmup: u32,
         grad_clip: Option<f64>,
         augment: &AugmentSpec,
-        checkpoint_every: Option<u32>,
     ) {
         self.at_least(&join(p, "epochs"), epochs.into(), 1);
         self.at_least(&join(p, "batch_size"), batch_size.into(), 1);
@@ -309,9 +308,6 @@ impl<'a> Check<'a> {
         }
         if let Some(c) = grad_clip {
             self.positive(&join(p, "grad_clip"), c);
-        }
-        if let Some(c) = checkpoint_every {
-            self.at_least(&join(p, "checkpoint_every"), c.into(), 1);
         }
         match schedule {
             ScheduleSpec::None => {}
@@ -378,7 +374,6 @@ impl<'a> Check<'a> {
                     s.warmup_epochs,
                     s.grad_clip,
                     &s.augment,
-                    s.checkpoint_every,
                 );
                 self.within(&join(p, "label_smoothing"), s.label_smoothing, 0.0, 1.0, false);
                 if s.freeze == Freeze::Backbone && s.init.is_none() {
@@ -400,7 +395,6 @@ impl<'a> Check<'a> {
                     s.warmup_epochs,
                     s.grad_clip,
                     &s.augment,
-                    s.checkpoint_every,
                 );
                 self.within(&join(p, "label_smoothing"), s.label_smoothing, 0.0, 1.0, false);
                 self.positive(&join(p, "head_lr_mult"), s.head_lr_mult);
@@ -436,7 +430,6 @@ impl<'a> Check<'a> {
                     s.warmup_epochs,
                     s.grad_clip,
                     &s.augment,
-                    s.checkpoint_every,
                 );
                 if let Some(m) = &s.synthetic {
                     self.positive(&format!("{p}.synthetic.ratio"), m.ratio);

@@ -355,6 +355,34 @@ impl StoreIndex for Store {
     }
 }
 
+/// The store as one experiment's plan sees it: several experiments may share a store (and node
+/// names), so what was recorded is looked up under `experiment/node`.
+pub struct Scoped<'a> {
+    store: &'a Store,
+    experiment: &'a str,
+}
+
+impl Store {
+    pub fn scoped<'a>(&'a self, experiment: &'a str) -> Scoped<'a> {
+        Scoped { store: self, experiment }
+    }
+
+    /// The name a node's last result is recorded under.
+    pub fn index_name(experiment: &str, node: &str) -> String {
+        format!("{experiment}/{node}")
+    }
+}
+
+impl StoreIndex for Scoped<'_> {
+    fn contains(&self, key: &CacheKey) -> bool {
+        self.store.contains(key)
+    }
+
+    fn last_recorded(&self, node: &str) -> Option<serde_json::Value> {
+        StoreIndex::last_recorded(self.store, &Store::index_name(self.experiment, node))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
