@@ -255,21 +255,32 @@ pub fn default_store(file: &Path) -> PathBuf {
 /// Loads, validates and builds the graph of an experiment file, fingerprinting dataset content
 /// (file digests are kept in the store, when there is one, so each file is hashed once).
 pub fn load_graph(file: &Path, store_dir: Option<&Path>) -> Result<(Experiment, Graph), Failure> {
-    let (exp, mut diags) = spec::load_partial(file);
-    let Some(exp) = exp else { return Err(invalid(&diags)) };
     let cache = match store_dir.filter(|d| d.is_dir()) {
         Some(d) => FingerprintCache::open(&d.join("fingerprints.json"))
             .map_err(|e| Failure::Internal(e.to_string()))?,
         None => FingerprintCache::in_memory(),
     };
-    let built = graph::build(&exp, &resolve::fingerprint(&exp, &cache));
+    let checked = check(file, &cache);
     let _ = cache.save(); // a lost digest cache only costs re-hashing next time
+    checked.map_err(|d| invalid(&d))
+}
+
+/// Everything `validate` checks, in order: the spec, then references, cycles and data files,
+/// then settings that need the data; as many problems as can be found in one pass.
+pub fn check(file: &Path, cache: &FingerprintCache) -> Result<(Experiment, Graph), Vec<Diagnostic>> {
+    let (exp, mut diags) = spec::load_partial(file);
+    let Some(exp) = exp else { return Err(diags) };
+    let built = graph::build(&exp, &resolve::fingerprint(&exp, cache));
     match built {
-        Ok(g) if diags.is_empty() => Ok((exp, g)),
-        Ok(_) => Err(invalid(&diags)),
+        Ok(g) => {
+            if diags.is_empty() {
+                diags.extend(resolve::data_checks(&exp, cache));
+            }
+            if diags.is_empty() { Ok((exp, g)) } else { Err(diags) }
+        }
         Err(more) => {
             diags.extend(more);
-            Err(invalid(&diags))
+            Err(diags)
         }
     }
 }

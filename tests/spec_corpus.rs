@@ -13,17 +13,14 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Every diagnostic for a file: spec problems and, for what parsed, graph problems.
+/// Every diagnostic for a file, exactly as `validate` finds them.
 fn diagnose(path: &Path) -> Vec<Diagnostic> {
     let rel = path.strip_prefix(root()).unwrap().to_path_buf();
-    let (exp, mut diags) = spec::load_partial(&rel_to_cwd(&rel));
-    if let Some(exp) = exp {
-        let cache = distillery::data::FingerprintCache::in_memory();
-        if let Err(more) = graph::build(&exp, &distillery::resolve::fingerprint(&exp, &cache)) {
-            diags.extend(more);
-        }
+    let cache = distillery::data::FingerprintCache::in_memory();
+    match distillery::cli::check(&rel_to_cwd(&rel), &cache) {
+        Ok(_) => Vec::new(),
+        Err(d) => d,
     }
-    diags
 }
 
 /// Tests run in the package root, so a path relative to it is the one users would type.
