@@ -347,7 +347,11 @@ fn run_experiment(
         )
         .map_err(|e| internal(&e))?;
     let terminal = exec::sinks::Terminal::new(std::time::Duration::from_secs(2));
-    let tracking_sink = exec::sinks::Tracking::new(&tracker, exp, g, parent.clone());
+    // The spec itself, on the invocation's run.
+    if let Err(e) = tracker.log_artifact(&parent, &exp.path, "spec.yaml") {
+        eprintln!("  warning: tracking: log spec: {e}");
+    }
+    let tracking_sink = exec::sinks::Tracking::new(&tracker, &store, exp, g, parent.clone());
     let sink = exec::sinks::Fanout(vec![&terminal, &tracking_sink]);
     let fingerprints = std::sync::Arc::new(
         FingerprintCache::open(&store_dir.join("fingerprints.json")).map_err(|e| internal(&e))?,

@@ -54,6 +54,23 @@ fn every_node_is_a_nested_mlflow_run_and_cached_nodes_point_to_the_original() {
     assert_eq!(original.info.status, "FINISHED");
     let loss = client.get_metric_history(&original.info.run_id, "loss").unwrap();
     assert_eq!(loss.len(), 3, "one loss point per epoch");
+    // Artifacts through the mlflow-artifacts API: the checkpoint and the table.
+    let files: Vec<String> =
+        client.list_artifacts(&original.info.run_id, "").unwrap().into_iter().map(|f| f.path).collect();
+    for want in ["model.safetensors", "model.json", "history.jsonl", "metrics.json"] {
+        assert!(files.iter().any(|f| f == want), "{want} missing from {files:?}");
+    }
+    let table = children
+        .iter()
+        .find(|r| r.tag(CACHED_FROM_MLFLOW_TAG).is_none() && r.param("kind") == Some("report"))
+        .expect("the report node's run");
+    let files: Vec<String> =
+        client.list_artifacts(&table.info.run_id, "").unwrap().into_iter().map(|f| f.path).collect();
+    assert!(files.iter().any(|f| f == "table.md"), "{files:?}");
+    let spec_on_parent = parents
+        .iter()
+        .any(|p| client.list_artifacts(&p.info.run_id, "").unwrap().iter().any(|f| f.path == "spec.yaml"));
+    assert!(spec_on_parent, "the spec is an artifact of the invocation run");
     let cached: Vec<_> = children.iter().filter(|r| r.tag(CACHED_FROM_MLFLOW_TAG).is_some()).collect();
     assert!(
         cached.iter().any(|r| r.tag(CACHED_FROM_MLFLOW_TAG) == Some(original.info.run_id.as_str())),

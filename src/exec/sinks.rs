@@ -114,6 +114,7 @@ impl EventSink for Terminal {
 /// Records every node as a run (nested under one run for the invocation).
 pub struct Tracking<'a> {
     tracker: &'a Tracker,
+    store: &'a crate::store::Store,
     exp: &'a Experiment,
     graph: &'a Graph,
     parent: RunId,
@@ -121,8 +122,25 @@ pub struct Tracking<'a> {
 }
 
 impl<'a> Tracking<'a> {
-    pub fn new(tracker: &'a Tracker, exp: &'a Experiment, graph: &'a Graph, parent: RunId) -> Tracking<'a> {
-        Tracking { tracker, exp, graph, parent, runs: Mutex::new(HashMap::new()) }
+    pub fn new(
+        tracker: &'a Tracker,
+        store: &'a crate::store::Store,
+        exp: &'a Experiment,
+        graph: &'a Graph,
+        parent: RunId,
+    ) -> Tracking<'a> {
+        Tracking { tracker, store, exp, graph, parent, runs: Mutex::new(HashMap::new()) }
+    }
+
+    /// The result's files people open (checkpoint, model info, metrics, history, tables).
+    fn log_artifacts(&self, node: &str, run: &RunId) {
+        let Some(ix) = self.graph.get(node) else { return };
+        let Ok(crate::store::Lookup::Hit(entry)) = self.store.get(self.graph.key(ix)) else { return };
+        for f in &entry.manifest.files {
+            if let Err(e) = self.tracker.log_artifact(run, &entry.file(&f.path), &f.path) {
+                self.warn("log artifact", e);
+            }
+        }
     }
 
     fn node_run<R>(&self, node: &str, f: impl FnOnce(&NodeRun<'_>) -> R) -> Option<R> {
@@ -179,6 +197,9 @@ impl EventSink for Tracking<'_> {
                     return;
                 }
                 let Some(id) = self.runs.lock().expect("lock").remove(&node) else { return };
+                if matches!(outcome, Outcome::Done { .. }) {
+                    self.log_artifacts(&node, &id);
+                }
                 let status = match outcome {
                     Outcome::Done { .. } => RunStatus::Finished,
                     Outcome::Cancelled => RunStatus::Killed,
