@@ -292,9 +292,8 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
                     let l = crate::losses::cross_entropy(z.clone(), y, label_smoothing);
                     (l, z, Vec::new())
                 }
-                Trained::Distill(d, t) if t.cached.is_some() => {
-                    let c = t.cached.as_ref().expect("checked");
-                    let (ft, zt) = c.rows(&b.indices, &ad);
+                Trained::Distill(d, t) => {
+                    let (ft, zt) = t.outputs(&b, &plain, &ad);
                     let (fs, zs) = d.student.forward(x);
                     let terms = d
                         .heads
@@ -303,38 +302,6 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
                             student_logits: zs.clone(),
                             teacher_features: ft,
                             teacher_logits: zt,
-                            labels: y,
-                            indices: Some(b.indices.clone()),
-                            contrast_indices: None,
-                        })
-                        .map_err(failed)?;
-                    let values = terms.check_finite(step).map_err(|e| {
-                        failed(format!("{}: {e}; nothing of this node was saved", job.node.spec_path()))
-                    })?;
-                    (terms.total, zs, values)
-                }
-                Trained::Distill(d, t) => {
-                    let xt = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), &plain);
-                    let xt = match &t.renorm {
-                        None => xt,
-                        Some((a, c)) => {
-                            let ch = a.len();
-                            let a = Tensor::<1>::from_data(TensorData::new(a.clone(), [ch]), &plain)
-                                .reshape([1, ch, 1, 1]);
-                            let c = Tensor::<1>::from_data(TensorData::new(c.clone(), [ch]), &plain)
-                                .reshape([1, ch, 1, 1]);
-                            xt * a + c
-                        }
-                    };
-                    let (ft, zt) = t.model.forward(xt);
-                    let (fs, zs) = d.student.forward(x);
-                    let terms = d
-                        .heads
-                        .forward(DistillInputs {
-                            student_features: fs,
-                            student_logits: zs.clone(),
-                            teacher_features: to_device(ft, &ad),
-                            teacher_logits: to_device(zt, &ad),
                             labels: y,
                             indices: Some(b.indices.clone()),
                             contrast_indices: None,
@@ -446,6 +413,30 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
     }
     write_json(&job.out_dir.join("metrics.json"), &metrics)?;
     Ok(NodeOutput { metrics })
+}
+
+impl Teacher {
+    /// The teacher's features and logits for a batch, on the training device: read from the
+    /// cache, or a forward pass on inputs re-normalised to the teacher's statistics.
+    fn outputs(&self, b: &data::Batch, plain: &Device, ad: &Device) -> (Tensor<2>, Tensor<2>) {
+        if let Some(c) = &self.cached {
+            return c.rows(&b.indices, ad);
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), plain);
+        let x = match &self.renorm {
+            None => x,
+            Some((a, c)) => {
+                let ch = a.len();
+                let a =
+                    Tensor::<1>::from_data(TensorData::new(a.clone(), [ch]), plain).reshape([1, ch, 1, 1]);
+                let c =
+                    Tensor::<1>::from_data(TensorData::new(c.clone(), [ch]), plain).reshape([1, ch, 1, 1]);
+                x * a + c
+            }
+        };
+        let (f, z) = self.model.forward(x);
+        (to_device(f, ad), to_device(z, ad))
+    }
 }
 
 /// Teacher features and logits for a whole dataset, row-major f32.
