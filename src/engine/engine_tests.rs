@@ -272,3 +272,36 @@ fn evaluation_counts_top1_and_top5_from_the_logits() {
     assert_eq!(m.top5, 1.0, "5 classes: top-5 is always right");
     assert!(m.mean_loss > 0.0 && m.mean_loss.is_finite());
 }
+
+#[test]
+fn forward_flops_count_multiply_adds_of_each_layer() {
+    use crate::engine::{Arch, ModelConfig, Stem};
+    let device = burn::tensor::Device::flex();
+    // MLP on 1x8x8: 2 x (64*32 + 32*10).
+    let mlp =
+        ModelConfig { arch: Arch::Mlp { hidden: vec![32] }, in_channels: 1, image_size: 8, num_classes: 10 }
+            .init(&device)
+            .unwrap();
+    assert_eq!(mlp.forward_flops([1, 8, 8], &device), 2 * (64 * 32 + 32 * 10));
+    // CNN [4, 8] on 1x8x8: conv 3x3 1->4 at 8x8, pool, conv 4->8 at 4x4, head 8->10.
+    let cnn = ModelConfig {
+        arch: Arch::Cnn { channels: vec![4, 8] },
+        in_channels: 1,
+        image_size: 8,
+        num_classes: 10,
+    }
+    .init(&device)
+    .unwrap();
+    assert_eq!(cnn.forward_flops([1, 8, 8], &device), 2 * (4 * 64 * 9 + 8 * 16 * 4 * 9 + 8 * 10));
+    // ResNet-18 at 224 px: about 1.82 GMACs (the published figure), i.e. 3.6 GFLOPs.
+    let r18 = ModelConfig {
+        arch: Arch::ResNet { depth: 18, width_mult: 1.0, stem: Stem::ImageNet },
+        in_channels: 3,
+        image_size: 224,
+        num_classes: 1000,
+    }
+    .init(&device)
+    .unwrap();
+    let g = r18.forward_flops([3, 224, 224], &device) as f64 / 2e9;
+    assert!((g - 1.82).abs() < 0.03, "resnet18: {g} GMACs");
+}

@@ -30,6 +30,8 @@ pub fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear 
 
 impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let [d_out, d_in] = self.weight.shape().dims::<2>();
+        add_flops(2 * (x.shape().num_elements() / d_in.max(1)) as u64 * d_in as u64 * d_out as u64);
         let w = self.weight.val().transpose();
         let y = x.matmul(w.unsqueeze());
         match &self.bias {
@@ -62,6 +64,38 @@ pub fn conv2d(
         // torchvision ResNet/MobileNetV2: kaiming-normal, fan_out, relu gain.
         .with_initializer(burn::nn::Initializer::KaimingNormal { gain: 2f64.sqrt(), fan_out_only: true })
         .init(device)
+}
+
+thread_local! {
+    /// Multiply-add work of the forward passes run on this thread while counting is on.
+    static FLOPS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Counts `n` floating-point operations (2 per multiply-add) when a count is running.
+pub(crate) fn add_flops(n: u64) {
+    FLOPS.with(|f| {
+        if let Some(c) = f.get() {
+            f.set(Some(c + n));
+        }
+    });
+}
+
+/// Runs `f` and returns what it counted: convolutions, linear layers and attention products
+/// (the work that dominates; normalisation, activations and pooling are not counted).
+pub fn count_flops<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    let before = FLOPS.with(|c| c.replace(Some(0)));
+    let r = f();
+    let n = FLOPS.with(|c| c.replace(before)).unwrap_or(0);
+    (r, n)
+}
+
+/// `conv.forward(x)`, counted: 2 x output elements x (in/groups x kh x kw).
+pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let y = conv.forward(x);
+    let [c_out, per_out, kh, kw] = conv.weight.shape().dims::<4>();
+    let _ = c_out;
+    add_flops(2 * y.shape().num_elements() as u64 * (per_out * kh * kw) as u64);
+    y
 }
 
 /// Batch normalisation with PyTorch's semantics: the running variance is updated with the
@@ -167,7 +201,7 @@ pub fn conv_bn(
 
 impl ConvBn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        self.bn.forward(conv_forward(&self.conv, x))
     }
 }
 

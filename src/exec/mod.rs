@@ -363,7 +363,7 @@ fn compute(
             return Ok((e, None));
         }
     }
-    let pending = store.begin(key)?;
+    let pending = if force { store.begin(key)?.replacing() } else { store.begin(key)? };
     events.event(Event::Started { node: node.name.clone(), key: key.hex() });
     let t0 = Instant::now();
     let job = Job { exp, node, key, inputs, out_dir: pending.dir().to_path_buf(), cancel, events };

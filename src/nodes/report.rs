@@ -22,7 +22,7 @@ fn column_name(c: Column) -> &'static str {
         Column::Loss => "loss",
         Column::TrainSeconds => "train s",
         Column::ImagesPerSecond => "images/s",
-        Column::Flops => "FLOPs",
+        Column::Flops => "GFLOPs",
         Column::Params => "params",
     }
 }
@@ -35,7 +35,7 @@ fn value(c: Column, m: &Value) -> Option<f64> {
         Column::Loss => get("loss"),
         Column::TrainSeconds => get("train_seconds"),
         Column::ImagesPerSecond => get("images_per_second"),
-        Column::Flops => get("flops"),
+        Column::Flops => get("flops").map(|f| f / 1e9),
         Column::Params => get("params"),
     }
 }
@@ -49,7 +49,8 @@ fn cell(c: Column, samples: &[Value]) -> (String, Value) {
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n;
     let digits = match c {
-        Column::Params | Column::Flops | Column::ImagesPerSecond => 0,
+        Column::Params | Column::ImagesPerSecond => 0,
+        Column::Flops => 2,
         Column::Loss => 3,
         _ => 1,
     };

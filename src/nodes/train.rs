@@ -390,11 +390,24 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         last = row;
     }
     let train_seconds = t0.elapsed().as_secs_f64();
+    let teacher_cost = match &trained {
+        Trained::Distill(_, t) => Some((t.model.forward_flops(info.image_shape, &plain), t.cached.is_some())),
+        Trained::Plain(_) => None,
+    };
     let model = match trained {
         Trained::Plain(m) => m,
         Trained::Distill(d, _) => d.student,
     };
     let model = model.valid();
+    // Training costs about 3 forward passes an image (forward + backward); a distill node adds
+    // its teacher's forward passes: one an image trained, or one an image of the set if cached.
+    let student_fwd = model.forward_flops(info.image_shape, &plain);
+    let teacher_flops = match &teacher_cost {
+        Some((fwd, true)) => fwd * data.len() as u64,
+        Some((fwd, false)) => fwd * images,
+        None => 0,
+    };
+    let flops = 3 * student_fwd * images + teacher_flops;
     engine::save(&model, &job.out_dir.join("model.safetensors")).map_err(failed)?;
     info.write(&job.out_dir)?;
     let mut metrics = json!({
@@ -403,6 +416,8 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         "epochs": epochs,
         "steps": step,
         "params": model.num_params(),
+        "flops": flops,
+        "forward_flops_per_image": student_fwd,
         "final_loss": last["loss"],
         "final_train_accuracy": last["train_accuracy"],
     });

@@ -97,6 +97,8 @@ pub struct Pending {
     key: CacheKey,
     store: Store,
     committed: bool,
+    /// Replace an existing entry of the same key on commit (`--force`).
+    replace: bool,
 }
 
 /// Held while this process computes a key.
@@ -231,7 +233,7 @@ impl Store {
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = self.root.join("tmp").join(format!("{}.{}.{n}", key.hex(), std::process::id()));
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        Ok(Pending { dir, key: key.clone(), store: self.clone(), committed: false })
+        Ok(Pending { dir, key: key.clone(), store: self.clone(), committed: false, replace: false })
     }
 
     /// Records that `node` last produced `key` from `canonical` settings (for plan's reasons).
@@ -290,6 +292,12 @@ impl Pending {
         &self.dir
     }
 
+    /// On commit, replace an existing entry of this key instead of keeping it.
+    pub fn replacing(mut self) -> Pending {
+        self.replace = true;
+        self
+    }
+
     /// Checksums every file, writes the manifest, and renames the folder into place.
     pub fn commit(
         mut self,
@@ -323,11 +331,19 @@ impl Pending {
         let dest = self.store.entry_dir(&self.key);
         let parent = dest.parent().expect("sharded");
         fs::create_dir_all(parent).map_err(io_err(parent))?;
-        if dest.exists() {
+        if dest.exists() && !self.replace {
             // Another process finished the same key first: identical by construction; keep theirs.
             fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         } else {
-            fs::rename(&self.dir, &dest).map_err(io_err(&dest))?;
+            if dest.exists() {
+                // A forced rerun replaces the entry: move the old one aside, then put ours in.
+                let old = self.dir.with_extension("replaced");
+                fs::rename(&dest, &old).map_err(io_err(&dest))?;
+                fs::rename(&self.dir, &dest).map_err(io_err(&dest))?;
+                let _ = fs::remove_dir_all(&old);
+            } else {
+                fs::rename(&self.dir, &dest).map_err(io_err(&dest))?;
+            }
         }
         self.committed = true;
         Ok(Entry { dir: dest, manifest })
@@ -441,6 +457,26 @@ mod tests {
             fs::write(p.dir().join("half"), "x").unwrap();
         }
         assert!(!s.contains(&key(2)));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_forced_rewrite_replaces_the_entry_a_plain_one_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        put(&s, &key(6), "first");
+        put(&s, &key(6), "second");
+        let Lookup::Hit(e) = s.get(&key(6)).unwrap() else { panic!() };
+        assert_eq!(
+            fs::read_to_string(e.file("model.safetensors")).unwrap(),
+            "first",
+            "concurrent twin: keep the first"
+        );
+        let p = s.begin(&key(6)).unwrap().replacing();
+        fs::write(p.dir().join("model.safetensors"), "third").unwrap();
+        p.commit("n", "train", json!({}), json!({})).unwrap();
+        let Lookup::Hit(e) = s.get(&key(6)).unwrap() else { panic!() };
+        assert_eq!(fs::read_to_string(e.file("model.safetensors")).unwrap(), "third");
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 

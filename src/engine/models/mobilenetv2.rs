@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor};
 use super::Stem;
 use crate::engine::error::EngineError;
 use crate::engine::layers::{
-    BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv2d, global_avg_pool, linear,
+    BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv_forward, conv2d, global_avg_pool, linear,
 };
 use burn::nn::conv::Conv2d;
 
@@ -150,7 +150,7 @@ impl InvertedResidual {
         for layer in &self.conv {
             y = match layer {
                 Layer::ConvBn(cb) => relu6(cb.forward(y)),
-                Layer::Conv(c) => c.forward(y),
+                Layer::Conv(c) => conv_forward(c, y),
                 Layer::Bn(bn) => bn.forward(y),
             };
         }

@@ -203,6 +203,16 @@ impl Model {
         (f, z)
     }
 
+    /// Floating-point operations of one forward pass of one `[c, h, w]` image (convolutions,
+    /// linear layers, attention products; 2 per multiply-add), counted on a real pass. Training
+    /// costs about 3x this per image (forward + backward).
+    pub fn forward_flops(&self, image_shape: [usize; 3], device: &Device) -> u64 {
+        use burn::module::Module;
+        let x = Tensor::<4>::zeros([1, image_shape[0], image_shape[1], image_shape[2]], device);
+        let m = self.valid();
+        crate::engine::layers::count_flops(|| m.forward(x)).1
+    }
+
     pub fn feature_dim(&self) -> usize {
         match self {
             Model::Mlp(m) => m.head.weight.shape().dims::<2>()[1],

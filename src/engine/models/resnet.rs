@@ -20,7 +20,7 @@ use burn::tensor::{Device, Tensor};
 use super::Stem;
 use crate::engine::error::EngineError;
 use crate::engine::layers::{
-    BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv2d, global_avg_pool, linear,
+    BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv_forward, conv2d, global_avg_pool, linear,
 };
 
 #[derive(Module, Debug)]
@@ -141,7 +141,7 @@ impl ResNet {
     }
 
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let mut x = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
         if self.imagenet_stem {
             let opts = MaxPoolOptions::new([3, 3]).with_stride([2, 2]).with_padding([1, 1]);
             x = max_pool2d(x, opts);
@@ -165,10 +165,10 @@ impl Block {
             Some(ds) => ds.forward(x.clone()),
             None => x.clone(),
         };
-        let mut y = relu(self.bn1.forward(self.conv1.forward(x)));
-        y = self.bn2.forward(self.conv2.forward(y));
+        let mut y = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
+        y = self.bn2.forward(conv_forward(&self.conv2, y));
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            y = bn3.forward(conv3.forward(relu(y)));
+            y = bn3.forward(conv_forward(conv3, relu(y)));
         }
         relu(y + identity)
     }

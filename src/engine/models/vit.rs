@@ -10,7 +10,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Device, Distribution, Tensor};
 
-use crate::engine::layers::{LayerNorm, Linear, layer_norm, linear};
+use crate::engine::layers::{LayerNorm, Linear, add_flops, conv_forward, layer_norm, linear};
 
 #[derive(Module, Debug)]
 pub struct Vit {
@@ -118,7 +118,7 @@ impl Vit {
     }
 
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.conv_proj.forward(x);
+        let x = conv_forward(&self.conv_proj, x);
         let [n, d, h, w] = x.dims();
         let x = x.reshape([n, d, h * w]).swap_dims(1, 2);
         let cls = self.class_token.val().expand([n, 1, d]);
@@ -149,6 +149,7 @@ impl Attention {
         let h = self.num_heads;
         let hd = d / h;
         let w = self.in_proj_weight.val().transpose().unsqueeze::<3>();
+        add_flops(2 * (n * s * d * 3 * d) as u64 + 2 * 2 * (n * h * s * s * hd) as u64);
         let qkv = x.matmul(w) + self.in_proj_bias.val().unsqueeze::<3>();
         // [n, s, 3, h, hd] -> [3, n, h, s, hd]
         let qkv = qkv.reshape([n, s, 3, h, hd]).permute([2, 0, 3, 1, 4]);
