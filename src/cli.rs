@@ -54,6 +54,9 @@ pub enum Command {
         /// Rerun these nodes and everything downstream of them.
         #[arg(long, value_name = "NODE")]
         from: Vec<String>,
+        /// Nodes using the device at once (default: --jobs on cpu, 1 on a GPU).
+        #[arg(long, value_name = "N")]
+        device_slots: Option<usize>,
         /// Rerun these nodes even if cached.
         #[arg(long, value_name = "NODE")]
         force: Vec<String>,
@@ -189,7 +192,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             };
             write!(out, "{text}")?;
         }
-        Command::Run { file, jobs, only, from, force, store, tracking } => {
+        Command::Run { file, jobs, only, from, device_slots, force, store, tracking } => {
             let store_dir = store.unwrap_or_else(|| default_store(&file));
             std::fs::create_dir_all(&store_dir)
                 .map_err(|e| Failure::Internal(format!("{}: {e}", store_dir.display())))?;
@@ -199,14 +202,13 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                     return Err(Failure::Invalid(format!("error: no node named `{name}`\n")));
                 }
             }
-            run_experiment(
-                &exp,
-                &g,
-                &store_dir,
-                RunOptions { jobs, only, from, force },
-                tracking.as_deref(),
-                out,
-            )?;
+            let device_slots = device_slots.unwrap_or(match exp.device {
+                spec::Device::Cpu => jobs,
+                // One node a GPU at a time: two would compete for its memory.
+                spec::Device::Cuda(_) | spec::Device::Auto => 1,
+            });
+            let opts = RunOptions { jobs, only, from, force, device_slots };
+            run_experiment(&exp, &g, &store_dir, opts, tracking.as_deref(), out)?;
         }
         Command::Runs { store, json } => {
             let runs = track::list_runs(&store).map_err(|e| Failure::Invalid(format!("error: {e}\n")))?;

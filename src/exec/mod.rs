@@ -125,6 +125,9 @@ pub struct RunOptions {
     pub from: Vec<String>,
     /// Rerun these nodes even if cached.
     pub force: Vec<String>,
+    /// Nodes that use the device (train, finetune, distill, evaluate, generate) run at most this
+    /// many at once; 0 means `jobs`. Reports and plugins only need a job slot.
+    pub device_slots: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -202,6 +205,11 @@ pub fn run(
     let mut entries: HashMap<NodeIndex, Entry> = HashMap::new();
     let mut running = 0usize;
     let mut in_flight: HashSet<NodeIndex> = HashSet::new();
+    let slots = if opts.device_slots == 0 { opts.jobs.max(1) } else { opts.device_slots };
+    let mut on_device = 0usize;
+    let uses_device = |node: &Node| {
+        !matches!(node.kind, crate::spec::NodeKind::Report(_) | crate::spec::NodeKind::Plugin(_))
+    };
     let jobs = opts.jobs.max(1);
     let (tx, rx) = mpsc::channel::<(NodeIndex, Result<(Entry, Option<f64>), NodeError>)>();
 
@@ -286,11 +294,12 @@ pub fn run(
                             continue;
                         }
                     }
-                    if running >= jobs {
+                    if running >= jobs || (uses_device(node) && on_device >= slots) {
                         continue;
                     }
                     // Launch.
                     running += 1;
+                    on_device += uses_device(node) as usize;
                     in_flight.insert(ix);
                     let tx = tx.clone();
                     let force = forced.contains(&ix);
@@ -309,6 +318,7 @@ pub fn run(
             running -= 1;
             in_flight.remove(&ix);
             let name = graph.dag[ix].name().to_string();
+            on_device -= uses_device(nodes[name.as_str()]) as usize;
             match r {
                 Ok((entry, seconds)) => {
                     entries.insert(ix, entry);

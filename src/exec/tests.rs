@@ -24,11 +24,22 @@ struct Toy {
     fail: Vec<String>,
     wait_for_cancel: Vec<String>,
     ran: Mutex<Vec<String>>,
+    /// Sleep this long in every node, tracking how many run at once.
+    hold: Option<Duration>,
+    running: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
 }
 
 impl NodeRunner for Toy {
     fn run(&self, job: &Job<'_>) -> Result<NodeOutput, NodeError> {
         self.ran.lock().unwrap().push(job.node.name.clone());
+        if let Some(d) = self.hold {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.peak.fetch_max(now, SeqCst);
+            std::thread::sleep(d);
+            self.running.fetch_sub(1, SeqCst);
+        }
         if self.fail.contains(&job.node.name) {
             return Err(NodeError::Failed(format!("{} exploded", job.node.name)));
         }
@@ -194,4 +205,20 @@ fn a_corrupt_result_is_reported_and_recomputed() {
             |e| matches!(e, Event::Warning { node, message } if node == "a" && message.contains("corrupt")),
         );
     assert!(warned);
+}
+
+#[test]
+fn jobs_run_independent_nodes_at_once_within_device_slots() {
+    use std::sync::atomic::Ordering::SeqCst;
+    // a and x are independent: with two jobs they overlap...
+    let (_d, exp, g, store) = setup();
+    let toy = Toy { hold: Some(Duration::from_millis(150)), ..Toy::default() };
+    assert!(run(&exp, &g, &store, &toy, &opts(2), &Log::default(), &Cancel::default()).ok());
+    assert_eq!(toy.peak.load(SeqCst), 2);
+    // ...but one device slot serialises nodes that use the device.
+    let (_d, exp, g, store) = setup();
+    let toy = Toy { hold: Some(Duration::from_millis(50)), ..Toy::default() };
+    let one_slot = RunOptions { jobs: 2, device_slots: 1, ..RunOptions::default() };
+    assert!(run(&exp, &g, &store, &toy, &one_slot, &Log::default(), &Cancel::default()).ok());
+    assert_eq!(toy.peak.load(SeqCst), 1);
 }
