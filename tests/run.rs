@@ -331,3 +331,36 @@ fn a_non_finite_loss_stops_the_node_naming_term_and_step_and_stores_nothing() {
         "no half-written entry"
     );
 }
+
+#[test]
+fn finetune_from_a_safetensors_file_and_a_clear_error_for_the_wrong_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), 1);
+    assert_eq!(run(&spec, &["--only", "teacher_pt"]).status.code(), Some(0));
+    // The stored checkpoint is a torchvision-named safetensors file: use it as "hub" weights.
+    let mut weights = None;
+    for shard in std::fs::read_dir(dir.path().join(".distillery/objects")).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.join("model.safetensors").exists() {
+                weights = Some(p.join("model.safetensors"));
+            }
+        }
+    }
+    std::fs::copy(weights.unwrap(), dir.path().join("hub.safetensors")).unwrap();
+    let hub = |model: &str| {
+        format!(
+            "datasets:\n  task: {{ source: builtin/digits, classes: [5, 6, 7, 8, 9], per_class: 20 }}\nmodels:\n  big: {{ arch: resnet, depth: 8, width: 16 }}\n  other: {{ arch: resnet, depth: 8, width: 32 }}\nnodes:\n  ft: {{ finetune: {{ weights: hub.safetensors, model: {model}, data: task, epochs: 1, batch_size: 32 }} }}\n"
+        )
+    };
+    let ok = dir.path().join("hub.yaml");
+    std::fs::write(&ok, hub("big")).unwrap();
+    let out = run(&ok, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let bad = dir.path().join("hub-bad.yaml");
+    std::fs::write(&bad, hub("other")).unwrap();
+    let out = run(&bad, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(e.contains("FAILED  ft") && e.contains("conv1.weight") && e.contains("shape"), "{e}");
+}

@@ -249,6 +249,18 @@ pub fn run(
                             },
                         }
                     }
+                    // Not selected (--only): cached or skipped, whatever its inputs did.
+                    if !selected(ix) && (blocked.is_some() || waiting) {
+                        let o = if store.contains(key) { Outcome::Cached } else { Outcome::Skipped };
+                        if o == Outcome::Cached {
+                            if let Ok(Lookup::Hit(e)) = store.get(key) {
+                                entries.insert(ix, e);
+                            }
+                        }
+                        settle(&mut outcome, events, ix, &name, o);
+                        launched_or_settled = true;
+                        continue;
+                    }
                     if let Some(by) = blocked {
                         settle(&mut outcome, events, ix, &name, Outcome::Blocked { by });
                         launched_or_settled = true;
