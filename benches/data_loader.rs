@@ -4,8 +4,11 @@
 //! PyTorch CPU (torchvision + DiffAugment) when a Python with torch is available.
 //!
 //! Run: `cargo bench --bench data_loader`. Env: DISTILLERY_TORCH_PYTHON (default
-//! /work/venvs/torch/bin/python), DISTILLERY_RESNET8_STEP_MS (a measured resnet8 training
+//! python3), DISTILLERY_RESNET8_STEP_MS (a measured resnet8 training
 //! step, batch 64, to print the data/step ratio against).
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -56,28 +59,6 @@ fn batch_ms(loader: &Loader, reps: usize) -> f64 {
     )
 }
 
-fn torch_medians(threads: usize) -> Option<Vec<(String, f64)>> {
-    let py =
-        std::env::var("DISTILLERY_TORCH_PYTHON").unwrap_or_else(|_| "/work/venvs/torch/bin/python".into());
-    let out = std::process::Command::new(&py)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/data/bench_torch_transforms.py"))
-        .arg(threads.to_string())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!("pytorch comparison failed: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                l.split_once(' ').and_then(|(n, v)| Some((n.to_string(), v.trim().parse().ok()?)))
-            })
-            .collect(),
-    )
-}
-
 fn main() {
     let threads = rayon::current_num_threads();
     let data = cifar_like();
@@ -100,7 +81,7 @@ fn main() {
         ),
         ("paper_cifar_224", TransformConfig::paper_cifar_train(), 15),
     ];
-    let torch = torch_medians(threads);
+    let torch = common::torch_medians("data/bench_torch_transforms.py", &[threads.to_string()]);
     let step_ms: Option<f64> = std::env::var("DISTILLERY_RESNET8_STEP_MS").ok().and_then(|v| v.parse().ok());
     println!("{:<24} {:>12} {:>14} {:>12}", "case", "ms/batch", "pytorch ms", "torch/ours");
     let mut ours = Vec::new();

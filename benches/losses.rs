@@ -4,7 +4,10 @@
 //! with 4096 negatives; and the same work in PyTorch CPU when a Python with torch is there.
 //!
 //! Run: `cargo bench --bench losses`. Env: DISTILLERY_TORCH_PYTHON (default
-//! /work/venvs/torch/bin/python).
+//! python3).
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::time::Instant;
 
@@ -55,34 +58,13 @@ fn step_ms(name: &str, device: &Device, reps: usize) -> f64 {
     median(times)
 }
 
-fn torch_medians() -> Option<Vec<(String, f64)>> {
-    let py =
-        std::env::var("DISTILLERY_TORCH_PYTHON").unwrap_or_else(|_| "/work/venvs/torch/bin/python".into());
-    let out = std::process::Command::new(&py)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/bench_losses_torch.py"))
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!("pytorch comparison failed: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                l.split_once(' ').and_then(|(n, v)| Some((n.to_string(), v.trim().parse().ok()?)))
-            })
-            .collect(),
-    )
-}
-
 fn main() {
     let device = Device::flex().autodiff();
     println!(
         "losses bench: batch {BATCH}, student {} -> teacher {}, {} classes, n_data {}; forward + backward",
         DIMS.student_dim, DIMS.teacher_dim, DIMS.num_classes, DIMS.n_data
     );
-    let torch = torch_medians();
+    let torch = common::torch_medians("bench_losses_torch.py", &[]);
     println!("{:<16} {:>10} {:>12} {:>10}", "preset", "ms/step", "pytorch ms", "torch/ours");
     for name in ["kd", "align_uniform", "crd", "srrl"] {
         let ours = step_ms(name, &device, 15);

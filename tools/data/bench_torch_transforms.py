@@ -1,7 +1,7 @@
 """PyTorch CPU counterpart of benches/data_loader.rs: the same per-batch work with
 torchvision transforms and DatasetCondensation's DiffAugment (per-image parameters).
 
-Called by the bench (DISTILLERY_TORCH_PYTHON, default /work/venvs/torch/bin/python) with
+Called by the bench (DISTILLERY_TORCH_PYTHON, default python3) with
 the number of threads; prints one line `name median_ms` per case, and the median of a
 CIFAR ResNet-8 training step (batch 64, forward + cross-entropy + backward + SGD momentum)
 as the yardstick for the loader's cost.

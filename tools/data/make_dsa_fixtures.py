@@ -4,7 +4,7 @@ Each op is the body of the corresponding function of VICO-UoE/DatasetCondensatio
 utils.py (DiffAugment / ParamDiffAug), with its random draw replaced by a fixed value so
 the Rust implementation can be compared exactly (tests/data_dsa.rs).
 
-Run: /work/venvs/torch/bin/python tools/data/make_dsa_fixtures.py
+Run (with a Python that has torch): python tools/data/make_dsa_fixtures.py
 Writes tests/fixtures/data/dsa_ops.json (small).
 """
 import json
