@@ -4,7 +4,7 @@
 //! the ratio distillery / PyTorch (> 1 means distillery is faster), and the ratio of the best
 //! (fastest) iterations, which is less sensitive to other load on the machine.
 //!
-//! `cargo bench --bench engine`. Environment: `BENCH_PYTHON` (default `python3`; needs torch
+//! `cargo bench --bench engine`. Environment: `DISTILLERY_TORCH_PYTHON` (default `python3`; needs torch
 //! and torchvision), `BENCH_THREADS` (default: all cores, which is what rayon uses),
 //! `BENCH_ITERS` (default 5), `BENCH_WARMUP` (default 1), `BENCH_ROUNDS` (default 2), `BENCH_ONLY` (one model name),
 //! `BENCH_NO_TORCH` (skip PyTorch, for profiling), `BENCH_NO_TUNE` (keep glibc's default
@@ -84,12 +84,12 @@ fn bench_torch(
     iters: usize,
     model: &str,
 ) -> Result<serde_json::Value, String> {
-    let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = std::env::var("DISTILLERY_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/engine_torch.py");
     let out = Command::new(&python)
         .args([script, &threads.to_string(), &warmup.to_string(), &iters.to_string(), model])
         .output()
-        .map_err(|e| format!("cannot run {python}: {e} (set BENCH_PYTHON to a python with torch)"))?;
+        .map_err(|e| format!("cannot run {python}: {e} (set DISTILLERY_TORCH_PYTHON to a python with torch)"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(format!("{python} {script} failed: {}", err.lines().last().unwrap_or("")));
