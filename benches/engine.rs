@@ -89,7 +89,9 @@ fn bench_torch(
     let out = Command::new(&python)
         .args([script, &threads.to_string(), &warmup.to_string(), &iters.to_string(), model])
         .output()
-        .map_err(|e| format!("cannot run {python}: {e} (set DISTILLERY_TORCH_PYTHON to a python with torch)"))?;
+        .map_err(|e| {
+            format!("cannot run {python}: {e} (set DISTILLERY_TORCH_PYTHON to a python with torch)")
+        })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(format!("{python} {script} failed: {}", err.lines().last().unwrap_or("")));

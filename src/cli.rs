@@ -349,10 +349,6 @@ fn run_experiment(
         )
         .map_err(|e| internal(&e))?;
     let terminal = exec::sinks::Terminal::new(std::time::Duration::from_secs(2));
-    // The spec itself, on the invocation's run.
-    if let Err(e) = tracker.log_artifact(&parent, &exp.path, "spec.yaml") {
-        eprintln!("  warning: tracking: log spec: {e}");
-    }
     let tracking_sink = exec::sinks::Tracking::new(&tracker, &store, exp, g, parent.clone());
     let sink = exec::sinks::Fanout(vec![&terminal, &tracking_sink]);
     let fingerprints = std::sync::Arc::new(

@@ -67,9 +67,9 @@ fn every_node_is_a_nested_mlflow_run_and_cached_nodes_point_to_the_original() {
     let files: Vec<String> =
         client.list_artifacts(&table.info.run_id, "").unwrap().into_iter().map(|f| f.path).collect();
     assert!(files.iter().any(|f| f == "table.md"), "{files:?}");
-    let spec_on_parent = parents
-        .iter()
-        .any(|p| client.list_artifacts(&p.info.run_id, "").unwrap().iter().any(|f| f.path == "spec.yaml"));
+    let spec_on_parent = parents.iter().any(|p| {
+        client.list_artifacts(&p.info.run_id, "spec").unwrap().iter().any(|f| f.path == "spec/t.yaml")
+    });
     assert!(spec_on_parent, "the spec is an artifact of the invocation run");
     let cached: Vec<_> = children.iter().filter(|r| r.tag(CACHED_FROM_MLFLOW_TAG).is_some()).collect();
     assert!(
