@@ -53,24 +53,31 @@ fn counts(out: &Output) -> (usize, usize) {
     (n(" ran"), n(" cached"))
 }
 
-/// sha256 of every stored file, by node name: the store's manifests.
-fn stored(dir: &Path) -> Vec<(String, String)> {
+/// Every store entry: its folder and its manifest.
+fn entries(dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
     let mut out = Vec::new();
     for shard in std::fs::read_dir(dir.join(".distillery/objects")).unwrap() {
         for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let m: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(e.unwrap().path().join("manifest.json")).unwrap(),
-            )
-            .unwrap();
-            for f in m["files"].as_array().unwrap() {
-                let path = f["path"].as_str().unwrap();
-                // Timings differ run to run; weights and data-derived files must not.
-                if path == "model.safetensors" || path == "model.json" {
-                    out.push((
-                        format!("{}/{path}", m["node"].as_str().unwrap()),
-                        f["sha256"].as_str().unwrap().to_string(),
-                    ));
-                }
+            let p = e.unwrap().path();
+            let m = serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap()).unwrap();
+            out.push((p, m));
+        }
+    }
+    out
+}
+
+/// sha256 of the stored weights and model info, by node name.
+fn stored(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (_, m) in entries(dir) {
+        for f in m["files"].as_array().unwrap() {
+            let path = f["path"].as_str().unwrap();
+            // Timings differ run to run; weights and data-derived files must not.
+            if path == "model.safetensors" || path == "model.json" {
+                out.push((
+                    format!("{}/{path}", m["node"].as_str().unwrap()),
+                    f["sha256"].as_str().unwrap().to_string(),
+                ));
             }
         }
     }
@@ -176,16 +183,11 @@ fn a_corrupt_entry_is_detected_and_recomputed() {
     assert_eq!(run(&spec, &[]).status.code(), Some(0));
     let before = stored(dir.path());
     // Flip one byte of one stored checkpoint.
-    let mut target = None;
-    for shard in std::fs::read_dir(dir.path().join(".distillery/objects")).unwrap() {
-        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let p = e.unwrap().path().join("model.safetensors");
-            if p.exists() && target.is_none() {
-                target = Some(p);
-            }
-        }
-    }
-    let target = target.unwrap();
+    let target = entries(dir.path())
+        .into_iter()
+        .map(|(p, _)| p.join("model.safetensors"))
+        .find(|p| p.exists())
+        .unwrap();
     let mut bytes = std::fs::read(&target).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -239,17 +241,7 @@ fn two_runs_on_one_store_compute_each_node_once() {
 
 /// The `kind` of every store entry.
 fn entry_kinds(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for shard in std::fs::read_dir(dir.join(".distillery/objects")).unwrap() {
-        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let m: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(e.unwrap().path().join("manifest.json")).unwrap(),
-            )
-            .unwrap();
-            out.push(m["kind"].as_str().unwrap().to_string());
-        }
-    }
-    out
+    entries(dir).into_iter().map(|(_, m)| m["kind"].as_str().unwrap().to_string()).collect()
 }
 
 #[test]
@@ -338,15 +330,8 @@ fn finetune_from_a_safetensors_file_and_a_clear_error_for_the_wrong_one() {
     let spec = spec(dir.path(), 1);
     assert_eq!(run(&spec, &["--only", "teacher_pt"]).status.code(), Some(0));
     // The stored checkpoint is a torchvision-named safetensors file: use it as "hub" weights.
-    let mut weights = None;
-    for shard in std::fs::read_dir(dir.path().join(".distillery/objects")).unwrap() {
-        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let p = e.unwrap().path();
-            if p.join("model.safetensors").exists() {
-                weights = Some(p.join("model.safetensors"));
-            }
-        }
-    }
+    let weights =
+        entries(dir.path()).into_iter().map(|(p, _)| p.join("model.safetensors")).find(|p| p.exists());
     std::fs::copy(weights.unwrap(), dir.path().join("hub.safetensors")).unwrap();
     let hub = |model: &str| {
         format!(

@@ -86,24 +86,10 @@ fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<
                 Some(_) => init_from(node_input(job, "init")?, &info, ad)?,
                 None => info.config().init(ad).map_err(failed)?,
             };
-            let mut trainer =
+            let trainer =
                 resolve::trainer_config(&s.optimizer, &s.schedule, s.epochs, s.warmup_epochs, s.grad_clip);
-            let lp = s.freeze == spec::Freeze::Backbone;
-            if lp {
-                trainer.rules = vec![ParamRule::frozen(""), ParamRule::lr_mult(model.head_path(), 1.0)];
-            }
-            Ok(Setup {
-                trained: Trained::Plain(model),
-                info,
-                trainer,
-                batch_size: s.batch_size as usize,
-                epochs: s.epochs,
-                label_smoothing: s.label_smoothing,
-                augment: s.augment.clone(),
-                data_name,
-                data: ds,
-                freeze_bn: lp,
-            })
+            let settings = (s.batch_size, s.epochs, s.label_smoothing, s.augment.clone());
+            Ok(plain_setup(model, info, trainer, s.freeze, 1.0, settings, data_name, ds))
         }
         NodeKind::Finetune(s) => {
             let (info, model) = match (&s.from, &s.weights, &s.model) {
@@ -125,26 +111,10 @@ fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<
                 }
                 _ => return Err(failed("finetune needs `from` or `weights` + `model`")),
             };
-            let mut trainer =
+            let trainer =
                 resolve::trainer_config(&s.optimizer, &s.schedule, s.epochs, s.warmup_epochs, s.grad_clip);
-            let lp = s.freeze == spec::Freeze::Backbone;
-            trainer.rules = if lp {
-                vec![ParamRule::frozen(""), ParamRule::lr_mult(model.head_path(), s.head_lr_mult)]
-            } else {
-                vec![ParamRule::lr_mult(model.head_path(), s.head_lr_mult)]
-            };
-            Ok(Setup {
-                trained: Trained::Plain(model),
-                info,
-                trainer,
-                batch_size: s.batch_size as usize,
-                epochs: s.epochs,
-                label_smoothing: s.label_smoothing,
-                augment: s.augment.clone(),
-                data_name,
-                data: ds,
-                freeze_bn: lp,
-            })
+            let settings = (s.batch_size, s.epochs, s.label_smoothing, s.augment.clone());
+            Ok(plain_setup(model, info, trainer, s.freeze, s.head_lr_mult, settings, data_name, ds))
         }
         NodeKind::Distill(s) => {
             let (tinfo, teacher) = load_model(node_input(job, "teacher")?, plain)?;
@@ -204,6 +174,36 @@ fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<
             })
         }
         _ => unreachable!("train::run handles training kinds only"),
+    }
+}
+
+/// A train or finetune node's setup: the head learns at `head_lr_mult` x the optimizer's rate;
+/// `freeze: backbone` trains the head alone (linear probing) with batch-norm statistics frozen.
+#[allow(clippy::too_many_arguments)]
+fn plain_setup(
+    model: Model,
+    info: ModelInfo,
+    mut trainer: engine::TrainerConfig,
+    freeze: spec::Freeze,
+    head_lr_mult: f64,
+    (batch_size, epochs, label_smoothing, augment): (u32, u32, f64, spec::AugmentSpec),
+    data_name: String,
+    data: Arc<Dataset>,
+) -> Setup {
+    let lp = freeze == spec::Freeze::Backbone;
+    let head = ParamRule::lr_mult(model.head_path(), head_lr_mult);
+    trainer.rules = if lp { vec![ParamRule::frozen(""), head] } else { vec![head] };
+    Setup {
+        trained: Trained::Plain(model),
+        info,
+        trainer,
+        batch_size: batch_size as usize,
+        epochs,
+        label_smoothing,
+        augment,
+        data_name,
+        data,
+        freeze_bn: lp,
     }
 }
 
@@ -282,9 +282,14 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut term_sums: Vec<(String, f64)> = Vec::new();
         let te = Instant::now();
-        for b in loader.epoch(epoch as u64) {
+        for mut b in loader.epoch(epoch as u64) {
             job.cancel.check()?;
-            let (x, y) = batch_tensors(&b, &ad);
+            // The teacher's inputs are the same images on the plain device (when it runs live).
+            let teacher_images = match &trained {
+                Trained::Distill(_, t) if t.cached.is_none() => Some(b.images.clone()),
+                _ => None,
+            };
+            let (x, y) = batch_tensors(&mut b, &ad);
             let n = b.labels.len();
             let (loss, logits, terms) = match &trained {
                 Trained::Plain(m) => {
@@ -293,7 +298,7 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
                     (l, z, Vec::new())
                 }
                 Trained::Distill(d, t) => {
-                    let (ft, zt) = t.outputs(&b, &plain, &ad);
+                    let (ft, zt) = t.outputs(&b, teacher_images, &plain, &ad);
                     let (fs, zs) = d.student.forward(x);
                     let terms = d
                         .heads
@@ -433,11 +438,17 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
 impl Teacher {
     /// The teacher's features and logits for a batch, on the training device: read from the
     /// cache, or a forward pass on inputs re-normalised to the teacher's statistics.
-    fn outputs(&self, b: &data::Batch, plain: &Device, ad: &Device) -> (Tensor<2>, Tensor<2>) {
-        if let Some(c) = &self.cached {
-            return c.rows(&b.indices, ad);
-        }
-        let x = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), plain);
+    fn outputs(
+        &self,
+        b: &data::Batch,
+        images: Option<Vec<f32>>,
+        plain: &Device,
+        ad: &Device,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let (Some(images), None) = (images, &self.cached) else {
+            return self.cached.as_ref().expect("cached when no images are passed").rows(&b.indices, ad);
+        };
+        let x = Tensor::<4>::from_data(TensorData::new(images, b.shape), plain);
         let x = match &self.renorm {
             None => x,
             Some((a, c)) => {
