@@ -90,8 +90,26 @@ pub fn count_flops<R>(f: impl FnOnce() -> R) -> (R, u64) {
 }
 
 /// `conv.forward(x)`, counted: 2 x output elements x (in/groups x kh x kw).
+///
+/// Symmetric padding without dilation (every convolution of our models) runs through
+/// [`crate::engine::conv::conv2d`], whose CPU kernels are much faster in training than burn's.
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let y = conv.forward(x);
+    let pad = match conv.padding {
+        PaddingConfig2d::Valid => Some([0, 0]),
+        PaddingConfig2d::Explicit(t, l, b, r) if t == b && l == r => Some([t, l]),
+        _ => None,
+    };
+    let y = match pad {
+        Some(pad) if conv.dilation == [1, 1] => crate::engine::conv::conv2d(
+            x,
+            conv.weight.val(),
+            conv.bias.as_ref().map(|b| b.val()),
+            conv.stride,
+            pad,
+            conv.groups,
+        ),
+        _ => conv.forward(x),
+    };
     let [c_out, per_out, kh, kw] = conv.weight.shape().dims::<4>();
     let _ = c_out;
     add_flops(2 * y.shape().num_elements() as u64 * (per_out * kh * kw) as u64);

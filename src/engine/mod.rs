@@ -5,6 +5,7 @@
 //! files it is handed; it knows nothing of specs, graphs or tracking.
 
 pub mod checkpoint;
+pub mod conv;
 pub mod device;
 pub mod error;
 pub mod eval;
