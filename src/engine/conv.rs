@@ -430,6 +430,9 @@ pub fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], need: [bool; 3]) -> 
     }
     let kc = g.kc();
     let tiles = g.image_tiles();
+    // Wᵀ ([kc, m]), so that gemm reads it along its reduction dimension without packing it
+    // again for every tile.
+    let wt = if need_x { transpose(w, g.m, kc) } else { Vec::new() };
     let mut dx = if need_x { vec![0f32; g.n * g.c * g.h * g.w] } else { Vec::new() };
     let dxptr = SendPtr(dx.as_mut_ptr());
     // Weight-gradient partial sums: tiles are grouped into at most GROUPS contiguous runs, each
@@ -472,11 +475,12 @@ pub fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], need: [bool; 3]) -> 
                         im2col(g, x, *t, colbuf);
                         (colbuf.as_ptr() as *const f32, cols as isize)
                     };
-                    // dW[m, kc] += dY[m, cols] · colᵀ[cols, kc]
+                    // dW[m, kc] += dY[m, cols] · colᵀ[cols, kc], accumulated transposed (dWᵀ,
+                    // [kc, m]) so that gemm packs the small dY tile, not the im2col matrix.
                     matmul(
                         (g.m, kc, cols),
                         dw.as_mut_ptr(),
-                        (kc as isize, 1),
+                        (1, g.m as isize),
                         true,
                         dy_mat,
                         (dy_rs, 1),
@@ -494,8 +498,8 @@ pub fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], need: [bool; 3]) -> 
                             d,
                             (p as isize, 1),
                             false,
-                            w.as_ptr(),
-                            (1, kc as isize),
+                            wt.as_ptr(),
+                            (g.m as isize, 1),
                             dy_mat,
                             (dy_rs, 1),
                         );
@@ -505,8 +509,8 @@ pub fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], need: [bool; 3]) -> 
                             dcol.as_mut_ptr(),
                             (cols as isize, 1),
                             false,
-                            w.as_ptr(),
-                            (1, kc as isize),
+                            wt.as_ptr(),
+                            (g.m as isize, 1),
                             dy_mat,
                             (dy_rs, 1),
                         );
@@ -527,9 +531,25 @@ pub fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], need: [bool; 3]) -> 
         for part in it {
             acc.iter_mut().zip(&part).for_each(|(a, b)| *a += *b);
         }
-        acc
+        transpose(&acc, kc, g.m)
     });
     Grads { x: need_x.then_some(dx), w: dw, bias }
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]` row-major, in cache-sized blocks.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const B: usize = 32;
+    let mut out = vec![0f32; rows * cols];
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    out[c * rows + r] = a[r * cols + c];
+                }
+            }
+        }
+    }
+    out
 }
 
 fn depthwise_forward(g: &Geom, x: &[f32], w: &[f32], out: &mut [f32]) {

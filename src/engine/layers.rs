@@ -8,7 +8,6 @@
 use burn::module::{Flag, Module, Param, RunningState};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::tensor::module::batch_norm_train;
 use burn::tensor::{Device, Distribution, Tensor};
 
 /// `y = x W^T + b` with `W: [out, in]`, PyTorch's `nn.Linear`.
@@ -147,16 +146,17 @@ impl BatchNorm {
         if device.is_autodiff() && self.training.is_enabled() {
             let dims = x.dims();
             let n: usize = dims.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| *d).product();
-            let out = batch_norm_train(x, self.weight.val(), self.bias.val(), self.epsilon);
+            let (output, batch_mean, batch_var) =
+                crate::engine::norm::batch_norm_train(x, self.weight.val(), self.bias.val(), self.epsilon);
             let unbiased = (n as f64) / ((n.max(2) - 1) as f64);
             let m = self.momentum;
             let mean = self.running_mean.value_sync().to_device(&device);
             let var = self.running_var.value_sync().to_device(&device);
-            let mean = mean.mul_scalar(1.0 - m) + out.mean.detach().mul_scalar(m);
-            let var = var.mul_scalar(1.0 - m) + out.variance.detach().mul_scalar(m * unbiased);
+            let mean = mean.mul_scalar(1.0 - m) + batch_mean.detach().mul_scalar(m);
+            let var = var.mul_scalar(1.0 - m) + batch_var.detach().mul_scalar(m * unbiased);
             self.running_mean.update(mean.detach());
             self.running_var.update(var.detach());
-            out.output
+            output
         } else {
             // Folded into one scale and shift per channel: two passes over the activations
             // where burn's `batch_norm` makes four (sub, div, mul, add).

@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod layers;
 pub mod models;
+pub mod norm;
 pub mod optim;
 pub mod safetensors;
 pub mod schedule;
