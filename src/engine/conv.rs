@@ -33,6 +33,36 @@ use rayon::prelude::*;
 /// burn-autodiff's tensor on the flex backend (not exported by name).
 type AutodiffTensor<B> = FloatTensor<Autodiff<B>>;
 
+/// Runs `$body` compiled for AVX-512 or AVX2 when the CPU has them (the crate itself is built
+/// for baseline x86-64), else as is. Only vector widths change: no FMA contraction, the same
+/// operations in the same order, so the results are bit-identical on every path.
+macro_rules! multiversion {
+    (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn v4($($arg: $ty),*) { body($($arg),*) }
+                #[target_feature(enable = "avx2")]
+                unsafe fn v3($($arg: $ty),*) { body($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the feature.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has the feature.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use multiversion;
+
 /// Output columns per gemm tile: enough work per call to reach the kernel's speed, small
 /// enough that an im2col tile stays in the outer caches and there are tiles for every core.
 const TILE_COLS: usize = 1024;
@@ -111,6 +141,11 @@ impl Geom {
     /// What this module computes itself; the rest goes to burn.
     fn supported(&self) -> bool {
         (self.groups == 1 || self.depthwise()) && self.n > 0 && self.m > 0 && self.p() > 0
+    }
+
+    /// Stride 1 and output as large as the input ("same" padding, odd kernels).
+    fn same_stride1(&self) -> bool {
+        self.sh == 1 && self.sw == 1 && self.oh == self.h && self.ow == self.w
     }
 
     /// A 1x1, stride-1, unpadded convolution: the input image is its own im2col matrix.
@@ -199,8 +234,109 @@ fn valid_range(out_len: usize, s: usize, k: usize, pad: usize, len: usize) -> (u
     (lo.min(hi), hi)
 }
 
+/// For stride-1 convolutions whose output is as wide as the input ("same" padding), the rows
+/// of output rows `oy0..oy1` for kernel tap `(ky, kx)` are one contiguous run of the input
+/// plane shifted by `(ky - ph)·w + kx - pw`, except for the `kw - 1` columns a row's shift
+/// pushes past its edges. Returns the run: `(dst offset, src range)` clipped to the plane, and
+/// the valid rows and columns.
+#[inline]
+fn same_run(
+    g: &Geom,
+    ky: usize,
+    kx: usize,
+    oy0: usize,
+    oy1: usize,
+) -> Option<(usize, std::ops::Range<usize>, (usize, usize))> {
+    let (ylo, yhi) = valid_range(g.oh, 1, ky, g.ph, g.h);
+    let (ylo, yhi) = (ylo.clamp(oy0, oy1), yhi.clamp(oy0, oy1));
+    if ylo >= yhi {
+        return None;
+    }
+    let hw = (g.h * g.w) as isize;
+    let src0 = (ylo + ky) as isize - g.ph as isize;
+    let start = src0 * g.w as isize + kx as isize - g.pw as isize;
+    let end = start + ((yhi - ylo) * g.w) as isize;
+    let (lo, hi) = (start.max(0), end.min(hw));
+    let dst = (ylo - oy0) * g.ow + (lo - start) as usize;
+    Some((dst, lo as usize..hi as usize, (ylo, yhi)))
+}
+
+/// [`im2col`] for stride-1 "same" convolutions on whole output rows: one copy per tap and image.
+fn im2col_same(g: &Geom, x: &[f32], tile: Tile, col: &mut [f32]) {
+    let cols = tile.cols();
+    let (hw, tp) = (g.h * g.w, tile.q1 - tile.q0);
+    let (oy0, oy1) = (tile.q0 / g.ow, tile.q1 / g.ow);
+    let mut row = 0;
+    for ci in 0..g.c {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let (xlo, xhi) = valid_range(g.ow, 1, kx, g.pw, g.w);
+                for n in tile.n0..tile.n1 {
+                    let plane = &x[(n * g.c + ci) * hw..(n * g.c + ci + 1) * hw];
+                    let base = row * cols + (n - tile.n0) * tp;
+                    let d = &mut col[base..base + tp];
+                    match same_run(g, ky, kx, oy0, oy1) {
+                        None => d.fill(0.0),
+                        Some((at, src, (ylo, yhi))) => {
+                            d[..(ylo - oy0) * g.ow].fill(0.0);
+                            d[(yhi - oy0) * g.ow..].fill(0.0);
+                            d[at..at + src.len()].copy_from_slice(&plane[src]);
+                            // The columns the shift carried across a row edge.
+                            for oy in ylo..yhi {
+                                let r = (oy - oy0) * g.ow;
+                                d[r..r + xlo].fill(0.0);
+                                d[r + xhi..r + g.ow].fill(0.0);
+                            }
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// [`col2im`] for stride-1 "same" convolutions: one vector add per tap and image, after
+/// zeroing the columns of `dcol` that fall outside the input (no row edge is crossed).
+fn col2im_same(g: &Geom, dcol: &mut [f32], tile: Tile, dx: &mut [f32]) {
+    let cols = tile.cols();
+    let (hw, p) = (g.h * g.w, g.p());
+    let mut row = 0;
+    for ci in 0..g.c {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let (xlo, xhi) = valid_range(g.ow, 1, kx, g.pw, g.w);
+                for n in 0..tile.n1 - tile.n0 {
+                    let base = row * cols + n * p;
+                    let srow = &mut dcol[base..base + p];
+                    let Some((at, dst, (ylo, yhi))) = same_run(g, ky, kx, 0, g.oh) else { continue };
+                    for oy in ylo..yhi {
+                        let r = oy * g.ow;
+                        srow[r..r + xlo].fill(0.0);
+                        srow[r + xhi..r + g.ow].fill(0.0);
+                    }
+                    let plane = &mut dx[(n * g.c + ci) * hw..(n * g.c + ci + 1) * hw];
+                    add_into(&srow[at..at + dst.len()], &mut plane[dst]);
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn add_into(src: &[f32], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d += *s;
+        }
+    }
+}
+
 /// Writes the im2col rows of `tile` into `col` (`kc` rows of `tile.cols()`, row-major).
 fn im2col(g: &Geom, x: &[f32], tile: Tile, col: &mut [f32]) {
+    if g.same_stride1() && tile.q0 % g.ow == 0 && tile.q1 % g.ow == 0 {
+        return im2col_same(g, x, tile, col);
+    }
     let cols = tile.cols();
     let (hw, tp) = (g.h * g.w, tile.q1 - tile.q0);
     let mut row = 0;
@@ -248,7 +384,10 @@ fn im2col(g: &Geom, x: &[f32], tile: Tile, col: &mut [f32]) {
 
 /// Adds the im2col-shaped gradient `dcol` (whole images `tile.n0..n1`) into `dx`, which holds
 /// those images only.
-fn col2im(g: &Geom, dcol: &[f32], tile: Tile, dx: &mut [f32]) {
+fn col2im(g: &Geom, dcol: &mut [f32], tile: Tile, dx: &mut [f32]) {
+    if g.same_stride1() {
+        return col2im_same(g, dcol, tile, dx);
+    }
     let cols = tile.cols();
     let (hw, p) = (g.h * g.w, g.p());
     let mut row = 0;
@@ -552,122 +691,203 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn depthwise_forward(g: &Geom, x: &[f32], w: &[f32], out: &mut [f32]) {
-    let (p, hw, kk, mult) = (g.p(), g.h * g.w, g.kh * g.kw, g.m / g.c);
-    out.par_chunks_mut(p).enumerate().for_each(|(idx, o)| {
-        let (n, mo) = (idx / g.m, idx % g.m);
-        let ci = mo / mult;
-        let plane = &x[(n * g.c + ci) * hw..(n * g.c + ci + 1) * hw];
-        let wk = &w[mo * kk..(mo + 1) * kk];
-        for oy in 0..g.oh {
-            let orow = &mut o[oy * g.ow..(oy + 1) * g.ow];
-            for ky in 0..g.kh {
-                let iy = (oy * g.sh + ky) as isize - g.ph as isize;
-                if iy < 0 || iy >= g.h as isize {
-                    continue;
+/// A zero-padded input plane split into `sh x sw` phases, so that every kernel tap of a
+/// strided depthwise convolution reads one contiguous run. Phase `(ry, rx)` holds padded rows
+/// `ry, ry + sh, ...` and columns `rx, rx + sw, ...`, `prow x pcol` of them.
+///
+/// Outputs are computed "wide", `oh` rows of `pcol` columns (the columns past `ow` are
+/// discarded), so that tap `(ky, kx)` is a single run: `wide[j] += w · phase[off + j]` for
+/// `j < (oh - 1)·pcol + ow`, with `off = (ky / sh)·pcol + kx / sw`.
+struct Phases {
+    sh: usize,
+    sw: usize,
+    prow: usize,
+    pcol: usize,
+    data: Vec<f32>,
+}
+
+impl Phases {
+    fn new(g: &Geom) -> Phases {
+        let prow = g.oh + (g.kh - 1) / g.sh;
+        let pcol = g.ow + (g.kw - 1) / g.sw;
+        Phases { sh: g.sh, sw: g.sw, prow, pcol, data: vec![0f32; g.sh * g.sw * prow * pcol] }
+    }
+
+    /// Length of a tap's run.
+    fn run_len(&self, g: &Geom) -> usize {
+        (g.oh - 1) * self.pcol + g.ow
+    }
+
+    /// Where tap `(ky, kx)` starts in `data`.
+    fn tap(&self, ky: usize, kx: usize) -> usize {
+        let phase = (ky % self.sh) * self.sw + kx % self.sw;
+        (phase * self.prow + ky / self.sh) * self.pcol + kx / self.sw
+    }
+
+    /// Calls `f(index in data, index in the h x w plane)` for every input position the
+    /// kernel can reach.
+    fn for_each_input(&self, g: &Geom, mut f: impl FnMut(usize, usize)) {
+        for iy in 0..g.h {
+            let py = iy + g.ph;
+            let (ry, yq) = (py % self.sh, py / self.sh);
+            if yq >= self.prow {
+                continue;
+            }
+            let (mut rx, mut xq) = (g.pw % self.sw, g.pw / self.sw);
+            for ix in 0..g.w {
+                if xq < self.pcol {
+                    f(((ry * self.sw + rx) * self.prow + yq) * self.pcol + xq, iy * g.w + ix);
                 }
-                let irow = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                for kx in 0..g.kw {
-                    let wv = wk[ky * g.kw + kx];
-                    let (lo, hi) = valid_range(g.ow, g.sw, kx, g.pw, g.w);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let start = lo * g.sw + kx - g.pw;
-                    if g.sw == 1 {
-                        for (a, b) in orow[lo..hi].iter_mut().zip(&irow[start..start + hi - lo]) {
-                            *a += wv * *b;
-                        }
-                    } else {
-                        for (i, a) in orow[lo..hi].iter_mut().enumerate() {
-                            *a += wv * irow[start + i * g.sw];
-                        }
-                    }
+                rx += 1;
+                if rx == self.sw {
+                    rx = 0;
+                    xq += 1;
                 }
             }
         }
-    });
+    }
+
+    fn load(&mut self, g: &Geom, plane: &[f32]) {
+        self.data.fill(0.0);
+        let mut data = std::mem::take(&mut self.data);
+        if self.sh == 1 && self.sw == 1 {
+            for iy in 0..g.h.min(self.prow.saturating_sub(g.ph)) {
+                let o = (iy + g.ph) * self.pcol + g.pw;
+                let n = g.w.min(self.pcol.saturating_sub(g.pw));
+                data[o..o + n].copy_from_slice(&plane[iy * g.w..iy * g.w + n]);
+            }
+        } else {
+            self.for_each_input(g, |d, s| data[d] = plane[s]);
+        }
+        self.data = data;
+    }
+
+    /// Adds the values at input positions into an `h x w` plane.
+    fn store_add(&self, g: &Geom, plane: &mut [f32]) {
+        self.for_each_input(g, |d, s| plane[s] += self.data[d]);
+    }
+}
+
+multiversion! {
+    fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        for (y, x) in y.iter_mut().zip(x) {
+            *y += a * *x;
+        }
+    }
+}
+
+/// Lanes of the partial sums in [`dot_acc`]: a fixed count, so the summation order (and the
+/// result) does not depend on the vector width the CPU offers.
+const LANES: usize = 16;
+
+multiversion! {
+    fn dot_acc(a: &[f32], b: &[f32], acc: &mut [f32; LANES]) {
+        let n = a.len().min(b.len());
+        let (ca, cb) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for l in 0..LANES {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        for (l, (x, y)) in ra.iter().zip(rb).enumerate() {
+            acc[l] += x * y;
+        }
+    }
+}
+
+/// Per-task buffers of the depthwise kernels: the phases and one wide plane.
+fn depthwise_bufs(g: &Geom) -> (Phases, Vec<f32>) {
+    let ph = Phases::new(g);
+    let wide = vec![0f32; g.oh * ph.pcol];
+    (ph, wide)
+}
+
+fn depthwise_forward(g: &Geom, x: &[f32], w: &[f32], out: &mut [f32]) {
+    let (p, hw, kk, mult) = (g.p(), g.h * g.w, g.kh * g.kw, g.m / g.c);
+    out.par_chunks_mut(p * mult).enumerate().for_each_init(
+        || depthwise_bufs(g),
+        |(ph, wide), (idx, o)| {
+            // One input plane feeds `mult` output planes.
+            let (n, ci) = (idx / g.c, idx % g.c);
+            ph.load(g, &x[(n * g.c + ci) * hw..(n * g.c + ci + 1) * hw]);
+            let len = ph.run_len(g);
+            for (j, o) in o.chunks_mut(p).enumerate() {
+                let wk = &w[(ci * mult + j) * kk..(ci * mult + j + 1) * kk];
+                wide.fill(0.0);
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let t = ph.tap(ky, kx);
+                        axpy(wk[ky * g.kw + kx], &ph.data[t..t + len], &mut wide[..len]);
+                    }
+                }
+                for oy in 0..g.oh {
+                    o[oy * g.ow..(oy + 1) * g.ow].copy_from_slice(&wide[oy * ph.pcol..oy * ph.pcol + g.ow]);
+                }
+            }
+        },
+    );
+}
+
+/// `dy`'s plane in the wide layout, zeros past `ow`.
+fn widen(g: &Geom, pcol: usize, dplane: &[f32], wide: &mut [f32]) {
+    wide.fill(0.0);
+    for oy in 0..g.oh {
+        wide[oy * pcol..oy * pcol + g.ow].copy_from_slice(&dplane[oy * g.ow..(oy + 1) * g.ow]);
+    }
 }
 
 fn depthwise_dx(g: &Geom, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let (p, hw, kk, mult) = (g.p(), g.h * g.w, g.kh * g.kw, g.m / g.c);
     let mut dx = vec![0f32; g.n * g.c * hw];
-    dx.par_chunks_mut(hw).enumerate().for_each(|(idx, d)| {
-        let (n, ci) = (idx / g.c, idx % g.c);
-        for mo in ci * mult..(ci + 1) * mult {
-            let dplane = &dy[(n * g.m + mo) * p..(n * g.m + mo + 1) * p];
-            let wk = &w[mo * kk..(mo + 1) * kk];
-            for oy in 0..g.oh {
-                let grow = &dplane[oy * g.ow..(oy + 1) * g.ow];
+    dx.par_chunks_mut(hw).enumerate().for_each_init(
+        || depthwise_bufs(g),
+        |(ph, wide), (idx, d)| {
+            let (n, ci) = (idx / g.c, idx % g.c);
+            ph.data.fill(0.0);
+            let len = ph.run_len(g);
+            for mo in ci * mult..(ci + 1) * mult {
+                widen(g, ph.pcol, &dy[(n * g.m + mo) * p..(n * g.m + mo + 1) * p], wide);
+                let wk = &w[mo * kk..(mo + 1) * kk];
                 for ky in 0..g.kh {
-                    let iy = (oy * g.sh + ky) as isize - g.ph as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let drow = &mut d[iy as usize * g.w..(iy as usize + 1) * g.w];
                     for kx in 0..g.kw {
-                        let wv = wk[ky * g.kw + kx];
-                        let (lo, hi) = valid_range(g.ow, g.sw, kx, g.pw, g.w);
-                        if lo >= hi {
-                            continue;
-                        }
-                        let start = lo * g.sw + kx - g.pw;
-                        if g.sw == 1 {
-                            for (a, b) in drow[start..start + hi - lo].iter_mut().zip(&grow[lo..hi]) {
-                                *a += wv * *b;
-                            }
-                        } else {
-                            for (i, b) in grow[lo..hi].iter().enumerate() {
-                                drow[start + i * g.sw] += wv * *b;
-                            }
-                        }
+                        let t = ph.tap(ky, kx);
+                        axpy(wk[ky * g.kw + kx], &wide[..len], &mut ph.data[t..t + len]);
                     }
                 }
             }
-        }
-    });
+            ph.store_add(g, d);
+        },
+    );
     dx
 }
 
 fn depthwise_dw(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (p, hw, kk, mult) = (g.p(), g.h * g.w, g.kh * g.kw, g.m / g.c);
     let mut dw = vec![0f32; g.m * kk];
-    dw.par_chunks_mut(kk).enumerate().for_each(|(mo, acc)| {
-        let ci = mo / mult;
-        for n in 0..g.n {
-            let plane = &x[(n * g.c + ci) * hw..(n * g.c + ci + 1) * hw];
-            let dplane = &dy[(n * g.m + mo) * p..(n * g.m + mo + 1) * p];
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let (lo, hi) = valid_range(g.ow, g.sw, kx, g.pw, g.w);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let start = lo * g.sw + kx - g.pw;
-                    let mut s = 0f32;
-                    for oy in 0..g.oh {
-                        let iy = (oy * g.sh + ky) as isize - g.ph as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            continue;
-                        }
-                        let irow = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        let grow = &dplane[oy * g.ow + lo..oy * g.ow + hi];
-                        if g.sw == 1 {
-                            s += grow
-                                .iter()
-                                .zip(&irow[start..start + hi - lo])
-                                .map(|(a, b)| a * b)
-                                .sum::<f32>();
-                        } else {
-                            s +=
-                                grow.iter().enumerate().map(|(i, a)| a * irow[start + i * g.sw]).sum::<f32>();
+    dw.par_chunks_mut(kk * mult).enumerate().for_each_init(
+        || depthwise_bufs(g),
+        |(ph, wide), (ci, acc)| {
+            let mut lanes = vec![[0f32; LANES]; kk * mult];
+            let len = ph.run_len(g);
+            for n in 0..g.n {
+                ph.load(g, &x[(n * g.c + ci) * hw..(n * g.c + ci + 1) * hw]);
+                for j in 0..mult {
+                    let mo = ci * mult + j;
+                    widen(g, ph.pcol, &dy[(n * g.m + mo) * p..(n * g.m + mo + 1) * p], wide);
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let t = ph.tap(ky, kx);
+                            dot_acc(&wide[..len], &ph.data[t..t + len], &mut lanes[j * kk + ky * g.kw + kx]);
                         }
                     }
-                    acc[ky * g.kw + kx] += s;
                 }
             }
-        }
-    });
+            for (a, l) in acc.iter_mut().zip(&lanes) {
+                *a = l.iter().sum();
+            }
+        },
+    );
     dw
 }
 
@@ -865,8 +1085,8 @@ mod tests {
         let go = (ours.clone() * r.clone()).sum().backward();
         let gt = (theirs.clone() * r).sum().backward();
         let close = |a: Tensor<4>, b: Tensor<4>, what: &str| {
-            let a: Vec<f32> = a.into_data().to_vec().unwrap();
-            let b: Vec<f32> = b.into_data().to_vec().unwrap();
+            let a: Vec<f32> = a.into_data().try_to_vec::<f32>().unwrap();
+            let b: Vec<f32> = b.into_data().try_to_vec::<f32>().unwrap();
             let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
             let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
             assert!(err <= 2e-5 * scale, "{what}: max error {err} (scale {scale}) for {g:?}");
@@ -899,6 +1119,11 @@ mod tests {
         check([2, 4, 40, 40], [3, 4, 3, 3], [1, 1], [1, 1], 1, false);
         check([23, 6, 4, 4], [5, 6, 3, 3], [1, 1], [1, 1], 1, true);
         check([9, 16, 2, 2], [8, 16, 1, 1], [1, 1], [0, 0], 1, false);
+        // Stride-1 "same" convolutions (the contiguous-run im2col/col2im), with tiles that
+        // split an image mid-row (45x45 = 2025 outputs, tiles of 1013), and a 5x5 kernel.
+        check([1, 2, 45, 45], [3, 2, 3, 3], [1, 1], [1, 1], 1, false);
+        check([2, 3, 9, 11], [4, 3, 5, 5], [1, 1], [2, 2], 1, true);
+        check([3, 2, 1, 6], [2, 2, 3, 3], [1, 1], [1, 1], 1, false);
     }
 
     #[test]
@@ -914,11 +1139,12 @@ mod tests {
         let d = Device::flex();
         let x = Tensor::<4>::random([3, 4, 12, 12], Distribution::Normal(0.0, 1.0), &d);
         let w = Tensor::<4>::random([5, 4, 3, 3], Distribution::Normal(0.0, 1.0), &d);
-        let a: Vec<f32> = conv2d(x.clone(), w.clone(), None, [1, 1], [1, 1], 1).into_data().to_vec().unwrap();
+        let a: Vec<f32> =
+            conv2d(x.clone(), w.clone(), None, [1, 1], [1, 1], 1).into_data().try_to_vec::<f32>().unwrap();
         let b: Vec<f32> =
             burn::tensor::module::conv2d(x, w, None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
                 .into_data()
-                .to_vec()
+                .try_to_vec::<f32>()
                 .unwrap();
         let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(err < 1e-4, "{err}");

@@ -10,6 +10,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 
+pub use crate::engine::norm::Act;
+
 /// `y = x W^T + b` with `W: [out, in]`, PyTorch's `nn.Linear`.
 #[derive(Module, Debug)]
 pub struct Linear {
@@ -142,12 +144,29 @@ pub fn batch_norm_layer(channels: usize, device: &Device) -> BatchNorm {
 
 impl BatchNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_act(x, Act::Identity, None)
+    }
+
+    /// `act(bn(x) + residual)`, fused into one pass where the kernels of
+    /// [`crate::engine::norm`] apply (the flex CPU device).
+    pub fn forward_act<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        act: Act,
+        residual: Option<Tensor<D>>,
+    ) -> Tensor<D> {
         let device = x.device();
         if device.is_autodiff() && self.training.is_enabled() {
             let dims = x.dims();
             let n: usize = dims.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| *d).product();
-            let (output, batch_mean, batch_var) =
-                crate::engine::norm::batch_norm_train(x, self.weight.val(), self.bias.val(), self.epsilon);
+            let (output, batch_mean, batch_var) = crate::engine::norm::batch_norm_train(
+                x,
+                self.weight.val(),
+                self.bias.val(),
+                self.epsilon,
+                act,
+                residual,
+            );
             let unbiased = (n as f64) / ((n.max(2) - 1) as f64);
             let m = self.momentum;
             let mean = self.running_mean.value_sync().to_device(&device);
@@ -158,15 +177,13 @@ impl BatchNorm {
             self.running_var.update(var.detach());
             output
         } else {
-            // Folded into one scale and shift per channel: two passes over the activations
-            // where burn's `batch_norm` makes four (sub, div, mul, add).
+            // Folded into one scale and shift per channel, then one pass over the activations
+            // (with the residual sum and the activation) where burn's `batch_norm` makes four.
             let mean = self.running_mean.value().to_device(&device);
             let var = self.running_var.value().to_device(&device);
             let scale = self.weight.val() * var.add_scalar(self.epsilon).sqrt().recip();
             let shift = self.bias.val() - mean * scale.clone();
-            let mut shape = [1usize; D];
-            shape[1] = scale.dims()[0];
-            x * scale.reshape(shape) + shift.reshape(shape)
+            crate::engine::norm::affine(x, scale, shift, act, residual)
         }
     }
 }
@@ -220,6 +237,11 @@ pub fn conv_bn(
 impl ConvBn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.bn.forward(conv_forward(&self.conv, x))
+    }
+
+    /// `act(bn(conv(x)) + residual)`.
+    pub fn forward_act(&self, x: Tensor<4>, act: Act, residual: Option<Tensor<4>>) -> Tensor<4> {
+        self.bn.forward_act(conv_forward(&self.conv, x), act, residual)
     }
 }
 

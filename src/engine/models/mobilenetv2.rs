@@ -8,13 +8,12 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::Stem;
 use crate::engine::error::EngineError;
 use crate::engine::layers::{
-    BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv_forward, conv2d, global_avg_pool, linear,
+    Act, BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv_forward, conv2d, global_avg_pool, linear,
 };
 use burn::nn::conv::Conv2d;
 
@@ -128,7 +127,7 @@ impl MobileNetV2 {
     pub fn forward_features(&self, mut x: Tensor<4>) -> Tensor<2> {
         for f in &self.features {
             x = match f {
-                Feature::ConvBn(cb) => relu6(cb.forward(x)),
+                Feature::ConvBn(cb) => cb.forward_act(x, Act::Relu6, None),
                 Feature::Block(b) => b.forward(x),
             };
         }
@@ -147,20 +146,18 @@ impl MobileNetV2 {
 impl InvertedResidual {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut y = x.clone();
-        for layer in &self.conv {
+        let last = self.conv.len() - 1;
+        for (i, layer) in self.conv.iter().enumerate() {
             y = match layer {
-                Layer::ConvBn(cb) => relu6(cb.forward(y)),
+                Layer::ConvBn(cb) => cb.forward_act(y, Act::Relu6, None),
                 Layer::Conv(c) => conv_forward(c, y),
+                // The residual sum is fused into the projection's batch norm.
+                Layer::Bn(bn) if i == last && self.use_residual => {
+                    return bn.forward_act(y, Act::Identity, Some(x));
+                }
                 Layer::Bn(bn) => bn.forward(y),
             };
         }
         if self.use_residual { x + y } else { y }
     }
-}
-
-/// `min(max(x, 0), 6)` written as `relu(x) - relu(x - 6)`: the same function (exact up to one
-/// rounding above 12), but its backward is two ReLU masks instead of burn's clamp backward,
-/// whose scalar `mask_fill`s took a fifth of a MobileNetV2 training step.
-fn relu6(x: Tensor<4>) -> Tensor<4> {
-    relu(x.clone()) - relu(x.sub_scalar(6.0))
 }

@@ -12,7 +12,6 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
@@ -20,7 +19,7 @@ use burn::tensor::{Device, Tensor};
 use super::Stem;
 use crate::engine::error::EngineError;
 use crate::engine::layers::{
-    BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv_forward, conv2d, global_avg_pool, linear,
+    Act, BatchNorm, ConvBn, Linear, batch_norm_layer, conv_bn, conv_forward, conv2d, global_avg_pool, linear,
 };
 
 #[derive(Module, Debug)]
@@ -141,7 +140,7 @@ impl ResNet {
     }
 
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
+        let mut x = self.bn1.forward_act(conv_forward(&self.conv1, x), Act::Relu, None);
         if self.imagenet_stem {
             let opts = MaxPoolOptions::new([3, 3]).with_stride([2, 2]).with_padding([1, 1]);
             x = max_pool2d(x, opts);
@@ -165,11 +164,15 @@ impl Block {
             Some(ds) => ds.forward(x.clone()),
             None => x.clone(),
         };
-        let mut y = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
-        y = self.bn2.forward(conv_forward(&self.conv2, y));
-        if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            y = bn3.forward(conv_forward(conv3, relu(y)));
+        let y = self.bn1.forward_act(conv_forward(&self.conv1, x), Act::Relu, None);
+        let y = conv_forward(&self.conv2, y);
+        // The residual sum and the final ReLU are fused into the last batch norm.
+        match (&self.conv3, &self.bn3) {
+            (Some(conv3), Some(bn3)) => {
+                let y = self.bn2.forward_act(y, Act::Relu, None);
+                bn3.forward_act(conv_forward(conv3, y), Act::Relu, Some(identity))
+            }
+            _ => self.bn2.forward_act(y, Act::Relu, Some(identity)),
         }
-        relu(y + identity)
     }
 }

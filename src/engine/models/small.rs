@@ -9,7 +9,7 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::engine::layers::{
-    BatchNorm, Linear, batch_norm_layer, conv_forward, conv2d, global_avg_pool, linear,
+    Act, BatchNorm, Linear, batch_norm_layer, conv_forward, conv2d, global_avg_pool, linear,
 };
 
 /// Hidden layers `Linear-ReLU`; the features are the last hidden activation (or the flattened
@@ -64,7 +64,7 @@ impl Cnn {
 
     pub fn forward_features(&self, mut x: Tensor<4>) -> Tensor<2> {
         for (conv, bn) in self.convs.iter().zip(&self.bns) {
-            x = relu(bn.forward(conv_forward(conv, x)));
+            x = bn.forward_act(conv_forward(conv, x), Act::Relu, None);
             let [_, _, h, w] = x.dims();
             // Pool while the map is at least 2x2, so deep stacks on small images stay valid.
             if h >= 2 && w >= 2 {
