@@ -64,8 +64,9 @@ macro_rules! multiversion {
 pub(crate) use multiversion;
 
 /// Output columns per gemm tile: enough work per call to reach the kernel's speed, small
-/// enough that an im2col tile stays in the outer caches and there are tiles for every core.
-const TILE_COLS: usize = 1024;
+/// enough that an im2col tile stays in the core's caches and there are tiles for every core.
+/// 256 measured best of 256/384/512/1024/2048 on the engine bench's models (AVX-512 Zen).
+const TILE_COLS: usize = 256;
 
 /// The shape of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,8 +160,8 @@ impl Geom {
         let p = self.p();
         let mut out = Vec::new();
         if p >= TILE_COLS / 2 {
-            let pieces = p.div_ceil(TILE_COLS);
-            let len = p.div_ceil(pieces);
+            // Whole output rows, about TILE_COLS columns a tile.
+            let len = (TILE_COLS / self.ow).max(1) * self.ow;
             for n in 0..self.n {
                 let mut q = 0;
                 while q < p {
@@ -207,6 +208,21 @@ impl Tile {
     fn cols(&self) -> usize {
         (self.n1 - self.n0) * (self.q1 - self.q0)
     }
+}
+
+thread_local! {
+    /// Each thread's im2col / gradient buffer, kept between calls: allocating and zeroing
+    /// it per tile showed up in profiles.
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's scratch buffer (grow it with `resize`; contents are stale).
+fn scratch() -> Vec<f32> {
+    SCRATCH.take()
+}
+
+fn give_back(buf: Vec<f32>) {
+    SCRATCH.set(buf);
 }
 
 /// Raw pointer that may cross threads; every use writes a region no other task touches.
@@ -332,10 +348,66 @@ multiversion! {
     }
 }
 
+/// [`im2col`] for any stride and padding on whole output rows: each input plane is split
+/// once into stride phases with its padding ([`Phases`]), then every tap's row is a copy of
+/// `ow`-long runs (no bounds logic, no strided reads).
+fn im2col_phases(g: &Geom, x: &[f32], tile: Tile, col: &mut [f32]) {
+    let cols = tile.cols();
+    let (hw, tp, kk) = (g.h * g.w, tile.q1 - tile.q0, g.kh * g.kw);
+    let (oy0, oy1) = (tile.q0 / g.ow, tile.q1 / g.ow);
+    let mut ph = Phases::new(g);
+    for ci in 0..g.c {
+        for n in tile.n0..tile.n1 {
+            ph.load(g, &x[(n * g.c + ci) * hw..(n * g.c + ci + 1) * hw]);
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = ci * kk + ky * g.kw + kx;
+                    let base = row * cols + (n - tile.n0) * tp;
+                    let t = ph.tap(ky, kx);
+                    for oy in oy0..oy1 {
+                        let src = &ph.data[t + oy * ph.pcol..t + oy * ph.pcol + g.ow];
+                        let d = base + (oy - oy0) * g.ow;
+                        col[d..d + g.ow].copy_from_slice(src);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`col2im`] through [`Phases`]: each tap's rows are added as `ow`-long runs into the phase
+/// planes, which are then added into the input plane once.
+fn col2im_phases(g: &Geom, dcol: &[f32], tile: Tile, dx: &mut [f32]) {
+    let cols = tile.cols();
+    let (hw, p, kk) = (g.h * g.w, g.p(), g.kh * g.kw);
+    let mut ph = Phases::new(g);
+    for ci in 0..g.c {
+        for n in 0..tile.n1 - tile.n0 {
+            ph.data.fill(0.0);
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = ci * kk + ky * g.kw + kx;
+                    let base = row * cols + n * p;
+                    let t = ph.tap(ky, kx);
+                    for oy in 0..g.oh {
+                        let o = t + oy * ph.pcol;
+                        add_into(&dcol[base + oy * g.ow..base + (oy + 1) * g.ow], &mut ph.data[o..o + g.ow]);
+                    }
+                }
+            }
+            ph.store_add(g, &mut dx[(n * g.c + ci) * hw..(n * g.c + ci + 1) * hw]);
+        }
+    }
+}
+
 /// Writes the im2col rows of `tile` into `col` (`kc` rows of `tile.cols()`, row-major).
 fn im2col(g: &Geom, x: &[f32], tile: Tile, col: &mut [f32]) {
-    if g.same_stride1() && tile.q0 % g.ow == 0 && tile.q1 % g.ow == 0 {
+    let whole_rows = tile.q0 % g.ow == 0 && tile.q1 % g.ow == 0;
+    if g.same_stride1() && whole_rows {
         return im2col_same(g, x, tile, col);
+    }
+    if whole_rows && g.kh * g.kw > 1 {
+        return im2col_phases(g, x, tile, col);
     }
     let cols = tile.cols();
     let (hw, tp) = (g.h * g.w, tile.q1 - tile.q0);
@@ -387,6 +459,9 @@ fn im2col(g: &Geom, x: &[f32], tile: Tile, col: &mut [f32]) {
 fn col2im(g: &Geom, dcol: &mut [f32], tile: Tile, dx: &mut [f32]) {
     if g.same_stride1() {
         return col2im_same(g, dcol, tile, dx);
+    }
+    if g.kh * g.kw > 1 {
+        return col2im_phases(g, dcol, tile, dx);
     }
     let cols = tile.cols();
     let (hw, p) = (g.h * g.w, g.p());
@@ -474,7 +549,8 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32>
         let kc = g.kc();
         let optr = SendPtr(out.as_mut_ptr());
         let tiles = g.tiles();
-        tiles.par_iter().for_each_init(Vec::new, |buf: &mut Vec<f32>, t| {
+        tiles.par_iter().for_each(|t| {
+            let mut buf = scratch();
             let cols = t.cols();
             let single = t.n1 - t.n0 == 1;
             // Direct: the tile's columns are contiguous in the image's output rows.
@@ -524,6 +600,7 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32>
                     }
                 }
             }
+            give_back(buf);
         });
     }
     if let Some(b) = bias {
@@ -582,7 +659,7 @@ pub fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], need: [bool; 3]) -> 
         .par_chunks(per_group)
         .map(|run| {
             let mut dw = if need_w { vec![0f32; g.m * kc] } else { Vec::new() };
-            let mut buf: Vec<f32> = Vec::new();
+            let mut buf = scratch();
             for t in run {
                 let cols = t.cols();
                 let single = t.n1 - t.n0 == 1;
@@ -661,34 +738,50 @@ pub fn backward(g: &Geom, x: &[f32], w: &[f32], dy: &[f32], need: [bool; 3]) -> 
                     }
                 }
             }
+            give_back(buf);
             dw
         })
         .collect();
     let dw = need_w.then(|| {
         let mut it = partials.into_iter();
         let mut acc = it.next().unwrap_or_default();
-        for part in it {
-            acc.iter_mut().zip(&part).for_each(|(a, b)| *a += *b);
-        }
+        let rest: Vec<Vec<f32>> = it.collect();
+        // Each element sums the runs in order (deterministic), blocks in parallel.
+        acc.par_chunks_mut(4096).enumerate().for_each(|(i, a)| {
+            for part in &rest {
+                add_into(&part[i * 4096..i * 4096 + a.len()], a);
+            }
+        });
         transpose(&acc, kc, g.m)
     });
     Grads { x: need_x.then_some(dx), w: dw, bias }
 }
 
-/// `[rows, cols]` row-major to `[cols, rows]` row-major, in cache-sized blocks.
+/// `[rows, cols]` row-major to `[cols, rows]` row-major, in cache-sized blocks, the blocks
+/// of output rows spread over threads.
 fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const B: usize = 32;
+    const B: usize = 16;
     let mut out = vec![0f32; rows * cols];
-    for r0 in (0..rows).step_by(B) {
-        for c0 in (0..cols).step_by(B) {
-            for r in r0..(r0 + B).min(rows) {
-                for c in c0..(c0 + B).min(cols) {
-                    out[c * rows + r] = a[r * cols + c];
+    out.par_chunks_mut(B * rows).enumerate().for_each(|(cb, o)| {
+        transpose_block(a, rows, cols, cb * B, o);
+    });
+    out
+}
+
+multiversion! {
+    fn transpose_block(a: &[f32], rows: usize, cols: usize, c0: usize, o: &mut [f32]) {
+        const B: usize = 16;
+        let c1 = (c0 + B).min(cols);
+        for r0 in (0..rows).step_by(B) {
+            let r1 = (r0 + B).min(rows);
+            for c in c0..c1 {
+                let dst = &mut o[(c - c0) * rows + r0..(c - c0) * rows + r1];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = a[(r0 + i) * cols + c];
                 }
             }
         }
     }
-    out
 }
 
 /// A zero-padded input plane split into `sh x sw` phases, so that every kernel tap of a
