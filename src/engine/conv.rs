@@ -542,10 +542,15 @@ fn matmul(
 /// Forward pass: `[n, c, h, w] ⊛ [m, c/groups, kh, kw] (+ bias) -> [n, m, oh, ow]`.
 pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let p = g.p();
-    let mut out = vec![0f32; g.n * g.m * p];
+    let len = g.n * g.m * p;
+    let mut out: Vec<f32>;
     if g.depthwise() {
+        out = vec![0f32; len];
         depthwise_forward(g, x, w, &mut out);
     } else {
+        // Every element is written below (each tile's gemm, without reading, or its scatter)
+        // before the length is set: no zeroing pass.
+        out = Vec::with_capacity(len);
         let kc = g.kc();
         let optr = SendPtr(out.as_mut_ptr());
         let tiles = g.tiles();
@@ -592,16 +597,22 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32>
                 for i in 0..t.n1 - t.n0 {
                     for mo in 0..g.m {
                         let src = &tmp[mo * cols + i * p..mo * cols + (i + 1) * p];
-                        // SAFETY: image t.n0 + i belongs to this tile only.
-                        let d = unsafe {
-                            std::slice::from_raw_parts_mut(optr.at(((t.n0 + i) * g.m + mo) * p), p)
+                        // SAFETY: image t.n0 + i belongs to this tile only; `out` has room for
+                        // it (written through the pointer, the buffer is not yet initialised).
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                src.as_ptr(),
+                                optr.at(((t.n0 + i) * g.m + mo) * p),
+                                p,
+                            )
                         };
-                        d.copy_from_slice(src);
                     }
                 }
             }
             give_back(buf);
         });
+        // SAFETY: the tiles cover every output column of every image and channel.
+        unsafe { out.set_len(len) };
     }
     if let Some(b) = bias {
         out.par_chunks_mut(p).enumerate().for_each(|(i, plane)| {

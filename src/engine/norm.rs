@@ -15,6 +15,8 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor, TensorData};
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::engine::conv::multiversion;
@@ -49,6 +51,12 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
+    /// Like [`SendPtr::run`], for a buffer not yet initialised.
+    unsafe fn run_uninit<'a>(self, r: std::ops::Range<usize>) -> &'a mut [std::mem::MaybeUninit<f32>] {
+        // SAFETY: as for `run`; MaybeUninit makes no claim about the contents.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(r.start).cast(), r.len()) }
+    }
+
     /// Channel `ch`'s run of sample `i` (each task writes only its own channel).
     unsafe fn run<'a>(self, r: std::ops::Range<usize>) -> &'a mut [f32] {
         // SAFETY: the caller's ranges are disjoint between tasks and inside the buffer.
@@ -145,18 +153,25 @@ multiversion! {
 
 /// `out = act(x·a + b (+ r))`.
 #[inline(always)]
-fn affine_act_body(x: &[f32], a: f32, b: f32, act: Act, r: Option<&[f32]>, out: &mut [f32]) {
+fn affine_act_body(x: &[f32], a: f32, b: f32, act: Act, r: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
     #[inline(always)]
-    fn go(x: &[f32], a: f32, b: f32, r: Option<&[f32]>, out: &mut [f32], f: impl Fn(f32) -> f32) {
+    fn go(
+        x: &[f32],
+        a: f32,
+        b: f32,
+        r: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+        f: impl Fn(f32) -> f32,
+    ) {
         match r {
             Some(r) => {
                 for ((o, v), r) in out.iter_mut().zip(x).zip(r) {
-                    *o = f(*v * a + b + *r);
+                    o.write(f(*v * a + b + *r));
                 }
             }
             None => {
                 for (o, v) in out.iter_mut().zip(x) {
-                    *o = f(*v * a + b);
+                    o.write(f(*v * a + b));
                 }
             }
         }
@@ -169,7 +184,7 @@ fn affine_act_body(x: &[f32], a: f32, b: f32, act: Act, r: Option<&[f32]>, out: 
 }
 
 multiversion! {
-    fn affine_act(x: &[f32], a: f32, b: f32, act: Act, r: Option<&[f32]>, out: &mut [f32]) {
+    fn affine_act(x: &[f32], a: f32, b: f32, act: Act, r: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
         affine_act_body(x, a, b, act, r, out)
     }
 }
@@ -351,7 +366,8 @@ fn forward(
     act: Act,
     res: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut y = vec![0f32; x.len()];
+    // Written through `yp`, every run of every channel, before the length is set.
+    let mut y: Vec<f32> = Vec::with_capacity(x.len());
     let yp = SendPtr(y.as_mut_ptr());
     let cnt = d.count() as f64;
     let stats: Vec<(f32, f32)> = (0..d.c)
@@ -371,12 +387,14 @@ fn forward(
             let (a, b) = scale_shift(gamma[ch], beta[ch], mean, var, eps);
             for r in d.runs(ch) {
                 // SAFETY: channel ch's runs belong to this task only.
-                let out = unsafe { yp.run(r.clone()) };
+                let out = unsafe { yp.run_uninit(r.clone()) };
                 affine_act(&x[r.clone()], a, b, act, res.map(|v| &v[r]), out);
             }
             (mean as f32, var as f32)
         })
         .collect();
+    // SAFETY: the channels' runs cover the whole tensor.
+    unsafe { y.set_len(x.len()) };
     let (mean, var) = stats.into_iter().unzip();
     (y, mean, var)
 }
@@ -438,12 +456,18 @@ fn backward(
 
 /// Inference: `act(x·a[c] + b[c] (+ r))` over `[n, c, rest]`.
 fn affine_forward(d: Dims, x: &[f32], a: &[f32], b: &[f32], act: Act, res: Option<&[f32]>) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(d.rest).enumerate().for_each(|(i, out)| {
+    // Written through `yp`, every run, before the length is set.
+    let mut y: Vec<f32> = Vec::with_capacity(x.len());
+    let yp = SendPtr(y.as_mut_ptr());
+    (0..d.n * d.c).into_par_iter().for_each(|i| {
         let ch = i % d.c;
         let r = i * d.rest..(i + 1) * d.rest;
+        // SAFETY: run i belongs to this task only.
+        let out = unsafe { yp.run_uninit(r.clone()) };
         affine_act(&x[r.clone()], a[ch], b[ch], act, res.map(|v| &v[r]), out);
     });
+    // SAFETY: the runs cover the whole tensor.
+    unsafe { y.set_len(x.len()) };
     y
 }
 
