@@ -37,7 +37,8 @@ type AutodiffTensor<B> = FloatTensor<Autodiff<B>>;
 /// for baseline x86-64), else as is. Only vector widths change: no FMA contraction, the same
 /// operations in the same order, so the results are bit-identical on every path.
 macro_rules! multiversion {
-    (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
         fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn body($($arg: $ty),*) $body

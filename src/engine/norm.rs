@@ -110,6 +110,28 @@ impl Act {
     }
 }
 
+/// Evaluates `$e` with `$f` bound to a closure of the activation's `$method` (`apply` or
+/// `passes`) for the given `Act`, one monomorphic copy per activation, so that the loops in
+/// `$e` vectorise.
+macro_rules! with_act {
+    ($act:expr, $f:ident = $method:ident => $e:expr) => {
+        match $act {
+            Act::Identity => {
+                let $f = |v: f32| Act::Identity.$method(v);
+                $e
+            }
+            Act::Relu => {
+                let $f = |v: f32| Act::Relu.$method(v);
+                $e
+            }
+            Act::Relu6 => {
+                let $f = |v: f32| Act::Relu6.$method(v);
+                $e
+            }
+        }
+    };
+}
+
 /// f64 lanes of the per-channel sums: a fixed count, so the order of additions (and the
 /// result) is the same whatever vector width the CPU has.
 const L: usize = 8;
@@ -151,125 +173,38 @@ multiversion! {
     }
 }
 
-/// `out = act(x·a + b (+ r))`.
-#[inline(always)]
-fn affine_act_body(x: &[f32], a: f32, b: f32, act: Act, r: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
-    #[inline(always)]
-    fn go(
-        x: &[f32],
-        a: f32,
-        b: f32,
-        r: Option<&[f32]>,
-        out: &mut [MaybeUninit<f32>],
-        f: impl Fn(f32) -> f32,
-    ) {
-        match r {
-            Some(r) => {
-                for ((o, v), r) in out.iter_mut().zip(x).zip(r) {
-                    o.write(f(*v * a + b + *r));
-                }
-            }
-            None => {
-                for (o, v) in out.iter_mut().zip(x) {
-                    o.write(f(*v * a + b));
-                }
-            }
-        }
-    }
-    match act {
-        Act::Identity => go(x, a, b, r, out, |v| Act::Identity.apply(v)),
-        Act::Relu => go(x, a, b, r, out, |v| Act::Relu.apply(v)),
-        Act::Relu6 => go(x, a, b, r, out, |v| Act::Relu6.apply(v)),
-    }
-}
-
 multiversion! {
+    /// `out = act(x·a + b (+ r))`.
     fn affine_act(x: &[f32], a: f32, b: f32, act: Act, r: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
-        affine_act_body(x, a, b, act, r, out)
-    }
-}
-
-/// Gradient through the activation, `g = dy · [act passes at x·a + b (+ r)]`, its sum and its
-/// sum against `x - m`, accumulated into lanes.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn grad_sums_body(
-    dy: &[f32],
-    x: &[f32],
-    r: Option<&[f32]>,
-    abm: (f32, f32, f64),
-    act: Act,
-    sdy: &mut [f64; L],
-    sdyx: &mut [f64; L],
-) {
-    // Monomorphic loops (activation and residual fixed) so that they vectorise.
-    #[inline(always)]
-    fn go<const R: bool>(
-        dy: &[f32],
-        x: &[f32],
-        r: &[f32],
-        (a, b, m): (f32, f32, f64),
-        pass: impl Fn(f32) -> bool,
-        sdy: &mut [f64; L],
-        sdyx: &mut [f64; L],
-    ) {
-        // The masked gradient of a block first (an elementwise loop, which vectorises), then
-        // its f32 partial sums in 16 lanes (short sums, accurate), added into the f64 lanes
-        // after each block: the order of additions is fixed.
-        const F: usize = 16;
-        const BLOCK: usize = F * 64;
-        let n = x.len();
-        let mf = m as f32;
-        let mut g = [0f32; BLOCK];
-        let mut start = 0;
-        while start < n {
-            let end = (start + BLOCK).min(n);
-            let len = end - start;
-            let (xb, db) = (&x[start..end], &dy[start..end]);
-            let gb = &mut g[..len];
-            if R {
-                let rb = &r[start..end];
-                for i in 0..len {
-                    gb[i] = if pass(xb[i] * a + b + rb[i]) { db[i] } else { 0.0 };
+        #[inline(always)]
+        fn go(
+            x: &[f32],
+            a: f32,
+            b: f32,
+            r: Option<&[f32]>,
+            out: &mut [MaybeUninit<f32>],
+            f: impl Fn(f32) -> f32,
+        ) {
+            match r {
+                Some(r) => {
+                    for ((o, v), r) in out.iter_mut().zip(x).zip(r) {
+                        o.write(f(*v * a + b + *r));
+                    }
                 }
-            } else {
-                for i in 0..len {
-                    gb[i] = if pass(xb[i] * a + b) { db[i] } else { 0.0 };
+                None => {
+                    for (o, v) in out.iter_mut().zip(x) {
+                        o.write(f(*v * a + b));
+                    }
                 }
             }
-            let (mut s1, mut s2) = ([0f32; F], [0f32; F]);
-            let (gc, xc) = (gb.chunks_exact(F), xb.chunks_exact(F));
-            let (gr, xr) = (gc.remainder(), xc.remainder());
-            for (gv, xv) in gc.zip(xc) {
-                for l in 0..F {
-                    s1[l] += gv[l];
-                    s2[l] += gv[l] * (xv[l] - mf);
-                }
-            }
-            for (l, (gv, xv)) in gr.iter().zip(xr).enumerate() {
-                s1[l] += gv;
-                s2[l] += gv * (xv - mf);
-            }
-            for l in 0..F {
-                sdy[l % L] += s1[l] as f64;
-                sdyx[l % L] += s2[l] as f64;
-            }
-            start = end;
         }
-    }
-    let n = x.len();
-    let (dy, x) = (&dy[..n], &x[..n]);
-    match (r, act) {
-        (None, Act::Identity) => go::<false>(dy, x, &[], abm, |v| Act::Identity.passes(v), sdy, sdyx),
-        (None, Act::Relu) => go::<false>(dy, x, &[], abm, |v| Act::Relu.passes(v), sdy, sdyx),
-        (None, Act::Relu6) => go::<false>(dy, x, &[], abm, |v| Act::Relu6.passes(v), sdy, sdyx),
-        (Some(r), Act::Identity) => go::<true>(dy, x, &r[..n], abm, |v| Act::Identity.passes(v), sdy, sdyx),
-        (Some(r), Act::Relu) => go::<true>(dy, x, &r[..n], abm, |v| Act::Relu.passes(v), sdy, sdyx),
-        (Some(r), Act::Relu6) => go::<true>(dy, x, &r[..n], abm, |v| Act::Relu6.passes(v), sdy, sdyx),
+        with_act!(act, f = apply => go(x, a, b, r, out, f))
     }
 }
 
 multiversion! {
+    /// Gradient through the activation, `g = dy · [act passes at x·a + b (+ r)]`, its sum and its
+    /// sum against `x - m`, accumulated into lanes.
     fn grad_sums(
         dy: &[f32],
         x: &[f32],
@@ -279,64 +214,72 @@ multiversion! {
         sdy: &mut [f64; L],
         sdyx: &mut [f64; L],
     ) {
-        grad_sums_body(dy, x, r, abm, act, sdy, sdyx)
-    }
-}
-
-/// `dx = k·g - c0 - c1·(x - m)` and, when asked, the residual's gradient `g`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn grad_write_body(
-    dy: &[f32],
-    x: &[f32],
-    r: Option<&[f32]>,
-    abm: (f32, f32, f32),
-    kc: (f32, f32, f32),
-    act: Act,
-    dx: &mut [f32],
-    dr: Option<&mut [f32]>,
-) {
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn go<const R: bool>(
-        dy: &[f32],
-        x: &[f32],
-        r: &[f32],
-        (a, b, m): (f32, f32, f32),
-        (k, c0, c1): (f32, f32, f32),
-        pass: impl Fn(f32) -> bool,
-        dx: &mut [f32],
-        dr: &mut [f32],
-    ) {
-        for i in 0..x.len() {
-            let pre = if R { x[i] * a + b + r[i] } else { x[i] * a + b };
-            let g = if pass(pre) { dy[i] } else { 0.0 };
-            dx[i] = k * g - c0 - c1 * (x[i] - m);
-            if R {
-                dr[i] = g;
+        // Monomorphic loops (activation and residual fixed) so that they vectorise.
+        #[inline(always)]
+        fn go<const R: bool>(
+            dy: &[f32],
+            x: &[f32],
+            r: &[f32],
+            (a, b, m): (f32, f32, f64),
+            pass: impl Fn(f32) -> bool,
+            sdy: &mut [f64; L],
+            sdyx: &mut [f64; L],
+        ) {
+            // The masked gradient of a block first (an elementwise loop, which vectorises), then
+            // its f32 partial sums in 16 lanes (short sums, accurate), added into the f64 lanes
+            // after each block: the order of additions is fixed.
+            const F: usize = 16;
+            const BLOCK: usize = F * 64;
+            let n = x.len();
+            let mf = m as f32;
+            let mut g = [0f32; BLOCK];
+            let mut start = 0;
+            while start < n {
+                let end = (start + BLOCK).min(n);
+                let len = end - start;
+                let (xb, db) = (&x[start..end], &dy[start..end]);
+                let gb = &mut g[..len];
+                if R {
+                    let rb = &r[start..end];
+                    for i in 0..len {
+                        gb[i] = if pass(xb[i] * a + b + rb[i]) { db[i] } else { 0.0 };
+                    }
+                } else {
+                    for i in 0..len {
+                        gb[i] = if pass(xb[i] * a + b) { db[i] } else { 0.0 };
+                    }
+                }
+                let (mut s1, mut s2) = ([0f32; F], [0f32; F]);
+                let (gc, xc) = (gb.chunks_exact(F), xb.chunks_exact(F));
+                let (gr, xr) = (gc.remainder(), xc.remainder());
+                for (gv, xv) in gc.zip(xc) {
+                    for l in 0..F {
+                        s1[l] += gv[l];
+                        s2[l] += gv[l] * (xv[l] - mf);
+                    }
+                }
+                for (l, (gv, xv)) in gr.iter().zip(xr).enumerate() {
+                    s1[l] += gv;
+                    s2[l] += gv * (xv - mf);
+                }
+                for l in 0..F {
+                    sdy[l % L] += s1[l] as f64;
+                    sdyx[l % L] += s2[l] as f64;
+                }
+                start = end;
             }
         }
-    }
-    let n = x.len();
-    let (dy, x, dx) = (&dy[..n], &x[..n], &mut dx[..n]);
-    match (r, dr) {
-        (Some(r), Some(dr)) => {
-            let (r, dr) = (&r[..n], &mut dr[..n]);
-            match act {
-                Act::Identity => go::<true>(dy, x, r, abm, kc, |v| Act::Identity.passes(v), dx, dr),
-                Act::Relu => go::<true>(dy, x, r, abm, kc, |v| Act::Relu.passes(v), dx, dr),
-                Act::Relu6 => go::<true>(dy, x, r, abm, kc, |v| Act::Relu6.passes(v), dx, dr),
-            }
+        let n = x.len();
+        let (dy, x) = (&dy[..n], &x[..n]);
+        match r {
+            None => with_act!(act, pass = passes => go::<false>(dy, x, &[], abm, pass, sdy, sdyx)),
+            Some(r) => with_act!(act, pass = passes => go::<true>(dy, x, &r[..n], abm, pass, sdy, sdyx)),
         }
-        _ => match act {
-            Act::Identity => go::<false>(dy, x, &[], abm, kc, |v| Act::Identity.passes(v), dx, &mut []),
-            Act::Relu => go::<false>(dy, x, &[], abm, kc, |v| Act::Relu.passes(v), dx, &mut []),
-            Act::Relu6 => go::<false>(dy, x, &[], abm, kc, |v| Act::Relu6.passes(v), dx, &mut []),
-        },
     }
 }
 
 multiversion! {
+    /// `dx = k·g - c0 - c1·(x - m)` and, when asked, the residual's gradient `g`.
     fn grad_write(
         dy: &[f32],
         x: &[f32],
@@ -347,7 +290,36 @@ multiversion! {
         dx: &mut [f32],
         dr: Option<&mut [f32]>,
     ) {
-        grad_write_body(dy, x, r, abm, kc, act, dx, dr)
+        #[allow(clippy::too_many_arguments)]
+        #[inline(always)]
+        fn go<const R: bool>(
+            dy: &[f32],
+            x: &[f32],
+            r: &[f32],
+            (a, b, m): (f32, f32, f32),
+            (k, c0, c1): (f32, f32, f32),
+            pass: impl Fn(f32) -> bool,
+            dx: &mut [f32],
+            dr: &mut [f32],
+        ) {
+            for i in 0..x.len() {
+                let pre = if R { x[i] * a + b + r[i] } else { x[i] * a + b };
+                let g = if pass(pre) { dy[i] } else { 0.0 };
+                dx[i] = k * g - c0 - c1 * (x[i] - m);
+                if R {
+                    dr[i] = g;
+                }
+            }
+        }
+        let n = x.len();
+        let (dy, x, dx) = (&dy[..n], &x[..n], &mut dx[..n]);
+        match (r, dr) {
+            (Some(r), Some(dr)) => {
+                let (r, dr) = (&r[..n], &mut dr[..n]);
+                with_act!(act, pass = passes => go::<true>(dy, x, r, abm, kc, pass, dx, dr))
+            }
+            _ => with_act!(act, pass = passes => go::<false>(dy, x, &[], abm, kc, pass, dx, &mut [])),
+        }
     }
 }
 
