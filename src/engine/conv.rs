@@ -829,29 +829,6 @@ impl Phases {
         (phase * self.prow + ky / self.sh) * self.pcol + kx / self.sw
     }
 
-    /// Calls `f(index in data, index in the h x w plane)` for every input position the
-    /// kernel can reach.
-    fn for_each_input(&self, g: &Geom, mut f: impl FnMut(usize, usize)) {
-        for iy in 0..g.h {
-            let py = iy + g.ph;
-            let (ry, yq) = (py % self.sh, py / self.sh);
-            if yq >= self.prow {
-                continue;
-            }
-            let (mut rx, mut xq) = (g.pw % self.sw, g.pw / self.sw);
-            for ix in 0..g.w {
-                if xq < self.pcol {
-                    f(((ry * self.sw + rx) * self.prow + yq) * self.pcol + xq, iy * g.w + ix);
-                }
-                rx += 1;
-                if rx == self.sw {
-                    rx = 0;
-                    xq += 1;
-                }
-            }
-        }
-    }
-
     fn load(&mut self, g: &Geom, plane: &[f32]) {
         self.data.fill(0.0);
         let mut data = std::mem::take(&mut self.data);
@@ -862,14 +839,56 @@ impl Phases {
                 data[o..o + n].copy_from_slice(&plane[iy * g.w..iy * g.w + n]);
             }
         } else {
-            self.for_each_input(g, |d, s| data[d] = plane[s]);
+            self.for_each_run(g, |prow, irow| {
+                let (d, src) = (&mut data[prow], &plane[irow.0]);
+                for (d, v) in d.iter_mut().zip(src.iter().step_by(irow.1)) {
+                    *d = *v;
+                }
+            });
         }
         self.data = data;
     }
 
     /// Adds the values at input positions into an `h x w` plane.
     fn store_add(&self, g: &Geom, plane: &mut [f32]) {
-        self.for_each_input(g, |d, s| plane[s] += self.data[d]);
+        self.for_each_run(g, |prow, irow| {
+            let (src, d) = (&self.data[prow], &mut plane[irow.0]);
+            for (d, v) in d.iter_mut().step_by(irow.1).zip(src) {
+                *d += *v;
+            }
+        });
+    }
+
+    /// Calls `f(range in data, (range in the h x w plane, step))` for every run of input
+    /// positions the kernel can reach: one per input row and column phase, the plane's
+    /// positions taken every `sw`-th.
+    fn for_each_run(
+        &self,
+        g: &Geom,
+        mut f: impl FnMut(std::ops::Range<usize>, (std::ops::Range<usize>, usize)),
+    ) {
+        for iy in 0..g.h {
+            let py = iy + g.ph;
+            let (ry, yq) = (py % self.sh, py / self.sh);
+            if yq >= self.prow {
+                continue;
+            }
+            for rx in 0..self.sw {
+                // Input columns ix with (ix + pw) % sw == rx, stored from xq = (ix + pw) / sw on.
+                let ix0 = (rx + self.sw - g.pw % self.sw) % self.sw;
+                if ix0 >= g.w {
+                    continue;
+                }
+                let xq0 = (ix0 + g.pw) / self.sw;
+                if xq0 >= self.pcol {
+                    continue;
+                }
+                let count = (g.w - ix0).div_ceil(self.sw).min(self.pcol - xq0);
+                let o = ((ry * self.sw + rx) * self.prow + yq) * self.pcol + xq0;
+                let start = iy * g.w + ix0;
+                f(o..o + count, (start..start + (count - 1) * self.sw + 1, self.sw));
+            }
+        }
     }
 }
 
