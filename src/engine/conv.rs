@@ -27,44 +27,12 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-/// burn-autodiff's tensor on the flex backend (not exported by name).
-type AutodiffTensor<B> = FloatTensor<Autodiff<B>>;
-
-/// Runs `$body` compiled for AVX-512 or AVX2 when the CPU has them (the crate itself is built
-/// for baseline x86-64), else as is. Only vector widths change: no FMA contraction, the same
-/// operations in the same order, so the results are bit-identical on every path.
-macro_rules! multiversion {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$meta])*
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn v4($($arg: $ty),*) { body($($arg),*) }
-                #[target_feature(enable = "avx2")]
-                unsafe fn v3($($arg: $ty),*) { body($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the feature.
-                    return unsafe { v4($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has the feature.
-                    return unsafe { v3($($arg),*) };
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
-pub(crate) use multiversion;
+use crate::engine::cpu::{AutodiffTensor, SendPtr, add_into, f32s, flex, multiversion, plain, tracked};
 
 /// Output columns per gemm tile: enough work per call to reach the kernel's speed, small
 /// enough that an im2col tile stays in the core's caches and there are tiles for every core.
@@ -227,20 +195,6 @@ fn give_back(buf: Vec<f32>) {
     SCRATCH.set(buf);
 }
 
-/// Raw pointer that may cross threads; every use writes a region no other task touches.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the buffer the pointer was taken from.
-        unsafe { self.0.add(offset) }
-    }
-}
-
 /// The valid range `lo..hi` of output positions `o` whose input position `o·s + k - pad`
 /// falls in `0..len`.
 #[inline]
@@ -338,14 +292,6 @@ fn col2im_same(g: &Geom, dcol: &mut [f32], tile: Tile, dx: &mut [f32]) {
                 }
                 row += 1;
             }
-        }
-    }
-}
-
-multiversion! {
-    fn add_into(src: &[f32], dst: &mut [f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d += *s;
         }
     }
 }
@@ -834,6 +780,7 @@ impl Phases {
         self.data.fill(0.0);
         let mut data = std::mem::take(&mut self.data);
         if self.sh == 1 && self.sw == 1 {
+            // One phase: plain row copies (the common depthwise case, worth its own loop).
             for iy in 0..g.h.min(self.prow.saturating_sub(g.ph)) {
                 let o = (iy + g.ph) * self.pcol + g.pw;
                 let n = g.w.min(self.pcol.saturating_sub(g.pw));
@@ -1041,27 +988,10 @@ fn depthwise_dw(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 // ---------------------------------------------------------------------------------------------
 // burn glue
 
-fn f32_vec(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    if t.is_contiguous() {
-        let (a, b) = t.layout().contiguous_offsets()?;
-        return Some(std::borrow::Cow::Borrowed(&t.storage::<f32>()[a..b]));
-    }
-    let c = t.to_contiguous();
-    let (a, b) = c.layout().contiguous_offsets()?;
-    Some(std::borrow::Cow::Owned(c.storage::<f32>()[a..b].to_vec()))
-}
-
-fn flex(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape))
-}
-
 fn forward_flex(g: &Geom, x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor {
-    let xs = f32_vec(x).expect("f32 checked");
-    let ws = f32_vec(w).expect("f32 checked");
-    let bs = b.map(|b| f32_vec(b).expect("f32 checked"));
+    let xs = f32s(x);
+    let ws = f32s(w);
+    let bs = b.map(|b| f32s(b));
     let y = forward(g, &xs, &ws, bs.as_deref());
     flex(y, vec![g.n, g.m, g.oh, g.ow])
 }
@@ -1075,9 +1005,9 @@ struct ConvBiasBackward;
 type State = (FlexTensor, FlexTensor, Geom);
 
 fn run_backward(parents: [bool; 3], (x, w, g): State, dy: FlexTensor) -> Grads {
-    let xs = f32_vec(&x).expect("f32");
-    let ws = f32_vec(&w).expect("f32");
-    let dys = f32_vec(&dy).expect("f32");
+    let xs = f32s(&x);
+    let ws = f32s(&w);
+    let dys = f32s(&dy);
     backward(&g, &xs, &ws, &dys, parents)
 }
 
@@ -1154,14 +1084,10 @@ enum Prim {
 }
 
 fn prim<const D: usize>(t: &Tensor<D>) -> Option<Prim> {
-    if let Ok(p) = t.clone().try_into_primitive::<Flex>() {
-        return (p.dtype() == DType::F32).then_some(Prim::Plain(p));
-    }
-    let p = t.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
-    (p.primitive().dtype() == DType::F32).then_some(Prim::Tracked(p))
+    plain(t).map(Prim::Plain).or_else(|| tracked(t).map(Prim::Tracked))
 }
 
-fn tracked(p: Prim) -> AutodiffTensor<Flex> {
+fn as_tracked(p: Prim) -> AutodiffTensor<Flex> {
     match p {
         Prim::Tracked(t) => t,
         // A constant among tracked inputs (burn's rule for mixed inputs).
@@ -1198,7 +1124,7 @@ pub fn conv2d(
                 });
                 return Tensor::from_primitive::<Flex>(forward_flex(&g, &xp, &wp, bp.as_ref()));
             }
-            let y = autodiff_conv(&g, tracked(xp), tracked(wp), bp.map(tracked));
+            let y = autodiff_conv(&g, as_tracked(xp), as_tracked(wp), bp.map(as_tracked));
             return Tensor::from_primitive::<Autodiff<Flex>>(y);
         }
     }

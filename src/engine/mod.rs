@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod conv;
+mod cpu;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -12,16 +12,13 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::Tensor;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::engine::conv::multiversion;
-
-type AutodiffTensor<B> = FloatTensor<Autodiff<B>>;
+use crate::engine::cpu::{AutodiffTensor, SendPtr, f32s, flex, multiversion, plain, tracked};
 
 /// `[n, c, rest]` view of an input of any rank >= 2.
 #[derive(Clone, Copy, Debug)]
@@ -42,25 +39,6 @@ impl Dims {
             let s = (i * self.c + ch) * self.rest;
             s..s + self.rest
         })
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Like [`SendPtr::run`], for a buffer not yet initialised.
-    unsafe fn run_uninit<'a>(self, r: std::ops::Range<usize>) -> &'a mut [std::mem::MaybeUninit<f32>] {
-        // SAFETY: as for `run`; MaybeUninit makes no claim about the contents.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(r.start).cast(), r.len()) }
-    }
-
-    /// Channel `ch`'s run of sample `i` (each task writes only its own channel).
-    unsafe fn run<'a>(self, r: std::ops::Range<usize>) -> &'a mut [f32] {
-        // SAFETY: the caller's ranges are disjoint between tasks and inside the buffer.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(r.start), r.len()) }
     }
 }
 
@@ -443,21 +421,6 @@ fn affine_forward(d: Dims, x: &[f32], a: &[f32], b: &[f32], act: Act, res: Optio
     y
 }
 
-fn f32s(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    if t.is_contiguous()
-        && let Some((a, b)) = t.layout().contiguous_offsets()
-    {
-        return std::borrow::Cow::Borrowed(&t.storage::<f32>()[a..b]);
-    }
-    let c = t.to_contiguous();
-    let (a, b) = c.layout().contiguous_offsets().expect("contiguous");
-    std::borrow::Cow::Owned(c.storage::<f32>()[a..b].to_vec())
-}
-
-fn flex(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape))
-}
-
 #[derive(Debug)]
 struct BatchNormBackward;
 
@@ -529,16 +492,6 @@ impl Backward<Flex, 4> for BatchNormResBackward {
             grads.register::<Flex>(node.id, flex(dr, shape));
         }
     }
-}
-
-fn tracked<const D: usize>(t: &Tensor<D>) -> Option<AutodiffTensor<Flex>> {
-    let p = t.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
-    (p.primitive().dtype() == DType::F32).then_some(p)
-}
-
-fn plain<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
-    let p = t.clone().try_into_primitive::<Flex>().ok()?;
-    (p.dtype() == DType::F32).then_some(p)
 }
 
 fn nc_rest(dims: &[usize]) -> Option<Dims> {
