@@ -53,12 +53,27 @@ pub struct Classifier {
 /// torchvision's `_make_divisible`: round to a multiple of 8, never below 90% of the value.
 fn make_divisible(v: f32, divisor: usize) -> usize {
     let d = divisor as f32;
-    let mut new_v = ((v + d / 2.0) / d).floor() as usize * divisor;
+    // Saturating: an absurd width_mult gives an absurd width (refused by the caller's memory
+    // check), not an overflow.
+    let mut new_v = (((v + d / 2.0) / d).floor() as usize).saturating_mul(divisor);
     new_v = new_v.max(divisor);
     if (new_v as f32) < 0.9 * v {
-        new_v += divisor;
+        new_v = new_v.saturating_add(divisor);
     }
     new_v
+}
+
+/// t (expansion), c (channels), n (repeats), s (stride of the first repeat) of each stage.
+fn settings(cifar: bool) -> [[usize; 4]; 7] {
+    [
+        [1, 16, 1, 1],
+        [6, 24, 2, if cifar { 1 } else { 2 }],
+        [6, 32, 3, 2],
+        [6, 64, 4, 2],
+        [6, 96, 3, 1],
+        [6, 160, 3, 2],
+        [6, 320, 1, 1],
+    ]
 }
 
 impl MobileNetV2 {
@@ -81,16 +96,7 @@ impl MobileNetV2 {
             )));
         }
         let cifar = matches!(stem, Stem::Cifar);
-        // t (expansion), c (channels), n (repeats), s (stride of the first repeat)
-        let settings: [[usize; 4]; 7] = [
-            [1, 16, 1, 1],
-            [6, 24, 2, if cifar { 1 } else { 2 }],
-            [6, 32, 3, 2],
-            [6, 64, 4, 2],
-            [6, 96, 3, 1],
-            [6, 160, 3, 2],
-            [6, 320, 1, 1],
-        ];
+        let settings = settings(cifar);
         let mut c_in = make_divisible(32.0 * width_mult, 8);
         let last = make_divisible(1280.0 * width_mult.max(1.0), 8);
         let first_stride = if cifar { 1 } else { 2 };
@@ -160,4 +166,56 @@ impl InvertedResidual {
         }
         if self.use_residual { x + y } else { y }
     }
+}
+
+/// [`super::Footprint`] of `MobileNetV2::new` on `in_channels x size x size` inputs.
+pub(super) fn footprint(
+    width_mult: f32,
+    stem: Stem,
+    dropout: f64,
+    in_channels: usize,
+    size: usize,
+    num_classes: usize,
+) -> Result<super::Footprint, EngineError> {
+    if !(width_mult > 0.0 && width_mult.is_finite()) {
+        return Err(EngineError::InvalidConfig(format!(
+            "mobilenetv2 width_mult: expected > 0, got {width_mult}"
+        )));
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(EngineError::InvalidConfig(format!(
+            "mobilenetv2 dropout: expected in [0, 1), got {dropout}"
+        )));
+    }
+    let cifar = matches!(stem, Stem::Cifar);
+    let mut c_in = make_divisible(32.0 * width_mult, 8);
+    let last = make_divisible(1280.0 * width_mult.max(1.0), 8);
+    let mut t = super::Tally::default();
+    t.outputs(1, &[in_channels, size, size]);
+    let mut s = super::conv_out(size, 3, if cifar { 1 } else { 2 });
+    t.conv(in_channels, c_in, 3, 1, s);
+    t.batch_norm(c_in, s, 2);
+    for [e, c, n, first_stride] in settings(cifar) {
+        let c_out = make_divisible(c as f32 * width_mult, 8);
+        for i in 0..n {
+            let stride = if i == 0 { first_stride } else { 1 };
+            let hidden = c_in.saturating_mul(e);
+            if e != 1 {
+                t.conv(c_in, hidden, 1, 1, s);
+                t.batch_norm(hidden, s, 2);
+            }
+            let out = super::conv_out(s, 3, stride);
+            t.conv(hidden, hidden, 3, hidden, out);
+            t.batch_norm(hidden, out, 2);
+            t.conv(hidden, c_out, 1, 1, out);
+            // The projection's batch norm, with the residual sum where there is one.
+            t.batch_norm(c_out, out, if stride == 1 && c_in == c_out { 2 } else { 1 });
+            (s, c_in) = (out, c_out);
+        }
+    }
+    t.conv(c_in, last, 1, 1, s);
+    t.batch_norm(last, s, 2);
+    t.outputs(2, &[last]); // global average pool, dropout
+    t.linear(last, num_classes, 1);
+    Ok(t.finish(last))
 }

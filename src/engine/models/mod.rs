@@ -95,15 +95,7 @@ fn invalid(msg: String) -> EngineError {
 impl ModelConfig {
     /// Build a freshly initialised model on `device` (use an autodiff device to train it).
     pub fn init(&self, device: &Device) -> Result<Model, EngineError> {
-        if self.num_classes == 0 {
-            return Err(invalid("num_classes: expected > 0, got 0".into()));
-        }
-        if self.in_channels == 0 || self.image_size == 0 {
-            return Err(invalid(format!(
-                "input: expected channels and image size > 0, got {}x{}x{}",
-                self.in_channels, self.image_size, self.image_size
-            )));
-        }
+        self.check_input()?;
         Ok(match &self.arch {
             Arch::Mlp { hidden } => {
                 if hidden.contains(&0) {
@@ -137,29 +129,7 @@ impl ModelConfig {
                 device,
             )?),
             Arch::Vit { preset, patch_size, depth, heads, dim } => {
-                let (d0, l0, h0) = match preset {
-                    VitPreset::Tiny => (192, 12, 3),
-                    VitPreset::Small => (384, 12, 6),
-                    VitPreset::B16 => (768, 12, 12),
-                };
-                let dims = vit::VitDims {
-                    dim: dim.unwrap_or(d0),
-                    depth: depth.unwrap_or(l0),
-                    heads: heads.unwrap_or(h0),
-                    mlp_dim: 4 * dim.unwrap_or(d0),
-                };
-                if *patch_size == 0 || self.image_size % patch_size != 0 {
-                    return Err(invalid(format!(
-                        "vit patch_size: expected a divisor of image size {}, got {patch_size}",
-                        self.image_size
-                    )));
-                }
-                if dims.heads == 0 || dims.dim % dims.heads != 0 {
-                    return Err(invalid(format!(
-                        "vit heads: expected a divisor of dim {}, got {}",
-                        dims.dim, dims.heads
-                    )));
-                }
+                let dims = self.vit_dims(*preset, *patch_size, *depth, *heads, *dim)?;
                 Model::Vit(Vit::new(
                     &dims,
                     *patch_size,
@@ -170,6 +140,169 @@ impl ModelConfig {
                 ))
             }
         })
+    }
+
+    /// What the model of this config costs, computed from the config alone: nothing is
+    /// allocated, so it answers for `width: 1000000` as fast as for `width: 16`, and every count
+    /// saturates instead of overflowing. Fails exactly where [`ModelConfig::init`] would.
+    pub fn footprint(&self) -> Result<Footprint, EngineError> {
+        self.check_input()?;
+        let (c, size, k) = (self.in_channels, self.image_size, self.num_classes);
+        match &self.arch {
+            Arch::Mlp { hidden } => {
+                if hidden.contains(&0) {
+                    return Err(invalid(format!("mlp hidden: widths must be > 0, got {hidden:?}")));
+                }
+                Ok(small::mlp_footprint(c, size, hidden, k))
+            }
+            Arch::Cnn { channels } => {
+                if channels.is_empty() || channels.contains(&0) {
+                    return Err(invalid(format!(
+                        "cnn channels: expected a non-empty list of widths > 0, got {channels:?}"
+                    )));
+                }
+                Ok(small::cnn_footprint(c, size, channels, k))
+            }
+            Arch::ResNet { depth, width_mult, stem } => {
+                resnet::footprint(*depth, *width_mult, *stem, c, size, k)
+            }
+            Arch::MobileNetV2 { width_mult, stem, dropout } => {
+                mobilenetv2::footprint(*width_mult, *stem, *dropout, c, size, k)
+            }
+            Arch::Vit { preset, patch_size, depth, heads, dim } => {
+                let dims = self.vit_dims(*preset, *patch_size, *depth, *heads, *dim)?;
+                Ok(vit::footprint(&dims, *patch_size, size, c, k))
+            }
+        }
+    }
+
+    fn check_input(&self) -> Result<(), EngineError> {
+        if self.num_classes == 0 {
+            return Err(invalid("num_classes: expected > 0, got 0".into()));
+        }
+        if self.in_channels == 0 || self.image_size == 0 {
+            return Err(invalid(format!(
+                "input: expected channels and image size > 0, got {}x{}x{}",
+                self.in_channels, self.image_size, self.image_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The preset's sizes with the overrides applied, checked against the image size.
+    fn vit_dims(
+        &self,
+        preset: VitPreset,
+        patch_size: usize,
+        depth: Option<usize>,
+        heads: Option<usize>,
+        dim: Option<usize>,
+    ) -> Result<vit::VitDims, EngineError> {
+        let (d0, l0, h0) = match preset {
+            VitPreset::Tiny => (192, 12, 3),
+            VitPreset::Small => (384, 12, 6),
+            VitPreset::B16 => (768, 12, 12),
+        };
+        let dims = vit::VitDims {
+            dim: dim.unwrap_or(d0),
+            depth: depth.unwrap_or(l0),
+            heads: heads.unwrap_or(h0),
+            mlp_dim: dim.unwrap_or(d0).saturating_mul(4),
+        };
+        if patch_size == 0 || self.image_size % patch_size != 0 {
+            return Err(invalid(format!(
+                "vit patch_size: expected a divisor of image size {}, got {patch_size}",
+                self.image_size
+            )));
+        }
+        if dims.heads == 0 || dims.dim % dims.heads != 0 {
+            return Err(invalid(format!(
+                "vit heads: expected a divisor of dim {}, got {}",
+                dims.dim, dims.heads
+            )));
+        }
+        Ok(dims)
+    }
+}
+
+/// What a model costs, from [`ModelConfig::footprint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Exactly the built model's [`Module::num_params`]: every weight and bias, and batch
+    /// norm's running mean and variance (burn counts those buffers too).
+    pub params: u64,
+    /// Of `params`, the batch-norm running statistics (buffers: no gradient, no optimizer state).
+    pub buffers: u64,
+    /// Width of the penultimate embedding, [`Model::feature_dim`].
+    pub feature_dim: usize,
+    /// Estimated floats one image keeps for the backward pass of a training step: the input
+    /// and the output of every convolution, linear layer, normalisation, activation, pooling,
+    /// residual sum and attention product (scores and their softmax). A fused kernel counts
+    /// each output it stands for (batch norm + ReLU: 2; + residual sum: 3). Element-wise
+    /// temporaries inside a layer (layer norm's centred input, GELU's erf) are not counted.
+    pub activations: u64,
+}
+
+/// Saturating running totals for footprints: absurd sizes give huge counts, never a wrap.
+#[derive(Default)]
+pub(crate) struct Tally {
+    params: u64,
+    buffers: u64,
+    activations: u64,
+}
+
+/// The product of `dims`, saturating.
+pub(crate) fn prod(dims: &[usize]) -> u64 {
+    dims.iter().fold(1u64, |p, &d| p.saturating_mul(d as u64))
+}
+
+/// Output side of a square convolution or pool with padding `kernel / 2` (every one of ours),
+/// as PyTorch computes it.
+pub(crate) fn conv_out(size: usize, kernel: usize, stride: usize) -> usize {
+    size.saturating_add(2 * (kernel / 2)).saturating_sub(kernel) / stride.max(1) + 1
+}
+
+impl Tally {
+    /// Parameters of shape `dims`.
+    pub(crate) fn params(&mut self, dims: &[usize]) {
+        self.params = self.params.saturating_add(prod(dims));
+    }
+
+    /// `n` outputs of shape `dims` per image.
+    pub(crate) fn outputs(&mut self, n: usize, dims: &[usize]) {
+        self.activations = self.activations.saturating_add(prod(dims).saturating_mul(n as u64));
+    }
+
+    /// A bias-free square conv (`conv2d` of [`crate::engine::layers`]) giving `c_out` maps of
+    /// `out x out`.
+    pub(crate) fn conv(&mut self, c_in: usize, c_out: usize, kernel: usize, groups: usize, out: usize) {
+        self.params(&[c_out, c_in / groups.max(1), kernel, kernel]);
+        self.outputs(1, &[c_out, out, out]);
+    }
+
+    /// A batch norm over `c` maps of `size x size` whose kernel stands for `outputs` outputs.
+    pub(crate) fn batch_norm(&mut self, c: usize, size: usize, outputs: usize) {
+        self.params(&[4, c]);
+        self.buffers = self.buffers.saturating_add(prod(&[2, c]));
+        self.outputs(outputs, &[c, size, size]);
+    }
+
+    /// A linear layer with bias applied to `tokens` vectors per image.
+    pub(crate) fn linear(&mut self, d_in: usize, d_out: usize, tokens: usize) {
+        self.params(&[d_in, d_out]);
+        self.params(&[d_out]);
+        self.outputs(1, &[tokens, d_out]);
+    }
+
+    /// `times` copies of what `part` counted.
+    pub(crate) fn repeat(&mut self, part: &Tally, times: usize) {
+        self.params = self.params.saturating_add(part.params.saturating_mul(times as u64));
+        self.buffers = self.buffers.saturating_add(part.buffers.saturating_mul(times as u64));
+        self.activations = self.activations.saturating_add(part.activations.saturating_mul(times as u64));
+    }
+
+    pub(crate) fn finish(self, feature_dim: usize) -> Footprint {
+        Footprint { params: self.params, buffers: self.buffers, feature_dim, activations: self.activations }
     }
 }
 
@@ -263,3 +396,6 @@ pub(crate) enum ArchKind {
     MobileNetV2,
     Vit,
 }
+
+#[cfg(test)]
+mod footprint_tests;

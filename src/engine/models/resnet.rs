@@ -176,3 +176,62 @@ impl Block {
         }
     }
 }
+
+/// [`super::Footprint`] of `ResNet::new` on `in_channels x size x size` inputs.
+pub(super) fn footprint(
+    depth: usize,
+    width_mult: f32,
+    stem: Stem,
+    in_channels: usize,
+    size: usize,
+    num_classes: usize,
+) -> Result<super::Footprint, EngineError> {
+    if !(width_mult > 0.0 && width_mult.is_finite()) {
+        return Err(EngineError::InvalidConfig(format!("resnet width_mult: expected > 0, got {width_mult}")));
+    }
+    let plan = plan(depth)?;
+    let expansion = if plan.bottleneck { 4 } else { 1 };
+    let stem_width = scaled(plan.widths[0], width_mult);
+    let mut t = super::Tally::default();
+    t.outputs(1, &[in_channels, size, size]);
+    let mut s = match stem {
+        Stem::ImageNet => super::conv_out(size, 7, 2),
+        Stem::Cifar => size,
+    };
+    t.conv(in_channels, stem_width, if stem == Stem::ImageNet { 7 } else { 3 }, 1, s);
+    t.batch_norm(stem_width, s, 2);
+    if stem == Stem::ImageNet {
+        s = super::conv_out(s, 3, 2);
+        t.outputs(1, &[stem_width, s, s]);
+    }
+    let mut c_in = stem_width;
+    for (stage, &n_blocks) in plan.blocks.iter().enumerate() {
+        let width = scaled(plan.widths[stage], width_mult);
+        let c_out = width.saturating_mul(expansion);
+        for b in 0..n_blocks {
+            let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+            let out = super::conv_out(s, 3, stride);
+            if stride != 1 || c_in != c_out {
+                t.conv(c_in, c_out, 1, 1, out);
+                t.batch_norm(c_out, out, 1);
+            }
+            if plan.bottleneck {
+                t.conv(c_in, width, 1, 1, s);
+                t.batch_norm(width, s, 2);
+                t.conv(width, width, 3, 1, out);
+                t.batch_norm(width, out, 2);
+                t.conv(width, c_out, 1, 1, out);
+            } else {
+                t.conv(c_in, width, 3, 1, out);
+                t.batch_norm(width, out, 2);
+                t.conv(width, width, 3, 1, out);
+            }
+            // The last batch norm with the residual sum and ReLU.
+            t.batch_norm(c_out, out, 3);
+            (s, c_in) = (out, c_out);
+        }
+    }
+    t.outputs(1, &[c_in]); // global average pool
+    t.linear(c_in, num_classes, 1);
+    Ok(t.finish(c_in))
+}

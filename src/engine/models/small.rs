@@ -74,3 +74,42 @@ impl Cnn {
         global_avg_pool(x)
     }
 }
+
+/// [`super::Footprint`] of `Mlp::new` on `c x size x size` inputs.
+pub(super) fn mlp_footprint(c: usize, size: usize, hidden: &[usize], num_classes: usize) -> super::Footprint {
+    let mut t = super::Tally::default();
+    let in_dim = usize::try_from(super::prod(&[c, size, size])).unwrap_or(usize::MAX);
+    t.outputs(1, &[in_dim]);
+    let mut d = in_dim;
+    for &h in hidden {
+        t.linear(d, h, 1);
+        t.outputs(1, &[h]); // ReLU
+        d = h;
+    }
+    t.linear(d, num_classes, 1);
+    t.finish(d)
+}
+
+/// [`super::Footprint`] of `Cnn::new` on `c x size x size` inputs.
+pub(super) fn cnn_footprint(
+    c: usize,
+    size: usize,
+    channels: &[usize],
+    num_classes: usize,
+) -> super::Footprint {
+    let mut t = super::Tally::default();
+    t.outputs(1, &[c, size, size]);
+    let (mut c_in, mut s) = (c, size);
+    for &out in channels {
+        t.conv(c_in, out, 3, 1, s);
+        t.batch_norm(out, s, 2);
+        if s >= 2 {
+            s /= 2;
+            t.outputs(1, &[out, s, s]);
+        }
+        c_in = out;
+    }
+    t.outputs(1, &[c_in]); // global average pool
+    t.linear(c_in, num_classes, 1);
+    t.finish(c_in)
+}

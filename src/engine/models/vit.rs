@@ -162,3 +162,44 @@ impl Attention {
         self.out_proj.forward(out)
     }
 }
+
+/// [`super::Footprint`] of `Vit::new` on `in_channels x image_size x image_size` inputs.
+pub(super) fn footprint(
+    dims: &VitDims,
+    patch_size: usize,
+    image_size: usize,
+    in_channels: usize,
+    num_classes: usize,
+) -> super::Footprint {
+    let (d, h, m) = (dims.dim, dims.heads, dims.mlp_dim);
+    let grid = image_size / patch_size.max(1);
+    let seq = grid.saturating_mul(grid).saturating_add(1);
+    let mut t = super::Tally::default();
+    t.outputs(1, &[in_channels, image_size, image_size]);
+    t.params(&[d]); // class token
+    t.params(&[d, in_channels, patch_size, patch_size]);
+    t.params(&[d]);
+    t.outputs(1, &[d, grid, grid]);
+    t.params(&[seq, d]); // position embedding
+    t.outputs(2, &[seq, d]); // class token joined, position added
+    let mut block = super::Tally::default();
+    block.params(&[2, d]);
+    block.outputs(1, &[seq, d]); // ln_1
+    block.linear(d, d.saturating_mul(3), seq);
+    block.outputs(2, &[h, seq, seq]); // scores, softmax
+    block.outputs(1, &[seq, d]); // attention x values
+    block.linear(d, d, seq);
+    block.outputs(1, &[seq, d]); // residual sum
+    block.params(&[2, d]);
+    block.outputs(1, &[seq, d]); // ln_2
+    block.linear(d, m, seq);
+    block.outputs(1, &[seq, m]); // GELU
+    block.linear(m, d, seq);
+    block.outputs(1, &[seq, d]); // residual sum
+    t.repeat(&block, dims.depth);
+    t.params(&[2, d]);
+    t.outputs(1, &[seq, d]); // encoder ln
+    t.outputs(1, &[d]); // class token
+    t.linear(d, num_classes, 1);
+    t.finish(d)
+}
