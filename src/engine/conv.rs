@@ -448,7 +448,26 @@ fn col2im(g: &Geom, dcol: &mut [f32], tile: Tile, dx: &mut [f32]) {
     }
 }
 
+/// The longest reduction one `gemm` call gets: no longer than the shortest k-block `gemm`
+/// 0.19 ever picks (its `kernel_params` take at least `min(k, 512)`), so that gemm never
+/// splits a call's reduction itself, at a point it derives from the L1 cache it detects.
+const K_CHUNK: usize = 512;
+
+/// Output elements up to which `gemm` 0.19 takes its "horizontal" kernels when both operands
+/// are contiguous along the reduction: dot products in vector lanes (8 with AVX2, 16 with
+/// AVX-512) summed at the end, an order that follows the vector width.
+const GEMM_HORIZONTAL_MAX: usize = 16 * 16;
+
 /// `dst[m×n] (= or +=) lhs[m×k] · rhs[k×n]`, each given by its row and column strides.
+///
+/// Every output element's sum has an order fixed by the shape alone, the same on every CPU
+/// with FMA: the reduction is cut into `ceil(k / K_CHUNK)` equal chunks (a function of `k`
+/// only), each a call of `gemm` whose main path keeps one accumulator per output element and
+/// adds the chunk's products to it in order by fused multiply-adds, whatever its micro-kernel's
+/// register tile (AVX-512 or AVX2); the chunks are added into `dst` in order. Shapes `gemm`
+/// would send to its other paths (horizontal dot-product kernels, matrix-vector and k <= 2
+/// kernels, whose order follows the vector width) are computed by [`small_matmul`] instead.
+/// Pinned by `tests::matmul_has_a_fixed_summation_order`.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     (m, n, k): (usize, usize, usize),
@@ -460,30 +479,92 @@ fn matmul(
     rhs: *const f32,
     (rhs_rs, rhs_cs): (isize, isize),
 ) {
-    // SAFETY: callers pass pointers to buffers that hold every element the strides address,
-    // and `dst` does not alias `lhs` or `rhs`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+    if m == 0 || n == 0 {
+        return;
+    }
+    let k_contiguous = lhs_cs == 1 && rhs_rs == 1;
+    if m <= 1 || n <= 1 || k <= 2 || (k_contiguous && m * n <= GEMM_HORIZONTAL_MAX) {
+        return small_matmul(
+            (m, n, k),
             dst,
-            dst_cs,
-            dst_rs,
+            (dst_rs, dst_cs),
             accumulate,
             lhs,
-            lhs_cs,
-            lhs_rs,
+            (lhs_rs, lhs_cs),
             rhs,
-            rhs_cs,
-            rhs_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
+            (rhs_rs, rhs_cs),
+        );
+    }
+    let step = k.div_ceil(k.div_ceil(K_CHUNK));
+    let mut k0 = 0;
+    while k0 < k {
+        let kb = step.min(k - k0);
+        let acc = accumulate || k0 > 0;
+        // SAFETY: callers pass pointers to buffers that hold every element the strides address,
+        // and `dst` does not alias `lhs` or `rhs`; the chunk's operands lie inside them.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                kb,
+                dst,
+                dst_cs,
+                dst_rs,
+                acc,
+                lhs.offset(k0 as isize * lhs_cs),
+                lhs_cs,
+                lhs_rs,
+                rhs.offset(k0 as isize * rhs_rs),
+                rhs_cs,
+                rhs_rs,
+                if acc { 1.0 } else { 0.0 },
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+        k0 += kb;
+    }
+}
+
+/// [`matmul`] for the shapes `gemm` would not take through its main path (few outputs, a
+/// single row or column, k <= 2): each output a sum in a fixed order, operands contiguous
+/// along the reduction as a [`dot_acc`] (16 lanes, added up in order), others one product
+/// at a time.
+#[allow(clippy::too_many_arguments)]
+fn small_matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (isize, isize),
+    accumulate: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (isize, isize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (isize, isize),
+) {
+    for i in 0..m as isize {
+        for j in 0..n as isize {
+            // SAFETY: as for `matmul`: every addressed element lies inside its buffer.
+            unsafe {
+                let a = lhs.offset(i * lhs_rs);
+                let b = rhs.offset(j * rhs_cs);
+                let s = if lhs_cs == 1 && rhs_rs == 1 {
+                    let mut lanes = [0f32; LANES];
+                    dot_acc(std::slice::from_raw_parts(a, k), std::slice::from_raw_parts(b, k), &mut lanes);
+                    lanes.iter().sum::<f32>()
+                } else {
+                    let mut s = 0f32;
+                    for p in 0..k as isize {
+                        s += *a.offset(p * lhs_cs) * *b.offset(p * rhs_rs);
+                    }
+                    s
+                };
+                let d = dst.offset(i * dst_rs + j * dst_cs);
+                *d = if accumulate { *d + s } else { s };
+            }
+        }
     }
 }
 
@@ -1231,6 +1312,253 @@ mod tests {
         let w = Tensor::<4>::random([4, 2, 3, 3], Distribution::Normal(0.0, 1.0), &d);
         assert!(!Geom::new(x.dims(), w.dims(), [1, 1], [1, 1], 2).unwrap().supported());
         assert_eq!(conv2d(x, w, None, [1, 1], [1, 1], 2).dims(), [1, 4, 5, 5]);
+    }
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The order [`matmul`] promises, written out: on gemm's main path, chunks of at most
+    /// K_CHUNK (equal, a function of k only), each a chain of fused multiply-adds from zero,
+    /// added into the destination in order; elsewhere 16-lane dot products or plain sums.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        (m, n, k): (usize, usize, usize),
+        dst: &mut [f32],
+        (drs, dcs): (usize, usize),
+        accumulate: bool,
+        lhs: &[f32],
+        (lrs, lcs): (usize, usize),
+        rhs: &[f32],
+        (rrs, rcs): (usize, usize),
+    ) {
+        let contiguous = lcs == 1 && rrs == 1;
+        let small = m <= 1 || n <= 1 || k <= 2 || (contiguous && m * n <= GEMM_HORIZONTAL_MAX);
+        for i in 0..m {
+            for j in 0..n {
+                let a = |p: usize| lhs[i * lrs + p * lcs];
+                let b = |p: usize| rhs[p * rrs + j * rcs];
+                let d = &mut dst[i * drs + j * dcs];
+                if small {
+                    let s = if contiguous {
+                        let mut lanes = [0f32; LANES];
+                        for p in 0..k {
+                            lanes[p % LANES] += a(p) * b(p);
+                        }
+                        lanes.iter().sum::<f32>()
+                    } else {
+                        (0..k).fold(0f32, |s, p| s + a(p) * b(p))
+                    };
+                    *d = if accumulate { *d + s } else { s };
+                    continue;
+                }
+                let step = k.div_ceil(k.div_ceil(K_CHUNK));
+                for (c, k0) in (0..k).step_by(step).enumerate() {
+                    let acc = (k0..(k0 + step).min(k)).fold(0f32, |acc, p| a(p).mul_add(b(p), acc));
+                    *d = if accumulate || c > 0 { *d + acc } else { acc };
+                }
+            }
+        }
+    }
+
+    /// gemm's result is the fixed-order sum of [`reference`], bit for bit: the same on every
+    /// CPU with FMA, whatever its micro-kernel (AVX-512 or AVX2) and the L1 cache from which
+    /// gemm derives its k-blocks. Shapes: the main path with small and large m, n (gemm's two
+    /// blocking rules), k below, at and above K_CHUNK, every operand layout our convolutions
+    /// use; and the shapes routed around gemm.
+    #[test]
+    fn matmul_has_a_fixed_summation_order() {
+        #[cfg(target_arch = "x86_64")]
+        if !std::arch::is_x86_feature_detected!("fma") {
+            // gemm's scalar kernels (no FMA) round each product: another order of roundings.
+            return;
+        }
+        let shapes = [
+            (16, 256, 144),
+            (64, 256, 576),
+            (96, 80, 1152),
+            (100, 20, 2600),
+            (70, 70, 1000),
+            (3, 5, 2000),
+            (8, 27, 256),
+            (16, 9, 1300),
+            (1, 300, 700),
+            (300, 1, 700),
+            (40, 33, 2),
+            (37, 45, 513),
+        ];
+        for (si, &(m, n, k)) in shapes.iter().enumerate() {
+            for layout in 0..8 {
+                let (lr, rr, dr) = (layout & 1 == 0, layout & 2 == 0, layout & 4 == 0);
+                // Row-major or column-major lhs [m, k], rhs [k, n], dst [m, n].
+                let ls = if lr { (k, 1) } else { (1, m) };
+                let rs = if rr { (n, 1) } else { (1, k) };
+                let ds = if dr { (n, 1) } else { (1, m) };
+                let lhs = values(m * k, 3 * si as u64);
+                let rhs = values(k * n, 3 * si as u64 + 1);
+                for accumulate in [false, true] {
+                    let init = values(m * n, 3 * si as u64 + 2);
+                    let (mut got, mut want) = (init.clone(), init);
+                    let is = |(a, b): (usize, usize)| (a as isize, b as isize);
+                    matmul(
+                        (m, n, k),
+                        got.as_mut_ptr(),
+                        is(ds),
+                        accumulate,
+                        lhs.as_ptr(),
+                        is(ls),
+                        rhs.as_ptr(),
+                        is(rs),
+                    );
+                    reference((m, n, k), &mut want, ds, accumulate, &lhs, ls, &rhs, rs);
+                    let diff = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                    assert_eq!(
+                        diff,
+                        0,
+                        "{diff} of {} differ: m {m} n {n} k {k} layout {layout} accumulate {accumulate}",
+                        m * n
+                    );
+                }
+            }
+        }
+    }
+
+    /// Why [`matmul`] keeps small products away from gemm: with both operands contiguous
+    /// along the reduction, gemm 0.19 sums few outputs in vector lanes (8 with AVX2, 16 with
+    /// AVX-512), not in order, so its result depends on the CPU's vector width.
+    #[test]
+    fn gemm_sums_small_products_in_vector_lanes() {
+        #[cfg(target_arch = "x86_64")]
+        if !std::arch::is_x86_feature_detected!("fma") {
+            return;
+        }
+        let (m, n, k) = (4, 4, 4096);
+        let (lhs, rhs) = (values(m * k, 7), values(k * n, 8));
+        let mut raw = vec![0f32; m * n];
+        // SAFETY: row-major [m, k] · column-major [k, n] -> row-major [m, n], all in bounds.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                raw.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                lhs.as_ptr(),
+                1,
+                k as isize,
+                rhs.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+        let in_order: Vec<f32> = (0..m * n)
+            .map(|e| (0..k).fold(0f32, |acc, p| lhs[(e / n) * k + p].mul_add(rhs[(e % n) * k + p], acc)))
+            .collect();
+        let same = raw.iter().zip(&in_order).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+        assert!(same < m * n, "gemm summed every small product in order");
+    }
+
+    /// Times [`matmul`] against one plain `gemm` call on the products of the engine bench's
+    /// convolutions (forward, weight and input gradient of 256-column tiles; medians of 15).
+    /// `cargo test --release --lib matmul_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn matmul_cost() {
+        let plain = |(m, n, k): (usize, usize, usize), d: *mut f32, a: *const f32, b: *const f32| unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                d,
+                1,
+                n as isize,
+                false,
+                a,
+                1,
+                k as isize,
+                b,
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+        // (out channels, tile columns, in channels x 9): resnet8 and resnet18 stages.
+        let mut total = (0f64, 0f64);
+        for (cout, cols, kc) in [
+            (16, 256, 27),
+            (16, 256, 144),
+            (32, 256, 288),
+            (64, 64, 576),
+            (128, 256, 1152),
+            (256, 64, 2304),
+            (512, 16, 4608),
+        ] {
+            for (m, n, k) in [(cout, cols, kc), (cout, kc, cols), (kc, cols, cout)] {
+                let (a, b) = (values(m * k, 1), values(k * n, 2));
+                let mut d = vec![0f32; m * n];
+                let reps = (20_000_000 / (m * n * k)).max(1);
+                let mut time = |f: &dyn Fn(*mut f32)| {
+                    let mut ts: Vec<f64> = (0..15)
+                        .map(|_| {
+                            let t = std::time::Instant::now();
+                            for _ in 0..reps {
+                                f(d.as_mut_ptr());
+                            }
+                            t.elapsed().as_secs_f64() / reps as f64
+                        })
+                        .collect();
+                    ts.sort_by(f64::total_cmp);
+                    ts[7]
+                };
+                let t_plain = time(&|d| plain((m, n, k), d, a.as_ptr(), b.as_ptr()));
+                let t_ours = time(&|d| {
+                    matmul(
+                        (m, n, k),
+                        d,
+                        (n as isize, 1),
+                        false,
+                        a.as_ptr(),
+                        (k as isize, 1),
+                        b.as_ptr(),
+                        (n as isize, 1),
+                    )
+                });
+                total.0 += t_plain;
+                total.1 += t_ours;
+                println!(
+                    "m {m:4} n {n:4} k {k:4}: gemm {:8.1} us, matmul {:8.1} us, ratio {:.3}",
+                    t_plain * 1e6,
+                    t_ours * 1e6,
+                    t_ours / t_plain
+                );
+            }
+        }
+        println!(
+            "sum: gemm {:.1} us, matmul {:.1} us, ratio {:.3}",
+            total.0 * 1e6,
+            total.1 * 1e6,
+            total.1 / total.0
+        );
     }
 
     #[test]

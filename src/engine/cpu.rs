@@ -10,9 +10,119 @@ use burn::tensor::{DType, Tensor, TensorData};
 /// burn-autodiff's tensor on a backend (not exported by name).
 pub(crate) type AutodiffTensor<B> = FloatTensor<Autodiff<B>>;
 
-/// Runs `$body` compiled for AVX-512 or AVX2 when the CPU has them (the crate itself is built
+/// The vector instruction level of our own kernels' loops ([`multiversion!`]).
+///
+/// Only our loops follow it: the `gemm` crate (matrix kernels, ours and burn's) and burn-flex's
+/// own SIMD (macerator) pick their kernels from the CPU's features by themselves, with no way
+/// to override them (docs/engine.md, "Reproducibility").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Isa {
+    /// The build's target (x86-64 baseline: SSE2).
+    Baseline = 1,
+    Avx2 = 2,
+    Avx512 = 3,
+}
+
+impl Isa {
+    pub(crate) const ALL: [Isa; 3] = [Isa::Baseline, Isa::Avx2, Isa::Avx512];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Isa::Baseline => "baseline",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|l| l.name() == s.trim().to_ascii_lowercase())
+    }
+
+    /// The highest level this CPU runs.
+    pub(crate) fn detected() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    }
+
+    fn from_u8(v: u8) -> Isa {
+        match v {
+            3 => Isa::Avx512,
+            2 => Isa::Avx2,
+            _ => Isa::Baseline,
+        }
+    }
+}
+
+/// The level in effect (0: not yet read).
+static LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The environment variable that caps our kernels' level: `avx512`, `avx2` or `baseline`
+/// (read once, at the first kernel call; a level above the CPU's is lowered to the CPU's, an
+/// unknown value is ignored).
+pub(crate) const ISA_ENV: &str = "DISTILLERY_ISA";
+
+/// The level our kernels run at: the CPU's, or lower when [`ISA_ENV`] or [`set_isa`] says so.
+/// Never above what the CPU runs.
+#[inline]
+pub(crate) fn isa() -> Isa {
+    match LEVEL.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => init_isa(),
+        v => Isa::from_u8(v),
+    }
+}
+
+#[cold]
+fn init_isa() -> Isa {
+    let cpu = Isa::detected();
+    let want = std::env::var(ISA_ENV).ok().and_then(|v| Isa::parse(&v)).unwrap_or(cpu);
+    let level = want.min(cpu);
+    // A concurrent `set_isa` wins over the environment.
+    let _ = LEVEL.compare_exchange(
+        0,
+        level as u8,
+        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    Isa::from_u8(LEVEL.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Sets the level of our kernels for the whole process (lowered to what the CPU runs) and
+/// returns the level now in effect. Calls running meanwhile finish at the level they started
+/// with. For tests; runs choose with [`ISA_ENV`].
+#[cfg(test)]
+pub(crate) fn set_isa(want: Isa) -> Isa {
+    let level = want.min(Isa::detected());
+    LEVEL.store(level as u8, std::sync::atomic::Ordering::Relaxed);
+    level
+}
+
+/// What decides the engine's CPU arithmetic in this process, for a node's metrics: the CPU's
+/// level (which the `gemm` crate and burn-flex follow) and our kernels' level, e.g.
+/// `"avx512"` or `"avx512 (own kernels: avx2)"`.
+// Not yet read outside tests: for a node's metrics (src/nodes/train.rs), once engine/mod.rs
+// exports it.
+#[allow(dead_code)]
+pub(crate) fn isa_summary() -> String {
+    let (cpu, ours) = (Isa::detected(), isa());
+    if cpu == ours {
+        cpu.name().to_string()
+    } else {
+        format!("{} (own kernels: {})", cpu.name(), ours.name())
+    }
+}
+
+/// Runs `$body` compiled for AVX-512 or AVX2 when [`isa`] says so (the crate itself is built
 /// for baseline x86-64), else as is. Only vector widths change: no FMA contraction, the same
-/// operations in the same order, so the results are bit-identical on every path.
+/// operations in the same order, so the results are bit-identical at every level
+/// (`engine_tests::own_kernels_are_bit_identical_at_every_isa_level`).
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
@@ -25,13 +135,12 @@ macro_rules! multiversion {
                 unsafe fn v4($($arg: $ty),*) { body($($arg),*) }
                 #[target_feature(enable = "avx2")]
                 unsafe fn v3($($arg: $ty),*) { body($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the feature.
-                    return unsafe { v4($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has the feature.
-                    return unsafe { v3($($arg),*) };
+                match $crate::engine::cpu::isa() {
+                    // SAFETY: `isa()` is never above what the CPU runs.
+                    $crate::engine::cpu::Isa::Avx512 => return unsafe { v4($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::engine::cpu::Isa::Avx2 => return unsafe { v3($($arg),*) },
+                    $crate::engine::cpu::Isa::Baseline => {}
                 }
             }
             body($($arg),*)

@@ -305,3 +305,142 @@ fn forward_flops_count_multiply_adds_of_each_layer() {
     let g = r18.forward_flops([3, 224, 224], &device) as f64 / 2e9;
     assert!((g - 1.82).abs() < 0.03, "resnet18: {g} GMACs");
 }
+
+/// Deterministic values in [-1, 1) (the same on every call, unlike burn's generator).
+fn lcg_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn bits<const D: usize>(t: Tensor<D>) -> Vec<u32> {
+    t.into_data().try_to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+}
+
+/// Our conv and batch-norm kernels, forward and backward, on fixed inputs: every output and
+/// gradient's bits.
+fn own_kernel_outputs() -> Vec<(String, Vec<u32>)> {
+    use super::norm::{Act, batch_norm_train};
+    let ad = Device::flex().autodiff();
+    let t4 = |shape: [usize; 4], seed: u64| {
+        Tensor::<4>::from_data(TensorData::new(lcg_values(shape.iter().product(), seed), shape), &ad)
+    };
+    let t1 =
+        |len: usize, seed: u64| Tensor::<1>::from_data(TensorData::new(lcg_values(len, seed), [len]), &ad);
+    let mut out = Vec::new();
+    // (input, weight, stride, padding, groups, bias): "same" 3x3 whose weight gradient is a small
+    // matrix (8 x 27), strided 3x3, a reduction over 576 > 512 (chunked), 1x1, depthwise.
+    let convs: [([usize; 4], [usize; 4], usize, usize, usize, bool); 7] = [
+        ([4, 3, 12, 12], [8, 3, 3, 3], 1, 1, 1, true),
+        ([2, 16, 9, 9], [32, 16, 3, 3], 2, 1, 1, false),
+        ([3, 64, 6, 6], [40, 64, 3, 3], 1, 1, 1, true),
+        ([2, 24, 5, 5], [12, 24, 1, 1], 1, 0, 1, false),
+        ([40, 8, 2, 2], [16, 8, 3, 3], 1, 1, 1, false),
+        ([2, 6, 9, 9], [6, 1, 3, 3], 2, 1, 6, false),
+        ([2, 3, 7, 7], [6, 1, 3, 3], 1, 1, 3, true),
+    ];
+    for (i, (xs, ws, s, p, g, b)) in convs.into_iter().enumerate() {
+        let seed = 10 * i as u64;
+        let x = t4(xs, seed).require_grad();
+        let w = t4(ws, seed + 1).require_grad();
+        let bias = b.then(|| t1(ws[0], seed + 2).require_grad());
+        let y = super::conv::conv2d(x.clone(), w.clone(), bias.clone(), [s, s], [p, p], g);
+        let r = t4(y.dims(), seed + 3);
+        let grads = (y.clone() * r).sum().backward();
+        out.push((format!("conv {i} y"), bits(y.without_autodiff())));
+        out.push((format!("conv {i} dx"), bits(x.grad(&grads).unwrap())));
+        out.push((format!("conv {i} dw"), bits(w.grad(&grads).unwrap())));
+        if let Some(b) = bias {
+            out.push((format!("conv {i} db"), bits(b.grad(&grads).unwrap().reshape([1, 1, 1, ws[0]]))));
+        }
+    }
+    for (i, (act, res)) in
+        [(Act::Relu, false), (Act::Relu6, true), (Act::Identity, true)].into_iter().enumerate()
+    {
+        let seed = 100 + 10 * i as u64;
+        let shape = [5, 6, 7, 9];
+        // Scaled so that ReLU6 clips some values.
+        let x = (t4(shape, seed) * 8.0).detach().require_grad();
+        let gamma = t1(6, seed + 1).require_grad();
+        let beta = t1(6, seed + 2).require_grad();
+        let r = res.then(|| t4(shape, seed + 3).require_grad());
+        let (y, mean, var) = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5, act, r.clone());
+        let up = t4(shape, seed + 4);
+        let grads = (y.clone() * up).sum().backward();
+        out.push((format!("bn {i} y"), bits(y.without_autodiff())));
+        out.push((format!("bn {i} mean"), bits(mean.without_autodiff())));
+        out.push((format!("bn {i} var"), bits(var.without_autodiff())));
+        out.push((format!("bn {i} dx"), bits(x.grad(&grads).unwrap())));
+        out.push((format!("bn {i} dgamma"), bits(gamma.grad(&grads).unwrap())));
+        out.push((format!("bn {i} dbeta"), bits(beta.grad(&grads).unwrap())));
+        if let Some(r) = r {
+            out.push((format!("bn {i} dres"), bits(r.grad(&grads).unwrap())));
+        }
+        // Inference (running statistics folded into a scale and shift), on plain tensors.
+        let d = Device::flex();
+        let plain4 = |seed: u64| {
+            Tensor::<4>::from_data(TensorData::new(lcg_values(shape.iter().product(), seed), shape), &d) * 8.0
+        };
+        let plain1 = |seed: u64| Tensor::<1>::from_data(TensorData::new(lcg_values(6, seed), [6]), &d);
+        let y = super::norm::affine(
+            plain4(seed + 5),
+            plain1(seed + 6),
+            plain1(seed + 7),
+            act,
+            res.then(|| plain4(seed + 8)),
+        );
+        out.push((format!("affine {i} y"), bits(y)));
+    }
+    out
+}
+
+/// Our kernels give the same bits at every vector level this CPU runs (forced through
+/// `cpu::set_isa`, as `DISTILLERY_ISA` does). The `gemm` crate's level is not forced (it cannot
+/// be): `conv::tests::matmul_has_a_fixed_summation_order` pins its part.
+#[test]
+fn own_kernels_are_bit_identical_at_every_isa_level() {
+    use super::cpu::{Isa, isa, set_isa};
+    let before = isa();
+    let levels: Vec<Isa> = Isa::ALL.into_iter().filter(|l| *l <= Isa::detected()).collect();
+    let mut runs = Vec::new();
+    for &level in &levels {
+        assert_eq!(set_isa(level), level);
+        runs.push((level, own_kernel_outputs()));
+        assert_eq!(isa(), level);
+    }
+    set_isa(before);
+    let (first, want) = &runs[0];
+    for (level, got) in &runs[1..] {
+        assert_eq!(got.len(), want.len());
+        for ((name, a), (_, b)) in got.iter().zip(want) {
+            let diff = a.iter().zip(b).filter(|(x, y)| x != y).count();
+            assert_eq!(
+                diff,
+                0,
+                "{name}: {diff} of {} values differ between {level:?} and {first:?}",
+                a.len()
+            );
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        assert!(levels.len() >= 2, "{levels:?}");
+    }
+}
+
+#[test]
+fn isa_levels_parse_and_cap_at_the_cpu() {
+    use super::cpu::{Isa, isa, set_isa};
+    for l in Isa::ALL {
+        assert_eq!(Isa::parse(l.name()), Some(l));
+    }
+    assert_eq!(Isa::parse(" AVX2\n"), Some(Isa::Avx2));
+    assert_eq!(Isa::parse("avx-512"), None);
+    let before = isa();
+    assert_eq!(set_isa(Isa::Avx512), Isa::detected());
+    set_isa(before);
+}
