@@ -299,42 +299,5 @@ pub fn train_transform(
     Ok(t)
 }
 
-/// Checks that need the data, not only the spec: CRD's `nce_k` negatives must exist in the
-/// distillation set. Reported at validate/plan time, located at the setting.
-pub fn data_checks(exp: &spec::Experiment, cache: &FingerprintCache) -> Vec<crate::diag::Diagnostic> {
-    use crate::diag::{Code, Diagnostic};
-    let mut out = Vec::new();
-    let mut sizes: std::collections::HashMap<String, Option<usize>> = std::collections::HashMap::new();
-    for node in &exp.nodes {
-        let spec::NodeKind::Distill(d) = &node.kind else { continue };
-        for loss in &d.losses.0 {
-            let spec::Loss::Crd { nce_k, .. } = loss else { continue };
-            let n = *sizes.entry(d.data.0.clone()).or_insert_with(|| {
-                let ds = exp.datasets.get(&d.data.0)?;
-                data::load_with_cache(&dataset_config(ds, exp.seed), exp.base_dir(), cache)
-                    .ok()
-                    .map(|x| x.len())
-            });
-            // CRD draws nce_k negatives among the other samples of the set.
-            if let Some(n) = n.filter(|&n| *nce_k as usize >= n) {
-                let path = format!("{}.losses.crd.nce_k", node.spec_path());
-                out.push(
-                    Diagnostic::new(
-                        Code::OutOfRange,
-                        &path,
-                        format!(
-                            "nce_k {nce_k} needs more than {nce_k} images, dataset `{}` has {n}",
-                            d.data.0
-                        ),
-                    )
-                    .with_node(&node.name)
-                    .with_help(format!("use nce_k below {n} (RepDistiller uses 16384 on CIFAR's 50,000)"))
-                    .at(exp.locate_value(&path)),
-                );
-            }
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|d| seen.insert((d.path.clone(), d.message.clone())));
-    out
-}
+mod checks;
+pub use checks::{MemoryLimit, data_checks, data_checks_within};
