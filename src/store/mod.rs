@@ -32,6 +32,9 @@ pub enum StoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("store entry {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    /// [`Store::open_existing`] on a folder that is missing or holds no store.
+    #[error("no store at {}: {reason}", path.display())]
+    NotAStore { path: PathBuf, reason: &'static str },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -164,6 +167,23 @@ impl Store {
         Ok(Store { root })
     }
 
+    /// Opens a store that must already exist, creating nothing (for commands that only read or
+    /// remove: `plan`, `gc`), so they work on a read-only store and a typo never makes a new
+    /// one: a missing folder, or one without `objects/`, is [`StoreError::NotAStore`].
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root = root.into();
+        let reason = if !root.exists() {
+            "the folder does not exist"
+        } else if !root.is_dir() {
+            "it is a file, not a folder"
+        } else if !root.join("objects").is_dir() {
+            "the folder holds no stored results (no objects/ in it)"
+        } else {
+            return Ok(Store { root });
+        };
+        Err(StoreError::NotAStore { path: root, reason })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -270,7 +290,8 @@ impl Store {
         }
         // Interrupted writes of any age are garbage too.
         let tmp = self.root.join("tmp");
-        for e in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
+        let tmp_entries = if tmp.is_dir() { Some(fs::read_dir(&tmp).map_err(io_err(&tmp))?) } else { None };
+        for e in tmp_entries.into_iter().flatten() {
             let p = e.map_err(io_err(&tmp))?.path();
             let _ = fs::remove_dir_all(&p);
         }
@@ -489,6 +510,25 @@ mod tests {
         let (n, _) = s.gc(&HashSet::from([key(3)])).unwrap();
         assert_eq!(n, 1);
         assert!(s.contains(&key(3)) && !s.contains(&key(4)));
+    }
+
+    #[test]
+    fn open_existing_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("typo");
+        let err = Store::open_existing(&missing).unwrap_err();
+        assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+        assert!(!missing.exists());
+        let file = dir.path().join("file");
+        fs::write(&file, "x").unwrap();
+        assert!(Store::open_existing(&file).unwrap_err().to_string().contains("is a file"));
+        let err = Store::open_existing(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("no objects/"), "{err}");
+        assert!(!dir.path().join("objects").exists());
+        fs::create_dir(dir.path().join("objects")).unwrap();
+        let s = Store::open_existing(dir.path()).unwrap();
+        assert_eq!(s.gc(&HashSet::new()).unwrap(), (0, 0), "a store without tmp/ is fine");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "nothing created: objects/ and file");
     }
 
     #[test]

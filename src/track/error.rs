@@ -13,6 +13,11 @@ pub enum TrackError {
     #[error("{}: byte {offset}: invalid metric record: {reason}", path.display())]
     CorruptMetrics { path: PathBuf, offset: u64, reason: String },
 
+    /// A command that reads a store (`runs`, `sync`) was pointed at a folder that is not there;
+    /// reading never creates one.
+    #[error("no store at {}: {reason}", path.display())]
+    NoStore { path: PathBuf, reason: &'static str },
+
     #[error("unknown run {run_id}: no run record under {}", store.display())]
     UnknownRun { run_id: String, store: PathBuf },
 

@@ -88,6 +88,18 @@ impl LocalStore {
         Ok(store)
     }
 
+    /// Opens the existing store at `root` for reading: a missing folder is an error (reading
+    /// never creates a store), a store without runs yet has none.
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<LocalStore, TrackError> {
+        let root = root.into();
+        if !root.is_dir() {
+            let reason =
+                if root.exists() { "it is a file, not a folder" } else { "the folder does not exist" };
+            return Err(TrackError::NoStore { path: root, reason });
+        }
+        Ok(LocalStore { root })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -227,6 +239,9 @@ impl LocalStore {
     pub fn run_ids(&self) -> Result<Vec<RunId>, TrackError> {
         let dir = self.runs_dir();
         let mut ids = Vec::new();
+        if !dir.is_dir() {
+            return Ok(ids); // a store whose runs were never tracked, or opened with open_existing
+        }
         for entry in fs::read_dir(&dir).map_err(TrackError::io(&dir))? {
             let entry = entry.map_err(TrackError::io(&dir))?;
             if entry.path().join("meta.json").is_file() {
@@ -326,9 +341,10 @@ pub struct SyncedTo {
     pub complete: bool,
 }
 
-/// Lists every run in the store, oldest first (for `distillery runs`).
+/// Lists every run in the store, oldest first (for `distillery runs`). The store must exist
+/// ([`TrackError::NoStore`] otherwise): listing never creates one.
 pub fn list_runs(store: &Path) -> Result<Vec<RunSummary>, TrackError> {
-    let store = LocalStore::open(store)?;
+    let store = LocalStore::open_existing(store)?;
     let ledgers = super::sync::read_all_ledgers(&store)?;
     let mut out = Vec::new();
     for run_id in store.run_ids()? {
@@ -520,6 +536,19 @@ mod tests {
         }
         let err = store.add_artifact(&id, &dir.path().join("missing"), "m").unwrap_err().to_string();
         assert!(err.contains("is not a file"), "{err}");
+    }
+
+    #[test]
+    fn listing_a_missing_store_says_so_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("typo");
+        let err = list_runs(&missing).unwrap_err();
+        assert!(matches!(err, TrackError::NoStore { .. }), "{err}");
+        assert!(err.to_string().contains("typo"), "{err}");
+        assert!(!missing.exists(), "reading created the store");
+        // An existing store with nothing tracked yet lists no runs.
+        assert!(list_runs(dir.path()).unwrap().is_empty());
+        assert!(!dir.path().join("runs").exists());
     }
 
     #[test]

@@ -91,7 +91,8 @@ pub fn sync(store: &Path, uri: &str) -> Result<SyncReport, TrackError> {
 
 /// [`sync`] with a client configured by the caller (timeouts, retries).
 pub fn sync_with_client(store: &Path, client: &MlflowClient) -> Result<SyncReport, TrackError> {
-    let store = LocalStore::open(store)?;
+    // The store must exist (TrackError::NoStore): a typo in --store never creates an empty one.
+    let store = LocalStore::open_existing(store)?;
     let run_ids = store.run_ids()?;
     push_runs(&store, client, &run_ids)
 }
