@@ -1,8 +1,10 @@
 //! The command line: parses flags, calls the library, prints. Errors are rendered once, here.
 //!
-//! Exit codes: 0 success; 1 invalid input (bad experiment file, failed node); 2 internal error.
+//! Exit codes: 0 success; 1 invalid input (bad experiment file, failed node) or the user's
+//! environment (a full disk, a read-only or missing folder, a file where the store should be, a
+//! closed output pipe); 2 internal error (a bug of ours); 130 interrupted.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -15,8 +17,15 @@ use crate::graph::{self, Graph};
 use crate::plan::{self, Status};
 use crate::resolve;
 use crate::spec::{self, Experiment};
-use crate::store::Store;
-use crate::track;
+use crate::store::{Store, StoreError};
+use crate::track::{self, TrackError};
+
+/// `eprintln!` without its panic when stderr is a closed pipe (a lost progress line is fine).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "distillery", version, about = "Run knowledge-distillation experiments declared in YAML")]
@@ -38,7 +47,7 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
-        /// Plan these nodes to run even when cached.
+        /// Plan these nodes to run even when cached (`kd`, `kd[seed=1]`: see `run`).
         #[arg(long, value_name = "NODE")]
         force: Vec<String>,
     },
@@ -48,7 +57,9 @@ pub enum Command {
         /// Nodes run at once.
         #[arg(long, short = 'j', default_value_t = 1)]
         jobs: usize,
-        /// Run only these nodes (their inputs must be cached).
+        /// Run only these nodes (their inputs must be cached). NODE is a declared node (`kd`: all
+        /// its instances), an instance (`kd[losses.kd.temperature=2,seed=1]`) or part of one
+        /// (`kd[seed=1]`: every instance of kd with seed=1).
         #[arg(long, value_name = "NODE")]
         only: Vec<String>,
         /// Rerun these nodes and everything downstream of them.
@@ -70,9 +81,11 @@ pub enum Command {
     },
     /// List the runs recorded in the local run store.
     Runs {
-        /// The store (default: .distillery in the current folder).
-        #[arg(long, value_name = "DIR", default_value = ".distillery")]
-        store: PathBuf,
+        /// The experiment file whose store to read (.distillery beside it).
+        file: Option<PathBuf>,
+        /// The store (default: .distillery beside FILE; without FILE, ./.distillery).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -80,8 +93,11 @@ pub enum Command {
     Sync {
         #[arg(long, value_name = "URI")]
         to: String,
-        #[arg(long, value_name = "DIR", default_value = ".distillery")]
-        store: PathBuf,
+        /// The experiment file whose store to push (.distillery beside it).
+        file: Option<PathBuf>,
+        /// The store (default: .distillery beside FILE; without FILE, ./.distillery).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
     },
     /// Print the experiment graph.
     Graph {
@@ -107,36 +123,135 @@ pub enum GraphFormat {
     Mermaid,
 }
 
-/// Why a command failed: the user's input, or us.
+/// Why a command failed: the user's input or environment (exit 1), or us (exit 2).
+#[derive(Debug)]
 pub enum Failure {
+    /// Bad input, a failed node, or an environment the user can fix; the rendered message
+    /// (`error: ...`, lines ending in `\n`).
     Invalid(String),
+    /// A bug of ours.
     Internal(String),
     /// Ctrl-C: exit 130, the shell's convention.
     Interrupted,
+    /// Whoever read the output stopped reading (`distillery plan --json F | head -1`): exit 1
+    /// without a message, as a closed pipe is not worth one.
+    OutputClosed,
 }
 
-impl From<std::io::Error> for Failure {
-    fn from(e: std::io::Error) -> Failure {
-        Failure::Internal(format!("cannot write output: {e}"))
+impl From<io::Error> for Failure {
+    /// `?` on a write to the output: the output is wherever the user sent it, so a full disk or
+    /// a device that refuses it is theirs to fix; a closed pipe ends quietly.
+    fn from(e: io::Error) -> Failure {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            return Failure::OutputClosed;
+        }
+        match environment_fault(&e) {
+            Some((reason, _)) => Failure::Invalid(format!(
+                "error: cannot write output: {reason}\n  = help: send the output somewhere that can take it (a file on a disk with space, a pipe, the terminal)\n"
+            )),
+            None => Failure::Internal(format!("cannot write output: {e}")),
+        }
+    }
+}
+
+/// What an I/O error says about the user's environment when it is the environment's doing (a
+/// full disk, a read-only or missing folder, a file where a folder should be): a lowercase
+/// reason and what to do. `None` for errors that mean a bug of ours (exit 2).
+pub fn environment_fault(e: &io::Error) -> Option<(&'static str, &'static str)> {
+    use io::ErrorKind as K;
+    const SPACE: &str = "free some space (`distillery gc FILE...` removes results no experiment uses)";
+    Some(match e.kind() {
+        K::StorageFull => ("no space left on the device", SPACE),
+        K::QuotaExceeded => ("disk quota exceeded", SPACE),
+        K::FileTooLarge => ("file too large for the file system", "use a file system that takes large files"),
+        K::ReadOnlyFilesystem => ("the file system is read-only", "use a folder on a writable file system"),
+        K::PermissionDenied => {
+            ("permission denied", "make it writable for you, or use a folder you can write")
+        }
+        K::NotADirectory => {
+            ("a part of the path is a file, not a folder", "move that file away, or use another folder")
+        }
+        K::AlreadyExists => ("it exists and is not a folder", "move it away, or use another folder"),
+        K::IsADirectory => ("it is a folder, not a file", "move the folder away"),
+        K::DirectoryNotEmpty => ("the folder is not empty", "move the folder away"),
+        K::NotFound => {
+            ("no such file or folder", "check the path (was a folder removed while distillery ran?)")
+        }
+        K::InvalidFilename => ("the file name is too long or not allowed here", "use a shorter path"),
+        K::CrossesDevices => ("cannot move files between file systems", "keep the store on one file system"),
+        K::TooManyLinks => ("too many links", "use another folder"),
+        K::ResourceBusy | K::ExecutableFileBusy => {
+            ("the file is busy", "retry once the program using it is done")
+        }
+        K::StaleNetworkFileHandle => {
+            ("stale network file handle", "remount the network file system, or use a local folder")
+        }
+        K::OutOfMemory => ("out of memory", "close other programs, or run fewer nodes at once (-j)"),
+        K::BrokenPipe => ("the pipe was closed by its reader", "keep the reader open until distillery ends"),
+        // EIO: the disk or the network file system failed under us.
+        _ if e.raw_os_error() == Some(5) => {
+            ("input/output error", "check the disk (or the network file system)")
+        }
+        _ => return None,
+    })
+}
+
+/// An I/O error at `path`: exit 1 with the reason and what to do when it is the environment's
+/// (`hint` adds to the help), exit 2 otherwise.
+fn io_failure(what: &str, path: &Path, e: &io::Error, hint: &str) -> Failure {
+    match environment_fault(e) {
+        Some((reason, help)) => {
+            Failure::Invalid(format!("error: {what} {}: {reason}\n  = help: {help}{hint}\n", path.display()))
+        }
+        None => Failure::Internal(format!("{what} {}: {e}", path.display())),
+    }
+}
+
+const STORE_HINT: &str = "; or choose another store with --store DIR";
+
+/// Where to look for a store that a command only reads.
+const FIND_STORE: &str = "`distillery run FILE` keeps its store in .distillery beside FILE: give FILE, or the store with --store DIR";
+
+fn store_failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::Io { path, source } => io_failure("store", &path, &source, STORE_HINT),
+        e @ StoreError::NotAStore { .. } => Failure::Invalid(format!("error: {e}\n  = help: {FIND_STORE}\n")),
+        e @ StoreError::Corrupt { .. } => Failure::Invalid(format!("error: {e}\n")),
+    }
+}
+
+fn track_failure(e: TrackError) -> Failure {
+    match e {
+        TrackError::Io { path, source } => io_failure("run store", &path, &source, STORE_HINT),
+        e @ TrackError::NoStore { .. } => Failure::Invalid(format!("error: {e}\n  = help: {FIND_STORE}\n")),
+        e => Failure::Invalid(format!("error: {e}\n")),
+    }
+}
+
+fn data_failure(e: crate::data::DataError) -> Failure {
+    match e {
+        crate::data::DataError::Io { path, source } => io_failure("store", &path, &source, STORE_HINT),
+        e => Failure::Internal(e.to_string()),
     }
 }
 
 pub fn main_with(cli: Cli) -> ExitCode {
-    let mut out = std::io::stdout().lock();
-    match run(cli, &mut out) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Invalid(text)) => {
-            let _ = out.flush();
-            eprint!("{text}");
-            ExitCode::from(1)
-        }
-        Err(Failure::Interrupted) => ExitCode::from(130),
-        Err(Failure::Internal(text)) => {
-            let _ = out.flush();
-            eprintln!("internal error: {text}");
-            ExitCode::from(2)
-        }
+    let mut out = io::stdout().lock();
+    // Output is line-buffered: the last flush can fail too (a full disk, a closed pipe).
+    let result = run(cli, &mut out).and_then(|()| out.flush().map_err(Failure::from));
+    let (code, message) = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::Invalid(text)) => (1, text),
+        Err(Failure::OutputClosed) => (1, String::new()),
+        Err(Failure::Interrupted) => (130, String::new()),
+        Err(Failure::Internal(text)) => (2, format!("internal error: {text}\n")),
+    };
+    if !message.is_empty() {
+        let _ = out.flush();
+        // Not eprint!: it panics when stderr is a closed pipe.
+        let _ = io::stderr().write_all(message.as_bytes());
     }
+    ExitCode::from(code)
 }
 
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
@@ -160,19 +275,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Plan { file, store, json, force } => {
             let store_dir = store.unwrap_or_else(|| default_store(&file));
             let (exp, g) = load_graph(&file, Some(&store_dir))?;
-            for f in &force {
-                if g.get(f).is_none() && !exp.nodes.iter().any(|n| &n.base == f) {
-                    return Err(Failure::Invalid(format!("error: --force {f}: no such node\n")));
-                }
-            }
-            let forced: Vec<String> = exp
-                .nodes
-                .iter()
-                .filter(|n| force.iter().any(|f| f == &n.name || f == &n.base))
-                .map(|n| n.name.clone())
-                .collect();
+            let [forced] = select_all(&exp, [("--force", &force)])?;
             let entries = if store_dir.join("objects").is_dir() {
-                let st = Store::open(&store_dir).map_err(|e| Failure::Internal(e.to_string()))?;
+                // Read only: a plan writes nothing, so it works on a read-only store.
+                let st = Store::open_existing(&store_dir).map_err(store_failure)?;
                 plan::plan(&g, &st.scoped(&exp.name), &forced)
             } else {
                 plan::plan(&g, &plan::EmptyStore, &forced)
@@ -195,13 +301,11 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Run { file, jobs, only, from, device_slots, force, store, tracking } => {
             let store_dir = store.unwrap_or_else(|| default_store(&file));
             std::fs::create_dir_all(&store_dir)
-                .map_err(|e| Failure::Internal(format!("{}: {e}", store_dir.display())))?;
+                .map_err(|e| io_failure("cannot create the store", &store_dir, &e, STORE_HINT))?;
             let (exp, g) = load_graph(&file, Some(&store_dir))?;
-            for name in only.iter().chain(&from).chain(&force) {
-                if g.get(name).is_none() && !exp.nodes.iter().any(|n| &n.base == name) {
-                    return Err(Failure::Invalid(format!("error: no node named `{name}`\n")));
-                }
-            }
+            // Selectors become full instance names once, here, before anything runs.
+            let [only, from, force] =
+                select_all(&exp, [("--only", &only), ("--from", &from), ("--force", &force)])?;
             let device_slots = device_slots.unwrap_or(match exp.device {
                 spec::Device::Cpu => jobs,
                 // One node a GPU at a time: two would compete for its memory.
@@ -210,16 +314,18 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             let opts = RunOptions { jobs, only, from, force, device_slots };
             run_experiment(&exp, &g, &store_dir, opts, tracking.as_deref(), out)?;
         }
-        Command::Runs { store, json } => {
-            let runs = track::list_runs(&store).map_err(|e| Failure::Invalid(format!("error: {e}\n")))?;
+        Command::Runs { file, store, json } => {
+            let store = store_for(file.as_deref(), store)?;
+            let runs = track::list_runs(&store).map_err(track_failure)?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&runs).expect("runs serialise"))?;
             } else {
                 write!(out, "{}", track::format_runs(&runs))?;
             }
         }
-        Command::Sync { to, store } => {
-            let report = track::sync(&store, &to).map_err(|e| Failure::Invalid(format!("error: {e}\n")))?;
+        Command::Sync { to, file, store } => {
+            let store = store_for(file.as_deref(), store)?;
+            let report = track::sync(&store, &to).map_err(track_failure)?;
             writeln!(out, "{report}")?;
             if !report.is_complete() {
                 return Err(Failure::Invalid("error: some records were not pushed; run sync again\n".into()));
@@ -231,13 +337,14 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
         }
         Command::Gc { files, store } => {
             let store_dir = store.unwrap_or_else(|| default_store(&files[0]));
+            // A store that is not there has nothing to remove; gc never creates one.
+            let st = Store::open_existing(&store_dir).map_err(store_failure)?;
             let mut live = std::collections::HashSet::new();
             for f in &files {
                 let (_, g) = load_graph(f, Some(&store_dir))?;
                 live.extend(g.keys.values().cloned());
             }
-            let st = Store::open(&store_dir).map_err(|e| Failure::Internal(e.to_string()))?;
-            let (n, bytes) = st.gc(&live).map_err(|e| Failure::Internal(e.to_string()))?;
+            let (n, bytes) = st.gc(&live).map_err(store_failure)?;
             writeln!(out, "removed {n} entries ({:.1} MB) from {}", bytes as f64 / 1e6, store_dir.display())?;
         }
     }
@@ -254,12 +361,135 @@ pub fn default_store(file: &Path) -> PathBuf {
     file.parent().unwrap_or(Path::new(".")).join(".distillery")
 }
 
+/// The store of a command whose experiment file is optional (`runs`, `sync`), by the rule every
+/// command follows: `--store DIR` when given, else `.distillery` beside the experiment file,
+/// else `./.distillery`.
+fn store_for(file: Option<&Path>, store: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    if let Some(f) = file.filter(|f| !f.is_file()) {
+        return Err(Failure::Invalid(format!(
+            "error: cannot read experiment file {}: no such file\n  = help: give the experiment file whose store to use, or the store with --store DIR\n",
+            f.display()
+        )));
+    }
+    Ok(store.or_else(|| file.map(default_store)).unwrap_or_else(|| PathBuf::from(".distillery")))
+}
+
+/// [`select_instances`] for each flag, every problem of every flag reported at once.
+fn select_all<const N: usize>(
+    exp: &Experiment,
+    flags: [(&str, &Vec<String>); N],
+) -> Result<[Vec<String>; N], Failure> {
+    let mut problems = Vec::new();
+    let names = flags.map(|(flag, selectors)| select_instances(exp, flag, selectors, &mut problems));
+    if problems.is_empty() { Ok(names) } else { Err(Failure::Invalid(problems.concat())) }
+}
+
+/// Resolves node selectors (of `--force`, `--only`, `--from`) into full instance names, in the
+/// experiment's order: `kd` selects every instance of the declared node kd,
+/// `kd[losses.kd.temperature=2,seed=1]` one instance, and a partial `kd[seed=1]` every instance of kd whose matrix values include
+/// seed=1. A selector that names no node, or matches no instance, adds a rendered problem (with
+/// did-you-mean) to `problems`.
+fn select_instances(
+    exp: &Experiment,
+    flag: &str,
+    selectors: &[String],
+    problems: &mut Vec<String>,
+) -> Vec<String> {
+    let mut chosen = std::collections::HashSet::new();
+    for sel in selectors {
+        match select_one(exp, sel) {
+            Ok(names) => chosen.extend(names),
+            Err((what, help)) => problems.push(format!("error: {flag} {sel}: {what}\n  = help: {help}\n")),
+        }
+    }
+    exp.nodes.iter().filter(|n| chosen.contains(n.name.as_str())).map(|n| n.name.clone()).collect()
+}
+
+/// The instances one selector matches, or (what is wrong, help).
+fn select_one<'e>(exp: &'e Experiment, sel: &str) -> Result<Vec<&'e str>, (String, String)> {
+    let exact: Vec<&str> =
+        exp.nodes.iter().filter(|n| n.name == sel || n.base == sel).map(|n| n.name.as_str()).collect();
+    if !exact.is_empty() {
+        return Ok(exact);
+    }
+    let (base, inner) = match sel.strip_suffix(']').and_then(|s| s.split_once('[')) {
+        Some((base, inner)) => (base, Some(inner)),
+        None => (sel, None),
+    };
+    let instances: Vec<&spec::Node> = exp.nodes.iter().filter(|n| n.base == base).collect();
+    if instances.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let bases: Vec<&str> =
+            exp.nodes.iter().map(|n| n.base.as_str()).filter(|b| seen.insert(*b)).collect();
+        let help = match diag::did_you_mean(base, bases.iter().copied()) {
+            Some(m) => format!("did you mean `{m}`?"),
+            None => format!("the nodes are {}", list_some(&bases)),
+        };
+        return Err((format!("no node named `{base}`"), help));
+    }
+    // No brackets means `sel` is `base`, which matched above; `kd[]` selects every instance.
+    let inner = inner.unwrap_or("");
+    let mut wanted: Vec<(&str, &str)> = Vec::new();
+    for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err((
+                format!("`{part}` is not key=value"),
+                format!("select instances by matrix values, like {}", list_some(&names(&instances))),
+            ));
+        };
+        wanted.push((k.trim(), v.trim()));
+    }
+    let matched: Vec<&str> = instances
+        .iter()
+        .filter(|n| wanted.iter().all(|(k, v)| n.assignment.iter().any(|(k2, v2)| k2 == k && v2 == v)))
+        .map(|n| n.name.as_str())
+        .collect();
+    if !matched.is_empty() {
+        return Ok(matched);
+    }
+    // Say which part matched nothing: an unknown matrix key, or a value no instance has.
+    let mut keys: Vec<&str> = Vec::new();
+    for n in &instances {
+        for (k, _) in &n.assignment {
+            if !keys.contains(&k.as_str()) {
+                keys.push(k);
+            }
+        }
+    }
+    if let Some((k, _)) = wanted.iter().find(|(k, _)| !keys.contains(k)) {
+        let help = match diag::did_you_mean(k, keys.iter().copied()) {
+            Some(m) => format!("did you mean `{m}`?"),
+            None if keys.is_empty() => format!("`{base}` has no matrix instances: select it as `{base}`"),
+            None => format!("its matrix keys are {}", list_some(&keys)),
+        };
+        return Err((format!("`{base}` has no matrix key `{k}`"), help));
+    }
+    let pairs: Vec<String> = wanted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Err((
+        format!("no instance of `{base}` has {}", pairs.join(",")),
+        format!("its instances are {}", list_some(&names(&instances))),
+    ))
+}
+
+fn names<'e>(nodes: &[&'e spec::Node]) -> Vec<&'e str> {
+    nodes.iter().map(|n| n.name.as_str()).collect()
+}
+
+/// `a`, `b`, `c` ... and N more: a list of candidates short enough to read.
+fn list_some(items: &[&str]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = items.iter().take(SHOWN).map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
+}
+
 /// Loads, validates and builds the graph of an experiment file, fingerprinting dataset content
 /// (file digests are kept in the store, when there is one, so each file is hashed once).
 pub fn load_graph(file: &Path, store_dir: Option<&Path>) -> Result<(Experiment, Graph), Failure> {
     let cache = match store_dir.filter(|d| d.is_dir()) {
-        Some(d) => FingerprintCache::open(&d.join("fingerprints.json"))
-            .map_err(|e| Failure::Internal(e.to_string()))?,
+        Some(d) => FingerprintCache::open(&d.join("fingerprints.json")).map_err(data_failure)?,
         None => FingerprintCache::in_memory(),
     };
     let checked = check(file, &cache);
@@ -287,10 +517,14 @@ pub fn check(file: &Path, cache: &FingerprintCache) -> Result<(Experiment, Graph
     }
 }
 
+/// Widest the node column of a plan gets; longer names are printed in full, unpadded (a width
+/// from the data could be anything, and a format width over u16::MAX panics).
+const MAX_NODE_COLUMN: usize = 40;
+
 /// The plan as a table for people.
 pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
     use std::fmt::Write as _;
-    let width = entries.iter().map(|e| e.node.len()).max().unwrap_or(4).max(4);
+    let width = entries.iter().map(|e| e.node.chars().count()).max().unwrap_or(4).clamp(4, MAX_NODE_COLUMN);
     let runs = entries.iter().filter(|e| matches!(e.status, Status::Run { .. })).count();
     let mut s = String::new();
     let _ = writeln!(
@@ -308,7 +542,8 @@ pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
                 ("run", reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
             }
         };
-        let _ = writeln!(s, "  {word:<6}  {:<width$}  {:<8}  {}  {why}", e.node, e.kind, &e.key[..12]);
+        let key = e.key.get(..12).unwrap_or(&e.key);
+        let _ = writeln!(s, "  {word:<6}  {:<width$}  {:<8}  {key}  {why}", e.node, e.kind);
     }
     s
 }
@@ -323,7 +558,6 @@ fn run_experiment(
     tracking: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let internal = |e: &dyn std::fmt::Display| Failure::Internal(e.to_string());
     crate::engine::tune_allocator();
     let cancel = Cancel::default();
     {
@@ -333,30 +567,29 @@ fn run_experiment(
             if c.is_cancelled() {
                 std::process::exit(130);
             }
-            eprintln!("\n  interrupt: finishing nothing half-way; Ctrl-C again to exit now");
+            note!("\n  interrupt: finishing nothing half-way; Ctrl-C again to exit now");
             c.cancel();
         });
     }
-    let store = Store::open(store_dir).map_err(|e| internal(&e))?;
+    let store = Store::open(store_dir).map_err(store_failure)?;
     let uri = track::resolve_tracking_uri(tracking);
-    let tracker = track::Tracker::open(track::TrackerConfig::new(store_dir, uri))
-        .map_err(|e| Failure::Invalid(format!("error: {e}\n")))?;
+    let tracker = track::Tracker::open(track::TrackerConfig::new(store_dir, uri)).map_err(track_failure)?;
     let parent = tracker
         .start_invocation(
             &exp.name,
             Some(&exp.path),
             &[("distillery.version".into(), env!("CARGO_PKG_VERSION").into())],
         )
-        .map_err(|e| internal(&e))?;
+        .map_err(track_failure)?;
     let terminal = exec::sinks::Terminal::new(std::time::Duration::from_secs(2));
     let tracking_sink = exec::sinks::Tracking::new(&tracker, &store, exp, g, parent.clone());
     let sink = exec::sinks::Fanout(vec![&terminal, &tracking_sink]);
     let fingerprints = std::sync::Arc::new(
-        FingerprintCache::open(&store_dir.join("fingerprints.json")).map_err(|e| internal(&e))?,
+        FingerprintCache::open(&store_dir.join("fingerprints.json")).map_err(data_failure)?,
     );
     let runner = crate::nodes::Runner::new(fingerprints, store.clone());
     let n = g.node_order().count();
-    eprintln!("running `{}`: {n} nodes, store {}", exp.name, store_dir.display());
+    note!("running `{}`: {n} nodes, store {}", exp.name, store_dir.display());
     let t0 = std::time::Instant::now();
     let summary = exec::run(exp, g, &store, &runner, &opts, &sink, &cancel);
     let status = if summary.cancelled() {
@@ -369,7 +602,7 @@ fn run_experiment(
     let _ = tracker.end_run(&parent, status);
     if let Some(report) = tracker.finish() {
         if !report.is_complete() {
-            eprintln!(
+            note!(
                 "  tracking: not everything reached the server yet; `distillery sync --to URI` pushes the rest"
             );
         }
@@ -389,7 +622,7 @@ fn run_experiment(
         }
     }
     let count = |f: fn(&exec::Outcome) -> bool| summary.outcomes.iter().filter(|(_, o)| f(o)).count();
-    eprintln!(
+    note!(
         "{} ran, {} cached, {} failed, {} blocked, {} interrupted in {:.1} s",
         count(|o| matches!(o, exec::Outcome::Done { .. })),
         count(|o| *o == exec::Outcome::Cached),
@@ -417,4 +650,75 @@ fn run_experiment(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    #[test]
+    fn environment_faults_are_the_users_and_the_rest_are_ours() {
+        // ENOSPC, EROFS, EACCES, EPERM, ENOTDIR, EEXIST, EDQUOT, ENOENT, ENAMETOOLONG, EXDEV, EIO
+        for code in [28, 30, 13, 1, 20, 17, 122, 2, 36, 18, 5] {
+            let (reason, help) = environment_fault(&os(code)).unwrap_or_else(|| panic!("errno {code}"));
+            assert!(reason.chars().next().is_some_and(char::is_lowercase), "{reason}");
+            assert!(!reason.ends_with('.') && !help.ends_with('.') && !help.is_empty(), "{reason}; {help}");
+        }
+        for kind in [io::ErrorKind::InvalidData, io::ErrorKind::UnexpectedEof, io::ErrorKind::Other] {
+            assert_eq!(environment_fault(&io::Error::from(kind)), None, "{kind:?} is a bug of ours");
+        }
+    }
+
+    #[test]
+    fn output_errors_a_closed_pipe_is_quiet_a_full_disk_is_exit_1() {
+        assert!(matches!(Failure::from(io::Error::from(io::ErrorKind::BrokenPipe)), Failure::OutputClosed));
+        let Failure::Invalid(text) = Failure::from(os(28)) else { panic!("ENOSPC is the user's") };
+        assert!(
+            text.starts_with("error: cannot write output: no space left on the device\n  = help: "),
+            "{text}"
+        );
+        assert!(matches!(Failure::from(io::Error::other("bug")), Failure::Internal(_)));
+    }
+
+    #[test]
+    fn plan_of_a_100000_character_node_name_does_not_panic() {
+        let (exp, _) = spec::load_partial(Path::new("experiments/quickstart.yaml"));
+        let entry = |node: String, key: &str| plan::PlanEntry {
+            node,
+            kind: "train",
+            key: key.to_string(),
+            status: Status::Cached,
+        };
+        let long = "n".repeat(100_000);
+        let text = render_plan(
+            &exp.expect("the quickstart loads"),
+            &[entry(long.clone(), &"a".repeat(64)), entry("short".into(), "abc")],
+        );
+        assert!(
+            text.contains(&format!("  cached  {long}  train     aaaaaaaaaaaa  \n")),
+            "long name unpadded"
+        );
+        assert!(text.contains(&format!("  cached  {:<40}  train     abc  \n", "short")), "{text}");
+    }
+
+    #[test]
+    fn store_io_errors_name_the_path_and_what_to_do() {
+        let e = StoreError::Io { path: PathBuf::from("/data/.distillery/objects"), source: os(30) };
+        let Failure::Invalid(text) = store_failure(e) else { panic!("EROFS is the user's") };
+        assert_eq!(
+            text,
+            "error: store /data/.distillery/objects: the file system is read-only\n  = help: use a folder on a \
+             writable file system; or choose another store with --store DIR\n"
+        );
+        let e = TrackError::Io { path: PathBuf::from("/x/runs"), source: os(122) };
+        let Failure::Invalid(text) = track_failure(e) else { panic!("EDQUOT is the user's") };
+        assert!(text.starts_with("error: run store /x/runs: disk quota exceeded\n"), "{text}");
+        let e =
+            StoreError::Io { path: PathBuf::from("/x"), source: io::Error::from(io::ErrorKind::InvalidData) };
+        assert!(matches!(store_failure(e), Failure::Internal(_)));
+    }
 }

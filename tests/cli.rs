@@ -130,10 +130,245 @@ fn schema_is_json_schema_of_the_whole_file() {
 }
 
 #[test]
-fn an_output_error_is_internal_exit_2() {
-    // Writing the schema to a full device fails: our problem, not the user's input.
+fn a_full_disk_on_output_is_exit_1_not_internal() {
+    // Writing the schema to a full device fails: the user's environment, not a bug of ours.
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full exists on Linux");
     let out = bin().arg("schema").stdout(Stdio::from(full)).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).starts_with("internal error: cannot write output"), "{}", text(&out.stderr));
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.starts_with("error: cannot write output: no space left on the device\n  = help: "), "{e}");
+}
+
+#[test]
+fn a_closed_output_pipe_exits_1_quietly() {
+    // `distillery plan --json FILE | head -1`: the reader is gone before the plan is written.
+    let dir = scratch!();
+    let mut child = bin()
+        .args(["plan", "experiments/quickstart.yaml", "--json", "--store"])
+        .arg(dir.path().join("store"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "a closed pipe is not worth a message");
+}
+
+/// A tiny experiment on the built-in digits: a teacher, and kd over a two-key matrix
+/// (instances `kd[losses.kd.temperature=2,seed=0]` ...).
+const TINY: &str = "\
+experiment: tiny
+datasets:
+  task: { source: builtin/digits, classes: [0, 1], per_class: 4 }
+models:
+  small: { arch: mlp, hidden: [8] }
+defaults:
+  train: { epochs: 1, batch_size: 4 }
+  distill: { epochs: 1, batch_size: 4 }
+nodes:
+  teacher: { train: { model: small, data: task }, seed: 0 }
+  kd:
+    distill: { teacher: teacher, student: small, data: task, losses: kd }
+    matrix: { losses.kd.temperature: [2, 4] }
+matrix: { seed: [0, 1] }
+";
+
+/// Exit code and stderr of the binary run in `dir`, after checking it neither panicked nor
+/// called the failure an internal error.
+fn run_in(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = bin().current_dir(dir).args(args).output().unwrap();
+    let e = text(&out.stderr);
+    assert!(!e.contains("internal error") && !e.contains("panicked"), "{args:?}: {e}");
+    (out.status.code(), text(&out.stdout), e)
+}
+
+#[test]
+fn store_paths_root_cannot_write_are_exit_1_naming_the_path() {
+    let dir = scratch!();
+    let spec = write(dir.path(), "tiny.yaml", TINY);
+    let file = write(dir.path(), "a-file", "not a folder");
+    let objects_file = dir.path().join("store-with-file");
+    std::fs::create_dir(&objects_file).unwrap();
+    write(&objects_file, "objects", "not a folder");
+    let cases = [
+        (file.clone(), "it exists and is not a folder"),
+        (file.join("store"), "a part of the path is a file, not a folder"),
+        (PathBuf::from("/proc/distillery-no-such/store"), "no such file or folder"),
+        (objects_file.clone(), "it exists and is not a folder"),
+    ];
+    for (store, reason) in cases {
+        let (code, _, e) =
+            run_in(dir.path(), &["run", spec.to_str().unwrap(), "--store", store.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "{}: {e}", store.display());
+        assert!(e.starts_with("error: "), "{e}");
+        assert!(e.contains(&*store.display().to_string()), "names the path: {e}");
+        assert!(e.contains(reason), "{}: {e}", store.display());
+        assert!(e.contains("= help: ") && e.contains("--store DIR"), "says what to do: {e}");
+    }
+    // /sys refuses new folders even to root (permission denied, or a read-only mount).
+    let (code, _, e) =
+        run_in(dir.path(), &["run", spec.to_str().unwrap(), "--store", "/sys/distillery-store"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("/sys/distillery-store") && e.contains("= help: "), "{e}");
+}
+
+#[test]
+fn runs_sync_and_gc_on_a_missing_store_say_so_and_create_nothing() {
+    let dir = scratch!();
+    let spec = write(dir.path(), "tiny.yaml", TINY);
+    let spec = spec.to_str().unwrap();
+    let missing = dir.path().join("typo");
+    let m = missing.to_str().unwrap();
+    let beside = dir.path().join(".distillery");
+    for args in [
+        vec!["runs", "--store", m],
+        vec!["runs"],
+        vec!["runs", spec],
+        vec!["runs", spec, "--json"],
+        vec!["sync", "--to", "http://127.0.0.1:9", "--store", m],
+        vec!["sync", "--to", "http://127.0.0.1:9", spec],
+        vec!["gc", spec, "--store", m],
+        vec!["gc", spec],
+    ] {
+        let (code, out, e) = run_in(dir.path(), &args);
+        assert_eq!(code, Some(1), "{args:?}: {e}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(e.starts_with("error: no store at "), "{args:?}: {e}");
+        assert!(e.contains(".distillery") || e.contains("typo"), "names the path: {e}");
+        assert!(e.contains("the folder does not exist") && e.contains("= help: "), "{args:?}: {e}");
+    }
+    assert!(!missing.exists() && !beside.exists(), "a command that reads created a store");
+    let (code, _, e) = run_in(dir.path(), &["runs", "nope.yaml"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("cannot read experiment file nope.yaml"), "{e}");
+}
+
+#[test]
+fn runs_and_sync_find_the_store_run_wrote_beside_the_file() {
+    let dir = scratch!();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    write(&dir.path().join("sub"), "tiny.yaml", TINY);
+    let (code, _, e) = run_in(dir.path(), &["run", "sub/tiny.yaml"]);
+    assert_eq!(code, Some(0), "{e}");
+    assert!(dir.path().join("sub/.distillery/runs").is_dir());
+    let listed = |args: &[&str]| {
+        let (code, out, e) = run_in(dir.path(), args);
+        assert_eq!(code, Some(0), "{args:?}: {e}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array().unwrap().len()
+    };
+    let n = listed(&["runs", "sub/tiny.yaml", "--json"]);
+    assert_eq!(n, 1 + 5, "the invocation and its five nodes");
+    assert_eq!(listed(&["runs", "--store", "sub/.distillery", "--json"]), n);
+    // --store wins over the file's store.
+    let (code, _, e) = run_in(dir.path(), &["runs", "sub/tiny.yaml", "--store", "elsewhere"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("no store at elsewhere"), "{e}");
+    // Without a file: ./.distillery, which here does not exist.
+    let (code, _, e) = run_in(dir.path(), &["runs"]);
+    assert_eq!((code, e.starts_with("error: no store at .distillery")), (Some(1), true), "{e}");
+    // sync reads the same store (the server is down: records stay, exit 1 asks to retry).
+    let (code, _, e) = run_in(dir.path(), &["sync", "--to", "http://127.0.0.1:9", "sub/tiny.yaml"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(!e.contains("no store"), "{e}");
+}
+
+#[test]
+fn plan_caps_the_node_column_and_prints_long_names_in_full() {
+    // The width came from the longest name: 100,000 characters made `plan` panic (a format width
+    // over u16::MAX); now the column is capped (render_plan's unit test takes 100,000).
+    let dir = scratch!();
+    let long = "n".repeat(128); // the longest name a spec may declare
+    let spec = TINY.replace(
+        "  teacher: {",
+        &format!("  {long}: {{ train: {{ model: small, data: task }}, seed: 1 }}\n  teacher: {{"),
+    );
+    let spec = write(dir.path(), "long.yaml", &spec);
+    let (code, out, e) = run_in(dir.path(), &["plan", spec.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{e}");
+    assert!(out.contains(&format!("  run     {long}  train   ")), "in full, unpadded:\n{out}");
+    assert!(out.contains(&format!("  run     {:<40}  train   ", "teacher")), "column capped at 40:\n{out}");
+}
+
+#[test]
+fn force_accepts_a_partial_instance_selector() {
+    let dir = scratch!();
+    let spec = write(dir.path(), "tiny.yaml", TINY);
+    let plan = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["plan", spec.to_str().unwrap(), "--json"];
+        all.extend(args);
+        let (code, out, e) = run_in(dir.path(), &all);
+        assert_eq!(code, Some(0), "{args:?}: {e}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let forced = v["nodes"].as_array().unwrap().iter().filter(|n| n["reasons"][0]["reason"] == "forced");
+        forced.map(|n| n["node"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(
+        plan(&["--force", "kd[seed=1]"]),
+        ["kd[losses.kd.temperature=2,seed=1]", "kd[losses.kd.temperature=4,seed=1]"]
+    );
+    assert_eq!(
+        plan(&["--force", "kd[ seed=1 , losses.kd.temperature=4 ]"]),
+        ["kd[losses.kd.temperature=4,seed=1]"]
+    );
+    assert_eq!(
+        plan(&["--force", "kd[losses.kd.temperature=2,seed=0]"]),
+        ["kd[losses.kd.temperature=2,seed=0]"]
+    );
+    assert_eq!(plan(&["--force", "kd"]).len(), 4);
+    assert_eq!(
+        plan(&["--force", "teacher", "--force", "kd[seed=0]", "--force", "kd[losses.kd.temperature=2]"])
+            .len(),
+        4
+    );
+}
+
+#[test]
+fn unknown_nodes_and_unmatched_selectors_are_all_reported_with_candidates() {
+    let dir = scratch!();
+    let spec = write(dir.path(), "tiny.yaml", TINY);
+    let spec = spec.to_str().unwrap();
+    let bad = ["kdd", "kd[seed=7]", "kd[sed=1]", "kd[seed]", "teacher[seed=0]", "zzz"];
+    let mut args = vec!["plan", spec];
+    for b in bad {
+        args.extend(["--force", b]);
+    }
+    let (code, out, e) = run_in(dir.path(), &args);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(out.is_empty(), "{out}");
+    for want in [
+        "error: --force kdd: no node named `kdd`\n  = help: did you mean `kd`?",
+        "error: --force kd[seed=7]: no instance of `kd` has seed=7\n  = help: its instances are `kd[losses.kd.temperature=2,seed=0]`, ",
+        "error: --force kd[sed=1]: `kd` has no matrix key `sed`\n  = help: did you mean `seed`?",
+        "error: --force kd[seed]: `seed` is not key=value",
+        "error: --force teacher[seed=0]: `teacher` has no matrix key `seed`\n  = help: `teacher` has no matrix instances: select it as `teacher`",
+        "error: --force zzz: no node named `zzz`\n  = help: the nodes are `teacher`, `kd`",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    // run resolves --only, --from and --force the same way, before anything runs.
+    for flag in ["--only", "--from", "--force"] {
+        let (code, _, e) = run_in(dir.path(), &["run", spec, flag, "kd[seed=7]"]);
+        assert_eq!(code, Some(1), "{e}");
+        assert!(e.starts_with(&format!("error: {flag} kd[seed=7]: no instance of `kd` has seed=7")), "{e}");
+        assert!(!e.contains("running"), "{e}");
+    }
+}
+
+#[test]
+fn run_only_and_force_with_a_partial_selector_run_those_instances() {
+    let dir = scratch!();
+    let spec = write(dir.path(), "tiny.yaml", TINY);
+    let spec = spec.to_str().unwrap();
+    let (code, _, e) = run_in(dir.path(), &["run", spec]);
+    assert_eq!(code, Some(0), "{e}");
+    let (code, _, e) = run_in(dir.path(), &["run", spec, "--force", "kd[seed=1]"]);
+    assert_eq!(code, Some(0), "{e}");
+    assert!(e.contains("2 ran, 3 cached, 0 failed"), "{e}");
+    let (code, _, e) =
+        run_in(dir.path(), &["run", spec, "--only", "kd[losses.kd.temperature=4]", "--force", "kd"]);
+    assert_eq!(code, Some(0), "{e}");
+    assert!(e.contains("2 ran, "), "{e}");
 }
