@@ -210,7 +210,8 @@ fn io_failure(what: &str, path: &Path, e: &io::Error, hint: &str) -> Failure {
 const STORE_HINT: &str = "; or choose another store with --store DIR";
 
 /// Where to look for a store that a command only reads.
-const FIND_STORE: &str = "`distillery run FILE` keeps its store in .distillery beside FILE: give FILE, or the store with --store DIR";
+const FIND_STORE: &str = "`distillery run FILE` keeps its store in .distillery beside FILE (or in --store DIR): \
+                          point this command at it the same way";
 
 fn store_failure(e: StoreError) -> Failure {
     match e {
