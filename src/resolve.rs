@@ -64,8 +64,8 @@ pub fn dataset_config(d: &DatasetSpec, exp_seed: u64) -> data::DatasetConfig {
     cfg
 }
 
-/// Content fingerprints of the spec's datasets, for the graph's cache keys: computed once per
-/// file (cached by path, size and modification time in `cache`).
+/// The keys of the spec's datasets, for the graph's cache keys ([`dataset_key`]): content
+/// fingerprints computed once per file (cached by path, size and modification time in `cache`).
 pub fn fingerprint(
     exp: &spec::Experiment,
     cache: &FingerprintCache,
@@ -73,9 +73,27 @@ pub fn fingerprint(
     move |_name, d| {
         let cfg = dataset_config(d, exp.seed);
         data::fingerprint_with_cache(&cfg, exp.base_dir(), cache)
-            .map(|f| CacheKey(f.0))
+            .map(|f| dataset_key(&f, d, exp.seed))
             .map_err(|e| e.to_string())
     }
+}
+
+/// A dataset's cache key: the content fingerprint of its selection (which files, which records,
+/// which images) and every setting of the dataset, since each can change what a node trained on
+/// it computes (`transforms` and its `normalize` values, `class_names`, sizes...). Only `path`
+/// is left out: the content it points at is hashed, so moving the data keeps the key.
+pub fn dataset_key(content: &data::Fingerprint, d: &DatasetSpec, exp_seed: u64) -> CacheKey {
+    let mut settings = serde_json::to_value(d).expect("dataset settings serialise");
+    if let Some(m) = settings.as_object_mut() {
+        m.remove("path");
+        // The selection seed a dataset without `seed:` takes from the experiment.
+        m.insert("seed".into(), d.seed.unwrap_or(exp_seed).into());
+    }
+    CacheKey::of(&serde_json::json!({
+        "format": crate::graph::FORMAT_VERSION,
+        "content": content.to_hex(),
+        "settings": settings,
+    }))
 }
 
 /// The losses layer's weighted losses for a distill node's `losses:`. `seed` seeds CRD's

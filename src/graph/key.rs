@@ -18,7 +18,9 @@ use crate::spec::{DatasetSpec, Experiment, Node, NodeKind, Target};
 
 /// Bump when the meaning of a cached artifact changes (node code, artifact layout): every key
 /// changes with it and old entries are simply never hit again.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: dataset keys hash every dataset setting (transforms were missing); `model.json` records
+/// the preprocessing training applied; a short epoch is a failure.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey(pub [u8; 32]);
