@@ -109,7 +109,7 @@ fn main() {
         let start = Instant::now();
         let mut n = 0usize;
         for epoch in 0..10 {
-            n += loader.epoch(epoch).count();
+            n += loader.epoch(epoch).map(Result::unwrap).count();
         }
         let s = start.elapsed().as_secs_f64();
         println!(

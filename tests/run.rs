@@ -277,12 +277,14 @@ fn teacher_outputs_are_computed_once_and_shared_unless_turned_off() {
 #[test]
 fn a_failing_node_blocks_only_its_dependants() {
     let dir = tempfile::tempdir().unwrap();
-    // A student wider than the data allows: kd fails (batch larger than the dataset); scratch runs.
+    // kd fails at run time (an absurd learning rate makes its loss non-finite); scratch runs.
     let p = dir.path().join("f.yaml");
     std::fs::write(
         &p,
-        SPEC.replace("EPOCHS", "1")
-            .replace("losses: kd, epochs: 4, batch_size: 32", "losses: kd, epochs: 4, batch_size: 1000"),
+        SPEC.replace("EPOCHS", "1").replace(
+            "losses: kd, epochs: 4, batch_size: 32 }",
+            "losses: kd, epochs: 4, batch_size: 32, optimizer: { type: sgd, lr: 1.0e30 } }",
+        ),
     )
     .unwrap();
     let out = run(&p, &[]);
@@ -348,4 +350,45 @@ fn finetune_from_a_safetensors_file_and_a_clear_error_for_the_wrong_one() {
     assert_eq!(out.status.code(), Some(1));
     let e = text(&out.stderr);
     assert!(e.contains("FAILED  ft") && e.contains("conv1.weight") && e.contains("shape"), "{e}");
+}
+
+/// Regression: an explicit `normalize` was applied in training, but `model.json` recorded the
+/// selection's own statistics and evaluation used those (93% in training, 10% on test); a
+/// `resize` was applied in training and not at evaluation (a shape error, or worse).
+#[test]
+fn a_model_is_evaluated_with_the_preprocessing_it_was_trained_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("norm.yaml");
+    std::fs::write(
+        &p,
+        r#"
+experiment: preprocess
+datasets:
+  train: { source: builtin/digits, transforms: [ { type: resize, size: 12 }, { type: normalize, mean: [0.9], std: [0.05] } ] }
+  test:  { source: builtin/digits, split: test }
+models:
+  m: { arch: mlp, hidden: [32] }
+nodes:
+  t: { train: { model: m, data: train, epochs: 4 } }
+  e: { evaluate: { model: t, data: test } }
+"#,
+    )
+    .unwrap();
+    let out = run(&p, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let by_node = |n: &str| entries(dir.path()).into_iter().find(|(_, m)| m["node"] == n).unwrap();
+    let (tdir, t) = by_node("t");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tdir.join("model.json")).unwrap()).unwrap();
+    let first = |k: &str| info[k][0].as_f64().unwrap() as f32;
+    assert_eq!((first("mean"), first("std")), (0.9, 0.05), "{info}");
+    assert_eq!(info["image_shape"], serde_json::json!([1, 12, 12]), "{info}");
+    assert_eq!(info["preprocess"]["resize"], 12, "{info}");
+    let train_acc = t["metrics"]["final_train_accuracy"].as_f64().unwrap();
+    let test_acc = by_node("e").1["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(train_acc > 0.8, "training did not learn: {train_acc}");
+    assert!(
+        test_acc > train_acc - 0.15,
+        "test accuracy {test_acc} vs train {train_acc}: not evaluated as trained"
+    );
 }

@@ -40,6 +40,10 @@ pub enum DataError {
 
     #[error("merge: {detail}")]
     Merge { detail: String },
+
+    /// A loader thread failed (a panic while preparing a batch) or stopped before the epoch's end.
+    #[error("data loader: {detail}")]
+    Loader { detail: String },
 }
 
 impl DataError {

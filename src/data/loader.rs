@@ -79,6 +79,11 @@ impl Loader {
         self.pipeline.out_shape()
     }
 
+    /// The mean and std the images are normalised with, per output channel.
+    pub fn normalization(&self) -> (&[f32], &[f32]) {
+        self.pipeline.normalization()
+    }
+
     pub fn n_batches(&self) -> usize {
         let (n, b) = (self.dataset.len(), self.cfg.batch_size);
         if self.cfg.drop_last { (n / b).max(1) } else { n.div_ceil(b) }
@@ -123,6 +128,10 @@ impl Loader {
     }
 
     /// The batches of `epoch`, prepared up to `prefetch` ahead on a background thread.
+    ///
+    /// Every batch of the epoch is yielded, or an error: a panic on the producer thread (or in
+    /// one of its rayon tasks) ends the epoch with `Err` carrying the panic's message, never with
+    /// a silently short epoch.
     pub fn epoch(&self, epoch: u64) -> Epoch {
         let (tx, rx) = sync_channel(self.cfg.prefetch.max(1));
         let loader = self.clone();
@@ -147,14 +156,30 @@ pub struct Epoch {
 }
 
 impl Iterator for Epoch {
-    type Item = Batch;
+    type Item = Result<Batch, DataError>;
 
-    fn next(&mut self) -> Option<Batch> {
-        let b = self.rx.as_ref()?.recv().ok();
-        if b.is_some() {
-            self.remaining -= 1;
+    fn next(&mut self) -> Option<Result<Batch, DataError>> {
+        match self.rx.as_ref()?.recv() {
+            Ok(b) => {
+                self.remaining -= 1;
+                Some(Ok(b))
+            }
+            Err(_) => {
+                // The producer is gone: it finished, or it panicked. Its join says which.
+                self.rx = None;
+                let joined = self.handle.take().map(JoinHandle::join);
+                let remaining = std::mem::take(&mut self.remaining);
+                match joined {
+                    Some(Err(payload)) => Some(Err(DataError::Loader {
+                        detail: format!("panicked: {}", panic_message(&*payload)),
+                    })),
+                    _ if remaining > 0 => Some(Err(DataError::Loader {
+                        detail: format!("the epoch ended {remaining} batches early"),
+                    })),
+                    _ => None,
+                }
+            }
         }
-        b
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -168,5 +193,50 @@ impl Drop for Epoch {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+/// The text of a panic's payload (`panic!` with a literal or a formatted message).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(n: usize) -> Arc<Dataset> {
+        let images = (0..n * 16).map(|i| (i % 251) as u8).collect();
+        let labels = (0..n as u32).map(|i| i % 2).collect();
+        Arc::new(Dataset::from_parts(images, [1, 4, 4], labels, vec!["a".into(), "b".into()]).unwrap())
+    }
+
+    #[test]
+    fn a_full_epoch_yields_every_batch_then_ends() {
+        let l = Loader::new(tiny(10), LoaderConfig::eval(3, TransformConfig::eval())).unwrap();
+        let got: Vec<Batch> = l.epoch(0).collect::<Result<_, _>>().unwrap();
+        assert_eq!(got.iter().map(|b| b.labels.len()).collect::<Vec<_>>(), [3, 3, 3, 1]);
+    }
+
+    /// Regression: a panic while building a batch (seen with an absurd `resize`) ended the epoch
+    /// early and silently; the node was then committed as done after fewer steps.
+    #[test]
+    fn a_panic_in_a_loader_thread_is_an_error_not_a_short_epoch() {
+        let mut ds = (*tiny(10)).clone();
+        ds.images.truncate(5 * 16); // images 5.. are missing: building their batch panics
+        let l = Loader::new(Arc::new(ds), LoaderConfig::eval(2, TransformConfig::eval())).unwrap();
+        let got: Vec<Result<Batch, DataError>> = l.epoch(0).collect();
+        let ok = got.iter().take_while(|r| r.is_ok()).count();
+        assert!(ok <= 2, "{ok} batches before the failure");
+        let err = got[ok].as_ref().expect_err("an error ends the epoch");
+        assert!(matches!(err, DataError::Loader { .. }), "{err}");
+        assert!(err.to_string().contains("panicked"), "{err}");
+        assert_eq!(got.len(), ok + 1, "nothing after the error");
     }
 }

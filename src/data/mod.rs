@@ -23,7 +23,7 @@ pub use dataset::{Dataset, Stats, merge, merged_fingerprint};
 pub use dsa::{DsaConfig, DsaFamily, DsaMode, DsaParams, FamilyScope};
 pub use error::DataError;
 pub use fingerprint::{Fingerprint, FingerprintCache, fingerprint, fingerprint_with_cache};
-pub use loader::{Batch, Epoch, Loader, LoaderConfig};
+pub use loader::{Batch, Epoch, Loader, LoaderConfig, panic_message};
 pub use sources::{CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, FASHION_MNIST_CLASSES};
 pub use transform::{
     CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize, RandomCrop, TransformConfig,

@@ -100,6 +100,42 @@ impl TransformConfig {
         }
     }
 
+    /// The deterministic transform that prepares test images the way this (training) transform
+    /// prepared training images, for images of `in_shape`: grey-to-RGB, resize, centre crop and
+    /// normalisation are kept; flips and DSA are dropped; a random crop becomes a centre crop of
+    /// its size (a resize when it is larger than the image); a random-resized crop to `n`
+    /// becomes resize `round(n * 8 / 7)` then centre crop `n` (torchvision's resize 256 / crop
+    /// 224 convention). `paper_cifar_train` and `paper_other_train` both map to `paper_test`.
+    pub fn for_evaluation(&self, in_shape: [usize; 3]) -> TransformConfig {
+        let mut t = TransformConfig {
+            grayscale_to_rgb: self.grayscale_to_rgb,
+            resize: self.resize,
+            center_crop: self.center_crop,
+            normalize: self.normalize.clone(),
+            ..TransformConfig::default()
+        };
+        let (mut h, mut w) = (in_shape[1], in_shape[2]);
+        if let Some(n) = self.resize {
+            (h, w) = (n, n);
+        }
+        if let Some(n) = self.center_crop {
+            (h, w) = (n, n);
+        }
+        if let Some(rc) = self.random_crop {
+            if rc.size > h || rc.size > w {
+                t.resize = Some(rc.size);
+                t.center_crop = None;
+            } else if (rc.size, rc.size) != (h, w) {
+                t.center_crop = Some(rc.size);
+            }
+        }
+        if let Some(n) = self.random_resized_crop {
+            t.resize = Some(((n as f64) * 8.0 / 7.0).round() as usize);
+            t.center_crop = Some(n);
+        }
+        t
+    }
+
     /// Only scaling to [0, 1] and normalising with the dataset's statistics.
     pub fn eval() -> Self {
         Self { normalize: Some(Normalize::Dataset), ..Self::default() }
@@ -113,6 +149,7 @@ pub(crate) struct Pipeline {
     in_shape: [usize; 3],
     out_shape: [usize; 3],
     mean: Vec<f32>,
+    std: Vec<f32>,
     inv_std: Vec<f32>,
 }
 
@@ -192,11 +229,18 @@ impl Pipeline {
             out_shape: [c, h, w],
             mean,
             inv_std: std.iter().map(|s| 1.0 / s).collect(),
+            std,
         })
     }
 
     pub fn out_shape(&self) -> [usize; 3] {
         self.out_shape
+    }
+
+    /// The per-channel mean and std this pipeline normalises with (resolved: a dataset's own
+    /// statistics, ImageNet's or the given ones; zeros and ones without normalisation).
+    pub fn normalization(&self) -> (&[f32], &[f32]) {
+        (&self.mean, &self.std)
     }
 
     pub fn out_len(&self) -> usize {

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod conv;
 mod cpu;
+pub(crate) use cpu::isa_summary;
 pub mod device;
 pub mod error;
 pub mod eval;

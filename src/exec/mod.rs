@@ -316,8 +316,19 @@ pub fn run(
                     let tx = tx.clone();
                     let force = forced.contains(&ix);
                     scope.spawn(move || {
-                        let r =
-                            compute(exp, node, key, inputs, store, runner, events, cancel, force, graph, ix);
+                        // A panic anywhere in the node (its runner, a rayon task inside it, the
+                        // store) is that node's failure: the worker always answers, so the
+                        // scheduler never waits for a result that cannot come, and the panicking
+                        // node's pending entry is dropped uncommitted.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            compute(exp, node, key, inputs, store, runner, events, cancel, force, graph, ix)
+                        }))
+                        .unwrap_or_else(|payload| {
+                            Err(NodeError::Failed(format!(
+                                "panicked: {}",
+                                crate::data::panic_message(&*payload)
+                            )))
+                        });
                         let _ = tx.send((ix, r));
                     });
                     launched_or_settled = true;

@@ -22,6 +22,8 @@ nodes:
 #[derive(Default)]
 struct Toy {
     fail: Vec<String>,
+    /// Nodes whose runner panics (a bug, a missing driver) instead of returning an error.
+    panic: Vec<String>,
     wait_for_cancel: Vec<String>,
     ran: Mutex<Vec<String>>,
     /// Sleep this long in every node, tracking how many run at once.
@@ -39,6 +41,9 @@ impl NodeRunner for Toy {
             self.peak.fetch_max(now, SeqCst);
             std::thread::sleep(d);
             self.running.fetch_sub(1, SeqCst);
+        }
+        if self.panic.contains(&job.node.name) {
+            panic!("{} hit a bug", job.node.name);
         }
         if self.fail.contains(&job.node.name) {
             return Err(NodeError::Failed(format!("{} exploded", job.node.name)));
@@ -117,6 +122,22 @@ fn a_failure_stops_its_dependants_only() {
     let toy2 = Toy::default();
     run(&exp, &g, &store, &toy2, &opts(1), &Log::default(), &Cancel::default());
     assert_eq!(*toy2.ran.lock().unwrap(), ["b", "c"]);
+}
+
+/// Regression: a panic inside a node left the scheduler waiting for its result forever.
+#[test]
+fn a_panicking_node_fails_alone_and_the_run_goes_on() {
+    let (d, exp, g, store) = setup();
+    for jobs in [1, 2] {
+        let toy = Toy { panic: vec!["b".into()], ..Toy::default() };
+        let s = run(&exp, &g, &store, &toy, &opts(jobs), &Log::default(), &Cancel::default());
+        assert!(!s.ok());
+        assert_eq!(outcome(&s, "b"), &Outcome::Failed { error: "panicked: b hit a bug".into() });
+        assert_eq!(outcome(&s, "c"), &Outcome::Blocked { by: "b".into() });
+        assert!(matches!(outcome(&s, "y"), Outcome::Done { .. } | Outcome::Cached), "{s:?}");
+        assert!(!store.contains(g.key(g.get("b").unwrap())), "a panic is never committed");
+        assert_eq!(std::fs::read_dir(d.path().join(".distillery/tmp")).unwrap().count(), 0);
+    }
 }
 
 #[test]

@@ -62,18 +62,61 @@ fn failed(e: impl std::fmt::Display) -> NodeError {
 
 /// What `model.json` says: enough to rebuild the model and feed it the inputs it was trained on.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelInfo {
     pub model: spec::ModelSpec,
-    /// `[channels, height, width]` of the inputs.
+    /// `[channels, height, width]` of the inputs the model takes (after preprocessing).
     pub image_shape: [usize; 3],
     pub num_classes: usize,
     pub class_names: Vec<String>,
-    /// Per-channel normalisation of the training data (applied to every input at test time).
+    /// The per-channel normalisation training applied (the training selection's statistics, or
+    /// the dataset's `normalize:` values), applied to every input of this model afterwards.
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// The deterministic part of training's preprocessing, applied before normalising whenever
+    /// the model is fed afterwards (evaluation, reports, teacher outputs).
+    pub preprocess: Preprocess,
+}
+
+/// Grey-to-RGB, resize and centre crop as training prepared its images, without its random
+/// parts ([`TransformConfig::for_evaluation`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grayscale_to_rgb: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub center_crop: Option<usize>,
 }
 
 impl ModelInfo {
+    /// What a model trained through `loader` (on `train_transform` over images of `in_shape`)
+    /// records about its inputs.
+    pub(crate) fn new(
+        model: spec::ModelSpec,
+        ds: &Dataset,
+        train_transform: &TransformConfig,
+        loader: &data::Loader,
+    ) -> ModelInfo {
+        let eval = train_transform.for_evaluation(ds.shape);
+        let (mean, std) = loader.normalization();
+        ModelInfo {
+            model,
+            image_shape: loader.image_shape(),
+            num_classes: ds.n_classes(),
+            class_names: ds.class_names.clone(),
+            mean: mean.to_vec(),
+            std: std.to_vec(),
+            preprocess: Preprocess {
+                grayscale_to_rgb: eval.grayscale_to_rgb,
+                resize: eval.resize,
+                center_crop: eval.center_crop,
+            },
+        }
+    }
+
     pub fn config(&self) -> ModelConfig {
         resolve::model_config(&self.model, self.image_shape[0], self.image_shape[1], self.num_classes)
     }
@@ -91,6 +134,18 @@ impl ModelInfo {
 
     pub fn normalize(&self) -> Normalize {
         Normalize::Given { mean: self.mean.clone(), std: self.std.clone() }
+    }
+
+    /// How any image must be prepared for this model: training's deterministic preprocessing
+    /// and its normalisation.
+    pub fn eval_transform(&self) -> TransformConfig {
+        TransformConfig {
+            grayscale_to_rgb: self.preprocess.grayscale_to_rgb,
+            resize: self.preprocess.resize,
+            center_crop: self.preprocess.center_crop,
+            normalize: Some(self.normalize()),
+            ..TransformConfig::default()
+        }
     }
 }
 
@@ -154,20 +209,22 @@ pub(crate) fn eval_model(
     batch_size: usize,
     device: &Device,
 ) -> Result<Value, NodeError> {
-    if ds.shape != info.image_shape {
+    let loader = data::Loader::new(ds.clone(), data::LoaderConfig::eval(batch_size, info.eval_transform()))
+        .map_err(|e| failed(format!("preparing images as in training: {e}")))?;
+    if loader.image_shape() != info.image_shape {
         return Err(failed(format!(
-            "the model takes {:?} images, the dataset has {:?}",
-            info.image_shape, ds.shape
+            "the model takes {:?} images, the dataset's {:?} images become {:?} when prepared as in training",
+            info.image_shape,
+            ds.shape,
+            loader.image_shape()
         )));
     }
-    let transform = TransformConfig { normalize: Some(info.normalize()), ..TransformConfig::default() };
-    let loader =
-        data::Loader::new(ds.clone(), data::LoaderConfig::eval(batch_size, transform)).map_err(failed)?;
     let k = info.num_classes;
     let mut per_class = vec![(0usize, 0usize); k];
     let (mut n, mut top1, mut top5, mut loss_sum) = (0usize, 0usize, 0usize, 0f64);
     let model = burn::module::Module::valid(model);
-    for mut b in loader.epoch(0) {
+    for b in loader.epoch(0) {
+        let mut b = b.map_err(|e| failed(format!("evaluation: {e}")))?;
         let (x, y) = batch_tensors(&mut b, device);
         let (_, z) = model.forward(x);
         loss_sum += engine::cross_entropy(z.clone(), y).into_scalar::<f64>() * b.labels.len() as f64;
@@ -184,6 +241,9 @@ pub(crate) fn eval_model(
             c.0 += (rank == 0) as usize;
         }
         n += b.labels.len();
+    }
+    if n != ds.len() {
+        return Err(failed(format!("evaluation saw {n} of {} images", ds.len())));
     }
     let d = n.max(1) as f64;
     let per_class: Vec<Value> = per_class

@@ -47,22 +47,41 @@ struct Setup {
     batch_size: usize,
     epochs: u32,
     label_smoothing: f64,
-    augment: spec::AugmentSpec,
     data_name: String,
     data: Arc<Dataset>,
+    /// The training batches, prepared by `transform`.
+    loader: data::Loader,
     /// Linear probing keeps batch-norm statistics frozen.
     freeze_bn: bool,
 }
 
-fn info_for(model: &spec::ModelSpec, ds: &Dataset) -> ModelInfo {
-    ModelInfo {
-        model: model.clone(),
-        image_shape: ds.shape,
-        num_classes: ds.n_classes(),
-        class_names: ds.class_names.clone(),
-        mean: ds.stats.mean.clone(),
-        std: ds.stats.std.clone(),
+/// The training data of a node and how its images are prepared: decided before the model is
+/// built, since the model's input shape is the prepared images' shape.
+struct TrainData {
+    name: String,
+    ds: Arc<Dataset>,
+    transform: data::TransformConfig,
+    loader: data::Loader,
+}
+
+impl TrainData {
+    fn info(&self, model: &spec::ModelSpec) -> ModelInfo {
+        ModelInfo::new(model.clone(), &self.ds, &self.transform, &self.loader)
     }
+}
+
+fn train_data(
+    runner: &Runner,
+    job: &Job<'_>,
+    augment: &spec::AugmentSpec,
+    batch_size: u32,
+) -> Result<TrainData, NodeError> {
+    let (name, ds) = dataset(runner, job, "data")?;
+    let dspec = &job.exp.datasets[&name];
+    let transform = resolve::train_transform(dspec, augment, Normalize::Dataset).map_err(failed)?;
+    let cfg = data::LoaderConfig::train(batch_size as usize, job.node.seed, transform.clone());
+    let loader = data::Loader::new(ds.clone(), cfg).map_err(|e| failed(format!("dataset `{name}`: {e}")))?;
+    Ok(TrainData { name, ds, transform, loader })
 }
 
 /// Loads `dir`'s weights into a fresh model for `info`; a new head when the class count changed.
@@ -78,30 +97,31 @@ fn init_from(dir: &std::path::Path, info: &ModelInfo, device: &Device) -> Result
 
 fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<Setup, NodeError> {
     let exp = job.exp;
-    let (data_name, ds) = dataset(runner, job, "data")?;
     match &job.node.kind {
         NodeKind::Train(s) => {
-            let info = info_for(&exp.models[&s.model.0], &ds);
+            let td = train_data(runner, job, &s.augment, s.batch_size)?;
+            let info = td.info(&exp.models[&s.model.0]);
             let model = match &s.init {
                 Some(_) => init_from(node_input(job, "init")?, &info, ad)?,
                 None => info.config().init(ad).map_err(failed)?,
             };
             let trainer =
                 resolve::trainer_config(&s.optimizer, &s.schedule, s.epochs, s.warmup_epochs, s.grad_clip);
-            let settings = (s.batch_size, s.epochs, s.label_smoothing, s.augment.clone());
-            Ok(plain_setup(model, info, trainer, s.freeze, 1.0, settings, data_name, ds))
+            let settings = (s.batch_size, s.epochs, s.label_smoothing);
+            Ok(plain_setup(model, info, trainer, s.freeze, 1.0, settings, td))
         }
         NodeKind::Finetune(s) => {
+            let td = train_data(runner, job, &s.augment, s.batch_size)?;
             let (info, model) = match (&s.from, &s.weights, &s.model) {
                 (Some(_), _, _) => {
                     let dir = node_input(job, "from")?;
                     let from = ModelInfo::read(dir)?;
-                    let info = info_for(&from.model, &ds);
+                    let info = td.info(&from.model);
                     let model = init_from(dir, &info, ad)?;
                     (info, model)
                 }
                 (None, Some(w), Some(m)) => {
-                    let info = info_for(&exp.models[&m.0], &ds);
+                    let info = td.info(&exp.models[&m.0]);
                     let fresh = info.config().init(ad).map_err(failed)?;
                     // Hub weights carry their own head (ImageNet's 1000 classes): keep ours.
                     let model =
@@ -113,12 +133,13 @@ fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<
             };
             let trainer =
                 resolve::trainer_config(&s.optimizer, &s.schedule, s.epochs, s.warmup_epochs, s.grad_clip);
-            let settings = (s.batch_size, s.epochs, s.label_smoothing, s.augment.clone());
-            Ok(plain_setup(model, info, trainer, s.freeze, s.head_lr_mult, settings, data_name, ds))
+            let settings = (s.batch_size, s.epochs, s.label_smoothing);
+            Ok(plain_setup(model, info, trainer, s.freeze, s.head_lr_mult, settings, td))
         }
         NodeKind::Distill(s) => {
+            let td = train_data(runner, job, &s.augment, s.batch_size)?;
             let (tinfo, teacher) = load_model(node_input(job, "teacher")?, plain)?;
-            let info = info_for(&exp.models[&s.student.0], &ds);
+            let info = td.info(&exp.models[&s.student.0]);
             if tinfo.num_classes != info.num_classes || tinfo.image_shape != info.image_shape {
                 return Err(failed(format!(
                     "the teacher was trained on {} classes of {:?} images, the distillation data has {} of {:?}",
@@ -134,14 +155,14 @@ fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<
                 student_dim: student.feature_dim(),
                 teacher_dim: teacher.feature_dim(),
                 num_classes: info.num_classes,
-                n_data: ds.len(),
+                n_data: td.ds.len(),
             };
             let classifier = Some(teacher_classifier(&teacher, ad));
             let heads = DistillLosses::new(&weighted, dims, classifier, ad)
                 .map_err(|e| failed(format!("{}.losses: {e}", job.node.spec_path())))?;
-            let cached = if teacher_cache_applies(s, &exp.datasets[&data_name]) {
+            let cached = if teacher_cache_applies(s, &exp.datasets[&td.name]) {
                 let teacher_dir = node_input(job, "teacher")?;
-                Some(teacher_outputs(runner, job, teacher_dir, &teacher, &tinfo, &data_name, &ds, plain)?)
+                Some(teacher_outputs(runner, job, teacher_dir, &teacher, &tinfo, &td, plain)?)
             } else {
                 None
             };
@@ -167,9 +188,9 @@ fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<
                 batch_size: s.batch_size as usize,
                 epochs: s.epochs,
                 label_smoothing: 0.0,
-                augment: s.augment.clone(),
-                data_name,
-                data: ds,
+                data_name: td.name,
+                data: td.ds,
+                loader: td.loader,
                 freeze_bn: false,
             })
         }
@@ -186,9 +207,8 @@ fn plain_setup(
     mut trainer: engine::TrainerConfig,
     freeze: spec::Freeze,
     head_lr_mult: f64,
-    (batch_size, epochs, label_smoothing, augment): (u32, u32, f64, spec::AugmentSpec),
-    data_name: String,
-    data: Arc<Dataset>,
+    (batch_size, epochs, label_smoothing): (u32, u32, f64),
+    td: TrainData,
 ) -> Setup {
     let lp = freeze == spec::Freeze::Backbone;
     let head = ParamRule::lr_mult(model.head_path(), head_lr_mult);
@@ -200,9 +220,9 @@ fn plain_setup(
         batch_size: batch_size as usize,
         epochs,
         label_smoothing,
-        augment,
-        data_name,
-        data,
+        data_name: td.name,
+        data: td.ds,
+        loader: td.loader,
         freeze_bn: lp,
     }
 }
@@ -238,9 +258,9 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         batch_size,
         epochs,
         label_smoothing,
-        augment,
         data_name,
         data,
+        loader,
         freeze_bn,
     } = {
         // burn's CPU backend seeds one process-wide generator: build every randomly initialised
@@ -256,12 +276,6 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
             data.len()
         )));
     }
-    let dspec = &job.exp.datasets[&data_name];
-    let normalize = Normalize::Given { mean: info.mean.clone(), std: info.std.clone() };
-    let transform = resolve::train_transform(dspec, &augment, normalize).map_err(failed)?;
-    let loader =
-        data::Loader::new(data.clone(), data::LoaderConfig::train(batch_size, job.node.seed, transform))
-            .map_err(failed)?;
     let mut trainer = Trainer::new(trainer).map_err(failed)?;
     if freeze_bn {
         if let Trained::Plain(m) = trained {
@@ -282,7 +296,9 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut term_sums: Vec<(String, f64)> = Vec::new();
         let te = Instant::now();
-        for mut b in loader.epoch(epoch as u64) {
+        let mut epoch_steps = 0u64;
+        for b in loader.epoch(epoch as u64) {
+            let mut b = b.map_err(|e| failed(format!("epoch {}: {e}", epoch + 1)))?;
             job.cancel.check()?;
             // The teacher's inputs are the same images on the plain device (when it runs live).
             let teacher_images = match &trained {
@@ -345,6 +361,7 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
             seen += n;
             images += n as u64;
             step += 1;
+            epoch_steps += 1;
             let secs = t0.elapsed().as_secs_f64();
             job.events.event(Event::Progress {
                 node: job.node.name.clone(),
@@ -355,6 +372,14 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
                 loss: lv,
                 images_per_second: images as f64 / secs.max(1e-9),
             });
+        }
+        // A short epoch is a failure, never a result (the loader reports its own failures;
+        // this holds whatever else ends an epoch early).
+        if epoch_steps != steps_per_epoch {
+            return Err(failed(format!(
+                "epoch {} trained {epoch_steps} of its {steps_per_epoch} steps; nothing of this node was saved",
+                epoch + 1
+            )));
         }
         let model = match &trained {
             Trained::Plain(m) => m,
@@ -394,6 +419,12 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         writeln!(history, "{row}").map_err(failed)?;
         last = row;
     }
+    if step != epochs as u64 * steps_per_epoch || step == 0 {
+        return Err(failed(format!(
+            "trained {step} of {} steps; nothing of this node was saved",
+            epochs as u64 * steps_per_epoch
+        )));
+    }
     let train_seconds = t0.elapsed().as_secs_f64();
     let teacher_cost = match &trained {
         Trained::Distill(_, t) => Some((t.model.forward_flops(info.image_shape, &plain), t.cached.is_some())),
@@ -425,6 +456,8 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         "forward_flops_per_image": student_fwd,
         "final_loss": last["loss"],
         "final_train_accuracy": last["train_accuracy"],
+        // Which vector level ran (results are bit-identical only at the same one: docs/engine.md).
+        "cpu_isa": engine::isa_summary(),
     });
     if let Some(b) = best_val {
         metrics["best_val_accuracy"] = json!(b);
@@ -516,16 +549,16 @@ fn teacher_outputs(
     teacher_dir: &std::path::Path,
     teacher: &Model,
     tinfo: &ModelInfo,
-    data_name: &str,
-    ds: &Arc<Dataset>,
+    td: &TrainData,
     device: &Device,
 ) -> Result<TeacherOutputs, NodeError> {
+    let ds = &td.ds;
     let teacher_key = std::fs::read_to_string(teacher_dir.join("manifest.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .and_then(|m| m["key"].as_str().map(str::to_string))
         .ok_or_else(|| failed("teacher entry without a manifest"))?;
-    let dspec = &job.exp.datasets[data_name];
+    let dspec = &job.exp.datasets[&td.name];
     let key = crate::graph::CacheKey::of(&json!({
         "format": crate::graph::FORMAT_VERSION,
         "teacher_outputs": teacher_key,
@@ -543,13 +576,18 @@ fn teacher_outputs(
         }
     }
     let t0 = Instant::now();
-    let normalize = Normalize::Given { mean: tinfo.mean.clone(), std: tinfo.std.clone() };
-    let transform = resolve::train_transform(dspec, &spec::AugmentSpec::None, normalize).map_err(failed)?;
+    // The student's images (the cache applies only when nothing random happens to them),
+    // normalised as the teacher was trained.
+    let transform =
+        data::TransformConfig { normalize: Some(tinfo.normalize()), dsa: None, ..td.transform.clone() };
     let loader = data::Loader::new(ds.clone(), data::LoaderConfig::eval(256, transform)).map_err(failed)?;
     let mut features = vec![0f32; ds.len() * feature_dim];
     let mut logits = vec![0f32; ds.len() * num_classes];
+    let mut filled = 0usize;
     for b in loader.epoch(0) {
+        let b = b.map_err(|e| failed(format!("teacher outputs: {e}")))?;
         job.cancel.check()?;
+        filled += b.indices.len();
         let x = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), device);
         let (f, z) = teacher.forward(x);
         let f: Vec<f32> =
@@ -563,13 +601,16 @@ fn teacher_outputs(
                 .copy_from_slice(&z[r * num_classes..(r + 1) * num_classes]);
         }
     }
+    if filled != ds.len() {
+        return Err(failed(format!("teacher outputs: {filled} of {} images computed", ds.len())));
+    }
     let pending = store.begin(&key)?;
     std::fs::write(pending.dir().join("features.f32"), f32_bytes(&features)).map_err(failed)?;
     std::fs::write(pending.dir().join("logits.f32"), f32_bytes(&logits)).map_err(failed)?;
     pending.commit(
         &format!("teacher outputs for {}", job.node.name),
         "teacher_outputs",
-        json!({ "teacher": teacher_key, "data": data_name }),
+        json!({ "teacher": teacher_key, "data": td.name }),
         json!({ "seconds": t0.elapsed().as_secs_f64(), "images": ds.len() }),
     )?;
     Ok(TeacherOutputs { features, logits, feature_dim, num_classes })
