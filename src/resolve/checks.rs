@@ -58,7 +58,19 @@ pub fn data_checks(exp: &Experiment, cache: &FingerprintCache) -> Vec<Diagnostic
 
 /// [`data_checks`] against a given memory limit.
 pub fn data_checks_within(exp: &Experiment, cache: &FingerprintCache, limit: MemoryLimit) -> Vec<Diagnostic> {
-    let mut c = Checks { exp, cache, limit, datasets: HashMap::new(), out: Vec::new() };
+    let mut nodes: HashMap<&str, &Node> = exp.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    for n in &exp.nodes {
+        nodes.entry(n.base.as_str()).or_insert(n);
+    }
+    let mut c = Checks {
+        exp,
+        cache,
+        limit,
+        datasets: HashMap::new(),
+        nodes,
+        models: HashMap::new(),
+        out: Vec::new(),
+    };
     for node in &exp.nodes {
         for r in node.kind.refs() {
             if r.target == spec::Target::Dataset {
@@ -131,10 +143,14 @@ struct Checks<'a> {
     limit: MemoryLimit,
     /// Each dataset loaded once; `None` when it failed (reported once).
     datasets: HashMap<String, Option<Arc<Dataset>>>,
+    /// Nodes by instance name, and by declared name (its first instance).
+    nodes: HashMap<&'a str, &'a Node>,
+    /// [`Checks::model_of`]'s answers.
+    models: HashMap<&'a str, Option<&'a str>>,
     out: Vec<Diagnostic>,
 }
 
-impl Checks<'_> {
+impl<'a> Checks<'a> {
     fn push(&mut self, code: Code, path: &str, node: &str, message: String, help: String) {
         let d = Diagnostic::new(code, path, message).with_node(node).with_help(help);
         self.out.push(d.at(self.exp.locate_value(path)));
@@ -210,7 +226,7 @@ impl Checks<'_> {
         Some(Arc::new(ds))
     }
 
-    fn training_node(&mut self, node: &Node, t: &Training<'_>) {
+    fn training_node(&mut self, node: &'a Node, t: &Training<'_>) {
         let Some(ds) = self.dataset(t.data) else { return };
         let kind = node.spec_path();
         if !t.synthetic && ds.len() < t.batch_size as usize {
@@ -238,13 +254,13 @@ impl Checks<'_> {
 
     /// The model `node` trains, sized on the data it trains on: for a finetune `from` another
     /// node, that node's architecture. `None` after reporting why it cannot be sized.
-    fn sized(&mut self, node: &Node) -> Option<Sized> {
+    fn sized(&mut self, node: &'a Node) -> Option<Sized> {
         let t = training(node)?;
         let model = match t.model {
             Some(m) => m.to_string(),
             None => {
                 let NodeKind::Finetune(f) = &node.kind else { return None };
-                self.model_of(&f.from.as_ref()?.0, 0)?
+                self.model_of(&f.from.as_ref()?.0)?.to_string()
             }
         };
         let spec = self.exp.models.get(&model)?;
@@ -280,31 +296,39 @@ impl Checks<'_> {
         }
     }
 
-    /// The architecture node `name` trains (a finetune `from`: its source's).
-    fn model_of(&self, name: &str, depth: usize) -> Option<String> {
-        let node = self.node(name)?;
-        match &node.kind {
-            NodeKind::Train(s) => Some(s.model.0.clone()),
-            NodeKind::Distill(s) => Some(s.student.0.clone()),
-            NodeKind::Finetune(s) => match (&s.from, &s.model) {
+    /// The architecture node `name` trains (a finetune `from`: its source's, however long the
+    /// chain: walked without recursion, each node's answer kept).
+    fn model_of(&mut self, name: &'a str) -> Option<&'a str> {
+        let mut chain = Vec::new();
+        let mut at = name;
+        let found = loop {
+            if let Some(&m) = self.models.get(at) {
+                break m;
+            }
+            let Some(node) = self.nodes.get(at).copied() else { break None };
+            chain.push(at);
+            match &node.kind {
+                NodeKind::Train(s) => break Some(s.model.0.as_str()),
+                NodeKind::Distill(s) => break Some(s.student.0.as_str()),
                 // The graph has no cycles, but stay finite whatever it lets through.
-                (Some(from), _) if depth < 64 => self.model_of(&from.0, depth + 1),
-                (None, Some(m)) => Some(m.0.clone()),
-                _ => None,
-            },
-            _ => None,
+                NodeKind::Finetune(s) if chain.len() <= self.nodes.len() => match (&s.from, &s.model) {
+                    (Some(from), _) => at = &from.0,
+                    (None, Some(m)) => break Some(m.0.as_str()),
+                    (None, None) => break None,
+                },
+                _ => break None,
+            }
+        };
+        for n in chain {
+            self.models.insert(n, found);
         }
+        found
     }
 
     /// The model a referenced node trains, sized on that node's own data.
-    fn trained(&mut self, name: &str) -> Option<Sized> {
-        let node = self.node(name)?.clone();
-        self.sized(&node)
-    }
-
-    /// A node by instance name, or the first instance of a declared (matrix) node.
-    fn node(&self, name: &str) -> Option<&Node> {
-        self.exp.node(name).or_else(|| self.exp.nodes.iter().find(|n| n.base == name))
+    fn trained(&mut self, name: &'a str) -> Option<Sized> {
+        let node = *self.nodes.get(name)?;
+        self.sized(node)
     }
 
     /// Refuses a node whose training would not fit in memory (see docs/spec.md for the rule).
@@ -342,7 +366,8 @@ impl Checks<'_> {
             if teacher > 0 { format!("; the teacher's weights {}", gib(teacher)) } else { String::new() };
         let message = format!(
             "node `{}` needs about {} to train model `{}` ({} parameters: {} with gradients and {optimizer}; {} activation floats an image x batch {} x 2 for the backward pass: {}{teacher_part}), {machine}",
-            node.name,
+            // The declared name: matrix instances of the same size report once.
+            node.base,
             gib(total),
             student.model,
             count(f.params),
@@ -369,7 +394,7 @@ impl Checks<'_> {
     }
 
     /// `fitnet`/`cosine` without a regressor compare student and teacher features directly.
-    fn distill_losses(&mut self, node: &Node, d: &spec::DistillSpec) {
+    fn distill_losses(&mut self, node: &'a Node, d: &'a spec::DistillSpec) {
         for loss in &d.losses.0 {
             match loss {
                 spec::Loss::Crd { nce_k, .. } => self.crd(node, d, *nce_k),

@@ -132,3 +132,25 @@ fn image_folder_without_images_is_located_at_its_path() {
     );
     assert_eq!(diags[0].location.as_ref().map(|l| l.line), Some(1));
 }
+
+/// A finetune chain is walked without recursion: its last node finds the first node's model.
+#[test]
+fn a_long_finetune_chain_is_sized_without_recursion() {
+    const N: usize = 5_000;
+    let mut text = format!("{DIGITS}models: {{ m: {{ arch: mlp, hidden: [4] }} }}\nnodes:\n");
+    text.push_str("  n0: { train: { model: m, data: d, batch_size: 4 } }\n");
+    for i in 1..N {
+        text.push_str(&format!("  n{i}: {{ finetune: {{ from: n{}, data: d, batch_size: 4 }} }}\n", i - 1));
+    }
+    let t0 = std::time::Instant::now();
+    // A test thread's stack: one frame a node would overflow it.
+    let got = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || check(&text, 1))
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert_eq!(got.len(), N, "every node's model is sized (and refused under 1 byte)");
+    assert!(got[N - 1].1.starts_with(&format!("node `n{}` needs about", N - 1)), "{}", got[N - 1].1);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(20), "took {:?}", t0.elapsed());
+}
