@@ -160,7 +160,9 @@ impl<'a> Tracking<'a> {
     }
 
     fn warn(&self, what: &str, e: impl std::fmt::Display) {
-        eprintln!("  warning: tracking: {what}: {e}");
+        // Not eprintln!: it panics when stderr is a closed pipe (`run ... 2>&1 | head`).
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), "  warning: tracking: {what}: {e}");
     }
 }
 

@@ -308,7 +308,15 @@ impl Tracker {
     pub fn finish(mut self) -> Option<SyncReport> {
         let push = self.push.take()?;
         let _ = push.tx.send(Msg::Finish);
-        push.thread.join().ok().flatten()
+        match push.thread.join() {
+            Ok(report) => report,
+            // A panicked push loses nothing (the runs are in the local store), but it must not
+            // read as "nothing to report": say it stopped, so the CLI points at `sync`.
+            Err(payload) => Some(SyncReport {
+                aborted: Some(format!("the push thread panicked: {}", crate::data::panic_message(&*payload))),
+                ..SyncReport::default()
+            }),
+        }
     }
 
     fn create(

@@ -130,26 +130,73 @@ pub(crate) fn gunzip_if_needed(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, Dat
     }
 }
 
-/// The first existing path among `candidates`, or a not-found error naming the first one.
+/// The first existing path among `candidates`, or a not-found error naming the first one (or,
+/// when one exists but is not a regular file, saying what it is).
 pub(crate) fn first_existing(candidates: &[PathBuf], what: &str) -> Result<PathBuf, DataError> {
     for c in candidates {
         if c.is_file() {
             return Ok(c.clone());
         }
     }
-    Err(DataError::NotFound {
-        path: candidates[0].clone(),
-        what: format!(
-            "{what}; also tried {}",
-            candidates[1..].iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    if let Some(c) = candidates.iter().find(|c| c.exists()) {
+        return Err(DataError::Format {
+            path: c.clone(),
+            detail: format!("is a {}, not a file; expected {what}", kind_of(c)),
+        });
+    }
+    let also = match &candidates[1..] {
+        [] => String::new(),
+        rest => format!(
+            "; also tried {}",
+            rest.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         ),
-    })
+    };
+    Err(DataError::NotFound { path: candidates[0].clone(), what: format!("{what}{also}") })
+}
+
+/// What a path that exists is, for messages.
+fn kind_of(path: &Path) -> &'static str {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => "directory",
+        Ok(m) if m.is_file() => "file",
+        Ok(_) => "special file",
+        Err(_) => "path that cannot be read",
+    }
 }
 
 pub(crate) fn require_dir(path: &Path, what: &str) -> Result<(), DataError> {
     if path.is_dir() {
         Ok(())
+    } else if path.exists() {
+        // A file that exists is not "no such file": say what it is and what was expected.
+        Err(DataError::Format {
+            path: path.to_path_buf(),
+            detail: format!("is a {}, not a directory; expected {what}", kind_of(path)),
+        })
     } else {
         Err(DataError::NotFound { path: path.to_path_buf(), what: format!("expected {what}") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a data path that exists but is a file (or a directory where a file is read)
+    /// was reported as "no such file or directory".
+    #[test]
+    fn a_path_of_the_wrong_kind_says_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("notes.txt");
+        std::fs::write(&file, "hello").unwrap();
+        let e = require_dir(&file, "an image folder").unwrap_err().to_string();
+        assert!(e.contains("is a file, not a directory; expected an image folder"), "{e}");
+        let e = first_existing(&[dir.path().to_path_buf()], "the train images").unwrap_err().to_string();
+        assert!(e.contains("is a directory, not a file"), "{e}");
+        let missing = dir.path().join("nope");
+        let e = first_existing(std::slice::from_ref(&missing), "x").unwrap_err().to_string();
+        assert!(e.ends_with("no such file or directory (x)"), "no empty `also tried`: {e}");
+        let e = require_dir(&missing, "x").unwrap_err().to_string();
+        assert!(e.contains("no such file or directory"), "{e}");
     }
 }
