@@ -465,16 +465,14 @@ fn shape_text([c, h, w]: [usize; 3]) -> String {
     format!("{c}x{h}x{w}")
 }
 
-/// `412 GiB`, `1.5 GiB`, `0.02 GiB`.
+/// `412 GiB`, `1.5 TiB`, `43 MiB`, `300 bytes`: the largest unit that is at least 1.
 fn gib(bytes: u128) -> String {
-    let g = bytes as f64 / (1u64 << 30) as f64;
-    if g >= 10.0 {
-        format!("{g:.0} GiB")
-    } else if g >= 0.1 {
-        format!("{g:.1} GiB")
-    } else {
-        format!("{g:.2} GiB")
-    }
+    let units = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    let Some((unit, shift)) = units.into_iter().find(|(_, s)| bytes >> s > 0) else {
+        return format!("{bytes} bytes");
+    };
+    let v = bytes as f64 / (1u128 << shift) as f64;
+    if v >= 10.0 { format!("{v:.0} {unit}") } else { format!("{v:.1} {unit}") }
 }
 
 /// `4.1e9` for large counts, digits below a million.

@@ -73,7 +73,7 @@ fn resnet_width_20000_on_224_pixel_images_is_refused_on_any_machine() {
     let d = data_checks(&exp(text), &FingerprintCache::in_memory());
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].path, "models.r.width");
-    assert!(d[0].message.contains("TiB") || d[0].message.contains("GiB"), "{}", d[0].message);
+    assert!(d[0].message.starts_with("node `t` needs about 17 TiB"), "{}", d[0].message);
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn a_distill_node_counts_the_teachers_weights() {
     let got = check(&text, 20 << 20);
     let kd: Vec<_> = got.iter().filter(|(_, m)| m.starts_with("node `kd`")).collect();
     assert_eq!(kd.len(), 1, "{got:?}");
-    assert!(kd[0].1.contains("the teacher's weights 0.04 GiB"), "{}", kd[0].1);
+    assert!(kd[0].1.contains("the teacher's weights 43 MiB"), "{}", kd[0].1);
 }
 
 #[test]
@@ -153,4 +153,10 @@ fn a_long_finetune_chain_is_sized_without_recursion() {
     assert_eq!(got.len(), N, "every node's model is sized (and refused under 1 byte)");
     assert!(got[N - 1].1.starts_with(&format!("node `n{}` needs about", N - 1)), "{}", got[N - 1].1);
     assert!(t0.elapsed() < std::time::Duration::from_secs(20), "took {:?}", t0.elapsed());
+}
+
+#[test]
+fn sizes_are_shown_in_the_largest_unit_that_is_at_least_one() {
+    let shown: Vec<String> = [300, 43 << 20, 3 << 29, 412 << 30, 17_463 << 30].map(gib).to_vec();
+    assert_eq!(shown, ["300 bytes", "43 MiB", "1.5 GiB", "412 GiB", "17 TiB"]);
 }
