@@ -90,7 +90,7 @@ pub fn spec_fingerprint(_name: &str, d: &DatasetSpec) -> Result<CacheKey, String
 pub(super) fn node_canonical(
     exp: &Experiment,
     node: &Node,
-    key_of: &dyn Fn(&str) -> CacheKey,
+    key_of: &dyn Fn(&str, Target) -> CacheKey,
     is_vertex: &dyn Fn(&str) -> bool,
     by_base: &BTreeMap<&str, Vec<NodeIndex>>,
     dag: &DiGraph<Vertex, ()>,
@@ -116,20 +116,20 @@ pub(super) fn node_canonical(
             continue;
         }
         let replacement = match r.target {
-            Target::Dataset => json!({ "dataset": key_of(&r.name).hex() }),
+            Target::Dataset => json!({ "dataset": key_of(&r.name, r.target).hex() }),
             Target::Model => {
                 json!({ "model": serde_json::to_value(&exp.models[&r.name]).expect("model serialises") })
             }
             Target::Node(_) | Target::NodeOrDataset => {
                 if is_vertex(&r.name) {
-                    json!({ "input": key_of(&r.name).hex() })
+                    json!({ "input": key_of(&r.name, r.target).hex() })
                 } else {
                     // A declared name standing for all its instances (report rows).
                     let mut keys: Vec<(String, String)> = by_base[r.name.as_str()]
                         .iter()
                         .map(|ix| {
                             let n = dag[*ix].name();
-                            (n.to_string(), key_of(n).hex())
+                            (n.to_string(), key_of(n, r.target).hex())
                         })
                         .collect();
                     keys.sort();

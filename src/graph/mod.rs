@@ -2,8 +2,9 @@
 //!
 //! Architecture invariant: building the graph does no I/O. Dataset content fingerprints come in
 //! through a function the caller gives (the data layer computes them; [`spec_fingerprint`] hashes
-//! the dataset's settings alone). Every reference is checked here, and every cycle is reported
-//! with its whole path, before anything runs.
+//! the dataset's settings alone). Every reference is checked here against the kinds its field
+//! takes, and every cycle is reported with its path (a long loop: its start and end), before
+//! anything runs. Every walk of the graph is iterative: no input's depth reaches the stack.
 
 mod key;
 mod render;
@@ -63,6 +64,12 @@ impl Graph {
     }
 }
 
+/// How many names a help line lists before it says how many more there are.
+const MAX_LISTED: usize = 12;
+/// How many wrong references get a did-you-mean search (each one scans every candidate: without a
+/// bound, a spec with thousands of wrong references would take quadratic time to reject).
+const MAX_SUGGESTIONS: usize = 64;
+
 /// Builds the graph of `exp`; `fingerprint` gives each dataset's content fingerprint.
 pub fn build(
     exp: &Experiment,
@@ -70,133 +77,125 @@ pub fn build(
 ) -> Result<Graph, Vec<Diagnostic>> {
     let mut dag: DiGraph<Vertex, ()> = DiGraph::new();
     let mut index: HashMap<String, NodeIndex> = HashMap::new();
+    // Datasets and nodes are looked up apart: a reference is checked against the kind it takes,
+    // never resolved to a vertex of another kind that happens to have the name.
+    let mut dataset_ix: HashMap<&str, NodeIndex> = HashMap::new();
     for name in exp.datasets.keys() {
         let ix = dag.add_node(Vertex::Dataset { name: name.clone() });
         index.insert(name.clone(), ix);
+        dataset_ix.insert(name, ix);
     }
     // Instances of each declared node, for references by declared name.
     let mut by_base: BTreeMap<&str, Vec<NodeIndex>> = BTreeMap::new();
+    let mut node_ix: HashMap<&str, NodeIndex> = HashMap::new();
+    // Declared node name -> kind, in declaration order (the candidates a help line lists).
+    let mut declared: Vec<(&str, &'static str)> = Vec::new();
     for node in &exp.nodes {
         let ix = dag.add_node(Vertex::Node { name: node.name.clone(), kind: node.kind.name() });
         index.insert(node.name.clone(), ix);
-        by_base.entry(node.base.as_str()).or_default().push(ix);
+        node_ix.insert(&node.name, ix);
+        let instances = by_base.entry(node.base.as_str()).or_default();
+        if instances.is_empty() {
+            declared.push((&node.base, node.kind.name()));
+        }
+        instances.push(ix);
     }
 
-    let mut diags = Vec::new();
+    let mut refs = RefCheck::new(exp, &declared);
     let mut inputs: HashMap<NodeIndex, Vec<(String, NodeIndex)>> = HashMap::new();
     for node in &exp.nodes {
-        let me = index[&node.name];
+        let me = node_ix[node.name.as_str()];
         // Inputs already linked to this node (petgraph's update_edge scans the input's edges:
         // quadratic for a dataset read by thousands of nodes).
         let mut linked: std::collections::HashSet<NodeIndex> = std::collections::HashSet::new();
+        let mut link = |dag: &mut DiGraph<Vertex, ()>, at: &Site, t: NodeIndex| {
+            if linked.insert(t) {
+                dag.add_edge(t, me, ());
+            }
+            inputs.entry(me).or_default().push((at.role().to_string(), t));
+        };
         for r in node.kind.refs() {
             if exp.invalid.contains(&r.name) {
                 continue; // reported by the spec layer already
             }
-            let path = format!("{}{}", node.spec_path(), r.pointer.replace('/', "."));
-            let role = r.pointer.trim_start_matches('/').to_string();
-            let missing = |what: &str, candidates: Vec<&str>, hint: Option<String>| {
-                let help = match (did_you_mean(&r.name, candidates.iter().copied()), hint) {
-                    (_, Some(h)) => h,
-                    (Some(s), None) => format!("did you mean `{s}`?"),
-                    (None, None) if candidates.is_empty() => {
-                        format!("declare a {what} named `{}`", r.name)
-                    }
-                    (None, None) => format!("known {what}s: {}", candidates.join(", ")),
-                };
-                Diagnostic::new(Code::MissingReference, &path, format!("no {what} named `{}`", r.name))
-                    .with_node(&node.name)
-                    .with_help(help)
-                    .at(exp.locate_value(&path))
-            };
+            let at = Site { node, pointer: &r.pointer };
+            let is_node = |name: &str| node_ix.contains_key(name) || by_base.contains_key(name);
             match r.target {
-                Target::Dataset => match exp.datasets.get_index_of(&r.name) {
-                    Some(_) => {
-                        let d = index[&r.name];
-                        if linked.insert(d) {
-                            dag.add_edge(d, me, ());
-                        }
-                        inputs.entry(me).or_default().push((role, d));
-                    }
+                Target::Dataset => match dataset_ix.get(r.name.as_str()) {
+                    Some(&d) => link(&mut dag, &at, d),
                     None => {
-                        let hint = by_base.contains_key(r.name.as_str()).then(|| {
-                            format!("`{}` is a node; `{role}` needs a dataset from `datasets:`", r.name)
+                        let hint = is_node(&r.name).then(|| {
+                            format!(
+                                "`{}` is a node; `{}` needs a dataset from `datasets:`",
+                                r.name,
+                                at.field()
+                            )
                         });
-                        diags.push(missing(
-                            "dataset",
-                            exp.datasets.keys().map(String::as_str).collect(),
-                            hint,
-                        ));
+                        refs.missing(&at, &r.name, Names::Datasets, hint);
                     }
                 },
                 Target::Model => {
                     if !exp.models.contains_key(&r.name) {
-                        let hint = by_base.contains_key(r.name.as_str()).then(|| {
-                            format!("`{}` is a node; `{role}` needs an architecture from `models:` (start from a node's weights with `init`/`from`)", r.name)
-                        });
-                        diags.push(missing("model", exp.models.keys().map(String::as_str).collect(), hint));
-                    }
-                }
-                Target::Node(_) | Target::NodeOrDataset => {
-                    let targets: Vec<NodeIndex> = match index.get(&r.name) {
-                        Some(&ix) => vec![ix],
-                        None => by_base.get(r.name.as_str()).cloned().unwrap_or_default(),
-                    };
-                    if targets.is_empty() {
-                        let hint = if exp.datasets.contains_key(&r.name) {
-                            Some(format!("`{}` is a dataset; `{role}` needs a node", r.name))
-                        } else if exp.models.contains_key(&r.name) {
+                        let hint = if is_node(&r.name) {
                             Some(format!(
-                                "`{}` is a model, not a trained node; add a train node for it and reference that",
-                                r.name
+                                "`{}` is a node; `{}` needs an architecture from `models:` (start from a node's weights with `init`/`from`)",
+                                r.name,
+                                at.field()
+                            ))
+                        } else if exp.datasets.contains_key(&r.name) {
+                            Some(format!(
+                                "`{}` is a dataset; `{}` needs an architecture from `models:`",
+                                r.name,
+                                at.field()
                             ))
                         } else {
                             None
                         };
-                        let mut cands: Vec<&str> = by_base.keys().copied().collect();
-                        if r.target == Target::NodeOrDataset {
-                            cands.extend(exp.datasets.keys().map(String::as_str));
+                        refs.missing(&at, &r.name, Names::Models, hint);
+                    }
+                }
+                Target::Node(_) | Target::NodeOrDataset => {
+                    let targets: &[NodeIndex] = match node_ix.get(r.name.as_str()) {
+                        Some(ix) => std::slice::from_ref(ix),
+                        None => by_base.get(r.name.as_str()).map(Vec::as_slice).unwrap_or_default(),
+                    };
+                    let want = match r.target {
+                        Target::Node(w) => Some(w),
+                        _ => None,
+                    };
+                    if targets.is_empty() {
+                        match (want, dataset_ix.get(r.name.as_str())) {
+                            (None, Some(&d)) => link(&mut dag, &at, d),
+                            (Some(w), Some(_)) => {
+                                refs.wrong_kind(&at, &format!("`{}` is a dataset", r.name), w, None)
+                            }
+                            (Some(w), None) if exp.models.contains_key(&r.name) => refs.wrong_kind(
+                                &at,
+                                &format!("`{}` is a model", r.name),
+                                w,
+                                Some(format!("add a train node for `{}` and reference that", r.name)),
+                            ),
+                            (w, None) => refs.missing(&at, &r.name, Names::Nodes(w), None),
                         }
-                        diags.push(missing("node", cands, hint));
                         continue;
                     }
-                    for t in targets {
-                        if let (Target::Node(want), Vertex::Node { kind, name }) = (r.target, &dag[t]) {
-                            let kind_ok = match want {
-                                Want::Model => matches!(*kind, "train" | "finetune" | "distill"),
-                                Want::Generated => *kind == "generate",
-                                Want::Row => {
-                                    matches!(*kind, "train" | "finetune" | "distill" | "evaluate")
-                                }
-                            };
-                            if !kind_ok {
-                                let need = match want {
-                                    Want::Model => "a node that trains a model (train, finetune, distill)",
-                                    Want::Generated => "a generate node",
-                                    Want::Row => "a train, finetune, distill or evaluate node",
-                                };
-                                diags.push(
-                                    Diagnostic::new(
-                                        Code::MissingReference,
-                                        &path,
-                                        format!("`{name}` is a {kind} node, but `{role}` needs {need}"),
-                                    )
-                                    .with_node(&node.name)
-                                    .with_help(format!("point `{role}` at {need}"))
-                                    .at(exp.locate_value(&path)),
-                                );
+                    for &t in targets {
+                        if let (Some(w), Vertex::Node { kind, .. }) = (want, &dag[t]) {
+                            if !w.accepts(kind) {
+                                // The declared name: every instance would say the same.
+                                let what =
+                                    format!("`{}` is {} node", node_of(exp, t).base, with_article(kind));
+                                refs.wrong_kind(&at, &what, w, None);
                                 break;
                             }
                         }
-                        if linked.insert(t) {
-                            dag.add_edge(t, me, ());
-                        }
-                        inputs.entry(me).or_default().push((role.clone(), t));
+                        link(&mut dag, &at, t);
                     }
                 }
             }
         }
     }
+    let mut diags = refs.diags;
 
     diags.extend(cycles(exp, &dag));
     // Dataset fingerprints read the data: a missing or broken file is reported here, before
@@ -225,6 +224,9 @@ pub fn build(
         }
     }
     if !diags.is_empty() {
+        // Matrix instances of one declared node share its references: report each bad one once.
+        let mut seen = std::collections::HashSet::new();
+        diags.retain(|d| seen.insert((d.code, d.path.clone(), d.message.clone())));
         return Err(diags);
     }
     let order = stable_topo(&dag);
@@ -243,8 +245,17 @@ pub fn build(
                 let c = key::node_canonical(
                     exp,
                     node,
-                    &|n| keys[&index[n]].clone(),
-                    &|n| index.contains_key(n),
+                    // By the kind the field takes, as the references were linked above: a name
+                    // can be a dataset and a node in a partial experiment (a reported conflict).
+                    &|n, target| {
+                        let ix = match target {
+                            Target::Dataset => dataset_ix.get(n),
+                            _ => node_ix.get(n).or_else(|| dataset_ix.get(n)),
+                        };
+                        keys[ix.expect("every reference was linked to a vertex")].clone()
+                    },
+                    // A declared name with instances stands for all of them, never one vertex.
+                    &|n| node_ix.contains_key(n) || (!by_base.contains_key(n) && dataset_ix.contains_key(n)),
                     &by_base,
                     &dag,
                 );
@@ -254,6 +265,195 @@ pub fn build(
         }
     }
     Ok(Graph { dag, order, keys, canonical, inputs, index })
+}
+
+/// The node instance of a node vertex: `build` adds every dataset, then every node in order.
+fn node_of(exp: &Experiment, ix: NodeIndex) -> &crate::spec::Node {
+    &exp.nodes[ix.index() - exp.datasets.len()]
+}
+
+/// Where a reference is written: the node instance and the field's JSON pointer. The strings
+/// made from them are only made for the references that need them (a valid one: its role).
+struct Site<'a> {
+    node: &'a crate::spec::Node,
+    pointer: &'a str,
+}
+
+impl Site<'_> {
+    /// The pointer that [`Graph::inputs`] records: `teacher`, `rows/0`.
+    fn role(&self) -> &str {
+        self.pointer.trim_start_matches('/')
+    }
+
+    /// The field as people write it: `synthetic.from`, `rows.1.node`.
+    fn field(&self) -> String {
+        self.role().replace('/', ".")
+    }
+
+    /// Its dotted path in the file: `nodes.kd.distill.teacher`.
+    fn path(&self) -> String {
+        format!("{}.{}", self.node.spec_path(), self.field())
+    }
+}
+
+/// Which names a reference may use (what a help line lists).
+#[derive(Clone, Copy)]
+enum Names {
+    Datasets,
+    Models,
+    /// Declared nodes of the kinds a `Want` accepts; `None`: any node, or a dataset.
+    Nodes(Option<Want>),
+}
+
+/// Reference diagnostics, with help that lists the names that would fit.
+struct RefCheck<'a> {
+    exp: &'a Experiment,
+    /// Declared nodes and their kinds, in declaration order.
+    declared: &'a [(&'a str, &'static str)],
+    /// Candidate lists, made once each (a spec with many wrong references stays linear).
+    lists: HashMap<&'static str, Vec<&'a str>>,
+    suggestions_left: usize,
+    diags: Vec<Diagnostic>,
+}
+
+impl<'a> RefCheck<'a> {
+    fn new(exp: &'a Experiment, declared: &'a [(&'a str, &'static str)]) -> Self {
+        RefCheck {
+            exp,
+            declared,
+            lists: HashMap::new(),
+            suggestions_left: MAX_SUGGESTIONS,
+            diags: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, at: &Site, message: String, help: String) {
+        let path = at.path();
+        self.diags.push(
+            Diagnostic::new(Code::MissingReference, &path, message)
+                .with_node(&at.node.name)
+                .with_help(help)
+                .at(self.exp.locate_value(&path)),
+        );
+    }
+
+    /// The names `names` stands for, in declaration order.
+    fn names(&mut self, names: Names) -> &[&'a str] {
+        let (exp, declared) = (self.exp, self.declared);
+        let (id, make): (&'static str, Box<dyn Fn() -> Vec<&'a str>>) = match names {
+            Names::Datasets => ("datasets", Box::new(|| exp.datasets.keys().map(String::as_str).collect())),
+            Names::Models => ("models", Box::new(|| exp.models.keys().map(String::as_str).collect())),
+            Names::Nodes(None) => (
+                "inputs",
+                Box::new(|| {
+                    let nodes = declared.iter().map(|(n, _)| *n);
+                    nodes.chain(exp.datasets.keys().map(String::as_str)).collect()
+                }),
+            ),
+            Names::Nodes(Some(w)) => (
+                match w {
+                    Want::Model => "model",
+                    Want::Generated => "generated",
+                    Want::Row => "row",
+                },
+                Box::new(move || declared.iter().filter(|(_, k)| w.accepts(k)).map(|(n, _)| *n).collect()),
+            ),
+        };
+        self.lists.entry(id).or_insert_with(make)
+    }
+
+    /// The names that fit, but never the referencing node itself (it cannot read its own result).
+    fn fitting(&mut self, names: Names, at: &Site) -> Fitting<'a> {
+        let me = at.node.base.as_str();
+        let all = self.names(names);
+        let total = all.len() - all.iter().filter(|n| **n == me).count().min(1);
+        let shown = all.iter().copied().filter(|n| *n != me).take(MAX_LISTED).collect();
+        Fitting { shown, total }
+    }
+
+    fn suggest(&mut self, name: &str, names: Names, at: &Site) -> Option<String> {
+        if self.suggestions_left == 0 {
+            return None;
+        }
+        self.suggestions_left -= 1;
+        let me = at.node.base.as_str();
+        did_you_mean(name, self.names(names).iter().copied().filter(|n| *n != me)).map(str::to_string)
+    }
+
+    /// `name` names nothing the field takes, and nothing of another kind either.
+    fn missing(&mut self, at: &Site, name: &str, names: Names, hint: Option<String>) {
+        let what = match names {
+            Names::Datasets => "dataset",
+            Names::Models => "model",
+            Names::Nodes(_) => "node",
+        };
+        let help = match hint {
+            Some(h) => h,
+            None => match self.suggest(name, names, at) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => {
+                    let fit = self.fitting(names, at);
+                    match (names, fit.total) {
+                        (Names::Nodes(w), 0) => format!("declare {} named `{name}`", need(w)),
+                        (_, 0) => format!("declare a {what} named `{name}`"),
+                        (Names::Nodes(_), _) => format!("nodes that fit: {}", fit.listed()),
+                        _ => format!("known {what}s: {}", fit.listed()),
+                    }
+                }
+            },
+        };
+        self.push(at, format!("no {what} named `{name}`"), help);
+    }
+
+    /// The name is something the field does not take (`what` says what it is).
+    fn wrong_kind(&mut self, at: &Site, what: &str, want: Want, also: Option<String>) {
+        let fit = self.fitting(Names::Nodes(Some(want)), at);
+        let need = need(Some(want));
+        let field = at.field();
+        let mut help = match fit.total {
+            0 => format!("declare {need} and point `{field}` at it"),
+            _ => format!("point `{field}` at one of: {}", fit.listed()),
+        };
+        if let Some(a) = also {
+            help = format!("{help}; or {a}");
+        }
+        self.push(at, format!("{what}, but `{field}` needs {need}"), help);
+    }
+}
+
+/// The first names that fit, and how many fit in all.
+struct Fitting<'a> {
+    shown: Vec<&'a str>,
+    total: usize,
+}
+
+impl Fitting<'_> {
+    /// `a, b, c`, or the first [`MAX_LISTED`] and how many more.
+    fn listed(&self) -> String {
+        let more = self.total - self.shown.len();
+        match more {
+            0 => self.shown.join(", "),
+            _ => format!("{} and {more} more", self.shown.join(", ")),
+        }
+    }
+}
+
+/// What a node reference needs, in words: `a train, finetune or distill node`.
+fn need(want: Option<Want>) -> String {
+    let Some(w) = want else { return "a node or a dataset".to_string() };
+    let kinds = w.kinds();
+    let list = match kinds {
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+        [] => unreachable!("every reference accepts some kind"),
+    };
+    format!("a {list} node")
+}
+
+/// `a train`, `an evaluate`.
+fn with_article(kind: &str) -> String {
+    let an = kind.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {kind}", if an { "an" } else { "a" })
 }
 
 /// Kahn's algorithm, always taking the earliest-declared ready vertex: deterministic, and close
@@ -279,37 +479,118 @@ fn stable_topo(dag: &DiGraph<Vertex, ()>) -> Vec<NodeIndex> {
     order
 }
 
-/// One diagnostic per cycle (strongly connected component), naming the whole loop.
+/// How many names a cycle report shows; a longer loop is shown as its start and its end.
+const MAX_CYCLE_NAMES: usize = 10;
+
+/// One diagnostic per cycle (strongly connected component), naming the loop.
 fn cycles(exp: &Experiment, dag: &DiGraph<Vertex, ()>) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    let mut sccs = petgraph::algo::tarjan_scc(dag);
+    let mut sccs = strongly_connected(dag);
     sccs.iter_mut().for_each(|c| c.sort());
     sccs.sort();
+    let mut in_scc = vec![false; dag.node_count()];
     for scc in sccs {
         let start = scc[0];
         let self_loop = dag.contains_edge(start, start);
         if scc.len() < 2 && !self_loop {
             continue;
         }
+        scc.iter().for_each(|ix| in_scc[ix.index()] = true);
         // Walk the loop inside the component from its first-declared vertex back to itself.
-        let path = loop_path(dag, start, &scc);
+        let path = loop_path(dag, start, &in_scc);
+        scc.iter().for_each(|ix| in_scc[ix.index()] = false);
         let names: Vec<&str> = path.iter().map(|ix| dag[*ix].name()).collect();
-        let first = exp.nodes.iter().find(|n| n.name == names[0]);
-        let (p, loc, node) = match first {
-            Some(n) => (n.spec_path(), exp.locate(&n.spec_path()), Some(n.name.clone())),
-            None => (String::new(), None, None),
+        let (p, loc, node) = match &dag[start] {
+            Vertex::Node { .. } => {
+                let n = node_of(exp, start);
+                (n.spec_path(), exp.locate(&n.spec_path()), Some(n.name.clone()))
+            }
+            Vertex::Dataset { .. } => (String::new(), None, None),
         };
-        let mut d =
-            Diagnostic::new(Code::Cycle, p, format!("cycle: {} (each uses the next)", names.join(" -> ")))
-                .with_help("a node cannot depend on its own result: remove one of these references")
-                .at(loc);
+        let mut d = Diagnostic::new(Code::Cycle, p, format!("cycle: {} (each uses the next)", shown(&names)))
+            .with_help("a node cannot depend on its own result: remove one of these references")
+            .at(loc);
         d.node = node;
         out.push(d);
     }
     out
 }
 
-fn loop_path(dag: &DiGraph<Vertex, ()>, start: NodeIndex, scc: &[NodeIndex]) -> Vec<NodeIndex> {
+/// `a -> b -> c -> a`, or for a long loop its first names, how many are left out, and its end.
+fn shown(names: &[&str]) -> String {
+    if names.len() <= MAX_CYCLE_NAMES {
+        return names.join(" -> ");
+    }
+    let head = &names[..MAX_CYCLE_NAMES - 2];
+    let tail = &names[names.len() - 2..];
+    let left_out = names.len() - head.len() - tail.len();
+    format!("{} -> … {left_out} more … -> {}", head.join(" -> "), tail.join(" -> "))
+}
+
+/// Strongly connected components: Tarjan's algorithm with an explicit stack (petgraph's
+/// `tarjan_scc` recurses once per vertex on a path and overflows the stack on a long chain).
+fn strongly_connected(dag: &DiGraph<Vertex, ()>) -> Vec<Vec<NodeIndex>> {
+    const UNSEEN: usize = usize::MAX;
+    let n = dag.node_count();
+    let mut order = vec![UNSEEN; n]; // discovery number
+    let mut low = vec![0; n];
+    let mut on_stack = vec![false; n];
+    let mut stack: Vec<usize> = Vec::new();
+    let mut sccs = Vec::new();
+    let mut counter = 0;
+    // Each frame: a vertex and its successors still to visit.
+    let mut frames: Vec<(usize, petgraph::graph::Neighbors<'_, ()>)> = Vec::new();
+    for root in 0..n {
+        if order[root] != UNSEEN {
+            continue;
+        }
+        order[root] = counter;
+        low[root] = counter;
+        counter += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        frames.push((root, dag.neighbors_directed(NodeIndex::new(root), petgraph::Outgoing)));
+        while let Some((v, next)) = frames.last_mut() {
+            let v = *v;
+            match next.next().map(NodeIndex::index) {
+                Some(w) if order[w] == UNSEEN => {
+                    order[w] = counter;
+                    low[w] = counter;
+                    counter += 1;
+                    stack.push(w);
+                    on_stack[w] = true;
+                    frames.push((w, dag.neighbors_directed(NodeIndex::new(w), petgraph::Outgoing)));
+                }
+                Some(w) => {
+                    if on_stack[w] {
+                        low[v] = low[v].min(order[w]);
+                    }
+                }
+                None => {
+                    frames.pop();
+                    if let Some((parent, _)) = frames.last() {
+                        low[*parent] = low[*parent].min(low[v]);
+                    }
+                    if low[v] == order[v] {
+                        let mut scc = Vec::new();
+                        loop {
+                            let w = stack.pop().expect("v is on the stack");
+                            on_stack[w] = false;
+                            scc.push(NodeIndex::new(w));
+                            if w == v {
+                                break;
+                            }
+                        }
+                        sccs.push(scc);
+                    }
+                }
+            }
+        }
+    }
+    sccs
+}
+
+fn loop_path(dag: &DiGraph<Vertex, ()>, start: NodeIndex, in_scc: &[bool]) -> Vec<NodeIndex> {
     // Breadth-first search for the shortest way back to `start` within the component.
     let mut prev: HashMap<NodeIndex, NodeIndex> = HashMap::new();
     let mut queue = std::collections::VecDeque::from([start]);
@@ -318,7 +599,7 @@ fn loop_path(dag: &DiGraph<Vertex, ()>, start: NodeIndex, scc: &[NodeIndex]) -> 
         let mut next: Vec<NodeIndex> = dag.neighbors_directed(ix, petgraph::Incoming).collect();
         next.sort();
         for n in next {
-            if !scc.contains(&n) {
+            if !in_scc[n.index()] {
                 continue;
             }
             if n == start {
@@ -339,4 +620,187 @@ fn loop_path(dag: &DiGraph<Vertex, ()>, start: NodeIndex, scc: &[NodeIndex]) -> 
         }
     }
     vec![start, start]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec;
+
+    const HEAD: &str = "
+datasets: { task: { source: builtin/digits }, test: { source: builtin/digits, split: test } }
+models: { big: { arch: mlp, hidden: [8] } }
+nodes:
+  pt: { train: { model: big, data: task } }
+  ev: { evaluate: { model: pt, data: test } }
+";
+
+    /// The diagnostics (code, message, help) of `HEAD` plus `nodes`, or none.
+    fn check(nodes: &str) -> Vec<(Code, String, String)> {
+        let text = format!("{HEAD}{nodes}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.yaml");
+        std::fs::write(&file, text).unwrap();
+        let (exp, mut diags) = spec::load_partial(&file);
+        if let Err(more) = build(&exp.expect("parses"), &spec_fingerprint) {
+            diags.extend(more);
+        }
+        diags.into_iter().map(|d| (d.code, d.message, d.help.unwrap_or_default())).collect()
+    }
+
+    fn one(nodes: &str) -> (String, String) {
+        let got = check(nodes);
+        assert_eq!(got.len(), 1, "{nodes}: {got:#?}");
+        assert_eq!(got[0].0, Code::MissingReference);
+        (got[0].1.clone(), got[0].2.clone())
+    }
+
+    #[test]
+    fn node_references_reject_a_dataset_and_list_the_nodes_that_fit() {
+        let model = "a train, finetune or distill node";
+        let table = [
+            ("  x: { train: { model: big, data: task, init: task } }", "init", model, "pt"),
+            ("  x: { finetune: { from: task, data: task } }", "from", model, "pt"),
+            (
+                "  x: { distill: { teacher: task, student: big, data: task, losses: kd } }",
+                "teacher",
+                model,
+                "pt",
+            ),
+            (
+                "  x: { distill: { teacher: pt, student: big, student_init: task, data: task, losses: kd } }",
+                "student_init",
+                model,
+                "pt",
+            ),
+            ("  x: { evaluate: { model: task, data: test } }", "model", model, "pt"),
+            (
+                "  x: { report: { rows: [pt, task] } }",
+                "rows.1",
+                "a train, finetune, distill or evaluate node",
+                "pt, ev",
+            ),
+            (
+                "  x: { distill: { teacher: pt, student: big, data: task, losses: kd, synthetic: { from: task } } }",
+                "synthetic.from",
+                "a generate node",
+                "",
+            ),
+        ];
+        for (nodes, role, need, fit) in table {
+            let (msg, help) = one(nodes);
+            assert_eq!(msg, format!("`task` is a dataset, but `{role}` needs {need}"), "{nodes}");
+            let want_help = if fit.is_empty() {
+                format!("declare {need} and point `{role}` at it")
+            } else {
+                format!("point `{role}` at one of: {fit}")
+            };
+            assert_eq!(help, want_help, "{nodes}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_kind_node_lists_only_nodes_of_the_right_kinds() {
+        let (msg, help) = one("  x: { finetune: { from: ev, data: task } }");
+        assert_eq!(msg, "`ev` is an evaluate node, but `from` needs a train, finetune or distill node");
+        assert_eq!(help, "point `from` at one of: pt");
+        let (msg, help) = one("  x: { evaluate: { model: big, data: test } }");
+        assert_eq!(msg, "`big` is a model, but `model` needs a train, finetune or distill node");
+        assert_eq!(help, "point `model` at one of: pt; or add a train node for `big` and reference that");
+    }
+
+    #[test]
+    fn a_long_candidate_list_is_capped() {
+        let many: String =
+            (0..15).map(|i| format!("  t{i}: {{ train: {{ model: big, data: task }} }}\n")).collect();
+        let (_, help) = one(&format!("{many}  x: {{ finetune: {{ from: test, data: task }} }}"));
+        let first: Vec<String> =
+            ["pt".to_string()].into_iter().chain((0..11).map(|i| format!("t{i}"))).collect();
+        assert_eq!(help, format!("point `from` at one of: {} and 4 more", first.join(", ")));
+    }
+
+    #[test]
+    fn a_misspelt_node_suggests_a_node_of_the_right_kind() {
+        let (msg, help) = one("  x: { finetune: { from: ptt, data: task } }");
+        assert_eq!((msg.as_str(), help.as_str()), ("no node named `ptt`", "did you mean `pt`?"));
+    }
+
+    #[test]
+    fn plugin_inputs_take_any_node_or_a_dataset() {
+        assert_eq!(check("  x: { plugin: { command: [echo], inputs: [task, ev, pt] } }"), []);
+        let (msg, _) = one("  x: { plugin: { command: [echo], inputs: [nothing] } }");
+        assert_eq!(msg, "no node named `nothing`");
+    }
+
+    #[test]
+    fn a_bad_reference_in_a_matrix_node_is_reported_once() {
+        let got = check("  x: { finetune: { from: task, data: task }, matrix: { seed: [0, 1, 2] } }");
+        assert_eq!(got.len(), 1, "{got:#?}");
+        // An expanded target: every instance points at another instance of the same node.
+        let got = check(
+            "  e2: { evaluate: { model: pt, data: test }, matrix: { seed: [0, 1] } }\n  x: { finetune: { from: e2, data: task } }",
+        );
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(got[0].1.starts_with("`e2` is an evaluate node"), "{got:#?}");
+    }
+
+    #[test]
+    fn model_references_accept_what_yields_a_model() {
+        let text =
+            format!("{HEAD}  d: {{ distill: {{ teacher: pt, student: big, data: task, losses: kd }} }}\n");
+        let exp = spec::load_str(std::path::Path::new("t.yaml"), &text).unwrap();
+        for n in &exp.nodes {
+            assert_eq!(Want::Model.accepts(n.kind.name()), n.kind.yields_model(), "{}", n.name);
+        }
+    }
+
+    #[test]
+    fn a_dataset_and_a_node_with_one_name_among_invalid_parts_do_not_panic() {
+        // The fuzzer's input (tests/fuzz/pending/panic-graph-build-no-fingerprint-for-dataset.yaml).
+        let text = "datasets:\n  task: {source: builtin/digits,classes: [5],per_class}\n  test: {}\n  big: \n  s: {[]}\nnodes:\n  6:\n  5: {l: {}}\n  0: {l: {}}\n  1: {finetune: {r,data: task}}\n  2: t\n  3: {l: {}}\n  task: {train: {model: big,data: test}}\n";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.yaml");
+        std::fs::write(&file, text).unwrap();
+        let (exp, diags) = spec::load_partial(&file);
+        assert!(!diags.is_empty());
+        let _ = build(&exp.expect("parses"), &spec_fingerprint);
+    }
+
+    #[test]
+    fn a_long_cycle_shows_its_start_and_end() {
+        let names: Vec<String> = (0..20).map(|i| format!("n{i}")).chain(["n0".to_string()]).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(shown(&names), "n0 -> n1 -> n2 -> n3 -> n4 -> n5 -> n6 -> n7 -> … 11 more … -> n19 -> n0");
+        assert_eq!(shown(&["a", "b", "a"]), "a -> b -> a");
+    }
+
+    #[test]
+    fn strongly_connected_matches_petgraph() {
+        // Small graphs with loops, self-loops, chains and diamonds, against petgraph's recursive one.
+        let mut state = 7u64;
+        let mut rand = |n: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        for _ in 0..200 {
+            let n = 1 + rand(12) as usize;
+            let mut g: DiGraph<Vertex, ()> = DiGraph::new();
+            for i in 0..n {
+                g.add_node(Vertex::Dataset { name: i.to_string() });
+            }
+            for _ in 0..rand(2 * n as u64 + 1) {
+                g.add_edge(
+                    NodeIndex::new(rand(n as u64) as usize),
+                    NodeIndex::new(rand(n as u64) as usize),
+                    (),
+                );
+            }
+            let norm = |mut v: Vec<Vec<NodeIndex>>| {
+                v.iter_mut().for_each(|c| c.sort());
+                v.sort();
+                v
+            };
+            assert_eq!(norm(strongly_connected(&g)), norm(petgraph::algo::tarjan_scc(&g)));
+        }
+    }
 }

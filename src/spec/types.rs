@@ -714,12 +714,16 @@ impl NodeKind {
     }
 }
 
-/// What a reference must point at.
+/// What a reference must point at; the graph layer rejects a name of any other kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
+    /// A node of one of [`Want::kinds`] (never a dataset or a model).
     Node(Want),
+    /// A dataset under `datasets:`.
     Dataset,
+    /// An architecture under `models:`.
     Model,
+    /// A node of any kind, or a dataset (plugin `inputs`: the plugin reads either).
     NodeOrDataset,
 }
 
@@ -732,6 +736,21 @@ pub enum Want {
     Generated,
     /// A report row: a trained model or an evaluate node.
     Row,
+}
+
+impl Want {
+    /// The node kinds this reference accepts.
+    pub fn kinds(self) -> &'static [&'static str] {
+        match self {
+            Want::Model => &["train", "finetune", "distill"],
+            Want::Generated => &["generate"],
+            Want::Row => &["train", "finetune", "distill", "evaluate"],
+        }
+    }
+
+    pub fn accepts(self, kind: &str) -> bool {
+        self.kinds().contains(&kind)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
