@@ -89,13 +89,14 @@ pub struct PlanEntry {
 
 /// Plans every node of `graph` in topological order; `forced` node names always run.
 pub fn plan(graph: &Graph, store: &dyn StoreIndex, forced: &[String]) -> Vec<PlanEntry> {
+    let forced: std::collections::HashSet<&str> = forced.iter().map(String::as_str).collect();
     let mut out = Vec::new();
     for ix in graph.node_order() {
         let Vertex::Node { name, kind } = &graph.dag[ix] else {
             continue;
         };
         let key = graph.key(ix);
-        let status = if forced.iter().any(|f| f == name) {
+        let status = if forced.contains(name.as_str()) {
             Status::Run { reasons: vec![Reason::Forced] }
         } else if store.contains(key) {
             Status::Cached
@@ -115,22 +116,24 @@ pub fn plan(graph: &Graph, store: &dyn StoreIndex, forced: &[String]) -> Vec<Pla
 fn explain(graph: &Graph, ix: petgraph::graph::NodeIndex, old: &Value, new: &Value) -> Vec<Reason> {
     let mut diffs = Vec::new();
     diff("", old, new, &mut diffs);
+    // Each role's first input, by role (`teacher`, `rows/3`): a report has a role per row, so
+    // look them up rather than scan them once per difference.
+    let mut by_role: HashMap<&str, &str> = HashMap::new();
+    for (role, t) in graph.inputs.get(&ix).into_iter().flatten() {
+        by_role.entry(role.as_str()).or_insert_with(|| graph.dag[*t].name());
+    }
     let mut reasons = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (path, o, n) in diffs {
         // References hash to `{input|dataset: key}`: report them as the input that changed.
         let input_leaf = ["input", "dataset", "inputs"].iter().any(|l| path.ends_with(&format!(".{l}")));
         if input_leaf {
-            let role = path.trim_start_matches("config.").rsplit_once('.').map(|x| x.0).unwrap_or(&path);
-            let role = role.split('.').next().unwrap_or(role);
-            let input = graph
-                .inputs
-                .get(&ix)
-                .and_then(|ins| ins.iter().find(|(r, _)| r.split('/').next() == Some(role)))
-                .map(|(_, t)| graph.dag[*t].name().to_string())
-                .unwrap_or_else(|| role.to_string());
-            let r = Reason::InputChanged { input };
-            if !reasons.contains(&r) {
-                reasons.push(r);
+            // `config.rows.3.input` -> the input recorded for role `rows/3`.
+            let field = path.trim_start_matches("config.").rsplit_once('.').map(|x| x.0).unwrap_or(&path);
+            let role = field.replace('.', "/");
+            let input = by_role.get(role.as_str()).copied().unwrap_or(field).to_string();
+            if seen.insert(input.clone()) {
+                reasons.push(Reason::InputChanged { input });
             }
         } else {
             let path = path.trim_start_matches("config.").to_string();
@@ -219,6 +222,19 @@ nodes:
         let got = statuses(&plan(&old, &EmptyStore, &["student".into()]));
         assert_eq!(got[0].1, Status::Run { reasons: vec![Reason::NoEntry] });
         assert_eq!(got[1].1, Status::Run { reasons: vec![Reason::Forced] });
+    }
+
+    #[test]
+    fn a_changed_report_row_names_that_row_not_the_first() {
+        let spec = format!(
+            "{SPEC}  other: {{ train: {{ model: m, data: e, epochs: 2 }} }}\n  table: {{ report: {{ rows: [student, {{ node: other, label: o }}] }} }}\n"
+        );
+        let old = build(&spec);
+        let store = store_of(&old);
+        let new = build(&spec.replace("epochs: 2", "epochs: 5"));
+        let got = statuses(&plan(&new, &store, &[]));
+        let table = got.iter().find(|(n, _)| n == "table").unwrap();
+        assert_eq!(table.1, Status::Run { reasons: vec![Reason::InputChanged { input: "other".into() }] });
     }
 
     #[test]
