@@ -17,6 +17,34 @@ pub struct Location {
     pub len: usize,
 }
 
+impl Location {
+    /// The start of a file (for problems with the file as a whole, e.g. an empty one).
+    pub fn start(file: Arc<SourceFile>) -> Location {
+        Location { file, line: 1, col: 1, len: 1 }
+    }
+}
+
+/// A number as people write it: `1e300`, not 301 digits; `2`, not `2.0`; `0.25` as is.
+pub fn fmt_num(v: f64) -> String {
+    let a = v.abs();
+    if v.is_finite() && v.fract() == 0.0 && a < 1e15 {
+        format!("{}", v as i64)
+    } else if v.is_finite() && v != 0.0 && !(1e-4..1e15).contains(&a) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// A name or value cut to `max` characters for a message (`abc…`), so a 100,000-character name
+/// gives a readable line.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// A file's name as the user gave it, and its text, kept for rendering snippets.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SourceFile {
@@ -131,7 +159,9 @@ pub fn render(diags: &[Diagnostic], base: Option<&Path>) -> String {
 fn render_one(out: &mut String, d: &Diagnostic, base: Option<&Path>) {
     let _ = write!(out, "error[{}]: ", d.code.as_str());
     if !d.path.is_empty() {
-        let _ = write!(out, "{}: ", d.path);
+        // Segments clipped, so a 100,000-character name does not fill the screen.
+        let path: Vec<String> = d.path.split('.').map(|s| clip(s, 60)).collect();
+        let _ = write!(out, "{}: ", path.join("."));
     }
     let _ = writeln!(out, "{}", d.message);
     if let Some(loc) = &d.location {
@@ -143,14 +173,15 @@ fn render_one(out: &mut String, d: &Diagnostic, base: Option<&Path>) {
         if let Some(text) = loc.file.text.lines().nth(loc.line.saturating_sub(1)) {
             let gutter = loc.line.to_string().len();
             let pad = " ".repeat(gutter);
+            let (shown, col, len) = snippet(text, loc.col, loc.len);
             let _ = writeln!(out, "{pad} |");
-            let _ = writeln!(out, "{} | {}", loc.line, text);
-            let caret_pad: String = text
+            let _ = writeln!(out, "{} | {}", loc.line, shown);
+            let caret_pad: String = shown
                 .chars()
-                .take(loc.col.saturating_sub(1))
+                .take(col.saturating_sub(1))
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
-            let _ = writeln!(out, "{pad} | {caret_pad}{}", "^".repeat(loc.len.max(1)));
+            let _ = writeln!(out, "{pad} | {caret_pad}{}", "^".repeat(len.max(1)));
         }
     }
     if let Some(node) = &d.node {
@@ -159,6 +190,24 @@ fn render_one(out: &mut String, d: &Diagnostic, base: Option<&Path>) {
     if let Some(help) = &d.help {
         let _ = writeln!(out, "  = help: {help}");
     }
+}
+
+/// Longest source line shown in full; longer ones show a window around the column.
+const SNIPPET_CHARS: usize = 120;
+
+/// The part of a source line to show, and the caret's column and length within it.
+fn snippet(text: &str, col: usize, len: usize) -> (String, usize, usize) {
+    let n = text.chars().count();
+    if n <= SNIPPET_CHARS {
+        return (text.to_string(), col, len.min(n.saturating_sub(col.saturating_sub(1)).max(1)));
+    }
+    let start = col.saturating_sub(1).saturating_sub(40).min(n);
+    let body: String = text.chars().skip(start).take(SNIPPET_CHARS).collect();
+    let more = start + SNIPPET_CHARS < n;
+    let shown = format!("{}{body}{}", if start > 0 { "…" } else { "" }, if more { "…" } else { "" });
+    let col = col - start + usize::from(start > 0);
+    let room = SNIPPET_CHARS.saturating_sub(col.saturating_sub(1 + usize::from(start > 0)));
+    (shown, col, len.min(room).max(1))
 }
 
 /// The closest candidate to `word` by edit distance, if it is close enough to be a plausible typo.
@@ -186,6 +235,36 @@ mod tests {
         assert_eq!(did_you_mean("epoch", keys), Some("epochs"));
         assert_eq!(did_you_mean("modle", keys), Some("model"));
         assert_eq!(did_you_mean("zzz", keys), None);
+    }
+
+    #[test]
+    fn numbers_are_formatted_compactly() {
+        assert_eq!(fmt_num(1e300), "1e300");
+        assert_eq!(fmt_num(2.0), "2");
+        assert_eq!(fmt_num(-1.0), "-1");
+        assert_eq!(fmt_num(0.25), "0.25");
+        assert_eq!(fmt_num(1.5), "1.5");
+        assert_eq!(fmt_num(1e-9), "1e-9");
+        assert_eq!(fmt_num(f64::MIN_POSITIVE), "2.2250738585072014e-308");
+        assert_eq!(fmt_num(f64::INFINITY), "inf");
+    }
+
+    #[test]
+    fn long_lines_show_a_window_with_the_caret_on_the_token() {
+        let line = format!("  {}: {{ train: {{ epochs: x }} }}", "n".repeat(100_000));
+        let file = SourceFile::new("x.yaml", line);
+        let d = Diagnostic::new(Code::OutOfRange, "nodes", "name too long").at(Some(Location {
+            file,
+            line: 1,
+            col: 3,
+            len: 100_000,
+        }));
+        let text = render(&[d], None);
+        assert!(text.len() < 1_000, "{text}");
+        assert!(text.contains(&format!("1 |   {}…", "n".repeat(118))), "{text}");
+        assert!(text.contains(&format!("  |   {}", "^".repeat(118))), "{text}");
+        assert_eq!(clip("abcdef", 3), "abc…");
+        assert_eq!(clip("abc", 3), "abc");
     }
 
     #[test]

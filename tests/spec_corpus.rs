@@ -49,7 +49,30 @@ fn bad_specs_report_located_diagnostics() {
 fn several_errors_are_reported_at_once() {
     let diags = diagnose(&root().join("tests/specs/bad/several-errors-at-once.yaml"));
     let codes: Vec<&str> = diags.iter().map(|d| d.code.as_str()).collect();
-    assert_eq!(codes, ["unknown-key", "out-of-range", "missing-reference"]);
+    // The unknown `lr` does not hide `epochs: 0` in the same node.
+    assert_eq!(codes, ["unknown-key", "out-of-range", "out-of-range", "missing-reference"]);
+}
+
+#[test]
+fn first_unknown_key_does_not_hide_the_nodes_other_errors() {
+    let diags = diagnose(&root().join("tests/specs/bad/several-errors-in-one-node.yaml"));
+    let found: Vec<(&str, &str)> = diags.iter().map(|d| (d.code.as_str(), d.path.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            ("unknown-key", "nodes.teacher.train.epoch"),
+            ("wrong-type", "nodes.teacher.train.batch_size"),
+            ("missing-reference", "nodes.teacher.train.data"),
+        ]
+    );
+}
+
+#[test]
+fn defaults_typo_is_reported_once_at_defaults() {
+    let diags = diagnose(&root().join("tests/specs/bad/defaults-unknown-setting.yaml"));
+    let found: Vec<(&str, Option<&str>)> =
+        diags.iter().map(|d| (d.path.as_str(), d.node.as_deref())).collect();
+    assert_eq!(found, [("defaults.train.epoch", None), ("defaults.train.batch_size", None)]);
 }
 
 fn redact_keys(s: &str) -> String {

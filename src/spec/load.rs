@@ -1,19 +1,19 @@
 //! Reading experiment files: includes, defaults, shorthands, typed deserialisation, diagnostics.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
-use super::matrix::{self, RawNode};
+use super::matrix::{self, Dim, RawNode};
 use super::types::*;
 use super::validate::Check;
-use super::yaml_index::SpanIndex;
-use super::{Device, Experiment, LoadResult};
-use crate::diag::{Code, Diagnostic, Location, SourceFile, did_you_mean};
+use super::yaml_index::{NULL_KEY, Scan, SpanIndex};
+use super::{Device, Experiment, LoadResult, join};
+use crate::diag::{Code, Diagnostic, Location, SourceFile, clip, did_you_mean};
 
 const TOP_KEYS: [&str; 10] = [
     "experiment",
@@ -73,18 +73,80 @@ pub(super) struct Loader {
     pub(super) diags: Vec<Diagnostic>,
     pub(super) spans: SpanIndex,
     files: Vec<PathBuf>,
-    stack: Vec<PathBuf>,
+    /// Bytes of all files read so far.
+    bytes: usize,
+    /// The experiment file (for problems with it as a whole).
+    root: Option<Arc<SourceFile>>,
+    /// Files being read, innermost last, as written and canonical (for include cycles).
+    stack: Vec<(PathBuf, Option<PathBuf>)>,
     /// Declared names whose settings are invalid (reported already).
     pub(super) invalid: HashSet<String>,
+    /// `defaults:` by node kind.
+    kind_defaults: IndexMap<String, Value>,
 }
 
-fn join(path: &str, seg: &str) -> String {
-    if path.is_empty() { seg.to_string() } else { format!("{path}.{seg}") }
+/// What a spec may ask for (docs/spec.md, "Limits"): the process must never abort on an
+/// allocation, hang or take quadratic time because of what a file says.
+pub(super) mod limits {
+    /// Bytes of one file (the experiment file or an include).
+    pub const MAX_FILE_BYTES: usize = 16 << 20;
+    /// Bytes of all files of one experiment together.
+    pub const MAX_TOTAL_BYTES: usize = 64 << 20;
+    /// Files of one experiment (an include graph can multiply: a includes b twice ...).
+    pub const MAX_FILES: usize = 256;
+    /// Depth of `include:` chains.
+    pub const MAX_INCLUDE_DEPTH: usize = 32;
+    /// Levels of nested mappings and lists (serde_yaml's own limit).
+    pub const MAX_NESTING: usize = 128;
+    /// Characters of a dataset, model or node name.
+    pub const MAX_NAME_CHARS: usize = 128;
+    /// Characters of the experiment's name.
+    pub const MAX_EXPERIMENT_CHARS: usize = 256;
+    /// Instances one declared node expands into (its own and inherited matrix values).
+    pub const MAX_NODE_INSTANCES: u64 = 10_000;
+    /// Node instances after matrix expansion, all nodes together (100,000 plain nodes are fine).
+    pub const MAX_INSTANCES: u64 = 200_000;
+}
+
+fn too_large(n: u64) -> String {
+    format!("{n} bytes, more than the {} MiB a file may have", limits::MAX_FILE_BYTES >> 20)
+}
+
+fn too_deep(loc: Option<Location>) -> Diagnostic {
+    Diagnostic::new(
+        Code::Syntax,
+        "",
+        format!("invalid YAML: nested deeper than {} levels", limits::MAX_NESTING),
+    )
+    .with_help("experiment files need a few levels of nesting; flatten this value")
+    .at(loc)
+}
+
+/// A regular file's text, refusing devices, FIFOs and folders (`/dev/zero` never ends, a FIFO
+/// blocks) and files over the size limit, without reading more than the limit.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    if meta.len() > limits::MAX_FILE_BYTES as u64 {
+        return Err(too_large(meta.len()));
+    }
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limits::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut buf))
+        .map_err(|e| e.to_string())?;
+    if buf.len() > limits::MAX_FILE_BYTES {
+        return Err(format!("more than the {} MiB a file may have", limits::MAX_FILE_BYTES >> 20));
+    }
+    String::from_utf8(buf).map_err(|e| format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
 }
 
 fn key_str(k: &Value) -> String {
     match k {
         Value::String(s) => s.clone(),
+        Value::Null => NULL_KEY.to_string(),
         other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
     }
 }
@@ -128,46 +190,68 @@ impl Loader {
         text: Option<String>,
         included_at: Option<Location>,
     ) -> Option<(Mapping, SpanIndex)> {
-        let text = match text {
-            Some(t) => t,
-            None => match std::fs::read_to_string(path) {
-                Ok(t) => t,
-                Err(e) => {
-                    let (code, what) = match included_at {
-                        Some(_) => (Code::Include, "cannot read included file"),
-                        None => (Code::Io, "cannot read experiment file"),
-                    };
-                    self.diags.push(
-                        Diagnostic::new(code, "", format!("{what} {}: {e}", path.display()))
-                            .with_help("check the path; relative includes are relative to the including file")
-                            .at(included_at),
-                    );
-                    return None;
-                }
-            },
+        let (code, what) = match included_at {
+            Some(_) => (Code::Include, "cannot read included file"),
+            None => (Code::Io, "cannot read experiment file"),
         };
-        self.files.push(path.to_path_buf());
-        let file = SourceFile::new(path, text);
-        let value: Value = match serde_yaml::from_str(&file.text) {
-            Ok(v) => v,
+        if self.files.len() >= limits::MAX_FILES {
+            self.diags.push(
+                Diagnostic::new(code, "", format!("more than {} files in one experiment", limits::MAX_FILES))
+                    .with_help("include each part once; includes that include each other multiply")
+                    .at(included_at),
+            );
+            return None;
+        }
+        let text = match text {
+            Some(t) if t.len() > limits::MAX_FILE_BYTES => Err(too_large(t.len() as u64)),
+            Some(t) => Ok(t),
+            None => read_bounded(path),
+        };
+        let text = match text {
+            Ok(t) if self.bytes + t.len() > limits::MAX_TOTAL_BYTES => {
+                Err(format!("the experiment's files together exceed {} MiB", limits::MAX_TOTAL_BYTES >> 20))
+            }
+            other => other,
+        };
+        let text = match text {
+            Ok(t) => t,
             Err(e) => {
-                let loc = e.location().map(|l| Location {
-                    file: file.clone(),
-                    line: l.line(),
-                    col: l.column(),
-                    len: 1,
-                });
-                let msg = e.to_string();
-                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
                 self.diags.push(
-                    Diagnostic::new(Code::Syntax, "", format!("invalid YAML: {msg}"))
-                        .with_help("fix the YAML syntax at this position (indentation, brackets, quotes, duplicate keys)")
-                        .at(loc),
+                    Diagnostic::new(code, "", format!("{what} {}: {e}", path.display()))
+                        .with_help("check the path; relative includes are relative to the including file")
+                        .at(included_at),
                 );
                 return None;
             }
         };
-        let mut spans = SpanIndex::build(&file);
+        self.bytes += text.len();
+        self.files.push(path.to_path_buf());
+        let file = SourceFile::new(path, text);
+        if self.root.is_none() {
+            self.root = Some(file.clone());
+        }
+        // yaml-rust2 first: linear in the text, it stops at 255 levels of flow nesting, where
+        // serde_yaml (libyaml) would spend quadratic time before its own limit of 128.
+        let scan = Scan::run(&file);
+        if let Some((msg, loc)) = &scan.error {
+            if msg.contains("recursion limit") {
+                self.diags.push(too_deep(Some(loc.clone())));
+                return None;
+            }
+        }
+        let mut spans = scan.index;
+        let value: Value = match serde_yaml::from_str(&file.text) {
+            Ok(v) => v,
+            Err(e) => {
+                let loc = match e.location() {
+                    Some(l) => Location { file: file.clone(), line: l.line(), col: l.column(), len: 1 },
+                    // serde_yaml gives no position for some errors (aliases that expand too much).
+                    None => Location::start(file.clone()),
+                };
+                self.diags.push(self.syntax_diag(&e.to_string(), loc, &spans, &scan.duplicates));
+                return None;
+            }
+        };
         let mut map = match value {
             Value::Mapping(m) => m,
             Value::Null => Mapping::new(),
@@ -175,7 +259,7 @@ impl Loader {
                 self.diags.push(
                     Diagnostic::new(Code::WrongType, "", "an experiment file must be a mapping of keys")
                         .with_help("start with `experiment: <name>` and `nodes:`")
-                        .at(spans.value("")),
+                        .at(spans.value("").or_else(|| Some(Location::start(file.clone())))),
                 );
                 return None;
             }
@@ -208,26 +292,40 @@ impl Loader {
             }
         };
         let dir = path.parent().unwrap_or(Path::new("."));
-        self.stack.push(tidy(path));
+        self.stack.push((tidy(path), path.canonicalize().ok()));
         let mut base = Value::Mapping(Mapping::new());
         let mut base_spans = SpanIndex::default();
         for (i, rel) in list {
             let at = if i == usize::MAX { "include".to_string() } else { format!("include.{i}") };
             let loc = spans.value(&at);
             let inc = tidy(&dir.join(&rel));
-            let same =
-                |p: &PathBuf| p == &inc || (p.canonicalize().ok() == inc.canonicalize().ok() && inc.exists());
+            let inc_canon = inc.canonicalize().ok();
+            let same = |(p, canon): &(PathBuf, Option<PathBuf>)| {
+                p == &inc || (canon.is_some() && canon == &inc_canon)
+            };
             if self.stack.iter().any(same) {
                 let chain: Vec<String> = self
                     .stack
                     .iter()
-                    .map(|p| p.display().to_string())
+                    .map(|(p, _)| p.display().to_string())
                     .chain([inc.display().to_string()])
                     .collect();
                 self.diags.push(
                     Diagnostic::new(Code::Include, at, format!("include cycle: {}", chain.join(" -> ")))
                         .with_help("remove one of these includes")
                         .at(loc),
+                );
+                continue;
+            }
+            if self.stack.len() >= limits::MAX_INCLUDE_DEPTH {
+                self.diags.push(
+                    Diagnostic::new(
+                        Code::Include,
+                        at,
+                        format!("includes nested more than {} deep", limits::MAX_INCLUDE_DEPTH),
+                    )
+                    .with_help("include the parts from fewer levels of files")
+                    .at(loc),
                 );
                 continue;
             }
@@ -244,7 +342,59 @@ impl Loader {
         Some((merged, base_spans))
     }
 
-    /// Deserialises `v` into `T`, reporting failures with their key path.
+    /// A serde_yaml error as a diagnostic, at the offending key or value where we can tell.
+    fn syntax_diag(
+        &self,
+        msg: &str,
+        loc: Location,
+        spans: &SpanIndex,
+        dups: &[(String, Location)],
+    ) -> Diagnostic {
+        let msg = msg.split(" at line ").next().unwrap_or(msg);
+        if msg.contains("duplicate entry") {
+            // serde_yaml points at the mapping; the repeated key is where the problem is.
+            let key = msg.split('"').nth(1).unwrap_or_default();
+            let found =
+                dups.iter().find(|(p, _)| p == key || p.ends_with(&format!(".{key}"))).or(dups.first());
+            let (path, at) = match found {
+                Some((p, l)) => (p.clone(), l.clone()),
+                None => (String::new(), loc),
+            };
+            let name = path.rsplit('.').next().unwrap_or_default().to_string();
+            return Diagnostic::new(Code::Syntax, path, format!("duplicate key `{}`", clip(&name, 60)))
+                .with_help("a key may appear once in a mapping: merge the two or rename one")
+                .at(Some(at));
+        }
+        if msg.contains("recursion limit exceeded") {
+            return too_deep(Some(loc));
+        }
+        if msg.contains("repetition limit exceeded") {
+            return Diagnostic::new(Code::Syntax, "", "invalid YAML: aliases expand to too many values")
+                .with_help("write the values out, or use fewer nested `*alias` references")
+                .at(Some(loc));
+        }
+        // `invalid type: integer `99999999999999999999` as u128`: a number no setting can hold.
+        if let Some(rest) = msg.split("invalid type: integer `").nth(1) {
+            if rest.contains("as u128") || rest.contains("as i128") {
+                let n = rest.split('`').next().unwrap_or_default();
+                let path = spans.path_at(loc.line, loc.col).unwrap_or_default().to_string();
+                let len = n.chars().count();
+                return Diagnostic::new(
+                    Code::OutOfRange,
+                    path,
+                    format!("expected a number that fits in 64 bits, got {}", clip(n, 40)),
+                )
+                .with_help("use a smaller number (docs/spec.md gives each key's range)")
+                .at(Some(Location { len, ..loc }));
+            }
+        }
+        Diagnostic::new(Code::Syntax, "", format!("invalid YAML: {msg}"))
+            .with_help("fix the YAML syntax at this position (indentation, brackets, quotes, duplicate keys)")
+            .at(Some(loc))
+    }
+
+    /// Deserialises `v` into `T`, reporting failures with their key path; `None` if anything
+    /// in `v` is wrong (every problem is reported, see [`Loader::typed_lenient`]).
     pub(super) fn typed<T: DeserializeOwned>(
         &mut self,
         v: &Value,
@@ -252,92 +402,191 @@ impl Loader {
         node: Option<&str>,
         rename: &dyn Fn(&str) -> String,
     ) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(v) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let mut rel = String::new();
-                for seg in e.path().iter() {
-                    match seg {
-                        serde_path_to_error::Segment::Seq { index } => rel = join(&rel, &index.to_string()),
-                        serde_path_to_error::Segment::Map { key } => rel = join(&rel, key),
-                        _ => {}
-                    }
-                }
-                let full = join(path, &rename(&rel));
-                let d = self.serde_diag(&full, v, &rel, &e.inner().to_string());
-                self.diags.push(match node {
-                    Some(n) => d.with_node(n),
-                    None => d,
-                });
-                None
-            }
-        }
+        self.typed_lenient(v, path, node, rename).filter(|(_, clean)| *clean).map(|(t, _)| t)
     }
 
-    fn serde_diag(&self, full: &str, root: &Value, rel: &str, msg: &str) -> Diagnostic {
+    /// Like [`Loader::typed`], but serde stops at the first problem, so after each one the
+    /// offending key is reported and removed and `v` is read again: every unknown key and
+    /// wrong value of one node is reported, and what remains (bad keys at their defaults) is
+    /// returned with `false`, so the node's references can still be checked. `None` when a
+    /// required key is what is wrong.
+    pub(super) fn typed_lenient<T: DeserializeOwned>(
+        &mut self,
+        v: &Value,
+        path: &str,
+        node: Option<&str>,
+        rename: &dyn Fn(&str) -> String,
+    ) -> Option<(T, bool)> {
+        let mut v = std::borrow::Cow::Borrowed(v);
+        let mut removed: Vec<String> = Vec::new();
+        // Keys an unknown key was taken for (`dpeth` -> `depth`): their absence is no news.
+        let mut meant: Vec<String> = Vec::new();
+        // Each round removes one key, so this ends; the bound keeps a pathological value cheap.
+        for _ in 0..64 {
+            let e = match serde_path_to_error::deserialize::<_, T>(&*v) {
+                Ok(t) => return Some((t, removed.is_empty())),
+                Err(e) => e,
+            };
+            let mut rel = String::new();
+            for seg in e.path().iter() {
+                match seg {
+                    serde_path_to_error::Segment::Seq { index } => rel = join(&rel, &index.to_string()),
+                    serde_path_to_error::Segment::Map { key } => rel = join(&rel, key),
+                    _ => {}
+                }
+            }
+            let msg = e.inner().to_string();
+            if let Some(rest) = msg.strip_prefix("missing field `") {
+                let field = rest.split('`').next().unwrap_or_default();
+                let key = join(&rel, field);
+                if removed.contains(&key) || meant.contains(&key) {
+                    // We removed this required key after reporting it: nothing more to learn.
+                    return None;
+                }
+            }
+            let (d, culprit) = self.serde_diag(path, rename, &v, &rel, &msg);
+            if let (Code::UnknownKey, Some(c), Some(s)) = (d.code, &culprit, d.help.as_deref()) {
+                if let Some(name) = s.strip_prefix("did you mean `").and_then(|s| s.split('`').next()) {
+                    let parent = c.rsplit_once('.').map_or("", |x| x.0);
+                    meant.push(join(parent, name));
+                }
+            }
+            self.diags.push(match node {
+                Some(n) => d.with_node(n),
+                None => d,
+            });
+            match culprit {
+                Some(c) if !c.is_empty() && remove_at(v.to_mut(), &c) => removed.push(c),
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// A serde error as a diagnostic, and the relative path of the key to blame (to remove it
+    /// and read the rest), when there is one.
+    fn serde_diag(
+        &self,
+        base: &str,
+        rename: &dyn Fn(&str) -> String,
+        root: &Value,
+        rel: &str,
+        msg: &str,
+    ) -> (Diagnostic, Option<String>) {
         let quoted =
             |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(str::to_string).collect() };
+        let full_of = |rel: &str| join(base, &rename(rel));
         if let Some(rest) = msg.strip_prefix("unknown field `") {
             let field = rest.split('`').next().unwrap_or_default();
             let expected = quoted(rest.split_once("expected").map(|x| x.1).unwrap_or_default());
-            let path = if full.ends_with(&format!(".{field}")) || full == field {
-                full.to_string()
+            let culprit = if rel == field || rel.ends_with(&format!(".{field}")) {
+                rel.to_string()
             } else {
-                join(full, field)
+                join(rel, field)
             };
+            let path = full_of(&culprit);
             let help = match did_you_mean(field, expected.iter().map(String::as_str)) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None if expected.is_empty() => "remove this key".to_string(),
                 None => format!("valid keys here: {}", expected.join(", ")),
             };
-            return Diagnostic::new(Code::UnknownKey, path.clone(), format!("unknown key `{field}`"))
-                .with_help(help)
-                .at(self.spans.key(&path));
+            let d =
+                Diagnostic::new(Code::UnknownKey, path.clone(), format!("unknown key `{}`", clip(field, 60)))
+                    .with_help(help)
+                    .at(self.spans.key(&path));
+            return (d, Some(culprit));
         }
         if let Some(rest) = msg.strip_prefix("unknown variant `") {
             let variant = rest.split('`').next().unwrap_or_default();
             let expected = quoted(rest.split_once("expected").map(|x| x.1).unwrap_or_default());
             // Internally tagged enums report at the enclosing map: point at the tag's value.
-            let mut path = full.to_string();
+            let mut culprit = rel.to_string();
             if let Some(Value::Mapping(m)) = value_at(root, rel) {
                 if let Some((k, _)) = m.iter().find(|(_, v)| v.as_str() == Some(variant)) {
-                    path = join(full, &key_str(k));
+                    culprit = join(rel, &key_str(k));
                 }
             }
+            let path = full_of(&culprit);
             let help = match did_you_mean(variant, expected.iter().map(String::as_str)) {
                 Some(s) => format!("did you mean `{s}`? (valid: {})", expected.join(", ")),
                 None => format!("valid values: {}", expected.join(", ")),
             };
-            return Diagnostic::new(Code::UnknownVariant, path.clone(), format!("unknown value `{variant}`"))
-                .with_help(help)
-                .at(self.spans.value(&path));
+            let d = Diagnostic::new(
+                Code::UnknownVariant,
+                path.clone(),
+                format!("unknown value `{}`", clip(variant, 60)),
+            )
+            .with_help(help)
+            .at(self.spans.value(&path));
+            return (d, Some(culprit));
         }
         if let Some(rest) = msg.strip_prefix("missing field `") {
             let field = rest.split('`').next().unwrap_or_default();
-            return Diagnostic::new(Code::MissingKey, full, format!("missing key `{field}`"))
+            let full = full_of(rel);
+            let d = Diagnostic::new(Code::MissingKey, full.clone(), format!("missing key `{field}`"))
                 .with_help(format!("add `{field}:` here (see docs/spec.md)"))
-                .at(self.spans.key(full));
+                .at(self.spans.key(&full));
+            return (d, None);
         }
-        if let Some(rest) = msg.strip_prefix("invalid value: integer `-") {
+        // Inside an internally tagged enum serde reports at the enclosing mapping: find the
+        // value it describes there, so the caret sits on that value.
+        let blame = |got: &str| -> String {
+            match value_at(root, rel) {
+                Some(Value::Mapping(m)) => m
+                    .iter()
+                    .find(|(_, v)| unexpected(v) == got)
+                    .map(|(k, _)| join(rel, &key_str(k)))
+                    .unwrap_or_else(|| rel.to_string()),
+                _ => rel.to_string(),
+            }
+        };
+        if let Some(rest) = msg.strip_prefix("invalid value: integer `") {
             let n = rest.split('`').next().unwrap_or_default();
-            return Diagnostic::new(Code::OutOfRange, full, format!("expected >= 0, got -{n}"))
-                .with_help("use a non-negative whole number")
-                .at(self.spans.value(full));
+            let culprit = blame(&format!("integer `{n}`"));
+            let full = full_of(&culprit);
+            let want = rest.split_once("expected ").map(|x| x.1).unwrap_or_default();
+            let (msg, help) = match (n.starts_with('-'), int_max(want)) {
+                (true, _) => {
+                    (format!("expected >= 0, got {n}"), "use a non-negative whole number".to_string())
+                }
+                (false, Some(max)) => {
+                    (format!("expected <= {max}, got {n}"), "use a smaller number".to_string())
+                }
+                (false, None) => {
+                    (format!("out-of-range number {n}"), "see docs/spec.md for this key's range".to_string())
+                }
+            };
+            let d = Diagnostic::new(Code::OutOfRange, full.clone(), msg)
+                .with_help(help)
+                .at(self.spans.value(&full));
+            return (d, Some(culprit));
         }
         if let Some(rest) = msg.strip_prefix("invalid type: ") {
             let (got, want) = rest.split_once(", expected ").unwrap_or((rest, "another type"));
+            let culprit = blame(got);
+            let full = full_of(&culprit);
             let want = humanize_expected(want);
             let got = got.replace("sequence", "list").replace("map", "mapping");
-            return Diagnostic::new(Code::WrongType, full, format!("expected {want}, got {got}"))
-                .with_help(format!("write {want} here"))
-                .at(self.spans.value(full));
+            let d = Diagnostic::new(
+                Code::WrongType,
+                full.clone(),
+                format!("expected {want}, got {}", clip(&got, 80)),
+            )
+            .with_help(format!("write {want} here"))
+            .at(self.spans.value(&full));
+            return (d, Some(culprit));
         }
+        let full = full_of(rel);
         if msg.starts_with("data did not match any variant") {
-            return Diagnostic::new(Code::WrongType, full, "value has the wrong shape")
+            let d = Diagnostic::new(Code::WrongType, full.clone(), "value has the wrong shape")
                 .with_help("see docs/spec.md for what this key accepts")
-                .at(self.spans.value(full));
+                .at(self.spans.value(&full));
+            return (d, Some(rel.to_string()));
         }
-        Diagnostic::new(Code::WrongType, full, msg.to_string()).at(self.spans.value(full))
+        (
+            Diagnostic::new(Code::WrongType, full.clone(), msg.to_string()).at(self.spans.value(&full)),
+            Some(rel.to_string()),
+        )
     }
 
     fn check_keys(&mut self, map: &Mapping, path: &str, allowed: &[&str], what: &str) {
@@ -354,12 +603,33 @@ impl Loader {
         }
     }
 
-    fn check_name(&mut self, name: &str, path: &str) {
+    /// Whether the entry can be used at all: a name over the length limit is reported and the
+    /// entry skipped (names become folder names and instance names); other bad names are
+    /// reported and the entry is still checked.
+    fn check_name(&mut self, name: &str, path: &str) -> bool {
+        // A name's problem is the name: point at the key, not at its settings.
+        let report = |l: &mut Loader, code: Code, msg: String, help: &str| {
+            l.diags.push(Diagnostic::new(code, path, msg).with_help(help).at(l.spans.key(path)));
+        };
+        let n = name.chars().count();
+        if n > limits::MAX_NAME_CHARS {
+            let msg =
+                format!("name of {n} characters `{}`: at most {}", clip(name, 20), limits::MAX_NAME_CHARS);
+            report(self, Code::OutOfRange, msg, "use a shorter name");
+            return false;
+        }
+        if name == NULL_KEY {
+            // `~`, `null` or an empty key: YAML's null, not a name.
+            let help = "write a name here (quote it, `\"null\"`, if you mean the word)";
+            report(self, Code::WrongType, "expected a name, got null".to_string(), help);
+            return false;
+        }
         let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !ok {
-            self.err(Code::OutOfRange, path, format!("invalid name `{name}`")).help =
-                Some("names use letters, digits, `_` and `-` only".to_string());
+            let help = "names use letters, digits, `_` and `-` only";
+            report(self, Code::OutOfRange, format!("invalid name `{}`", clip(name, 60)), help);
         }
+        true
     }
 
     fn section(&mut self, map: &Mapping, key: &str) -> Vec<(String, Value)> {
@@ -381,6 +651,17 @@ impl Loader {
             None => path.file_stem().map(|s| s.to_string_lossy().into_owned()),
         }
         .unwrap_or_default();
+        if let Some(Value::String(given)) = map.get("experiment") {
+            let n = given.chars().count();
+            if given.trim().is_empty() {
+                self.err(Code::OutOfRange, "experiment", "empty experiment name").help = Some(
+                    "name the experiment (its runs are filed under this name), or remove the key".to_string(),
+                );
+            } else if n > limits::MAX_EXPERIMENT_CHARS {
+                let msg = format!("name of {n} characters: at most {}", limits::MAX_EXPERIMENT_CHARS);
+                self.err(Code::OutOfRange, "experiment", msg).help = Some("use a shorter name".to_string());
+            }
+        }
         let description =
             map.get("description").and_then(|v| self.typed::<String>(v, "description", None, &none));
         let seed = map.get("seed").and_then(|v| self.typed::<u64>(v, "seed", None, &none)).unwrap_or(0);
@@ -401,13 +682,22 @@ impl Loader {
         let mut datasets = IndexMap::new();
         for (name, v) in self.section(&map, "datasets") {
             let p = format!("datasets.{name}");
-            self.check_name(&name, &p);
+            if !self.check_name(&name, &p) {
+                self.invalid.insert(name);
+                continue;
+            }
             let v = normalize_list_shorthand(v, "transforms");
             match self.typed::<DatasetSpec>(&v, &p, Some(&name), &none) {
                 Some(d) => {
+                    let before = self.diags.len();
                     let mut c = Check::new(&mut self.diags, &self.spans, &name);
                     c.dataset(&p, &d);
-                    datasets.insert(name, d);
+                    // Out-of-range settings are never handed on: the data layer would act on them.
+                    if self.diags.len() == before {
+                        datasets.insert(name, d);
+                    } else {
+                        self.invalid.insert(name);
+                    }
                 }
                 None => {
                     self.invalid.insert(name);
@@ -417,12 +707,20 @@ impl Loader {
         let mut models = IndexMap::new();
         for (name, v) in self.section(&map, "models") {
             let p = format!("models.{name}");
-            self.check_name(&name, &p);
+            if !self.check_name(&name, &p) {
+                self.invalid.insert(name);
+                continue;
+            }
             match self.typed::<ModelSpec>(&v, &p, Some(&name), &none) {
                 Some(m) => {
+                    let before = self.diags.len();
                     let mut c = Check::new(&mut self.diags, &self.spans, &name);
                     c.model(&p, &m);
-                    models.insert(name, m);
+                    if self.diags.len() == before {
+                        models.insert(name, m);
+                    } else {
+                        self.invalid.insert(name);
+                    }
                 }
                 None => {
                     self.invalid.insert(name);
@@ -435,9 +733,33 @@ impl Loader {
             None => Vec::new(),
         };
         let mut raws = Vec::new();
-        for (name, v) in self.section(&map, "nodes") {
+        let declared = self.section(&map, "nodes");
+        let n_declared = declared.len();
+        // An include that failed, or a misspelt top-level key (`node:`), explains it already.
+        let explained = self
+            .diags
+            .iter()
+            .any(|d| d.code == Code::Include || (d.code == Code::UnknownKey && !d.path.contains('.')));
+        if declared.is_empty() && !explained && map.get("nodes").is_none_or(|v| v.is_null() || v.is_mapping())
+        {
+            let at = match map.contains_key("nodes") {
+                true => self.spans.key("nodes"),
+                false => self.root.clone().map(Location::start),
+            };
+            let empty = map.is_empty() && self.files.len() == 1;
+            let what = if empty { "empty experiment file" } else { "no nodes" };
+            self.diags.push(
+                Diagnostic::new(Code::MissingKey, "nodes", what)
+                    .with_help("declare what to compute under `nodes:` (docs/spec.md, \"Nodes\")")
+                    .at(at),
+            );
+        }
+        for (name, v) in declared {
             let p = format!("nodes.{name}");
-            self.check_name(&name, &p);
+            if !self.check_name(&name, &p) {
+                self.invalid.insert(name);
+                continue;
+            }
             if datasets.contains_key(&name) {
                 self.err(Code::Conflict, &p, format!("`{name}` names both a dataset and a node")).help =
                     Some("rename one of them: references must be unambiguous".to_string());
@@ -449,7 +771,10 @@ impl Loader {
                 }
             }
         }
-        let nodes = matrix::expand(self, raws, &global_matrix, seed);
+        self.kind_defaults = defaults;
+        // Whether a global matrix key fits no node can be told only if every node was read.
+        let all_read = raws.len() == n_declared;
+        let nodes = matrix::expand(self, raws, &global_matrix, seed, all_read);
 
         Experiment {
             name,
@@ -487,7 +812,7 @@ impl Loader {
         out
     }
 
-    pub(super) fn matrix_entries(&mut self, v: &Value, path: &str) -> Vec<(String, Vec<Value>)> {
+    pub(super) fn matrix_entries(&mut self, v: &Value, path: &str) -> Vec<Dim> {
         let Value::Mapping(m) = v else {
             self.err(Code::WrongType, path, "expected a mapping of key -> list of values").help =
                 Some("e.g. `matrix: { seed: [0, 1, 2] }`".to_string());
@@ -497,24 +822,47 @@ impl Loader {
         for (k, vals) in m {
             let k = key_str(k);
             let p = join(path, &k);
-            match vals {
-                Value::Sequence(items) if !items.is_empty() => {
-                    if k == "seed" && items.iter().any(|i| i.as_u64().is_none()) {
-                        self.err(Code::WrongType, &p, "seeds must be non-negative whole numbers");
-                        continue;
-                    }
-                    let mut seen = HashSet::new();
-                    if items.iter().any(|i| !seen.insert(render_value(i))) {
-                        self.err(Code::Matrix, &p, "repeated value in matrix list").help =
-                            Some("each value gives one instance; list it once".to_string());
-                        continue;
-                    }
-                    out.push((k, items.clone()));
+            let Value::Sequence(items) = vals else {
+                self.err(Code::Matrix, &p, "expected a non-empty list of values").help =
+                    Some(format!("e.g. `{}: [a, b]`", clip(&k, 40)));
+                continue;
+            };
+            if items.is_empty() {
+                self.err(Code::Matrix, &p, "expected a non-empty list of values").help =
+                    Some(format!("e.g. `{}: [a, b]`", clip(&k, 40)));
+                continue;
+            }
+            let mut ok = true;
+            let mut values = Vec::with_capacity(items.len());
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            for (i, item) in items.iter().enumerate() {
+                let ip = format!("{p}.{i}");
+                // `2` and `2.0`, `0.1` and `1e-1` give the same settings, and so one instance.
+                if let Some(&first) = seen.get(&matrix::same_value_key(item)) {
+                    let msg = format!(
+                        "value `{}` repeats `{}` (item {first}): both give the same instance",
+                        clip(&render_value(item), 40),
+                        clip(&render_value(&items[first]), 40)
+                    );
+                    self.err(Code::Matrix, &ip, msg).help =
+                        Some("each value gives one instance; list it once".to_string());
+                    ok = false;
+                    continue;
                 }
-                _ => {
-                    self.err(Code::Matrix, &p, "expected a non-empty list of values").help =
-                        Some(format!("e.g. `{k}: [a, b]`"));
+                seen.insert(matrix::same_value_key(item), i);
+                if k == "seed" && item.as_u64().is_none() {
+                    let msg = format!(
+                        "seeds must be non-negative whole numbers, got {}",
+                        clip(&render_value(item), 40)
+                    );
+                    self.err(Code::WrongType, &ip, msg);
+                    ok = false;
+                    continue;
                 }
+                values.push(item.clone());
+            }
+            if ok {
+                out.push(Dim { key: k, values, at: p });
             }
         }
         out
@@ -570,11 +918,13 @@ impl Loader {
             self.err(Code::WrongType, &body_path, format!("expected a mapping of `{kind}` settings"));
             return None;
         }
+        let mut own = None;
         if let Some(d) = defaults.get(&kind) {
+            own = Some(body.clone());
             body = merge(d.clone(), body);
-            self.spans.alias_prefix(&format!("defaults.{kind}"), &body_path);
+            self.spans.alias(&format!("defaults.{kind}"), &body_path);
         }
-        Some(RawNode { base: name.to_string(), kind, body, seed, matrix: node_matrix, description })
+        Some(RawNode { base: name.to_string(), kind, body, own, seed, matrix: node_matrix, description })
     }
 
     /// Expands the shorthands of a kind body (`optimizer: sgd`, `losses: kd`, `kd: 1`).
@@ -664,8 +1014,57 @@ impl Loader {
         Some(Value::Mapping(m))
     }
 
-    /// Typed kind body of one node instance, validated.
-    pub(super) fn parse_kind(&mut self, raw: &RawNode, body: Value, instance: &str) -> Option<NodeKind> {
+    /// Typed kind body of one node instance, validated. `from_matrix` lists the settings this
+    /// instance takes from a matrix (setting path, path of the matrix value): problems with them
+    /// point at the matrix, and problems with settings that come from `defaults:` point there.
+    pub(super) fn parse_kind(
+        &mut self,
+        raw: &RawNode,
+        body: Value,
+        instance: &str,
+        from_matrix: &[(String, String)],
+    ) -> Option<NodeKind> {
+        let before = self.diags.len();
+        let kind = self.parse_kind_here(raw, body, instance);
+        self.relocate(raw, before, from_matrix);
+        kind
+    }
+
+    /// Moves the diagnostics from `from` on to where the settings they blame are written.
+    fn relocate(&mut self, raw: &RawNode, from: usize, from_matrix: &[(String, String)]) {
+        let body_path = format!("nodes.{}.{}", raw.base, raw.kind);
+        let defaults = self.kind_defaults.get(&raw.kind);
+        for d in &mut self.diags[from..] {
+            let Some(rel) = d.path.strip_prefix(&body_path).and_then(|r| r.strip_prefix('.')) else {
+                continue;
+            };
+            let by_key = matches!(d.code, Code::UnknownKey | Code::MissingKey | Code::Conflict);
+            let set = from_matrix.iter().find(|(k, _)| rel == k || rel.starts_with(&format!("{k}.")));
+            if let Some((_, value_path)) = set {
+                if d.code == Code::UnknownKey {
+                    // The matrix key names a setting that does not exist: blame the key, once.
+                    let key_path = value_path.rsplit_once('.').map_or(value_path.as_str(), |x| x.0);
+                    d.location = self.spans.key(key_path);
+                    d.path = key_path.to_string();
+                    d.node = Some(raw.base.clone());
+                } else {
+                    d.location = self.spans.value(value_path);
+                }
+                continue;
+            }
+            if let (Some(own), Some(dflt)) = (&raw.own, defaults) {
+                if value_at(own, rel).is_none() && value_at(dflt, rel).is_some() {
+                    // Reported once, at `defaults:`, however many nodes it reaches.
+                    let p = join(&format!("defaults.{}", raw.kind), rel);
+                    d.location = if by_key { self.spans.key(&p) } else { self.spans.value(&p) };
+                    d.path = p;
+                    d.node = None;
+                }
+            }
+        }
+    }
+
+    fn parse_kind_here(&mut self, raw: &RawNode, body: Value, instance: &str) -> Option<NodeKind> {
         let path = format!("nodes.{}.{}", raw.base, raw.kind);
         let mut names = Vec::new();
         let body = self.normalize_body(body, &path, &raw.base, &mut names)?;
@@ -687,13 +1086,13 @@ impl Loader {
         };
         let node = Some(instance);
         let kind = match raw.kind.as_str() {
-            "train" => NodeKind::Train(self.typed(body, &path, node, &rename)?),
-            "finetune" => NodeKind::Finetune(self.typed(body, &path, node, &rename)?),
-            "distill" => NodeKind::Distill(self.typed(body, &path, node, &rename)?),
-            "generate" => NodeKind::Generate(self.typed(body, &path, node, &rename)?),
-            "evaluate" => NodeKind::Evaluate(self.typed(body, &path, node, &rename)?),
-            "report" => NodeKind::Report(self.typed(body, &path, node, &rename)?),
-            "plugin" => NodeKind::Plugin(self.typed(body, &path, node, &rename)?),
+            "train" => NodeKind::Train(self.typed_lenient(body, &path, node, &rename)?.0),
+            "finetune" => NodeKind::Finetune(self.typed_lenient(body, &path, node, &rename)?.0),
+            "distill" => NodeKind::Distill(self.typed_lenient(body, &path, node, &rename)?.0),
+            "generate" => NodeKind::Generate(self.typed_lenient(body, &path, node, &rename)?.0),
+            "evaluate" => NodeKind::Evaluate(self.typed_lenient(body, &path, node, &rename)?.0),
+            "report" => NodeKind::Report(self.typed_lenient(body, &path, node, &rename)?.0),
+            "plugin" => NodeKind::Plugin(self.typed_lenient(body, &path, node, &rename)?.0),
             other => unreachable!("kind `{other}` was checked against NODE_KINDS"),
         };
         let mut c = Check::new(&mut self.diags, &self.spans, instance);
@@ -725,6 +1124,63 @@ fn humanize_expected(want: &str) -> String {
         w if w.starts_with("struct ") || w.starts_with("a map") => "a mapping of keys".to_string(),
         w if w.starts_with("internally tagged enum") => "a mapping with a `type` key".to_string(),
         w => w.to_string(),
+    }
+}
+
+/// The largest value of serde's unsigned integer type names.
+fn int_max(want: &str) -> Option<u64> {
+    match want {
+        "u8" => Some(u8::MAX.into()),
+        "u16" => Some(u16::MAX.into()),
+        "u32" => Some(u32::MAX.into()),
+        "u64" => Some(u64::MAX),
+        _ => None,
+    }
+}
+
+/// How serde describes a value in "invalid type" messages (`string "x"`, `integer `5``).
+fn unexpected(v: &Value) -> String {
+    use serde::de::Unexpected as U;
+    match v {
+        Value::Null => U::Unit.to_string(),
+        Value::Bool(b) => U::Bool(*b).to_string(),
+        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), ..) => U::Unsigned(u).to_string(),
+            (_, Some(i), _) => U::Signed(i).to_string(),
+            (.., Some(f)) => U::Float(f).to_string(),
+            _ => String::new(),
+        },
+        Value::String(s) => U::Str(s).to_string(),
+        Value::Sequence(_) => U::Seq.to_string(),
+        Value::Mapping(_) => U::Map.to_string(),
+        Value::Tagged(_) => U::Enum.to_string(),
+    }
+}
+
+/// Removes the key (or list item) at a dotted relative path; false when there is none.
+fn remove_at(root: &mut Value, rel: &str) -> bool {
+    let (parent, last) = match rel.rsplit_once('.') {
+        Some((p, l)) => (p, l),
+        None => ("", rel),
+    };
+    let mut v = root;
+    for seg in parent.split('.').filter(|s| !s.is_empty()) {
+        v = match v {
+            Value::Mapping(m) => match m.get_mut(seg) {
+                Some(x) => x,
+                None => return false,
+            },
+            Value::Sequence(s) => match seg.parse::<usize>().ok().and_then(|i| s.get_mut(i)) {
+                Some(x) => x,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    // List items stay: removing one would renumber the paths of the items after it.
+    match v {
+        Value::Mapping(m) => m.remove(last).is_some(),
+        _ => false,
     }
 }
 
@@ -816,4 +1272,154 @@ pub(super) fn kind_fields(kind: &str) -> &'static [String] {
         ])
     });
     all.get(kind).map(Vec::as_slice).unwrap_or(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn codes(r: LoadResult) -> Vec<(Code, String, String)> {
+        r.err().expect("an error").into_iter().map(|d| (d.code, d.path, d.message)).collect()
+    }
+
+    const NODES: &str = "datasets: { d: { source: builtin/digits } }\nmodels: { m: { arch: mlp, hidden: [8] } }\nnodes: { t: { train: { model: m, data: d } } }\n";
+
+    /// Generous: each case takes milliseconds; before the fix they took seconds to hours.
+    const FAST: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn experiment_file_that_is_a_device_is_refused() {
+        let t = Instant::now();
+        let c = codes(load(Path::new("/dev/zero")));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].0, Code::Io);
+        assert!(c[0].2.ends_with("/dev/zero: not a regular file"), "{c:?}");
+        assert!(t.elapsed() < FAST);
+    }
+
+    #[test]
+    fn oversized_file_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.yaml");
+        // Sparse: 17 MiB of nothing on disk.
+        std::fs::File::create(&big).unwrap().set_len(17 << 20).unwrap();
+        let c = codes(load(&big));
+        assert!(c[0].2.contains("17825792 bytes, more than the 16 MiB a file may have"), "{c:?}");
+        let root = dir.path().join("x.yaml");
+        std::fs::write(&root, format!("include: big.yaml\n{NODES}")).unwrap();
+        let c = codes(load(&root));
+        assert_eq!((c[0].0, c[0].1.as_str()), (Code::Include, ""), "{c:?}");
+        assert!(c[0].2.contains("more than the 16 MiB"), "{c:?}");
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_rejected_in_linear_time() {
+        for depth in [200, 100_000, 4_000_000] {
+            let text = format!("{NODES}description: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+            let t = Instant::now();
+            let c = codes(load_str(Path::new("x.yaml"), &text));
+            assert_eq!(
+                c,
+                [(Code::Syntax, String::new(), "invalid YAML: nested deeper than 128 levels".into())]
+            );
+            assert!(t.elapsed() < FAST, "depth {depth}: {:?}", t.elapsed());
+        }
+    }
+
+    #[test]
+    fn long_include_chain_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 1_000;
+        for i in 0..n {
+            std::fs::write(dir.path().join(format!("p{i}.yaml")), format!("include: p{}.yaml\n", i + 1))
+                .unwrap();
+        }
+        std::fs::write(dir.path().join(format!("p{n}.yaml")), NODES).unwrap();
+        let t = Instant::now();
+        let c = codes(load(&dir.path().join("p0.yaml")));
+        assert!(t.elapsed() < FAST, "{:?}", t.elapsed());
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!((c[0].0, c[0].2.as_str()), (Code::Include, "includes nested more than 32 deep"));
+        // 32 levels are fine.
+        let c = load(&dir.path().join(format!("p{}.yaml", n - 31)));
+        assert!(c.is_ok(), "{:?}", c.err());
+    }
+
+    #[test]
+    fn include_diamonds_are_bounded() {
+        // Each file includes the next twice: 2^20 reads without a bound on the number of files.
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            let next = format!("p{}.yaml", i + 1);
+            std::fs::write(dir.path().join(format!("p{i}.yaml")), format!("include: [{next}, {next}]\n"))
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("p20.yaml"), NODES).unwrap();
+        let t = Instant::now();
+        let c = codes(load(&dir.path().join("p0.yaml")));
+        assert!(t.elapsed() < FAST, "{:?}", t.elapsed());
+        assert!(
+            c.iter()
+                .all(|(code, _, m)| *code == Code::Include && m == "more than 256 files in one experiment"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn node_name_of_100000_characters_is_an_error_not_a_panic() {
+        let name = "n".repeat(100_000);
+        // A plain key is at most 1024 characters in YAML: this one is a syntax error, located.
+        let text = format!("nodes:\n  {name}: {{ train: {{ model: m, data: d }} }}\n");
+        let d = load_str(Path::new("x.yaml"), &text).err().unwrap();
+        assert_eq!((d.len(), d[0].code), (1, Code::Syntax), "{d:?}");
+        assert!(d[0].location.is_some());
+        // An explicit key may be longer: the name's length is the error.
+        let text = format!("{NODES}  ? {name}\n  : {{ train: {{ model: m, data: d }} }}\n").replace(
+            "nodes: { t: { train: { model: m, data: d } } }\n",
+            "nodes:\n  t: { train: { model: m, data: d } }\n",
+        );
+        let d = load_str(Path::new("x.yaml"), &text).err().unwrap();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].code, Code::OutOfRange);
+        assert!(
+            d[0].message.starts_with("name of 100000 characters `nnnnnnnnnnnnnnnnnnnn…`: at most 128"),
+            "{}",
+            d[0].message
+        );
+        assert_eq!(d[0].location.as_ref().map(|l| (l.line, l.col)), Some((5, 5)));
+        let shown = crate::diag::render(&d, None);
+        assert!(shown.len() < 2_000, "{shown}");
+    }
+
+    #[test]
+    fn matrix_of_10_to_the_8_instances_is_refused_before_expanding() {
+        let ten = "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]";
+        let keys =
+            ["seed", "epochs", "batch_size", "warmup_epochs", "label_smoothing", "grad_clip", "val", "init"];
+        let m: Vec<String> = keys.iter().map(|k| format!("{k}: {ten}")).collect();
+        let text = format!("{NODES}matrix: {{ {} }}\n", m.join(", "));
+        let t = Instant::now();
+        let c = codes(load_str(Path::new("x.yaml"), &text));
+        assert!(t.elapsed() < FAST, "{:?}", t.elapsed());
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!((c[0].0, c[0].1.as_str()), (Code::Matrix, "matrix"));
+        assert!(
+            c[0].2.contains("`t` would expand into 100000000 instances, more than the 10000 a node may have"),
+            "{}",
+            c[0].2
+        );
+    }
+
+    #[test]
+    fn matrix_values_that_are_equal_numbers_repeat() {
+        for (a, b) in [("2", "2.0"), ("0.1", "1e-1"), ("a", "'a'"), ("{ x: 1, y: 2 }", "{ y: 2, x: 1.0 }")] {
+            let v = |s: &str| serde_yaml::from_str::<Value>(s).unwrap();
+            assert_eq!(matrix::same_value_key(&v(a)), matrix::same_value_key(&v(b)), "{a} vs {b}");
+        }
+        let v = |s: &str| serde_yaml::from_str::<Value>(s).unwrap();
+        assert_ne!(matrix::same_value_key(&v("2")), matrix::same_value_key(&v("'2'")));
+        assert_ne!(matrix::same_value_key(&v("2")), matrix::same_value_key(&v("2.5")));
+    }
 }

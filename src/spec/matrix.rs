@@ -14,18 +14,56 @@ use std::collections::{HashMap, HashSet};
 use serde_yaml::{Mapping, Value};
 
 use super::Node;
-use super::load::{Loader, kind_fields, render_value};
+use super::load::{Loader, kind_fields, limits, render_value};
 use super::types::{NodeKind, Target};
-use crate::diag::Code;
+use crate::diag::{Code, did_you_mean};
 
 pub(super) struct RawNode {
     pub base: String,
     pub kind: String,
     /// The kind body, shorthands expanded, defaults merged.
     pub body: Value,
+    /// The body as the node itself wrote it, when `defaults:` were merged in.
+    pub own: Option<Value>,
     pub seed: Option<u64>,
-    pub matrix: Vec<(String, Vec<Value>)>,
+    pub matrix: Vec<Dim>,
     pub description: Option<String>,
+}
+
+/// One matrix key: its values (distinct), and the path of its list in the file.
+#[derive(Clone, Debug)]
+pub(super) struct Dim {
+    pub key: String,
+    pub values: Vec<Value>,
+    /// `matrix.seed` or `nodes.kd.matrix.losses.kd.temperature`.
+    pub at: String,
+}
+
+/// Matrix values that give the same settings compare equal by this key: numbers by value
+/// (`2` and `2.0`), mappings whatever their key order.
+pub(super) fn same_value_key(v: &Value) -> String {
+    match v {
+        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), ..) => format!("n{u}"),
+            (_, Some(i), _) => format!("n{i}"),
+            (.., Some(f)) if f.fract() == 0.0 && f.abs() < 9e15 => format!("n{}", f as i64),
+            (.., Some(f)) => format!("n{f:?}"),
+            _ => format!("n{n}"),
+        },
+        Value::String(s) => format!("s{s}"),
+        Value::Bool(b) => format!("b{b}"),
+        Value::Null => "null".to_string(),
+        Value::Sequence(items) => {
+            format!("[{}]", items.iter().map(same_value_key).collect::<Vec<_>>().join(","))
+        }
+        Value::Mapping(m) => {
+            let mut kv: Vec<String> =
+                m.iter().map(|(k, v)| format!("{}:{}", same_value_key(k), same_value_key(v))).collect();
+            kv.sort();
+            format!("{{{}}}", kv.join(","))
+        }
+        Value::Tagged(t) => format!("!{}{}", t.tag, same_value_key(&t.value)),
+    }
 }
 
 type Assignment = Vec<(String, Value)>;
@@ -38,25 +76,43 @@ struct Instance {
 pub(super) fn expand(
     l: &mut Loader,
     raws: Vec<RawNode>,
-    global: &[(String, Vec<Value>)],
+    global: &[Dim],
     default_seed: u64,
+    all_read: bool,
 ) -> Vec<crate::spec::Node> {
+    // 0. Every node's own dimensions, and the instance count before anything is expanded.
+    let mut used = vec![false; global.len()];
+    let own_d: Vec<Vec<Dim>> = raws.iter().map(|raw| own_dims(l, raw, global, &mut used)).collect();
+    if all_read {
+        unused_global_keys(l, &raws, global, &used);
+    }
+    let counts: Vec<u64> = own_d.iter().map(|d| instance_count(d.iter().map(|d| d.values.len()))).collect();
+    let mut total = counts.iter().fold(0u64, |a, &c| a.saturating_add(c));
+    if total > limits::MAX_INSTANCES || counts.iter().any(|&c| c > limits::MAX_NODE_INSTANCES) {
+        too_many_instances(l, &raws, &own_d, &counts, total);
+        return Vec::new();
+    }
+
     // 1. Own instances of every node.
     let mut own: Vec<Vec<Instance>> = Vec::with_capacity(raws.len());
     let mut dims: Vec<Vec<String>> = Vec::with_capacity(raws.len());
-    for raw in &raws {
-        let d = own_dims(l, raw, global);
-        dims.push(d.iter().map(|(k, _)| k.clone()).collect());
+    for (raw, d) in raws.iter().zip(&own_d) {
+        dims.push(d.iter().map(|d| d.key.clone()).collect());
         let mut instances = Vec::new();
-        for assignment in cartesian(&d) {
+        for picks in cartesian(d) {
             let mut body = raw.body.clone();
-            for (k, v) in &assignment {
-                if k != "seed" {
-                    set_path(&mut body, k, v.clone());
+            let mut from_matrix = Vec::new();
+            let mut assignment = Vec::with_capacity(picks.len());
+            for (dim, &i) in d.iter().zip(&picks) {
+                let v = &dim.values[i];
+                if dim.key != "seed" {
+                    set_path(&mut body, &dim.key, v.clone());
+                    from_matrix.push((dim.key.clone(), format!("{}.{i}", dim.at)));
                 }
+                assignment.push((dim.key.clone(), v.clone()));
             }
             let name = instance_name(&raw.base, &assignment);
-            match l.parse_kind(raw, body, &name) {
+            match l.parse_kind(raw, body, &name, &from_matrix) {
                 Some(kind) => instances.push(Instance { assignment, kind }),
                 None => {
                     l.invalid.insert(raw.base.clone());
@@ -117,12 +173,42 @@ pub(super) fn expand(
                 inherited.push((d.clone(), vals));
             }
         }
+        // Inherited dimensions multiply: count before expanding.
+        let n = instance_count([insts.len()].into_iter().chain(inherited.iter().map(|(_, v)| v.len())));
+        let extra = n.saturating_sub(insts.len() as u64);
+        if n > limits::MAX_NODE_INSTANCES || total.saturating_add(extra) > limits::MAX_INSTANCES {
+            let via: Vec<String> = deps[i].iter().map(|&j| format!("`{}`", raws[j].base)).collect();
+            let d = l.diags_push(
+                Code::Matrix,
+                &format!("nodes.{}", raw.base),
+                format!(
+                    "`{}` would expand into {n} instances (inheriting the matrix of {}): at most {} a node, {} in all",
+                    raw.base,
+                    via.join(", "),
+                    limits::MAX_NODE_INSTANCES,
+                    limits::MAX_INSTANCES
+                ),
+            );
+            d.node = Some(raw.base.clone());
+            d.help =
+                Some("use fewer matrix values, or fix `seed:` on nodes that need not repeat".to_string());
+            l.invalid.insert(raw.base.clone());
+            finals[i] = Some(Vec::new());
+            continue;
+        }
+        total += extra;
+        let inherited_dims: Vec<Dim> = inherited
+            .iter()
+            .map(|(k, v)| Dim { key: k.clone(), values: v.clone(), at: String::new() })
+            .collect();
         let mut out = Vec::new();
         let mut reported = HashSet::new();
         for inst in insts {
-            for extra in cartesian(&inherited) {
+            for picks in cartesian(&inherited_dims) {
                 let mut assignment = inst.assignment.clone();
-                assignment.extend(extra);
+                assignment.extend(
+                    inherited_dims.iter().zip(&picks).map(|(d, &k)| (d.key.clone(), d.values[k].clone())),
+                );
                 sort_seed_last(&mut assignment);
                 let name = instance_name(&raw.base, &assignment);
                 let mut kind = inst.kind.clone();
@@ -184,15 +270,16 @@ pub(super) fn expand(
     nodes
 }
 
-fn own_dims(l: &mut Loader, raw: &RawNode, global: &[(String, Vec<Value>)]) -> Vec<(String, Vec<Value>)> {
+fn own_dims(l: &mut Loader, raw: &RawNode, global: &[Dim], used: &mut [bool]) -> Vec<Dim> {
     let fields = kind_fields(&raw.kind);
     let seeded = matches!(raw.kind.as_str(), "train" | "finetune" | "distill" | "generate");
-    let mut d: Vec<(String, Vec<Value>)> = Vec::new();
-    for (k, vals) in &raw.matrix {
+    let mut d: Vec<Dim> = Vec::new();
+    for dim in &raw.matrix {
+        let k = &dim.key;
         let first = k.split('.').next().unwrap_or_default();
         if k != "seed" && !fields.iter().any(|f| f == first) {
             let p = format!("nodes.{}.matrix.{k}", raw.base);
-            let help = match crate::diag::did_you_mean(first, fields.iter().map(String::as_str)) {
+            let help = match did_you_mean(first, fields.iter().map(String::as_str)) {
                 Some(s) => {
                     format!("did you mean `{s}`? matrix keys are paths into the `{}` settings", raw.kind)
                 }
@@ -200,15 +287,22 @@ fn own_dims(l: &mut Loader, raw: &RawNode, global: &[(String, Vec<Value>)]) -> V
                     format!("matrix keys are paths into the `{}` settings: {}", raw.kind, fields.join(", "))
                 }
             };
-            let diag = l.diags_push(Code::UnknownKey, &p, format!("`{k}` is not a `{}` setting", raw.kind));
+            let diag = l.diags_push(
+                Code::UnknownKey,
+                &p,
+                format!("`{}` is not a `{}` setting", crate::diag::clip(k, 60), raw.kind),
+            );
             diag.node = Some(raw.base.clone());
             diag.help = Some(help);
             continue;
         }
-        d.push((k.clone(), vals.clone()));
+        d.push(dim.clone());
     }
-    for (k, vals) in global {
-        if d.iter().any(|(k2, _)| k2 == k) {
+    for (g, dim) in global.iter().enumerate() {
+        let k = &dim.key;
+        if d.iter().any(|d| &d.key == k) {
+            // The node's own matrix wins; the key still fits this node.
+            used[g] = true;
             continue;
         }
         let applies = if k == "seed" {
@@ -222,26 +316,99 @@ fn own_dims(l: &mut Loader, raw: &RawNode, global: &[(String, Vec<Value>)]) -> V
             fields.iter().any(|f| f == first) && parent_exists
         };
         if applies {
-            d.push((k.clone(), vals.clone()));
+            used[g] = true;
+            d.push(dim.clone());
         }
     }
-    let mut d2 = d;
-    d2.sort_by_key(|(k, _)| k == "seed");
-    d2
+    d.sort_by_key(|d| d.key == "seed");
+    d
+}
+
+/// A global matrix key that no node takes is a mistake (a typo, or a node that was removed).
+fn unused_global_keys(l: &mut Loader, raws: &[RawNode], global: &[Dim], used: &[bool]) {
+    for (dim, _) in global.iter().zip(used).filter(|(_, u)| !**u) {
+        let mut fields: Vec<&str> = vec!["seed"];
+        for raw in raws {
+            for f in kind_fields(&raw.kind) {
+                if !fields.contains(&f.as_str()) {
+                    fields.push(f);
+                }
+            }
+        }
+        let first = dim.key.split('.').next().unwrap_or_default();
+        let help = if dim.key == "seed" {
+            "`seed` expands nodes that train and do not fix `seed:`; there are none".to_string()
+        } else {
+            match did_you_mean(first, fields.iter().copied()) {
+                Some(s) if s != first => format!("did you mean `{s}`?"),
+                _ => "matrix keys are `seed` or dotted paths into node settings (docs/spec.md, \"Matrix\")"
+                    .to_string(),
+            }
+        };
+        let msg = format!("`{}` fits no node: no node has this setting", crate::diag::clip(&dim.key, 60));
+        l.diags_push(Code::UnknownKey, &dim.at, msg).help = Some(help);
+    }
+}
+
+/// Instances of a node with dimensions of these sizes (saturating: only compared to a bound).
+fn instance_count(sizes: impl IntoIterator<Item = usize>) -> u64 {
+    sizes.into_iter().fold(1u64, |a, n| a.saturating_mul(n as u64))
+}
+
+/// One error, at the matrix that makes the most instances, before anything is expanded.
+fn too_many_instances(l: &mut Loader, raws: &[RawNode], own_d: &[Vec<Dim>], counts: &[u64], total: u64) {
+    let (i, &most) = counts.iter().enumerate().max_by_key(|(_, c)| **c).expect("total > 0 means a node");
+    // The node's own matrix if it has one, else the top-level one.
+    let at = match own_d[i].iter().find(|d| d.at.starts_with("nodes.")) {
+        Some(d) => {
+            d.at.rsplit_once(".matrix.").map(|(n, _)| format!("{n}.matrix")).unwrap_or_else(|| d.at.clone())
+        }
+        None => "matrix".to_string(),
+    };
+    let loc = l.spans.key(&at);
+    let count =
+        |n: u64| if n == u64::MAX { "more than 18446744073709551615".to_string() } else { n.to_string() };
+    let msg = if most > limits::MAX_NODE_INSTANCES {
+        let over = counts.iter().filter(|&&c| c > limits::MAX_NODE_INSTANCES).count();
+        let others = if over > 1 { format!(" (and {} more nodes)", over - 1) } else { String::new() };
+        format!(
+            "`{}` would expand into {} instances, more than the {} a node may have{others}",
+            raws[i].base,
+            count(most),
+            limits::MAX_NODE_INSTANCES
+        )
+    } else {
+        format!(
+            "the nodes would expand into {} instances in all, more than the {} allowed (`{}`: {})",
+            count(total),
+            limits::MAX_INSTANCES,
+            raws[i].base,
+            count(most)
+        )
+    };
+    let d = l.diags_push(Code::Matrix, &at, msg);
+    d.node = Some(raws[i].base.clone());
+    d.help =
+        Some("use fewer matrix values (each key multiplies the instances of every node it fits)".to_string());
+    d.location = loc;
+    for raw in raws {
+        l.invalid.insert(raw.base.clone());
+    }
 }
 
 fn sort_seed_last(a: &mut Assignment) {
     a.sort_by_key(|(k, _)| k == "seed");
 }
 
-fn cartesian(dims: &[(String, Vec<Value>)]) -> Vec<Assignment> {
-    let mut out: Vec<Assignment> = vec![Vec::new()];
-    for (k, vals) in dims {
-        let mut next = Vec::with_capacity(out.len() * vals.len());
+/// Every combination of one value index per dimension, the last dimension fastest.
+fn cartesian(dims: &[Dim]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = vec![Vec::new()];
+    for d in dims {
+        let mut next = Vec::with_capacity(out.len() * d.values.len());
         for prefix in &out {
-            for v in vals {
+            for i in 0..d.values.len() {
                 let mut a = prefix.clone();
-                a.push((k.clone(), v.clone()));
+                a.push(i);
                 next.push(a);
             }
         }

@@ -117,5 +117,15 @@ impl fmt::Display for Device {
     }
 }
 
+/// `path.seg`; an empty side leaves the other alone (serde may report an empty relative path,
+/// and `models.big.` + `depth` must not become `models.big..depth`).
+pub(crate) fn join(path: &str, seg: &str) -> String {
+    match (path.is_empty(), seg.is_empty()) {
+        (_, true) => path.to_string(),
+        (true, false) => seg.to_string(),
+        (false, false) => format!("{path}.{seg}"),
+    }
+}
+
 /// A valid experiment, or every problem found in it.
 pub type LoadResult = Result<Experiment, Vec<Diagnostic>>;

@@ -1,17 +1,47 @@
 //! Range and consistency checks on typed values (what serde's types cannot say).
 
+use super::join;
 use super::types::*;
 use super::yaml_index::SpanIndex;
-use crate::diag::{Code, Diagnostic};
+use crate::diag::{Code, Diagnostic, fmt_num};
+
+/// Upper bounds of size-like settings (docs/spec.md, "Limits"): far above what an experiment
+/// uses, low enough that no single value makes an allocation abort (`image_size: 4294967295`).
+/// The memory a whole model needs is estimated elsewhere; these bound each number alone.
+pub(super) mod max {
+    /// Pixels of a side: dataset `image_size`, transform `size`, generate `image_size`, ViT `patch_size`.
+    pub const IMAGE_SIDE: u64 = 4096;
+    /// Pixels of `pad_crop` padding.
+    pub const PADDING: u64 = 1024;
+    /// Images a class kept by `per_class`.
+    pub const PER_CLASS: u64 = 1_000_000;
+    /// Images a batch (training and evaluation).
+    pub const BATCH_SIZE: u64 = 65_536;
+    /// Passes over the data; warm-up and milestones are within them.
+    pub const EPOCHS: u64 = 100_000;
+    /// Sampling steps of a generate node.
+    pub const STEPS: u64 = 10_000;
+    /// Channels or units of a layer: MLP `hidden`, CNN `channels`, ResNet `width`.
+    pub const WIDTH: u64 = 65_536;
+    /// Entries of MLP `hidden` / CNN `channels` (layers).
+    pub const LAYERS: usize = 256;
+    /// Embedding sizes: projector `dim` (align_uniform, crd), ViT `dim`.
+    pub const DIM: u64 = 65_536;
+    /// Negatives a sample of CRD (`nce_k`).
+    pub const NCE_K: u64 = 1 << 20;
+    /// ViT blocks (`depth`) and attention `heads`.
+    pub const VIT_DEPTH: u64 = 256;
+    pub const HEADS: u64 = 1024;
+    /// MobileNetV2 `width_mult`.
+    pub const WIDTH_MULT: f64 = 16.0;
+    /// Synthetic images relative to the real set (`ratio` of generate and `synthetic`).
+    pub const RATIO: f64 = 100.0;
+}
 
 pub(super) struct Check<'a> {
     diags: &'a mut Vec<Diagnostic>,
     spans: &'a SpanIndex,
     node: &'a str,
-}
-
-fn join(path: &str, seg: &str) -> String {
-    format!("{path}.{seg}")
 }
 
 impl<'a> Check<'a> {
@@ -26,7 +56,21 @@ impl<'a> Check<'a> {
 
     fn positive(&mut self, path: &str, v: f64) {
         if !(v > 0.0 && v.is_finite()) {
-            self.err(Code::OutOfRange, path, format!("expected > 0, got {v}"), "use a positive number");
+            self.err(
+                Code::OutOfRange,
+                path,
+                format!("expected > 0, got {}", fmt_num(v)),
+                "use a positive number",
+            );
+        }
+    }
+
+    /// `0 < v <= max`.
+    fn positive_at_most(&mut self, path: &str, v: f64, max: f64) {
+        self.positive(path, v);
+        if v > max && v.is_finite() {
+            let msg = format!("expected <= {}, got {}", fmt_num(max), fmt_num(v));
+            self.err(Code::OutOfRange, path, msg, "see docs/spec.md (\"Limits\") for this key's range");
         }
     }
 
@@ -35,7 +79,7 @@ impl<'a> Check<'a> {
             self.err(
                 Code::OutOfRange,
                 path,
-                format!("expected >= 0, got {v}"),
+                format!("expected >= 0, got {}", fmt_num(v)),
                 "use zero or a positive number",
             );
         }
@@ -49,15 +93,35 @@ impl<'a> Check<'a> {
             self.err(
                 Code::OutOfRange,
                 path,
-                format!("expected a value in [{lo}, {hi}{close}, got {v}"),
+                format!("expected a value in [{}, {}{close}, got {}", fmt_num(lo), fmt_num(hi), fmt_num(v)),
                 "see docs/spec.md for this key's range",
             );
         }
     }
 
-    fn at_least(&mut self, path: &str, v: u64, min: u64) {
+    /// `lo < v <= hi`.
+    fn within_open_closed(&mut self, path: &str, v: f64, lo: f64, hi: f64) {
+        if !(v > lo && v <= hi) {
+            self.err(
+                Code::OutOfRange,
+                path,
+                format!("expected a value in ({}, {}], got {}", fmt_num(lo), fmt_num(hi), fmt_num(v)),
+                "see docs/spec.md for this key's range",
+            );
+        }
+    }
+
+    /// `min <= v <= max`.
+    fn count(&mut self, path: &str, v: u64, min: u64, max: u64) {
         if v < min {
             self.err(Code::OutOfRange, path, format!("expected >= {min}, got {v}"), "use a larger value");
+        } else if v > max {
+            self.err(
+                Code::OutOfRange,
+                path,
+                format!("expected <= {max}, got {v}"),
+                "see docs/spec.md (\"Limits\") for this key's range",
+            );
         }
     }
 
@@ -71,14 +135,14 @@ impl<'a> Check<'a> {
             );
         }
         if let Some(n) = d.per_class {
-            self.at_least(&join(p, "per_class"), n.into(), 1);
+            self.count(&join(p, "per_class"), n.into(), 1, max::PER_CLASS);
         }
         if let Some(f) = d.fraction {
             if !(f > 0.0 && f <= 1.0) {
                 self.err(
                     Code::OutOfRange,
                     &join(p, "fraction"),
-                    format!("expected a value in (0, 1], got {f}"),
+                    format!("expected a value in (0, 1], got {}", fmt_num(f)),
                     "a fraction of each class: 0.1 keeps 10%",
                 );
             }
@@ -96,7 +160,7 @@ impl<'a> Check<'a> {
                 self.err(
                     Code::OutOfRange,
                     &join(p, "split_fraction"),
-                    format!("expected a value in (0, 1), got {f}"),
+                    format!("expected a value in (0, 1), got {}", fmt_num(f)),
                     "the fraction of each class that goes to `train`",
                 );
             }
@@ -149,13 +213,13 @@ impl<'a> Check<'a> {
                 self.err(
                     Code::OutOfRange,
                     &join(p, "holdout"),
-                    format!("expected a value in (0, 1), got {h}"),
+                    format!("expected a value in (0, 1), got {}", fmt_num(h)),
                     "the fraction of each class held out as `test`",
                 );
             }
         }
         if let Some(s) = d.image_size {
-            self.at_least(&join(p, "image_size"), s.into(), 1);
+            self.count(&join(p, "image_size"), s.into(), 1, max::IMAGE_SIDE);
             if d.source != SourceKind::Folder {
                 self.err(
                     Code::Conflict,
@@ -191,8 +255,13 @@ impl<'a> Check<'a> {
             match t {
                 TransformSpec::Resize { size }
                 | TransformSpec::RandomResizedCrop { size }
-                | TransformSpec::CenterCrop { size }
-                | TransformSpec::PadCrop { size, .. } => self.at_least(&join(&tp, "size"), (*size).into(), 1),
+                | TransformSpec::CenterCrop { size } => {
+                    self.count(&join(&tp, "size"), (*size).into(), 1, max::IMAGE_SIDE)
+                }
+                TransformSpec::PadCrop { size, padding } => {
+                    self.count(&join(&tp, "size"), (*size).into(), 1, max::IMAGE_SIDE);
+                    self.count(&join(&tp, "padding"), (*padding).into(), 0, max::PADDING);
+                }
                 TransformSpec::Flip {} => {}
                 TransformSpec::Normalize { mean, std } => {
                     if mean.is_some() != std.is_some() {
@@ -225,14 +294,22 @@ impl<'a> Check<'a> {
                     );
                 }
                 if let Some(w) = width {
-                    self.at_least(&join(p, "width"), (*w).into(), 1);
+                    self.count(&join(p, "width"), (*w).into(), 1, max::WIDTH);
                 }
             }
-            ModelSpec::Mobilenetv2 { width_mult, .. } => self.positive(&join(p, "width_mult"), *width_mult),
+            ModelSpec::Mobilenetv2 { width_mult, .. } => {
+                self.positive_at_most(&join(p, "width_mult"), *width_mult, max::WIDTH_MULT)
+            }
             ModelSpec::Vit { patch_size, depth, heads, dim, .. } => {
-                for (k, v) in [("patch_size", patch_size), ("depth", depth), ("heads", heads), ("dim", dim)] {
+                let sizes = [
+                    ("patch_size", patch_size, max::IMAGE_SIDE),
+                    ("depth", depth, max::VIT_DEPTH),
+                    ("heads", heads, max::HEADS),
+                    ("dim", dim, max::DIM),
+                ];
+                for (k, v, most) in sizes {
                     if let Some(v) = v {
-                        self.at_least(&join(p, k), (*v).into(), 1);
+                        self.count(&join(p, k), (*v).into(), 1, most);
                     }
                 }
                 if let (Some(d), Some(h)) = (dim, heads) {
@@ -253,8 +330,17 @@ impl<'a> Check<'a> {
         if w.is_empty() {
             self.err(Code::OutOfRange, p, "expected at least one width".to_string(), "e.g. [32, 64]");
         }
+        if w.len() > max::LAYERS {
+            self.err(
+                Code::OutOfRange,
+                p,
+                format!("expected at most {} layers, got {}", max::LAYERS, w.len()),
+                "see docs/spec.md (\"Limits\")",
+            );
+            return;
+        }
         for (i, x) in w.iter().enumerate() {
-            self.at_least(&format!("{p}.{i}"), (*x).into(), 1);
+            self.count(&format!("{p}.{i}"), (*x).into(), 1, max::WIDTH);
         }
     }
 
@@ -295,8 +381,8 @@ impl<'a> Check<'a> {
         grad_clip: Option<f64>,
         augment: &AugmentSpec,
     ) {
-        self.at_least(&join(p, "epochs"), epochs.into(), 1);
-        self.at_least(&join(p, "batch_size"), batch_size.into(), 1);
+        self.count(&join(p, "epochs"), epochs.into(), 1, max::EPOCHS);
+        self.count(&join(p, "batch_size"), batch_size.into(), 1, max::BATCH_SIZE);
         self.optimizer(&join(p, "optimizer"), optimizer);
         if warmup > epochs {
             self.err(
@@ -338,7 +424,7 @@ impl<'a> Check<'a> {
                         "milestones are epochs within the run",
                     );
                 }
-                self.within(&format!("{p}.schedule.gamma"), *gamma, f64::MIN_POSITIVE, 1.0, true);
+                self.within_open_closed(&format!("{p}.schedule.gamma"), *gamma, 0.0, 1.0);
             }
         }
         if let AugmentSpec::Dsa { strategy, .. } = augment {
@@ -432,7 +518,7 @@ impl<'a> Check<'a> {
                     &s.augment,
                 );
                 if let Some(m) = &s.synthetic {
-                    self.positive(&format!("{p}.synthetic.ratio"), m.ratio);
+                    self.positive_at_most(&format!("{p}.synthetic.ratio"), m.ratio, max::RATIO);
                 }
                 self.losses(&join(p, "losses"), &s.losses, loss_names);
             }
@@ -445,13 +531,13 @@ impl<'a> Check<'a> {
                         "put `{c}` where the class name goes, e.g. \"a picture of a {c}\"",
                     );
                 }
-                self.positive(&join(p, "ratio"), s.ratio);
-                self.at_least(&join(p, "steps"), s.steps.into(), 1);
+                self.positive_at_most(&join(p, "ratio"), s.ratio, max::RATIO);
+                self.count(&join(p, "steps"), s.steps.into(), 1, max::STEPS);
                 self.non_negative(&join(p, "guidance"), s.guidance);
-                self.at_least(&join(p, "image_size"), s.image_size.into(), 8);
+                self.count(&join(p, "image_size"), s.image_size.into(), 8, max::IMAGE_SIDE);
             }
             NodeKind::Evaluate(s) => {
-                self.at_least(&join(p, "batch_size"), s.batch_size.into(), 1);
+                self.count(&join(p, "batch_size"), s.batch_size.into(), 1, max::BATCH_SIZE);
                 if s.metrics.is_empty() {
                     self.err(
                         Code::OutOfRange,
@@ -514,11 +600,11 @@ impl<'a> Check<'a> {
                 Loss::AlignUniform { alpha, t, dim, .. } => {
                     self.positive(&join(&lp, "alpha"), *alpha);
                     self.positive(&join(&lp, "t"), *t);
-                    self.at_least(&join(&lp, "dim"), (*dim).into(), 1);
+                    self.count(&join(&lp, "dim"), (*dim).into(), 1, max::DIM);
                 }
                 Loss::Crd { dim, nce_k, nce_t, momentum, .. } => {
-                    self.at_least(&join(&lp, "dim"), (*dim).into(), 1);
-                    self.at_least(&join(&lp, "nce_k"), (*nce_k).into(), 1);
+                    self.count(&join(&lp, "dim"), (*dim).into(), 1, max::DIM);
+                    self.count(&join(&lp, "nce_k"), (*nce_k).into(), 1, max::NCE_K);
                     self.positive(&join(&lp, "nce_t"), *nce_t);
                     self.within(&join(&lp, "momentum"), *momentum, 0.0, 1.0, true);
                 }

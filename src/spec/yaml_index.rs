@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
+use super::join;
 use crate::diag::{Location, SourceFile};
 
 #[derive(Clone, Debug, Default)]
@@ -22,18 +23,27 @@ pub struct Spot {
 #[derive(Clone, Debug, Default)]
 pub struct SpanIndex {
     spots: HashMap<String, Spot>,
+    /// `to` prefix -> `from` prefix: defaults copied into a node (`nodes.a.train` ->
+    /// `defaults.train`), looked up lazily so that a defaults block costs O(1) a node.
+    aliases: HashMap<String, String>,
 }
 
 impl SpanIndex {
     /// Indexes one file. A file that does not parse yields an empty index: serde_yaml reports the
     /// syntax error with its own position.
     pub fn build(file: &Arc<SourceFile>) -> SpanIndex {
-        let mut rx = Receiver { file: file.clone(), stack: Vec::new(), index: SpanIndex::default() };
-        let mut parser = Parser::new_from_str(&file.text);
-        if parser.load(&mut rx, false).is_err() {
-            return SpanIndex::default();
-        }
-        rx.index
+        let scan = Scan::run(file);
+        if scan.error.is_some() { SpanIndex::default() } else { scan.index }
+    }
+
+    /// The key path whose value starts at `line:col` (for parser errors that give a position only).
+    pub(super) fn path_at(&self, line: usize, col: usize) -> Option<&str> {
+        let at = |l: &Option<Location>| l.as_ref().is_some_and(|l| l.line == line && l.col == col);
+        let mut hits: Vec<&str> =
+            self.spots.iter().filter(|(_, s)| at(&s.value)).map(|(k, _)| k.as_str()).collect();
+        // The innermost (longest) path when a mapping and its first value start together.
+        hits.sort_by_key(|k| std::cmp::Reverse(k.len()));
+        hits.first().copied()
     }
 
     /// Entries of `other` replace ours (an including file overrides what it includes).
@@ -41,22 +51,27 @@ impl SpanIndex {
         for (k, v) in other.spots {
             self.spots.insert(k, v);
         }
+        self.aliases.extend(other.aliases);
     }
 
     /// Records that everything under `from` now also lives under `to` (defaults copied into a
-    /// node), unless `to` already has its own position.
-    pub fn alias_prefix(&mut self, from: &str, to: &str) {
-        let moved: Vec<(String, Spot)> = self
-            .spots
-            .iter()
-            .filter_map(|(k, v)| {
-                let rest = k.strip_prefix(from)?;
-                (rest.is_empty() || rest.starts_with('.')).then(|| (format!("{to}{rest}"), v.clone()))
-            })
-            .collect();
-        for (k, v) in moved {
-            self.spots.entry(k).or_insert(v);
+    /// node): a path under `to` without a position of its own takes the one under `from`.
+    pub fn alias(&mut self, from: &str, to: &str) {
+        self.aliases.insert(to.to_string(), from.to_string());
+    }
+
+    /// `p` with an aliased prefix replaced (`nodes.a.train.epochs` -> `defaults.train.epochs`).
+    fn aliased(&self, p: &str) -> Option<String> {
+        if self.aliases.is_empty() {
+            return None;
         }
+        let ends = p.match_indices('.').map(|(i, _)| i).chain([p.len()]);
+        for end in ends {
+            if let Some(from) = self.aliases.get(&p[..end]) {
+                return Some(format!("{from}{}", &p[end..]));
+            }
+        }
+        None
     }
 
     /// Where the key at `path` is written, falling back to the closest enclosing key.
@@ -75,6 +90,9 @@ impl SpanIndex {
             if let Some(loc) = self.spots.get(p).and_then(&pick) {
                 return Some(loc);
             }
+            if let Some(loc) = self.aliased(p).and_then(|q| self.spots.get(&q)).and_then(&pick) {
+                return Some(loc);
+            }
             match p.rfind('.') {
                 Some(i) => p = &p[..i],
                 None => {
@@ -85,6 +103,38 @@ impl SpanIndex {
     }
 }
 
+/// One pass of yaml-rust2 over a file: the index, the first repeated key, and the parser's error.
+///
+/// This pass runs before serde_yaml: it is linear in the text even for deeply nested flow
+/// collections (it stops at 255 levels), where libyaml's scanner takes quadratic time.
+pub(super) struct Scan {
+    pub index: SpanIndex,
+    /// Key paths written twice in one mapping, with the second occurrence (the first few).
+    pub duplicates: Vec<(String, Location)>,
+    pub error: Option<(String, Location)>,
+}
+
+impl Scan {
+    pub fn run(file: &Arc<SourceFile>) -> Scan {
+        let mut rx = Receiver {
+            file: file.clone(),
+            stack: Vec::new(),
+            index: SpanIndex::default(),
+            duplicates: Vec::new(),
+        };
+        let mut parser = Parser::new_from_str(&file.text);
+        let error = parser.load(&mut rx, false).err().map(|e| {
+            let m = e.marker();
+            let loc = Location { file: file.clone(), line: m.line(), col: m.col() + 1, len: 1 };
+            (e.info().to_string(), loc)
+        });
+        Scan { index: rx.index, duplicates: rx.duplicates, error }
+    }
+}
+
+/// How serde_yaml names a plain key that means null (`~`, `null`, empty): all are the key `~`.
+pub(super) const NULL_KEY: &str = "~";
+
 enum Frame {
     Map { path: String, key: Option<String> },
     Seq { path: String, next: usize },
@@ -94,10 +144,7 @@ struct Receiver {
     file: Arc<SourceFile>,
     stack: Vec<Frame>,
     index: SpanIndex,
-}
-
-fn join(path: &str, seg: &str) -> String {
-    if path.is_empty() { seg.to_string() } else { format!("{path}.{seg}") }
+    duplicates: Vec<(String, Location)>,
 }
 
 impl Receiver {
@@ -126,14 +173,21 @@ impl Receiver {
 impl MarkedEventReceiver for Receiver {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
-            Event::Scalar(text, ..) => {
+            Event::Scalar(text, style, ..) => {
                 if self.expecting_key() {
                     let len = text.chars().count();
                     let loc = self.loc(mark, len);
+                    let plain_null = style == TScalarStyle::Plain
+                        && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL");
+                    let text = if plain_null { NULL_KEY.to_string() } else { text };
                     if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
                         let full = join(path, &text);
                         *key = Some(text);
-                        self.index.spots.entry(full).or_default().key = Some(loc);
+                        let spot = self.index.spots.entry(full.clone()).or_default();
+                        if spot.key.is_some() && self.duplicates.len() < 16 {
+                            self.duplicates.push((full, loc.clone()));
+                        }
+                        spot.key = Some(loc);
                     }
                 } else if let Some(p) = self.next_value_path() {
                     let loc = self.loc(mark, text.chars().count());
