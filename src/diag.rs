@@ -147,8 +147,9 @@ impl Diagnostic {
 /// and the help line. `base` is stripped from file paths so output is stable across checkouts.
 pub fn render(diags: &[Diagnostic], base: Option<&Path>) -> String {
     let mut out = String::new();
+    let mut lines = Lines::default();
     for d in diags {
-        render_one(&mut out, d, base);
+        render_one(&mut out, d, base, &mut lines);
         out.push('\n');
     }
     let n = diags.len();
@@ -156,7 +157,27 @@ pub fn render(diags: &[Diagnostic], base: Option<&Path>) -> String {
     out
 }
 
-fn render_one(out: &mut String, d: &Diagnostic, base: Option<&Path>) {
+/// Where each line of a file starts, indexed once per file (finding line n by walking the text
+/// for every diagnostic made rendering 100,000 diagnostics quadratic).
+#[derive(Default)]
+struct Lines(std::collections::HashMap<*const SourceFile, Vec<usize>>);
+
+impl Lines {
+    fn line<'t>(&mut self, file: &'t Arc<SourceFile>, n: usize) -> Option<&'t str> {
+        let text = file.text.as_str();
+        let starts = self.0.entry(Arc::as_ptr(file)).or_insert_with(|| {
+            std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect()
+        });
+        let start = *starts.get(n.checked_sub(1)?)?;
+        if start >= text.len() {
+            return None; // an empty file, or past a final newline: no such line
+        }
+        let end = starts.get(n).map_or(text.len(), |&e| e - 1);
+        Some(text[start..end].strip_suffix('\r').unwrap_or(&text[start..end]))
+    }
+}
+
+fn render_one(out: &mut String, d: &Diagnostic, base: Option<&Path>, lines: &mut Lines) {
     let _ = write!(out, "error[{}]: ", d.code.as_str());
     if !d.path.is_empty() {
         // Segments clipped, so a 100,000-character name does not fill the screen.
@@ -170,7 +191,7 @@ fn render_one(out: &mut String, d: &Diagnostic, base: Option<&Path>) {
             None => &loc.file.path,
         };
         let _ = writeln!(out, "  --> {}:{}:{}", shown.display(), loc.line, loc.col);
-        if let Some(text) = loc.file.text.lines().nth(loc.line.saturating_sub(1)) {
+        if let Some(text) = lines.line(&loc.file, loc.line.max(1)) {
             let gutter = loc.line.to_string().len();
             let pad = " ".repeat(gutter);
             let (shown, col, len) = snippet(text, loc.col, loc.len);

@@ -365,8 +365,16 @@ impl<'a> RefCheck<'a> {
     /// The names that fit, but never the referencing node itself (it cannot read its own result).
     fn fitting(&mut self, names: Names, at: &Site) -> Fitting<'a> {
         let me = at.node.base.as_str();
+        // Whether the node itself is in the list, without scanning it (once per reference would
+        // be quadratic for a spec with many wrong references).
+        let me_listed = match names {
+            Names::Datasets => self.exp.datasets.contains_key(me),
+            Names::Models => self.exp.models.contains_key(me),
+            Names::Nodes(None) => true,
+            Names::Nodes(Some(w)) => w.accepts(at.node.kind.name()),
+        };
         let all = self.names(names);
-        let total = all.len() - all.iter().filter(|n| **n == me).count().min(1);
+        let total = all.len() - me_listed as usize;
         let shown = all.iter().copied().filter(|n| *n != me).take(MAX_LISTED).collect();
         Fitting { shown, total }
     }
