@@ -122,6 +122,83 @@ fn too_deep(loc: Option<Location>) -> Diagnostic {
     .at(loc)
 }
 
+/// Where a text first nests deeper than [`limits::MAX_NESTING`] levels, found by a linear scan
+/// of its characters before any parser sees it: flow collections (`[`, `{`, outside quotes and
+/// comments) and compact block nesting (`- - - x`, `? ? x` on one line). Both parsers need it:
+/// yaml-rust2 recurses once a block level (25,000 compact levels overflow the stack) and libyaml
+/// takes time quadratic in the flow depth. Nesting by indentation alone is bounded by the file
+/// size limit (n levels need n^2/2 bytes of indentation) and is left to the parsers.
+fn too_deep_at(text: &str) -> Option<(usize, usize)> {
+    let max = limits::MAX_NESTING;
+    let (mut flow, mut line, mut col) = (0usize, 1usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars().peekable();
+    let mut prev = '\n';
+    let mut at_line_start = true;
+    let mut compact = 0usize;
+    while let Some(c) = chars.next() {
+        col += 1;
+        if c == '\n' {
+            (line, col, at_line_start, compact, prev) = (line + 1, 0, true, 0, c);
+            continue;
+        }
+        if let Some(q) = quote {
+            match c {
+                '\\' if q == '"' => {
+                    chars.next();
+                    col += 1;
+                }
+                '\'' if q == '\'' && chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    col += 1;
+                }
+                _ if c == q => quote = None,
+                _ => {}
+            }
+            prev = c;
+            continue;
+        }
+        if at_line_start && flow == 0 {
+            if c == ' ' || c == '\t' {
+                prev = c;
+                continue;
+            }
+            // `- ` / `? ` open one more level each, on the same line.
+            if (c == '-' || c == '?') && matches!(chars.peek(), Some(' ' | '\t')) {
+                compact += 1;
+                if compact > max {
+                    return Some((line, col));
+                }
+                chars.next();
+                col += 1;
+                prev = ' ';
+                continue;
+            }
+            at_line_start = false;
+        }
+        let boundary = matches!(prev, ' ' | '\t' | '\n' | '[' | '{' | ',' | ':');
+        match c {
+            '#' if matches!(prev, ' ' | '\t' | '\n') => {
+                // A comment: skip to the end of the line.
+                while chars.peek().is_some_and(|&n| n != '\n') {
+                    chars.next();
+                }
+            }
+            '\'' | '"' if boundary => quote = Some(c),
+            '[' | '{' => {
+                flow += 1;
+                if flow + compact > max {
+                    return Some((line, col));
+                }
+            }
+            ']' | '}' => flow = flow.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    None
+}
+
 /// A regular file's text, refusing devices, FIFOs and folders (`/dev/zero` never ends, a FIFO
 /// blocks) and files over the size limit, without reading more than the limit.
 fn read_bounded(path: &Path) -> Result<String, String> {
@@ -229,6 +306,10 @@ impl Loader {
         let file = SourceFile::new(path, text);
         if self.root.is_none() {
             self.root = Some(file.clone());
+        }
+        if let Some((line, col)) = too_deep_at(&file.text) {
+            self.diags.push(too_deep(Some(Location { file: file.clone(), line, col, len: 1 })));
+            return None;
         }
         // yaml-rust2 first: linear in the text, it stops at 255 levels of flow nesting, where
         // serde_yaml (libyaml) would spend quadratic time before its own limit of 128.
@@ -1288,6 +1369,29 @@ mod tests {
 
     /// Generous: each case takes milliseconds; before the fix they took seconds to hours.
     const FAST: Duration = Duration::from_secs(3);
+
+    /// Regressions found by the fuzzer (tests/fuzz/crashes/): 25,000 compact block levels
+    /// overflowed yaml-rust2's stack; 131,072 `[` after a two-line flow mapping took libyaml 43 s.
+    #[test]
+    fn nesting_is_bounded_before_any_parser_runs() {
+        let deep_block = format!("{NODES}x:\n{}1\n", "- ".repeat(100_000));
+        let deep_flow = format!("{NODES}a: {{ b:\nc, d: 8 }}\ne: {}\n", "[".repeat(131_072));
+        for text in [deep_block, deep_flow] {
+            let t = Instant::now();
+            let got = codes(load_str(Path::new("x.yaml"), &text));
+            assert_eq!(got[0].2, "invalid YAML: nested deeper than 128 levels", "{got:?}");
+            assert!(t.elapsed() < FAST, "{:?}", t.elapsed());
+        }
+        // The scan counts only structure: brackets and dashes in quotes, comments and plain
+        // scalars do not nest; 128 levels are fine, 129 are not.
+        let fine =
+            format!("{NODES}description: 'it''s [[[ {{ - - '\nprompt: \"a \\\" [[[[\" # [[[[ - -\nk: a[b\n");
+        assert_eq!(too_deep_at(&fine), None);
+        assert_eq!(too_deep_at(&format!("x: {}{}", "[".repeat(128), "]".repeat(128))), None);
+        assert_eq!(too_deep_at(&format!("x: {}", "[".repeat(129))), Some((1, 132)));
+        assert_eq!(too_deep_at(&format!("{}1", "- ".repeat(129))), Some((1, 257)));
+        assert_eq!(too_deep_at(&format!("{}1", "- ".repeat(128))), None);
+    }
 
     #[test]
     fn experiment_file_that_is_a_device_is_refused() {
