@@ -85,16 +85,7 @@ impl MobileNetV2 {
         num_classes: usize,
         device: &Device,
     ) -> Result<Self, EngineError> {
-        if !(width_mult > 0.0 && width_mult.is_finite()) {
-            return Err(EngineError::InvalidConfig(format!(
-                "mobilenetv2 width_mult: expected > 0, got {width_mult}"
-            )));
-        }
-        if !(0.0..1.0).contains(&dropout) {
-            return Err(EngineError::InvalidConfig(format!(
-                "mobilenetv2 dropout: expected in [0, 1), got {dropout}"
-            )));
-        }
+        check(width_mult, dropout)?;
         let cifar = matches!(stem, Stem::Cifar);
         let settings = settings(cifar);
         let mut c_in = make_divisible(32.0 * width_mult, 8);
@@ -177,16 +168,7 @@ pub(super) fn footprint(
     size: usize,
     num_classes: usize,
 ) -> Result<super::Footprint, EngineError> {
-    if !(width_mult > 0.0 && width_mult.is_finite()) {
-        return Err(EngineError::InvalidConfig(format!(
-            "mobilenetv2 width_mult: expected > 0, got {width_mult}"
-        )));
-    }
-    if !(0.0..1.0).contains(&dropout) {
-        return Err(EngineError::InvalidConfig(format!(
-            "mobilenetv2 dropout: expected in [0, 1), got {dropout}"
-        )));
-    }
+    check(width_mult, dropout)?;
     let cifar = matches!(stem, Stem::Cifar);
     let mut c_in = make_divisible(32.0 * width_mult, 8);
     let last = make_divisible(1280.0 * width_mult.max(1.0), 8);
@@ -218,4 +200,19 @@ pub(super) fn footprint(
     t.outputs(2, &[last]); // global average pool, dropout
     t.linear(last, num_classes, 1);
     Ok(t.finish(last))
+}
+
+/// The settings `new` and `footprint` both refuse.
+fn check(width_mult: f32, dropout: f64) -> Result<(), EngineError> {
+    if !(width_mult > 0.0 && width_mult.is_finite()) {
+        return Err(EngineError::InvalidConfig(format!(
+            "mobilenetv2 width_mult: expected > 0, got {width_mult}"
+        )));
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(EngineError::InvalidConfig(format!(
+            "mobilenetv2 dropout: expected in [0, 1), got {dropout}"
+        )));
+    }
+    Ok(())
 }
