@@ -1052,7 +1052,7 @@ impl Loader {
                         let k = key_str(&k);
                         let ep = join(&lp, &k);
                         if !LOSS_NAMES.contains(&k.as_str()) {
-                            let help = match did_you_mean(&k, LOSS_NAMES) {
+                            let help = match did_you_mean(&k, LOSS_NAMES.iter().copied()) {
                                 Some(s) => format!("did you mean `{s}`?"),
                                 None => format!("known losses: {}", LOSS_NAMES.join(", ")),
                             };
@@ -1513,6 +1513,33 @@ mod tests {
             c[0].2.contains("`t` would expand into 100000000 instances, more than the 10000 a node may have"),
             "{}",
             c[0].2
+        );
+    }
+
+    /// `mse` was listed as a loss name without a variant: it passed the name check and failed
+    /// in serde with a message about the `loss` tag, which the file never writes.
+    #[test]
+    fn a_loss_without_a_variant_is_an_unknown_loss_listing_the_real_ones() {
+        let text = NODES.replace(
+            "nodes: { t: { train: { model: m, data: d } } }",
+            "nodes:\n  t: { train: { model: m, data: d } }\n  k: { distill: { teacher: t, student: m, data: d, losses: { ce: 1, mse: 1, kdd: 1 } } }",
+        );
+        let d = load_str(Path::new("x.yaml"), &text).expect_err("an error");
+        let got: Vec<(Code, &str, &str, &str)> = d
+            .iter()
+            .map(|d| (d.code, d.path.as_str(), d.message.as_str(), d.help.as_deref().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    Code::UnknownKey,
+                    "nodes.k.distill.losses.mse",
+                    "unknown loss `mse`",
+                    "known losses: ce, kd, align_uniform, crd, srrl, fitnet, cosine"
+                ),
+                (Code::UnknownKey, "nodes.k.distill.losses.kdd", "unknown loss `kdd`", "did you mean `kd`?"),
+            ]
         );
     }
 

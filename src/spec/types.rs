@@ -874,21 +874,35 @@ pub enum Loss {
     },
 }
 
-pub const LOSS_NAMES: [&str; 8] = ["ce", "kd", "align_uniform", "crd", "srrl", "fitnet", "mse", "cosine"];
+/// Declares [`LOSS_NAMES`] and [`Loss::name`] from one list, so they cannot disagree: the
+/// match is exhaustive (a new variant does not compile until it is listed here), and a unit
+/// test checks that serde reads each name as the variant it is listed with.
+macro_rules! loss_names {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        /// Every loss name a distill node's `losses:` accepts, in declaration order.
+        pub const LOSS_NAMES: &[&str] = &[$($name),*];
+
+        impl Loss {
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Loss::$variant { .. } => $name,)*
+                }
+            }
+        }
+    };
+}
+
+loss_names! {
+    Ce => "ce",
+    Kd => "kd",
+    AlignUniform => "align_uniform",
+    Crd => "crd",
+    Srrl => "srrl",
+    Fitnet => "fitnet",
+    Cosine => "cosine",
+}
 
 impl Loss {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Loss::Ce { .. } => "ce",
-            Loss::Kd { .. } => "kd",
-            Loss::AlignUniform { .. } => "align_uniform",
-            Loss::Crd { .. } => "crd",
-            Loss::Srrl { .. } => "srrl",
-            Loss::Fitnet { .. } => "fitnet",
-            Loss::Cosine { .. } => "cosine",
-        }
-    }
-
     pub fn weight(&self) -> f64 {
         match self {
             Loss::Ce { weight, .. }
@@ -1012,4 +1026,24 @@ fn default_metrics() -> Vec<Metric> {
 }
 fn default_columns() -> Vec<Column> {
     vec![Column::Accuracy]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_names_are_the_variants_serde_reads() {
+        for name in LOSS_NAMES {
+            let loss: Loss = serde_json::from_value(serde_json::json!({ "loss": name }))
+                .unwrap_or_else(|e| panic!("`{name}` does not read as a loss: {e}"));
+            assert_eq!(loss.name(), *name);
+        }
+        // serde lists every variant it knows when a tag is unknown.
+        let e = serde_json::from_value::<Loss>(serde_json::json!({ "loss": "no-such-loss" })).unwrap_err();
+        let msg = e.to_string();
+        let known = msg.split_once("expected one of").map(|x| x.1).unwrap_or_else(|| panic!("{msg}"));
+        let variants: Vec<&str> = known.split('`').skip(1).step_by(2).collect();
+        assert_eq!(variants, LOSS_NAMES, "every variant is listed, in order");
+    }
 }
