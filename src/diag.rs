@@ -74,6 +74,8 @@ pub enum Code {
     Include,
     Conflict,
     Data,
+    /// A key the spec reserves for a feature this build does not have yet.
+    Unsupported,
 }
 
 impl Code {
@@ -92,6 +94,7 @@ impl Code {
             Code::Include => "include",
             Code::Conflict => "conflict",
             Code::Data => "data",
+            Code::Unsupported => "unsupported",
         }
     }
 }

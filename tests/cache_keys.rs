@@ -39,7 +39,21 @@ const NOT_EXERCISED: &[(&str, &str)] = &[
     ("include", "merged before typing, like defaults"),
     ("weights", "a file path: the walk would need a second weights file (see the closing note on files)"),
     ("pretrained", "a file path; see weights"),
+    ("generate", RESERVED),
+    ("generator", RESERVED),
+    ("prompt", RESERVED),
+    ("ratio", RESERVED),
+    ("steps", RESERVED),
+    ("guidance", RESERVED),
+    ("synthetic", RESERVED),
+    ("plugin", RESERVED),
+    ("command", RESERVED),
+    ("inputs", RESERVED),
+    ("params", RESERVED),
 ];
+
+/// Why the settings of generate and plugin nodes and `synthetic:` are not in the base spec.
+const RESERVED: &str = "rejected by validate until the feature exists (issue 17)";
 
 fn base_spec() -> Value {
     json!({
@@ -77,12 +91,9 @@ fn base_spec() -> Value {
             "ft": { "finetune": { "from": "t", "data": "a", "head_lr_mult": 5, "epochs": 2, "batch_size": 8,
                 "warmup_epochs": 1, "grad_clip": 2.0, "label_smoothing": 0.1, "freeze": "backbone",
                 "augment": "dsa", "val": "b", "optimizer": "sgd", "schedule": "cosine" } },
-            "g": { "generate": { "generator": "stable-diffusion-v1-4", "weights": "sd", "data": "a",
-                "prompt": "a picture of a {c}", "ratio": 1.5, "steps": 20, "guidance": 7.0, "image_size": 8 } },
             "tf": { "train": { "model": "m", "data": "f", "batch_size": 4 } },
-            "g2": { "generate": { "generator": "stable-diffusion-v1-4", "weights": "sd", "data": "a", "prompt": "{c}" } },
             "s": { "distill": { "teacher": "ft", "student": "c", "data": "a", "student_init": "lp",
-                "synthetic": { "from": "g", "ratio": 0.5 }, "epochs": 2, "batch_size": 8, "warmup_epochs": 1,
+                "epochs": 2, "batch_size": 8, "warmup_epochs": 1,
                 "grad_clip": 1.0, "val": "b", "teacher_cache": "off", "augment": "dsa",
                 "optimizer": "adamw", "schedule": "cosine",
                 "losses": { "ce": { "weight": 1, "label_smoothing": 0.1 },
@@ -96,7 +107,6 @@ fn base_spec() -> Value {
             "s3": { "distill": { "batch_size": 8, "teacher": "t", "student": "v", "data": "a", "losses": "srrl" } },
             "s4": { "distill": { "batch_size": 8, "teacher": "t", "student": "m", "data": "a", "losses": "align_uniform" } },
             "e": { "evaluate": { "model": "s", "data": "b", "metrics": ["top1", "top5", "loss", "per_class"], "batch_size": 16 } },
-            "p": { "plugin": { "command": ["plugins/echo.py"], "inputs": ["s", "b"], "params": { "k": 5 } } },
             "rep": { "report": { "rows": ["t", { "node": "s", "label": "student" }, "e"], "eval": "b",
                 "columns": ["accuracy", "top5", "loss", "train_seconds", "images_per_second", "flops", "params"],
                 "title": "T", "format": "latex" } },

@@ -10,7 +10,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::matrix::{self, Dim, RawNode};
 use super::types::*;
-use super::validate::Check;
+use super::validate::{Check, NodeContext};
 use super::yaml_index::{NULL_KEY, Scan, SpanIndex};
 use super::{Device, Experiment, LoadResult, join};
 use crate::diag::{Code, Diagnostic, Location, SourceFile, clip, did_you_mean};
@@ -83,6 +83,8 @@ pub(super) struct Loader {
     pub(super) invalid: HashSet<String>,
     /// `defaults:` by node kind.
     kind_defaults: IndexMap<String, Value>,
+    /// Declared models with a `pretrained:` file (they start from weights, like an `init:`).
+    pretrained_models: HashSet<String>,
 }
 
 /// What a spec may ask for (docs/spec.md, "Limits"): the process must never abort on an
@@ -794,6 +796,9 @@ impl Loader {
             }
             match self.typed::<ModelSpec>(&v, &p, Some(&name), &none) {
                 Some(m) => {
+                    if m.pretrained().is_some() {
+                        self.pretrained_models.insert(name.clone());
+                    }
                     let before = self.diags.len();
                     let mut c = Check::new(&mut self.diags, &self.spans, &name);
                     c.model(&p, &m);
@@ -1119,7 +1124,8 @@ impl Loader {
             let Some(rel) = d.path.strip_prefix(&body_path).and_then(|r| r.strip_prefix('.')) else {
                 continue;
             };
-            let by_key = matches!(d.code, Code::UnknownKey | Code::MissingKey | Code::Conflict);
+            let by_key =
+                matches!(d.code, Code::UnknownKey | Code::MissingKey | Code::Conflict | Code::Unsupported);
             let set = from_matrix.iter().find(|(k, _)| rel == k || rel.starts_with(&format!("{k}.")));
             if let Some((_, value_path)) = set {
                 if d.code == Code::UnknownKey {
@@ -1147,6 +1153,9 @@ impl Loader {
 
     fn parse_kind_here(&mut self, raw: &RawNode, body: Value, instance: &str) -> Option<NodeKind> {
         let path = format!("nodes.{}.{}", raw.base, raw.kind);
+        // Before typing, so a node whose settings do not parse is told too; the declared node's
+        // name, so its instances give one diagnostic (`dedupe`).
+        Check::new(&mut self.diags, &self.spans, &raw.base).not_supported_yet(&path, &raw.kind, &body);
         let mut names = Vec::new();
         let body = self.normalize_body(body, &path, &raw.base, &mut names)?;
         let body = &body;
@@ -1176,8 +1185,8 @@ impl Loader {
             "plugin" => NodeKind::Plugin(self.typed_lenient(body, &path, node, &rename)?.0),
             other => unreachable!("kind `{other}` was checked against NODE_KINDS"),
         };
-        let mut c = Check::new(&mut self.diags, &self.spans, instance);
-        c.node_kind(&path, &kind, &loss_names);
+        let ctx = NodeContext { loss_names: &loss_names, pretrained_models: &self.pretrained_models };
+        Check::new(&mut self.diags, &self.spans, instance).node_kind(&path, &kind, &ctx);
         // Invalid values were reported; keep the node so its references are checked too.
         Some(kind)
     }

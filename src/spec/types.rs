@@ -223,6 +223,18 @@ pub enum ModelSpec {
     },
 }
 
+impl ModelSpec {
+    /// The `pretrained:` weights file, on the architectures that take one.
+    pub fn pretrained(&self) -> Option<&str> {
+        match self {
+            ModelSpec::Resnet { pretrained, .. }
+            | ModelSpec::Mobilenetv2 { pretrained, .. }
+            | ModelSpec::Vit { pretrained, .. } => pretrained.as_deref(),
+            ModelSpec::Mlp { .. } | ModelSpec::Cnn { .. } => None,
+        }
+    }
+}
+
 pub const RESNET_DEPTHS: [u32; 5] = [8, 10, 18, 34, 50];
 
 // ---------------------------------------------------------------------------------------------
@@ -341,7 +353,8 @@ pub struct TrainSpec {
     /// Start from this node's weights (a new head when the class count differs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<NodeRef>,
-    /// `backbone`: train the head only (linear probing, with `init`).
+    /// `backbone`: train the head only (linear probing); the first weights come from `init` or
+    /// the model's `pretrained` file.
     #[serde(default)]
     pub freeze: Freeze,
     #[serde(default)]
@@ -400,7 +413,8 @@ pub struct DistillSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub student_init: Option<NodeRef>,
     pub data: DatasetRef,
-    /// Add a generate node's synthetic images, `ratio` times the real set's size.
+    /// Add a generate node's synthetic images, `ratio` times the real set's size. Reserved:
+    /// parsed, and rejected by `validate` until generate nodes exist (issue 17).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<SyntheticMix>,
     /// A preset (`kd`, `crd`, `srrl`, `align_uniform`) or a map of loss -> weight or settings.
@@ -444,6 +458,9 @@ pub struct SyntheticMix {
 }
 
 /// Generate synthetic images per class with a pre-trained text-to-image model.
+///
+/// Reserved: parsed (so the settings' own problems are reported too), and rejected by
+/// `validate` until this build has a text-to-image runtime (issue 17).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateSpec {
@@ -541,6 +558,8 @@ pub struct ReportSpec {
 }
 
 /// Run an external program that speaks distillery's plugin protocol.
+///
+/// Reserved: parsed, and rejected by `validate` until this build has a plugin host (issue 17).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSpec {

@@ -1,9 +1,53 @@
 //! Range and consistency checks on typed values (what serde's types cannot say).
 
+use std::collections::HashSet;
+
+use serde_yaml::Value;
+
 use super::join;
 use super::types::*;
 use super::yaml_index::SpanIndex;
 use crate::diag::{Code, Diagnostic, fmt_num};
+
+/// Node kinds and keys the spec declares for features this build does not have yet (issue 17).
+/// They parse, so their settings' own problems and their references are reported in the same
+/// run, and `validate` rejects them before anything runs.
+const RESERVED: [Reserved; 3] = [
+    Reserved {
+        kind: "generate",
+        key: None,
+        message: "`generate` nodes are not supported by this build yet (they need a text-to-image runtime)",
+        help: "remove this node; `generate` is reserved for a planned feature (docs/spec.md, \"Reserved\")",
+    },
+    Reserved {
+        kind: "plugin",
+        key: None,
+        message: "`plugin` nodes are not supported by this build yet (they need a plugin host)",
+        help: "remove this node; `plugin` is reserved for a planned feature (docs/spec.md, \"Reserved\")",
+    },
+    Reserved {
+        kind: "distill",
+        key: Some("synthetic"),
+        message: "`synthetic` is not supported by this build yet (its images come from `generate` nodes)",
+        help: "remove the key to distil on the real images; `synthetic` is reserved for a planned feature (docs/spec.md, \"Reserved\")",
+    },
+];
+
+struct Reserved {
+    kind: &'static str,
+    /// A key of the kind's body; `None`: the kind itself.
+    key: Option<&'static str>,
+    message: &'static str,
+    help: &'static str,
+}
+
+/// What a node's checks need to know beyond the node itself.
+pub(super) struct NodeContext<'a> {
+    /// The names of the node's losses as written, in order (`losses.2` is `kd`).
+    pub loss_names: &'a [String],
+    /// Models whose `pretrained:` file gives them first weights.
+    pub pretrained_models: &'a HashSet<String>,
+}
 
 /// Upper bounds of size-like settings (docs/spec.md, "Limits"): far above what an experiment
 /// uses, low enough that no single value makes an allocation abort (`image_size: 4294967295`).
@@ -50,7 +94,8 @@ impl<'a> Check<'a> {
     }
 
     fn err(&mut self, code: Code, path: &str, msg: String, help: &str) {
-        let loc = if code == Code::MissingKey { self.spans.key(path) } else { self.spans.value(path) };
+        let by_key = matches!(code, Code::MissingKey | Code::Unsupported);
+        let loc = if by_key { self.spans.key(path) } else { self.spans.value(path) };
         self.diags.push(Diagnostic::new(code, path, msg).with_node(self.node).with_help(help).at(loc));
     }
 
@@ -281,6 +326,14 @@ impl<'a> Check<'a> {
     }
 
     pub fn model(&mut self, p: &str, m: &ModelSpec) {
+        if m.pretrained().is_some_and(|f| f.trim().is_empty()) {
+            self.err(
+                Code::OutOfRange,
+                &join(p, "pretrained"),
+                "expected a file path, got an empty string".to_string(),
+                "give the safetensors file (relative to the experiment file), or remove the key",
+            );
+        }
         match m {
             ModelSpec::Mlp { hidden } => self.widths(&join(p, "hidden"), hidden),
             ModelSpec::Cnn { channels } => self.widths(&join(p, "channels"), channels),
@@ -448,7 +501,21 @@ impl<'a> Check<'a> {
         }
     }
 
-    pub fn node_kind(&mut self, p: &str, k: &NodeKind, loss_names: &[String]) {
+    /// Rejects what [`RESERVED`] lists, at the node's kind key (`nodes.gen.generate`) or at the
+    /// reserved key (`nodes.kd.distill.synthetic`). `body` is the kind's settings before typing,
+    /// so a node whose settings do not parse is still told.
+    pub fn not_supported_yet(&mut self, p: &str, kind: &str, body: &Value) {
+        for r in RESERVED.iter().filter(|r| r.kind == kind) {
+            let path = match r.key {
+                None => p.to_string(),
+                Some(key) if body.get(key).is_some() => join(p, key),
+                Some(_) => continue,
+            };
+            self.err(Code::Unsupported, &path, r.message.to_string(), r.help);
+        }
+    }
+
+    pub fn node_kind(&mut self, p: &str, k: &NodeKind, ctx: &NodeContext) {
         match k {
             NodeKind::Train(s) => {
                 self.loop_settings(
@@ -462,12 +529,13 @@ impl<'a> Check<'a> {
                     &s.augment,
                 );
                 self.within(&join(p, "label_smoothing"), s.label_smoothing, 0.0, 1.0, false);
-                if s.freeze == Freeze::Backbone && s.init.is_none() {
+                let has_weights = s.init.is_some() || ctx.pretrained_models.contains(&s.model.0);
+                if s.freeze == Freeze::Backbone && !has_weights {
                     self.err(
                         Code::Conflict,
                         &join(p, "freeze"),
                         "freezing the backbone of a randomly initialised model".to_string(),
-                        "add `init: <node>` (linear probing) or remove `freeze`",
+                        "add `init: <node>` (linear probing), give the model `pretrained: <file>`, or remove `freeze`",
                     );
                 }
             }
@@ -520,7 +588,7 @@ impl<'a> Check<'a> {
                 if let Some(m) = &s.synthetic {
                     self.positive_at_most(&format!("{p}.synthetic.ratio"), m.ratio, max::RATIO);
                 }
-                self.losses(&join(p, "losses"), &s.losses, loss_names);
+                self.losses(&join(p, "losses"), &s.losses, ctx.loss_names);
             }
             NodeKind::Generate(s) => {
                 if !s.prompt.contains("{c}") {
@@ -622,5 +690,117 @@ impl<'a> Check<'a> {
                 "give at least one loss a positive weight",
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::diag::Code;
+    use crate::spec::load_str;
+
+    const HEAD: &str = "\
+datasets: { d: { source: builtin/digits } }
+models:
+  m: { arch: mlp, hidden: [8] }
+  r: { arch: resnet, depth: 8, pretrained: weights/r8.safetensors }
+nodes:
+  t: { train: { model: m, data: d } }
+";
+
+    /// Every diagnostic of `HEAD` + `rest`: code, key path, node, and `line:col`.
+    fn check(rest: &str) -> Vec<(Code, String, Option<String>, String)> {
+        let text = format!("{HEAD}{rest}");
+        let Err(diags) = load_str(Path::new("x.yaml"), &text) else { return Vec::new() };
+        let at =
+            |l: Option<crate::diag::Location>| l.map_or(String::new(), |l| format!("{}:{}", l.line, l.col));
+        diags.into_iter().map(|d| (d.code, d.path, d.node, at(d.location))).collect()
+    }
+
+    fn one(code: Code, path: &str, node: Option<&str>, at: &str) -> (Code, String, Option<String>, String) {
+        (code, path.to_string(), node.map(str::to_string), at.to_string())
+    }
+
+    const GEN: &str = "  g: { generate: { generator: sd, weights: sd, data: d, prompt: \"a {c}\" } }\n";
+
+    #[test]
+    fn reserved_kinds_are_rejected_at_their_kind_key() {
+        assert_eq!(check(GEN), [one(Code::Unsupported, "nodes.g.generate", Some("g"), "7:8")]);
+        let plugin = "  p: { plugin: { command: [x], inputs: [t] } }\n";
+        assert_eq!(check(plugin), [one(Code::Unsupported, "nodes.p.plugin", Some("p"), "7:8")]);
+    }
+
+    #[test]
+    fn a_reserved_node_still_reports_its_other_problems() {
+        // A required key missing: the settings do not parse, and the node is still told.
+        let got = check("  g: { generate: { weights: sd, data: d, prompt: x } }\n");
+        assert_eq!(
+            got.iter().map(|d| (d.0, d.1.as_str())).collect::<Vec<_>>(),
+            [(Code::Unsupported, "nodes.g.generate"), (Code::MissingKey, "nodes.g.generate")]
+        );
+        let got = check("  g: { generate: { generator: sd, weights: sd, data: d, prompt: x, steps: 0 } }\n");
+        assert_eq!(
+            got.iter().map(|d| (d.0, d.1.as_str())).collect::<Vec<_>>(),
+            [
+                (Code::Unsupported, "nodes.g.generate"),
+                (Code::OutOfRange, "nodes.g.generate.prompt"),
+                (Code::OutOfRange, "nodes.g.generate.steps"),
+            ]
+        );
+        let got = check("  p: { plugin: { command: [] } }\n");
+        assert_eq!(got.iter().map(|d| d.0).collect::<Vec<_>>(), [Code::Unsupported, Code::OutOfRange]);
+    }
+
+    #[test]
+    fn matrix_instances_of_a_reserved_node_are_reported_once() {
+        let got = check(&format!("{GEN}matrix: {{ seed: [0, 1, 2] }}\n"));
+        assert_eq!(got, [one(Code::Unsupported, "nodes.g.generate", Some("g"), "7:8")]);
+        let node = "  p: { plugin: { command: [x] }, matrix: { params.k: [1, 2] } }\n";
+        assert_eq!(check(node), [one(Code::Unsupported, "nodes.p.plugin", Some("p"), "7:8")]);
+    }
+
+    #[test]
+    fn synthetic_is_rejected_at_its_key() {
+        let kd = "  k: { distill: { teacher: t, student: m, data: d, losses: kd, synthetic: { from: g, ratio: 0 } } }\n";
+        let got = check(&format!("{GEN}{kd}"));
+        assert_eq!(
+            got,
+            [
+                one(Code::Unsupported, "nodes.g.generate", Some("g"), "7:8"),
+                one(Code::Unsupported, "nodes.k.distill.synthetic", Some("k"), "8:64"),
+                one(Code::OutOfRange, "nodes.k.distill.synthetic.ratio", Some("k"), "8:93"),
+            ]
+        );
+        // Given by `defaults:`, it is reported once, there.
+        let two = "  k1: { distill: { teacher: t, student: m, data: d, losses: kd } }\n  k2: { distill: { teacher: t, student: m, data: d, losses: kd } }\n";
+        let got = check(&format!("{two}defaults: {{ distill: {{ synthetic: {{ from: t }} }} }}\n"));
+        assert_eq!(got, [one(Code::Unsupported, "defaults.distill.synthetic", None, "9:24")]);
+    }
+
+    #[test]
+    fn freezing_needs_first_weights_from_init_or_a_pretrained_model() {
+        assert_eq!(check("  lp: { train: { model: r, data: d, freeze: backbone } }\n"), []);
+        assert_eq!(check("  lp: { train: { model: m, data: d, init: t, freeze: backbone } }\n"), []);
+        assert_eq!(
+            check("  lp: { train: { model: m, data: d, freeze: backbone } }\n"),
+            [one(Code::Conflict, "nodes.lp.train.freeze", Some("lp"), "7:45")]
+        );
+    }
+
+    #[test]
+    fn pretrained_is_a_non_empty_path() {
+        for (arch, col) in [("resnet, depth: 8", 44), ("mobilenetv2", 39), ("vit", 31)] {
+            let text =
+                HEAD.replace("  m: {", &format!("  e: {{ arch: {arch}, pretrained: \" \" }}\n  m: {{"));
+            let Err(d) = load_str(Path::new("x.yaml"), &text) else { panic!("{arch}: accepted") };
+            let got: Vec<_> =
+                d.iter().map(|d| (d.code, d.path.as_str(), d.location.as_ref().map(|l| l.col))).collect();
+            assert_eq!(got, [(Code::OutOfRange, "models.e.pretrained", Some(col))], "{arch}");
+            assert_eq!(d[0].message, "expected a file path, got an empty string");
+        }
+        let text = HEAD.replace("weights/r8.safetensors", "[a]");
+        let Err(d) = load_str(Path::new("x.yaml"), &text) else { panic!("accepted") };
+        assert_eq!((d[0].code, d[0].path.as_str()), (Code::WrongType, "models.r.pretrained"));
     }
 }
