@@ -144,6 +144,12 @@ fn too_deep_at(text: &str) -> Option<(usize, usize)> {
             (line, col, at_line_start, compact, prev) = (line + 1, 0, true, 0, c);
             continue;
         }
+        // A lone `\r` is a line break to the parsers too (the location stays on the line as
+        // editors count it).
+        if c == '\r' {
+            (at_line_start, compact, prev) = (true, 0, '\n');
+            continue;
+        }
         if let Some(q) = quote {
             match c {
                 '\\' if q == '"' => {
@@ -182,8 +188,9 @@ fn too_deep_at(text: &str) -> Option<(usize, usize)> {
         match c {
             '#' if matches!(prev, ' ' | '\t' | '\n') => {
                 // A comment: skip to the end of the line.
-                while chars.peek().is_some_and(|&n| n != '\n') {
+                while chars.peek().is_some_and(|&n| n != '\n' && n != '\r') {
                     chars.next();
+                    col += 1;
                 }
             }
             '\'' | '"' if boundary => quote = Some(c),
@@ -1399,6 +1406,9 @@ mod tests {
         assert_eq!(too_deep_at(&format!("x: {}{}", "[".repeat(128), "]".repeat(128))), None);
         assert_eq!(too_deep_at(&format!("x: {}", "[".repeat(129))), Some((1, 132)));
         assert_eq!(too_deep_at(&format!("{}1", "- ".repeat(129))), Some((1, 257)));
+        // A `\r` inside a comment ends it: what follows is a line of its own to the parsers.
+        assert_eq!(too_deep_at(&format!("# x\r{}1", "- ".repeat(129))), Some((1, 261)));
+        assert_eq!(too_deep_at(&format!("# x\r\n{}1", "- ".repeat(129))), Some((2, 257)));
         assert_eq!(too_deep_at(&format!("{}1", "- ".repeat(128))), None);
     }
 
