@@ -39,9 +39,10 @@ fn main() {
             panic!("the generated spec is invalid:\n{}", distillery::diag::render(&d, None))
         });
         let t1 = Instant::now();
-        let g = graph::build(&exp, &graph::spec_fingerprint).expect("graph builds");
+        let g = distillery::resolve::build(&exp, &graph::spec_fingerprint, &distillery::resolve::path_digest)
+            .expect("graph builds");
         let t2 = Instant::now();
-        let p = plan::plan(&g, &plan::EmptyStore, &[]);
+        let p = plan::plan(&g, &plan::EmptyStore, &plan::Selection::default());
         let t3 = Instant::now();
         n_nodes = p.len();
         total.push((t3 - t0).as_secs_f64());

@@ -47,6 +47,12 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Plan only these nodes (see `run --only`).
+        #[arg(long, value_name = "NODE")]
+        only: Vec<String>,
+        /// Plan these nodes and everything downstream of them to rerun (see `run --from`).
+        #[arg(long, value_name = "NODE")]
+        from: Vec<String>,
         /// Plan these nodes to run even when cached (`kd`, `kd[seed=1]`: see `run`).
         #[arg(long, value_name = "NODE")]
         force: Vec<String>,
@@ -107,6 +113,19 @@ pub enum Command {
     },
     /// Print the JSON Schema of experiment files (for editor completion and checks).
     Schema,
+    /// Run one resolved job (a node of `plan --json`'s "jobs") against a store: what a launcher
+    /// that starts processes elsewhere (a cluster) runs. Its inputs must be in the store.
+    #[command(hide = true)]
+    Worker {
+        /// A job as `plan --json` writes it (an element of its "jobs"), or a plan with one job.
+        job: PathBuf,
+        /// The artifact store the job's inputs are in and its result goes to.
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// Recompute even if the store has the job's entry.
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove stored results that none of the given experiment files references.
     Gc {
         #[arg(required = true)]
@@ -258,7 +277,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
     match cli.command {
         Command::Validate { file } => {
-            let (exp, g) = load_graph(&file, None)?;
+            let (exp, _g) = load_graph(&file, None)?;
             let n_decl =
                 exp.nodes.iter().map(|n| n.base.as_str()).collect::<std::collections::HashSet<_>>().len();
             writeln!(
@@ -269,23 +288,26 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                 exp.datasets.len(),
                 exp.models.len(),
                 n_decl,
-                g.node_order().count(),
+                exp.nodes.len(),
                 exp.files.len()
             )?;
         }
-        Command::Plan { file, store, json, force } => {
+        Command::Plan { file, store, json, only, from, force } => {
             let store_dir = store.unwrap_or_else(|| default_store(&file));
             let (exp, g) = load_graph(&file, Some(&store_dir))?;
-            let [forced] = select_all(&exp, [("--force", &force)])?;
+            let sel = selection(&exp, &only, &from, &force)?;
             let entries = if store_dir.join("objects").is_dir() {
                 // Read only: a plan writes nothing, so it works on a read-only store.
                 let st = Store::open_existing(&store_dir).map_err(store_failure)?;
-                plan::plan(&g, &st.scoped(&exp.name), &forced)
+                plan::plan(&g, &st.scoped(&exp.name), &sel)
             } else {
-                plan::plan(&g, &plan::EmptyStore, &forced)
+                plan::plan(&g, &plan::EmptyStore, &sel)
             };
             if json {
-                let v = serde_json::json!({ "experiment": exp.name, "nodes": entries });
+                // Each node's resolved job, as `distillery worker` runs it.
+                let jobs: Vec<&crate::job::Job> =
+                    entries.iter().filter_map(|e| g.get(&e.node)).map(|ix| g.job(ix)).collect();
+                let v = serde_json::json!({ "experiment": exp.name, "nodes": entries, "jobs": jobs });
                 writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("plan serialises"))?;
             } else {
                 write!(out, "{}", render_plan(&exp, &entries))?;
@@ -304,16 +326,14 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             std::fs::create_dir_all(&store_dir)
                 .map_err(|e| io_failure("cannot create the store", &store_dir, &e, STORE_HINT))?;
             let (exp, g) = load_graph(&file, Some(&store_dir))?;
-            // Selectors become full instance names once, here, before anything runs.
-            let [only, from, force] =
-                select_all(&exp, [("--only", &only), ("--from", &from), ("--force", &force)])?;
+            let sel = selection(&exp, &only, &from, &force)?;
             let device_slots = device_slots.unwrap_or(match exp.device {
                 spec::Device::Cpu => jobs,
                 // One node a GPU at a time: two would compete for its memory.
                 spec::Device::Cuda(_) | spec::Device::Auto => 1,
             });
-            let opts = RunOptions { jobs, only, from, force, device_slots };
-            run_experiment(&exp, &g, &store_dir, opts, tracking.as_deref(), out)?;
+            let opts = RunOptions { jobs, device_slots };
+            run_experiment(&exp, &g, &store_dir, &sel, opts, tracking.as_deref(), out)?;
         }
         Command::Runs { file, store, json } => {
             let store = store_for(file.as_deref(), store)?;
@@ -336,6 +356,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             let s = spec::json_schema();
             writeln!(out, "{}", serde_json::to_string_pretty(&s).expect("schema serialises"))?;
         }
+        Command::Worker { job, store, force } => worker(&job, &store, force, out)?,
         Command::Gc { files, store } => {
             let store_dir = store.unwrap_or_else(|| default_store(&files[0]));
             // A store that is not there has nothing to remove; gc never creates one.
@@ -350,6 +371,75 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Selectors become full instance names once, here, before anything is planned or run.
+fn selection(
+    exp: &Experiment,
+    only: &Vec<String>,
+    from: &Vec<String>,
+    force: &Vec<String>,
+) -> Result<plan::Selection, Failure> {
+    let [only, from, force] = select_all(exp, [("--only", only), ("--from", from), ("--force", force)])?;
+    Ok(plan::Selection { only, from, force })
+}
+
+/// `distillery worker JOB.json --store DIR`: one job, in this process, against the store.
+fn worker(file: &Path, store_dir: &Path, force: bool, out: &mut dyn Write) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        io_failure("cannot read the job", file, &e, "give a job written by `distillery plan --json`")
+    })?;
+    let bad = |e: String| {
+        Failure::Invalid(format!(
+            "error: {}: not a distillery job ({e})\n  help: write one with `distillery plan --json FILE` and pass an element of its \"jobs\"\n",
+            file.display()
+        ))
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    // A whole plan with one job is accepted too.
+    let v = match v.get("jobs").and_then(|j| j.as_array()) {
+        Some(jobs) if jobs.len() == 1 => jobs[0].clone(),
+        Some(jobs) => return Err(bad(format!("the plan holds {} jobs; pass one", jobs.len()))),
+        None => v,
+    };
+    let job: crate::job::Job = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+    let store = Store::open_existing(store_dir).map_err(store_failure)?;
+    let mut entries = Vec::new();
+    for i in job.inputs.iter().filter(|i| matches!(i.source, crate::job::InputSource::Entry { .. })) {
+        let key =
+            crate::graph::CacheKey::from_hex(&i.key).ok_or_else(|| bad(format!("input key {:?}", i.key)))?;
+        match store.get(&key).map_err(store_failure)? {
+            crate::store::Lookup::Hit(e) => entries.push((i.role.clone(), e)),
+            _ => {
+                return Err(Failure::Invalid(format!(
+                    "error: input `{}` ({}) of `{}` is not in the store {}\n  help: run the job's inputs first (`distillery run` does it in order)\n",
+                    i.name,
+                    &i.key[..12.min(i.key.len())],
+                    job.name,
+                    store_dir.display()
+                )));
+            }
+        }
+    }
+    crate::engine::tune_allocator();
+    let fingerprints = std::sync::Arc::new(
+        FingerprintCache::open(&store_dir.join("fingerprints.json")).map_err(data_failure)?,
+    );
+    let runner = crate::nodes::Runner::new(fingerprints);
+    let terminal = exec::sinks::Terminal::new(std::time::Duration::from_secs(2));
+    let cancel = Cancel::default();
+    match exec::compute(&job, entries, &store, &runner, &terminal, &cancel, force) {
+        Ok((entry, seconds)) => {
+            let how = match seconds {
+                Some(s) => format!("done in {s:.1} s"),
+                None => "cached".into(),
+            };
+            writeln!(out, "{}: {how}: {}", job.name, entry.dir.display())?;
+            Ok(())
+        }
+        Err(exec::NodeError::Cancelled) => Err(Failure::Interrupted),
+        Err(e) => Err(Failure::Invalid(format!("error: {} failed: {e}\n", job.name))),
+    }
 }
 
 fn invalid(diags: &[Diagnostic]) -> Failure {
@@ -505,7 +595,14 @@ pub fn check(file: &Path, cache: &FingerprintCache) -> Result<(Experiment, Graph
     let Some(exp) = exp else { return Err(diags) };
     let built = graph::build(&exp, &resolve::fingerprint(&exp, cache));
     match built {
-        Ok(g) => {
+        Ok(mut g) => {
+            // Jobs are resolved for a valid spec only (a partial one has holes they would report
+            // again), and the data checks need the resolved settings to be sound.
+            if diags.is_empty() {
+                if let Err(more) = resolve::resolve_jobs(&exp, &mut g, &resolve::file_digest(cache)) {
+                    diags.extend(more);
+                }
+            }
             if diags.is_empty() {
                 diags.extend(resolve::data_checks(&exp, cache));
             }
@@ -526,6 +623,7 @@ const MAX_NODE_COLUMN: usize = 40;
 pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
     use std::fmt::Write as _;
     let width = entries.iter().map(|e| e.node.chars().count()).max().unwrap_or(4).clamp(4, MAX_NODE_COLUMN);
+    let kind_width = entries.iter().map(|e| e.kind.len()).max().unwrap_or(8).max(8);
     let runs = entries.iter().filter(|e| matches!(e.status, Status::Run { .. })).count();
     let mut s = String::new();
     let _ = writeln!(
@@ -539,12 +637,13 @@ pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
     for e in entries {
         let (word, why) = match &e.status {
             Status::Cached => ("cached", String::new()),
+            Status::Skipped => ("skip", "not selected (--only), not cached".to_string()),
             Status::Run { reasons } => {
                 ("run", reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
             }
         };
         let key = e.key.get(..12).unwrap_or(&e.key);
-        let _ = writeln!(s, "  {word:<6}  {:<width$}  {:<8}  {key}  {why}", e.node, e.kind);
+        let _ = writeln!(s, "  {word:<6}  {:<width$}  {:<kind_width$}  {key}  {why}", e.node, e.kind);
     }
     s
 }
@@ -555,6 +654,7 @@ fn run_experiment(
     exp: &Experiment,
     g: &Graph,
     store_dir: &Path,
+    sel: &plan::Selection,
     opts: RunOptions,
     tracking: Option<&str>,
     out: &mut dyn Write,
@@ -588,11 +688,14 @@ fn run_experiment(
     let fingerprints = std::sync::Arc::new(
         FingerprintCache::open(&store_dir.join("fingerprints.json")).map_err(data_failure)?,
     );
-    let runner = crate::nodes::Runner::new(fingerprints, store.clone());
+    let runner = crate::nodes::Runner::new(fingerprints);
     let n = g.node_order().count();
     note!("running `{}`: {n} nodes, store {}", exp.name, store_dir.display());
     let t0 = std::time::Instant::now();
-    let summary = exec::run(exp, g, &store, &runner, &opts, &sink, &cancel);
+    // `run` executes exactly what `plan` shows for the same flags.
+    let entries = plan::plan(g, &store.scoped(&exp.name), sel);
+    let launcher = exec::Local { store: &store, runner: &runner };
+    let summary = exec::run(g, &entries, &store, &launcher, &opts, &sink, &cancel);
     let status = if summary.cancelled() {
         track::RunStatus::Killed
     } else if summary.ok() {

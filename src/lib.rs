@@ -8,6 +8,7 @@ pub mod diag;
 pub mod engine;
 pub mod exec;
 pub mod graph;
+pub mod job;
 pub mod losses;
 pub mod nodes;
 pub mod plan;

@@ -58,6 +58,15 @@ pub enum Reason {
     InputChanged { input: String },
     /// Asked for with `--force`.
     Forced,
+    /// Downstream of (or named by) `--from`.
+    From { node: String },
+}
+
+impl Reason {
+    /// Runs even if cached (`--force`, `--from`).
+    pub fn is_forced(&self) -> bool {
+        matches!(self, Reason::Forced | Reason::From { .. })
+    }
 }
 
 impl std::fmt::Display for Reason {
@@ -67,6 +76,8 @@ impl std::fmt::Display for Reason {
             Reason::ParamChanged { path, old, new } => write!(f, "{path} changed: {old} -> {new}"),
             Reason::InputChanged { input } => write!(f, "input `{input}` changed"),
             Reason::Forced => f.write_str("forced"),
+            Reason::From { node } if node.is_empty() => f.write_str("--from"),
+            Reason::From { node } => write!(f, "downstream of `{node}` (--from)"),
         }
     }
 }
@@ -74,8 +85,23 @@ impl std::fmt::Display for Reason {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Status {
-    Run { reasons: Vec<Reason> },
+    Run {
+        reasons: Vec<Reason>,
+    },
     Cached,
+    /// Not selected (`--only`) and not cached: not run, and what reads it is blocked.
+    Skipped,
+}
+
+/// Which nodes a run is about: full instance names (the CLI resolves selectors once).
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Run only these (their inputs must be cached); empty: all.
+    pub only: Vec<String>,
+    /// Rerun these and everything downstream of them.
+    pub from: Vec<String>,
+    /// Rerun these even if cached.
+    pub force: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -87,17 +113,46 @@ pub struct PlanEntry {
     pub status: Status,
 }
 
-/// Plans every node of `graph` in topological order; `forced` node names always run.
-pub fn plan(graph: &Graph, store: &dyn StoreIndex, forced: &[String]) -> Vec<PlanEntry> {
-    let forced: std::collections::HashSet<&str> = forced.iter().map(String::as_str).collect();
+/// Plans every node of `graph` in topological order for `sel`: `run` executes exactly this.
+pub fn plan(graph: &Graph, store: &dyn StoreIndex, sel: &Selection) -> Vec<PlanEntry> {
+    use std::collections::HashSet;
+    fn set(v: &[String]) -> HashSet<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let (only, from, force) = (set(&sel.only), set(&sel.from), set(&sel.force));
+    // --from: the named nodes and everything downstream of them, each with the node it is from.
+    let mut from_of: HashMap<petgraph::graph::NodeIndex, String> = HashMap::new();
+    for ix in graph.node_order() {
+        let name = graph.dag[ix].name();
+        if from.contains(name) {
+            from_of.insert(ix, String::new());
+            continue;
+        }
+        let up = graph.inputs.get(&ix).into_iter().flatten().find_map(|(_, t)| {
+            from_of.get(t).map(|f| if f.is_empty() { graph.dag[*t].name().to_string() } else { f.clone() })
+        });
+        if let Some(f) = up {
+            from_of.insert(ix, f);
+        }
+    }
     let mut out = Vec::new();
     for ix in graph.node_order() {
         let Vertex::Node { name, kind } = &graph.dag[ix] else {
             continue;
         };
         let key = graph.key(ix);
-        let status = if forced.contains(name.as_str()) {
-            Status::Run { reasons: vec![Reason::Forced] }
+        let selected = only.is_empty() || only.contains(name.as_str());
+        let mut forced = Vec::new();
+        if force.contains(name.as_str()) {
+            forced.push(Reason::Forced);
+        }
+        if let Some(f) = from_of.get(&ix) {
+            forced.push(Reason::From { node: f.clone() });
+        }
+        let status = if !selected {
+            if store.contains(key) { Status::Cached } else { Status::Skipped }
+        } else if !forced.is_empty() {
+            Status::Run { reasons: forced }
         } else if store.contains(key) {
             Status::Cached
         } else {
@@ -125,18 +180,19 @@ fn explain(graph: &Graph, ix: petgraph::graph::NodeIndex, old: &Value, new: &Val
     let mut reasons = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (path, o, n) in diffs {
-        // References hash to `{input|dataset: key}`: report them as the input that changed.
-        let input_leaf = ["input", "dataset", "inputs"].iter().any(|l| path.ends_with(&format!(".{l}")));
-        if input_leaf {
-            // `config.rows.3.input` -> the input recorded for role `rows/3`.
-            let field = path.trim_start_matches("config.").rsplit_once('.').map(|x| x.0).unwrap_or(&path);
-            let role = field.replace('.', "/");
-            let input = by_role.get(role.as_str()).copied().unwrap_or(field).to_string();
+        // Inputs hash to `inputs.<role>`: report them as the input that changed.
+        if let Some(rest) = path.strip_prefix("inputs.") {
+            let role = rest.split('.').next().unwrap_or(rest);
+            let input = by_role.get(role).copied().unwrap_or(role).to_string();
             if seen.insert(input.clone()) {
                 reasons.push(Reason::InputChanged { input });
             }
         } else {
-            let path = path.trim_start_matches("config.").to_string();
+            // `work.train.loop.trainer.epochs` -> `loop.trainer.epochs`.
+            let path = match path.strip_prefix("work.") {
+                Some(rest) => rest.split_once('.').map_or(rest, |x| x.1).to_string(),
+                None => path,
+            };
             reasons.push(Reason::ParamChanged { path, old: o, new: n });
         }
     }
@@ -187,7 +243,7 @@ nodes:
 
     fn build(text: &str) -> graph::Graph {
         let exp = spec::load_str(std::path::Path::new("t.yaml"), text).unwrap();
-        graph::build(&exp, &graph::spec_fingerprint).unwrap()
+        crate::resolve::build(&exp, &graph::spec_fingerprint, &crate::resolve::path_digest).unwrap()
     }
 
     /// A store that holds the results of `g`, as a finished run leaves it.
@@ -209,17 +265,21 @@ nodes:
         let old = build(SPEC);
         let store = store_of(&old);
         // Nothing changed: all cached.
-        let same = plan(&old, &store, &[]);
+        let same = plan(&old, &store, &Selection::default());
         assert!(same.iter().all(|e| e.status == Status::Cached));
         // A setting changed: that node says which, its dependant says its input changed.
         let new = build(&SPEC.replace("epochs: 3", "epochs: 4"));
-        let got = statuses(&plan(&new, &store, &[]));
-        let param = Reason::ParamChanged { path: "epochs".into(), old: 3.into(), new: 4.into() };
+        let got = statuses(&plan(&new, &store, &Selection::default()));
+        let param = Reason::ParamChanged { path: "loop.trainer.epochs".into(), old: 3.into(), new: 4.into() };
         assert_eq!(got[0], ("teacher".into(), Status::Run { reasons: vec![param] }));
         let input = Reason::InputChanged { input: "teacher".into() };
         assert_eq!(got[1], ("student".into(), Status::Run { reasons: vec![input] }));
         // Forced, and never seen.
-        let got = statuses(&plan(&old, &EmptyStore, &["student".into()]));
+        let got = statuses(&plan(
+            &old,
+            &EmptyStore,
+            &Selection { force: vec!["student".into()], ..Selection::default() },
+        ));
         assert_eq!(got[0].1, Status::Run { reasons: vec![Reason::NoEntry] });
         assert_eq!(got[1].1, Status::Run { reasons: vec![Reason::Forced] });
     }
@@ -232,7 +292,7 @@ nodes:
         let old = build(&spec);
         let store = store_of(&old);
         let new = build(&spec.replace("epochs: 2", "epochs: 5"));
-        let got = statuses(&plan(&new, &store, &[]));
+        let got = statuses(&plan(&new, &store, &Selection::default()));
         let table = got.iter().find(|(n, _)| n == "table").unwrap();
         assert_eq!(table.1, Status::Run { reasons: vec![Reason::InputChanged { input: "other".into() }] });
     }
@@ -242,7 +302,7 @@ nodes:
         let old = build(SPEC);
         let store = store_of(&old);
         let new = build(&SPEC.replace("per_class: 5", "per_class: 6"));
-        let got = statuses(&plan(&new, &store, &[]));
+        let got = statuses(&plan(&new, &store, &Selection::default()));
         assert_eq!(got[0].1, Status::Cached);
         assert_eq!(got[1].1, Status::Run { reasons: vec![Reason::InputChanged { input: "e".into() }] });
     }

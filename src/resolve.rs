@@ -212,41 +212,57 @@ pub fn model_config(
     image_size: usize,
     num_classes: usize,
 ) -> crate::engine::ModelConfig {
-    use crate::engine::{Arch, ModelConfig, Stem, VitPreset};
+    model_template(m).config(in_channels, image_size, num_classes)
+}
+
+/// A spec architecture with every default filled in (base widths, dropout, the image-size rules
+/// of `stem: auto` and ViT patches): what a job trains, and so what its key hashes.
+pub fn model_template(m: &spec::ModelSpec) -> crate::job::ModelTemplate {
+    use crate::engine::{Arch, Stem, VitPreset};
+    use crate::job::{ModelTemplate, SizeRule};
+    // `stem: auto`: the CIFAR stem up to 64x64 images, ImageNet's above.
     let stem = |s: spec::Stem| match s {
-        spec::Stem::Cifar => Stem::Cifar,
-        spec::Stem::Imagenet => Stem::ImageNet,
-        spec::Stem::Auto if image_size <= 64 => Stem::Cifar,
-        spec::Stem::Auto => Stem::ImageNet,
+        spec::Stem::Cifar => (Stem::Cifar, None),
+        spec::Stem::Imagenet => (Stem::ImageNet, None),
+        spec::Stem::Auto => (Stem::Cifar, Some(SizeRule::Stem { cifar_up_to: 64 })),
     };
-    let arch = match m {
-        spec::ModelSpec::Mlp { hidden } => Arch::Mlp { hidden: hidden.iter().map(|&h| h as usize).collect() },
+    let (arch, by_image_size) = match m {
+        spec::ModelSpec::Mlp { hidden } => {
+            (Arch::Mlp { hidden: hidden.iter().map(|&h| h as usize).collect() }, None)
+        }
         spec::ModelSpec::Cnn { channels } => {
-            Arch::Cnn { channels: channels.iter().map(|&c| c as usize).collect() }
+            (Arch::Cnn { channels: channels.iter().map(|&c| c as usize).collect() }, None)
         }
         spec::ModelSpec::Resnet { depth, width, stem: s, .. } => {
             // The engine scales each depth's base width (16 for the CIFAR ResNet-8, 64 otherwise).
             let base = if *depth == 8 { 16.0 } else { 64.0 };
             let width_mult = width.map(|w| w as f32 / base).unwrap_or(1.0);
-            Arch::ResNet { depth: *depth as usize, width_mult, stem: stem(*s) }
+            let (stem, rule) = stem(*s);
+            (Arch::ResNet { depth: *depth as usize, width_mult, stem }, rule)
         }
         spec::ModelSpec::Mobilenetv2 { width_mult, stem: s, .. } => {
-            Arch::MobileNetV2 { width_mult: *width_mult as f32, stem: stem(*s), dropout: 0.2 }
+            let (stem, rule) = stem(*s);
+            (Arch::MobileNetV2 { width_mult: *width_mult as f32, stem, dropout: 0.2 }, rule)
         }
-        spec::ModelSpec::Vit { preset, patch_size, depth, heads, dim, .. } => Arch::Vit {
-            preset: match preset {
-                spec::VitPreset::Tiny => VitPreset::Tiny,
-                spec::VitPreset::Small => VitPreset::Small,
-                spec::VitPreset::B16 => VitPreset::B16,
-            },
+        spec::ModelSpec::Vit { preset, patch_size, depth, heads, dim, .. } => {
             // Small images get small patches (an 8x8 digit in 16x16 patches would be one token).
-            patch_size: patch_size.map(|p| p as usize).unwrap_or(if image_size <= 32 { 4 } else { 16 }),
-            depth: depth.map(|d| d as usize),
-            heads: heads.map(|h| h as usize),
-            dim: dim.map(|d| d as usize),
-        },
+            let rule =
+                patch_size.is_none().then_some(SizeRule::Patch { small_up_to: 32, small: 4, large: 16 });
+            let arch = Arch::Vit {
+                preset: match preset {
+                    spec::VitPreset::Tiny => VitPreset::Tiny,
+                    spec::VitPreset::Small => VitPreset::Small,
+                    spec::VitPreset::B16 => VitPreset::B16,
+                },
+                patch_size: patch_size.map(|p| p as usize).unwrap_or(16),
+                depth: depth.map(|d| d as usize),
+                heads: heads.map(|h| h as usize),
+                dim: dim.map(|d| d as usize),
+            };
+            (arch, rule)
+        }
     };
-    ModelConfig { arch, in_channels, image_size, num_classes }
+    ModelTemplate { arch, by_image_size }
 }
 
 /// The engine's optimiser and schedule for a node's training settings.
@@ -318,4 +334,30 @@ pub fn train_transform(
 }
 
 mod checks;
+mod jobs;
 pub use checks::{MemoryLimit, data_checks, data_checks_within};
+pub use jobs::{Digest, path_digest, resolve_jobs};
+
+/// The graph of `exp` with every node resolved into a job and keyed: `graph::build` (references,
+/// cycles, dataset fingerprints), then [`resolve_jobs`]. `digest` hashes the weights files the
+/// spec names ([`path_digest`] reads nothing).
+pub fn build(
+    exp: &spec::Experiment,
+    fingerprint: &dyn Fn(&str, &DatasetSpec) -> Result<CacheKey, String>,
+    digest: Digest<'_>,
+) -> Result<crate::graph::Graph, Vec<crate::diag::Diagnostic>> {
+    let mut g = crate::graph::build(exp, fingerprint)?;
+    resolve_jobs(exp, &mut g, digest)?;
+    Ok(g)
+}
+
+/// The sha256 of a weights file, cached by path, size and modification time in `cache`.
+pub fn file_digest(cache: &FingerprintCache) -> impl Fn(&std::path::Path) -> Result<String, String> + '_ {
+    move |p| {
+        let meta = std::fs::metadata(p).map_err(|e| e.to_string())?;
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
+        cache.file_digest(p).map(|d| crate::data::Fingerprint(d).to_hex()).map_err(|e| e.to_string())
+    }
+}

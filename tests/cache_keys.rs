@@ -20,6 +20,10 @@ const NEUTRAL: &[(&str, &str)] = &[
     ("/nodes/*/description", "free text"),
     ("/device", "the device runs the same computation; CPU and CUDA results are one experiment"),
     ("/datasets/*/path", "the content it points at is hashed instead: moving data keeps the key"),
+    (
+        "/nodes/s/distill/teacher_cache",
+        "`s` augments its batches, so its teacher's outputs cannot be kept either way; where they can, `auto` adds a teacher_outputs input and `off` does not (tests/run.rs)",
+    ),
 ];
 
 /// Leaves that cannot change alone into another valid spec: a tagged enum's tag (each variant's

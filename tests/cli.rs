@@ -71,7 +71,14 @@ fn plan_json_lists_every_instance_with_key_and_reason() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let nodes = v["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 18);
+    // 18 instances and the teacher's outputs they distill from.
+    assert_eq!(nodes.len(), 19);
+    // Each node's resolved job, as `distillery worker` runs it, with the plan's key.
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), nodes.len());
+    for (n, j) in nodes.iter().zip(jobs) {
+        assert_eq!((&n["node"], &n["key"]), (&j["name"], &j["key"]));
+    }
     for n in nodes {
         let key = n["key"].as_str().unwrap();
         assert_eq!(key.len(), 64);
@@ -82,7 +89,7 @@ fn plan_json_lists_every_instance_with_key_and_reason() {
     // Inputs come before the nodes that read them.
     let pos = |name: &str| nodes.iter().position(|n| n["node"] == name).unwrap();
     assert!(pos("teacher_pt") < pos("teacher") && pos("teacher") < pos("kd[seed=0]"));
-    assert_eq!(pos("table"), 17);
+    assert_eq!(pos("table"), 18);
 }
 
 #[test]
@@ -366,7 +373,7 @@ fn run_only_and_force_with_a_partial_selector_run_those_instances() {
     assert_eq!(code, Some(0), "{e}");
     let (code, _, e) = run_in(dir.path(), &["run", spec, "--force", "kd[seed=1]"]);
     assert_eq!(code, Some(0), "{e}");
-    assert!(e.contains("2 ran, 3 cached, 0 failed"), "{e}");
+    assert!(e.contains("2 ran, 4 cached, 0 failed"), "{e}");
     let (code, _, e) =
         run_in(dir.path(), &["run", spec, "--only", "kd[losses.kd.temperature=4]", "--force", "kd"]);
     assert_eq!(code, Some(0), "{e}");

@@ -72,11 +72,15 @@ fn run_target(spec_file: &Path, input: &[u8], cache: &FingerprintCache) -> u64 {
     }
     match cli::check(spec_file, cache) {
         Ok((exp, g)) => {
-            let entries = plan::plan(&g, &plan::EmptyStore, &[]);
+            let entries = plan::plan(&g, &plan::EmptyStore, &plan::Selection::default());
             (2u8, entries.len().min(64)).hash(&mut h);
             std::hint::black_box(cli::render_plan(&exp, &entries));
             if let Some(first) = entries.first() {
-                let forced = plan::plan(&g, &plan::EmptyStore, std::slice::from_ref(&first.node));
+                let forced = plan::plan(
+                    &g,
+                    &plan::EmptyStore,
+                    &plan::Selection { force: vec![first.node.clone()], ..plan::Selection::default() },
+                );
                 std::hint::black_box(cli::render_plan(&exp, &forced));
             }
             std::hint::black_box(graph::to_dot(&g, &exp.name));

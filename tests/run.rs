@@ -115,19 +115,20 @@ fn runs_everything_then_everything_is_cached() {
     let spec = spec(dir.path(), 1);
     let first = run(&spec, &["-j", "2"]);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
-    assert_eq!(counts(&first), (6, 0));
+    // Six nodes and the teacher's outputs the distill node reads.
+    assert_eq!(counts(&first), (7, 0));
     let table = text(&first.stdout);
     for row in ["| scratch", "| kd", "| teacher"] {
         assert!(table.contains(row), "{table}");
     }
     let t0 = Instant::now();
     let second = run(&spec, &[]);
-    assert_eq!(counts(&second), (0, 6));
+    assert_eq!(counts(&second), (0, 7));
     assert!(t0.elapsed() < Duration::from_secs(2), "a cached run took {:?}", t0.elapsed());
     assert_eq!(first.stdout, second.stdout, "the cached table is the same table");
     // plan agrees.
     let plan = bin().args(["plan", spec.to_str().unwrap()]).output().unwrap();
-    assert!(text(&plan.stdout).contains("0 to run, 6 cached"), "{}", text(&plan.stdout));
+    assert!(text(&plan.stdout).contains("0 to run, 7 cached"), "{}", text(&plan.stdout));
 }
 
 #[test]
@@ -145,8 +146,8 @@ fn sigkill_mid_node_reruns_only_unfinished_nodes_with_identical_results() {
     let resumed = run(&spec_fast, &[]);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
     let (ran, cached) = counts(&resumed);
-    assert_eq!(ran + cached, 6);
-    assert!(ran < 6, "finished nodes were rerun: {}", text(&resumed.stderr));
+    assert_eq!(ran + cached, 7);
+    assert!(ran < 7, "finished nodes were rerun: {}", text(&resumed.stderr));
     assert!(text(&resumed.stderr).contains("done    slow"));
     // The same spec from scratch in another store gives bit-identical weights.
     let other = tempfile::tempdir().unwrap();
@@ -226,10 +227,10 @@ fn two_runs_on_one_store_compute_each_node_once() {
     // The per-key lock makes one process wait for the other and reuse its result: every node
     // is trained exactly once across both.
     let starts = |o: &Output| text(&o.stderr).lines().filter(|l| l.starts_with("  start ")).count();
-    assert_eq!(starts(&a) + starts(&b), 6, "{}\n{}", text(&a.stderr), text(&b.stderr));
-    assert_eq!(counts(&a).0 + counts(&b).0, 6);
+    assert_eq!(starts(&a) + starts(&b), 7, "{}\n{}", text(&a.stderr), text(&b.stderr));
+    assert_eq!(counts(&a).0 + counts(&b).0, 7);
     let third = run(&spec, &[]);
-    assert_eq!(counts(&third), (0, 6));
+    assert_eq!(counts(&third), (0, 7));
     let kinds = entry_kinds(dir.path());
     assert_eq!(kinds.iter().filter(|k| *k != "teacher_outputs").count(), 6, "one entry a node: {kinds:?}");
     assert_eq!(

@@ -47,7 +47,9 @@ fn every_node_is_a_nested_mlflow_run_and_cached_nodes_point_to_the_original() {
     assert_eq!(children.len(), 4, "a nested run per node per invocation");
     let trained: Vec<_> = children
         .iter()
-        .filter(|r| r.param("config.epochs") == Some("3") && r.tag(CACHED_FROM_MLFLOW_TAG).is_none())
+        .filter(|r| {
+            r.param("work.train.loop.trainer.epochs") == Some("3") && r.tag(CACHED_FROM_MLFLOW_TAG).is_none()
+        })
         .collect();
     assert_eq!(trained.len(), 1, "the train node ran once");
     let original = trained[0];

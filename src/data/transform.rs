@@ -12,7 +12,7 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
 pub const CIFAR10_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub enum Normalize {
     /// The loader's dataset's own per-channel statistics ([`super::Dataset::stats`]). For a
     /// test split use the train selection's statistics instead: [`Normalize::from_stats`].
@@ -34,13 +34,13 @@ impl Normalize {
 
 /// Zero-pad by `padding` on each side, then crop `size` x `size` at a random offset
 /// (torchvision `RandomCrop(size, padding)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RandomCrop {
     pub size: usize,
     pub padding: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct TransformConfig {
     /// Replicate a single channel to three (grey datasets for RGB models).
     pub grayscale_to_rgb: bool,

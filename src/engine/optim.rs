@@ -17,7 +17,7 @@ use burn::tensor::Tensor;
 use crate::engine::error::EngineError;
 use crate::engine::schedule::{ScheduleConfig, lr_at_epoch};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub enum OptimizerConfig {
     /// torch.optim.SGD (dampening 0).
     Sgd { lr: f64, momentum: f64, nesterov: bool, weight_decay: f64 },
@@ -35,7 +35,7 @@ impl OptimizerConfig {
 
 /// A rule for the parameters under `prefix` (a path prefix ending at a component boundary,
 /// `""` for all). Later rules win over earlier ones.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub struct ParamRule {
     pub prefix: String,
     /// Multiplies the scheduled learning rate (e.g. 10 for a fine-tuned head).
@@ -58,7 +58,7 @@ impl ParamRule {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub struct TrainerConfig {
     pub optimizer: OptimizerConfig,
     pub schedule: ScheduleConfig,

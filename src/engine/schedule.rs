@@ -8,7 +8,7 @@
 
 use crate::engine::error::EngineError;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub enum ScheduleConfig {
     /// Constant learning rate.
     None,

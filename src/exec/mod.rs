@@ -2,8 +2,9 @@
 //!
 //! Architecture invariants: a node's result becomes visible only when [`Store`] commits it, so an
 //! interrupted or failed node leaves nothing behind and the next run resumes with exactly the
-//! unfinished nodes; a failing node stops its dependants only; what a node does is behind
-//! [`NodeRunner`], and everything it reports goes through one [`EventSink`].
+//! unfinished nodes; a failing node stops its dependants only; `run` executes exactly the plan
+//! it is given; how a job is run is behind [`Launcher`], what it does behind [`NodeRunner`], and
+//! everything it reports goes through one [`EventSink`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -15,8 +16,9 @@ use std::time::Instant;
 use petgraph::graph::NodeIndex;
 use serde_json::Value;
 
-use crate::graph::{CacheKey, Graph, Vertex};
-use crate::spec::{Experiment, Node};
+use crate::graph::{Graph, Vertex};
+use crate::job::Job;
+use crate::plan::{PlanEntry, Reason, Status};
 use crate::store::{Entry, Lookup, Store, StoreError};
 
 /// Set by Ctrl-C; nodes check it between steps and stop.
@@ -73,24 +75,28 @@ pub trait EventSink: Sync {
     fn event(&self, e: Event);
 }
 
-/// An input of a job: a node's stored result, or a dataset by name.
-#[derive(Clone, Debug)]
-pub enum Input {
-    Node { name: String, entry: Entry },
-    Dataset { name: String },
-}
-
-/// One node instance to compute.
-pub struct Job<'a> {
-    pub exp: &'a Experiment,
-    pub node: &'a Node,
-    pub key: &'a CacheKey,
-    /// Inputs by role (`teacher`, `data`, `rows/0` ...), as the graph linked them.
-    pub inputs: Vec<(String, Input)>,
+/// A job as a launcher runs it: the resolved job, its node inputs' stored entries, where to
+/// write, how to report.
+pub struct Task<'a> {
+    pub job: &'a Job,
+    /// The stored results of the job's node inputs, by role (`teacher`, `rows/0` ...).
+    pub entries: Vec<(String, Entry)>,
     /// Write the result's files here; they are committed to the store when `run` returns Ok.
     pub out_dir: PathBuf,
     pub cancel: &'a Cancel,
     pub events: &'a dyn EventSink,
+}
+
+impl Task<'_> {
+    /// The stored entry of a node input by role.
+    pub fn entry(&self, role: &str) -> Option<&Entry> {
+        self.entries.iter().find(|(r, _)| r == role).map(|(_, e)| e)
+    }
+
+    /// A failure that comes from a setting: names where it is written (`file:line:col`).
+    pub fn fail_at(&self, setting: &str, e: impl std::fmt::Display) -> NodeError {
+        NodeError::At { place: self.job.place_of(setting).to_string(), message: e.to_string() }
+    }
 }
 
 /// What a finished node returns besides its files.
@@ -106,27 +112,59 @@ pub enum NodeError {
     Cancelled,
     #[error("{0}")]
     Failed(String),
+    /// A failure that comes from a setting, with where the setting is written.
+    #[error("{place}: {message}")]
+    At { place: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Computes node instances of the kinds it knows.
+/// Computes jobs of the kinds it knows, writing into the task's output folder.
 pub trait NodeRunner: Sync {
-    fn run(&self, job: &Job<'_>) -> Result<NodeOutput, NodeError>;
+    fn run(&self, task: &Task<'_>) -> Result<NodeOutput, NodeError>;
+}
+
+/// Runs one resolved job to a committed store entry. `exec` schedules (what is ready, job and
+/// device slots, failures, Ctrl-C) and calls a launcher once per job, each on a thread of its
+/// own; [`Local`] computes in this process. A launcher that starts `distillery worker JOB.json`
+/// elsewhere (a cluster) reads the entry from the shared store when the worker is done.
+pub trait Launcher: Sync {
+    /// The entry of `job` and the seconds it took (`None`: another process had computed it).
+    fn launch(
+        &self,
+        job: &Job,
+        entries: Vec<(String, Entry)>,
+        force: bool,
+        cancel: &Cancel,
+        events: &dyn EventSink,
+    ) -> Result<(Entry, Option<f64>), NodeError>;
+}
+
+/// Today's threads: each job computed in this process by `runner`, committed to `store`.
+pub struct Local<'a> {
+    pub store: &'a Store,
+    pub runner: &'a dyn NodeRunner,
+}
+
+impl Launcher for Local<'_> {
+    fn launch(
+        &self,
+        job: &Job,
+        entries: Vec<(String, Entry)>,
+        force: bool,
+        cancel: &Cancel,
+        events: &dyn EventSink,
+    ) -> Result<(Entry, Option<f64>), NodeError> {
+        compute(job, entries, self.store, self.runner, events, cancel, force)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Nodes run at once (at least 1).
     pub jobs: usize,
-    /// Run only these nodes (names or declared names); their inputs must be cached.
-    pub only: Vec<String>,
-    /// Rerun these nodes and everything downstream of them.
-    pub from: Vec<String>,
-    /// Rerun these nodes even if cached.
-    pub force: Vec<String>,
-    /// Nodes that use the device (train, finetune, distill, evaluate, generate) run at most this
-    /// many at once; 0 means `jobs`. Reports and plugins only need a job slot.
+    /// Nodes that use the device (train, finetune, distill, evaluate, teacher outputs) run at
+    /// most this many at once; 0 means `jobs`. Reports without `eval` only need a job slot.
     pub device_slots: usize,
 }
 
@@ -165,41 +203,20 @@ impl Summary {
     }
 }
 
-fn matches(node: &Node, names: &[String]) -> bool {
-    names.iter().any(|n| *n == node.name || *n == node.base)
-}
-
-/// Runs the nodes of `graph` that are not cached.
+/// Executes `plan` (from [`crate::plan::plan`] over the same graph and store): each `run` entry
+/// is launched once its inputs have entries, each `cached` one is read (and recomputed, with a
+/// warning, if its entry turns out corrupt), each `skipped` one is left alone.
 pub fn run(
-    exp: &Experiment,
     graph: &Graph,
+    plan: &[PlanEntry],
     store: &Store,
-    runner: &dyn NodeRunner,
+    launcher: &dyn Launcher,
     opts: &RunOptions,
     events: &dyn EventSink,
     cancel: &Cancel,
 ) -> Summary {
-    let nodes: HashMap<&str, &Node> = exp.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let status: HashMap<&str, &Status> = plan.iter().map(|e| (e.node.as_str(), &e.status)).collect();
     let order: Vec<NodeIndex> = graph.node_order().collect();
-    // --force: the named nodes; --from: the named nodes and everything downstream of them.
-    let mut forced: HashSet<NodeIndex> = HashSet::new();
-    let mut stack: Vec<NodeIndex> = Vec::new();
-    for &ix in &order {
-        let node = nodes[graph.dag[ix].name()];
-        if matches(node, &opts.force) {
-            forced.insert(ix);
-        }
-        if matches(node, &opts.from) {
-            stack.push(ix);
-        }
-    }
-    while let Some(ix) = stack.pop() {
-        if forced.insert(ix) || matches(nodes[graph.dag[ix].name()], &opts.from) {
-            stack
-                .extend(graph.dag.neighbors_directed(ix, petgraph::Outgoing).filter(|d| !forced.contains(d)));
-        }
-    }
-    let selected = |ix: NodeIndex| opts.only.is_empty() || matches(nodes[graph.dag[ix].name()], &opts.only);
 
     let mut outcome: HashMap<NodeIndex, Outcome> = HashMap::new();
     let mut entries: HashMap<NodeIndex, Entry> = HashMap::new();
@@ -207,9 +224,7 @@ pub fn run(
     let mut in_flight: HashSet<NodeIndex> = HashSet::new();
     let slots = if opts.device_slots == 0 { opts.jobs.max(1) } else { opts.device_slots };
     let mut on_device = 0usize;
-    let uses_device = |node: &Node| {
-        !matches!(node.kind, crate::spec::NodeKind::Report(_) | crate::spec::NodeKind::Plugin(_))
-    };
+    let uses_device = |ix: NodeIndex| graph.job(ix).work.uses_device();
     let jobs = opts.jobs.max(1);
     let (tx, rx) = mpsc::channel::<(NodeIndex, Result<(Entry, Option<f64>), NodeError>)>();
 
@@ -224,20 +239,45 @@ pub fn run(
                         continue;
                     }
                     let name = graph.dag[ix].name().to_string();
-                    let node = nodes[name.as_str()];
                     let key = graph.key(ix);
-                    // Inputs: all node inputs must have an outcome with an entry.
+                    let st = status.get(name.as_str()).copied().unwrap_or(&Status::Skipped);
+                    // Not to run: cached (read and verified) or skipped, whatever its inputs did.
+                    match st {
+                        Status::Skipped => {
+                            settle(&mut outcome, events, ix, &name, Outcome::Skipped);
+                            launched_or_settled = true;
+                            continue;
+                        }
+                        Status::Cached => match store.get(key) {
+                            Ok(Lookup::Hit(e)) => {
+                                entries.insert(ix, e);
+                                settle(&mut outcome, events, ix, &name, Outcome::Cached);
+                                launched_or_settled = true;
+                                continue;
+                            }
+                            Ok(Lookup::Corrupt { reason }) => events.event(Event::Warning {
+                                node: name.clone(),
+                                message: format!("cached result was corrupt ({reason}); recomputing"),
+                            }),
+                            // Removed since the plan was made: compute it.
+                            Ok(Lookup::Miss) => {}
+                            Err(e) => {
+                                let o = Outcome::Failed { error: e.to_string() };
+                                settle(&mut outcome, events, ix, &name, o);
+                                launched_or_settled = true;
+                                continue;
+                            }
+                        },
+                        Status::Run { .. } => {}
+                    }
+                    // Inputs: every node input must have an outcome with an entry.
                     let mut inputs = Vec::new();
                     let mut waiting = false;
                     let mut blocked: Option<String> = None;
                     for (role, t) in graph.inputs.get(&ix).into_iter().flatten() {
-                        match &graph.dag[*t] {
-                            Vertex::Dataset { name } => {
-                                inputs.push((role.clone(), Input::Dataset { name: name.clone() }))
-                            }
-                            Vertex::Node { name: tn, .. } => match (outcome.get(t), entries.get(t)) {
-                                (Some(_), Some(e)) => inputs
-                                    .push((role.clone(), Input::Node { name: tn.clone(), entry: e.clone() })),
+                        if let Vertex::Node { name: tn, .. } = &graph.dag[*t] {
+                            match (outcome.get(t), entries.get(t)) {
+                                (Some(_), Some(e)) => inputs.push((role.clone(), e.clone())),
                                 (Some(o), None) => {
                                     let why = match o {
                                         Outcome::Skipped => format!("{tn} (not cached, not selected)"),
@@ -246,20 +286,8 @@ pub fn run(
                                     blocked.get_or_insert(why);
                                 }
                                 (None, _) => waiting = true,
-                            },
-                        }
-                    }
-                    // Not selected (--only): cached or skipped, whatever its inputs did.
-                    if !selected(ix) && (blocked.is_some() || waiting) {
-                        let o = if store.contains(key) { Outcome::Cached } else { Outcome::Skipped };
-                        if o == Outcome::Cached {
-                            if let Ok(Lookup::Hit(e)) = store.get(key) {
-                                entries.insert(ix, e);
                             }
                         }
-                        settle(&mut outcome, events, ix, &name, o);
-                        launched_or_settled = true;
-                        continue;
                     }
                     if let Some(by) = blocked {
                         settle(&mut outcome, events, ix, &name, Outcome::Blocked { by });
@@ -274,54 +302,24 @@ pub fn run(
                         launched_or_settled = true;
                         continue;
                     }
-                    // Cached (verified), or skipped when not selected.
-                    if !forced.contains(&ix) || !selected(ix) {
-                        match store.get(key) {
-                            Ok(Lookup::Hit(e)) => {
-                                entries.insert(ix, e);
-                                settle(&mut outcome, events, ix, &name, Outcome::Cached);
-                                launched_or_settled = true;
-                                continue;
-                            }
-                            Ok(Lookup::Corrupt { reason }) => events.event(Event::Warning {
-                                node: name.clone(),
-                                message: format!("cached result was corrupt ({reason}); recomputing"),
-                            }),
-                            Ok(Lookup::Miss) => {}
-                            Err(e) => {
-                                settle(
-                                    &mut outcome,
-                                    events,
-                                    ix,
-                                    &name,
-                                    Outcome::Failed { error: e.to_string() },
-                                );
-                                launched_or_settled = true;
-                                continue;
-                            }
-                        }
-                        if !selected(ix) {
-                            settle(&mut outcome, events, ix, &name, Outcome::Skipped);
-                            launched_or_settled = true;
-                            continue;
-                        }
-                    }
-                    if running >= jobs || (uses_device(node) && on_device >= slots) {
+                    if running >= jobs || (uses_device(ix) && on_device >= slots) {
                         continue;
                     }
                     // Launch.
                     running += 1;
-                    on_device += uses_device(node) as usize;
+                    on_device += uses_device(ix) as usize;
                     in_flight.insert(ix);
                     let tx = tx.clone();
-                    let force = forced.contains(&ix);
+                    let force =
+                        matches!(st, Status::Run { reasons } if reasons.iter().any(Reason::is_forced));
+                    let job = graph.job(ix);
                     scope.spawn(move || {
                         // A panic anywhere in the node (its runner, a rayon task inside it, the
                         // store) is that node's failure: the worker always answers, so the
                         // scheduler never waits for a result that cannot come, and the panicking
                         // node's pending entry is dropped uncommitted.
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            compute(exp, node, key, inputs, store, runner, events, cancel, force, graph, ix)
+                            launcher.launch(job, inputs, force, cancel, events)
                         }))
                         .unwrap_or_else(|payload| {
                             Err(NodeError::Failed(format!(
@@ -341,7 +339,7 @@ pub fn run(
             running -= 1;
             in_flight.remove(&ix);
             let name = graph.dag[ix].name().to_string();
-            on_device -= uses_device(nodes[name.as_str()]) as usize;
+            on_device -= uses_device(ix) as usize;
             match r {
                 Ok((entry, seconds)) => {
                     entries.insert(ix, entry);
@@ -375,41 +373,47 @@ fn settle(
     outcome.insert(ix, o);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn compute(
-    exp: &Experiment,
-    node: &Node,
-    key: &CacheKey,
-    inputs: Vec<(String, Input)>,
+/// Computes `job` under its key's lock and commits it: the one place a store entry is written.
+/// Returns the entry and the seconds it took, or `None` when another process had committed it
+/// while we waited for the lock (`force` recomputes regardless).
+pub fn compute(
+    job: &Job,
+    entries: Vec<(String, Entry)>,
     store: &Store,
     runner: &dyn NodeRunner,
     events: &dyn EventSink,
     cancel: &Cancel,
     force: bool,
-    graph: &Graph,
-    ix: NodeIndex,
 ) -> Result<(Entry, Option<f64>), NodeError> {
+    let key = job.compute_key();
+    if key.hex() != job.key {
+        return Err(NodeError::Failed(format!(
+            "the job's key {} does not match its contents ({}): it was edited or made by another version",
+            job.key,
+            key.hex()
+        )));
+    }
     // Another process may be computing the same key: wait for it, then use its result.
-    let _lock = store.lock(key)?;
+    let _lock = store.lock(&key)?;
     if !force {
-        if let Lookup::Hit(e) = store.get(key)? {
+        if let Lookup::Hit(e) = store.get(&key)? {
             return Ok((e, None));
         }
     }
-    let pending = if force { store.begin(key)?.replacing() } else { store.begin(key)? };
-    events.event(Event::Started { node: node.name.clone(), key: key.hex() });
+    let pending = if force { store.begin(&key)?.replacing() } else { store.begin(&key)? };
+    events.event(Event::Started { node: job.name.clone(), key: key.hex() });
     let t0 = Instant::now();
-    let job = Job { exp, node, key, inputs, out_dir: pending.dir().to_path_buf(), cancel, events };
-    let out = runner.run(&job)?;
+    let task = Task { job, entries, out_dir: pending.dir().to_path_buf(), cancel, events };
+    let out = runner.run(&task)?;
     cancel.check()?;
     let seconds = t0.elapsed().as_secs_f64();
-    let canonical = graph.canonical[&ix].clone();
+    let canonical = job.key_value();
     let mut metrics = out.metrics;
     if let Value::Object(m) = &mut metrics {
         m.entry("wall_seconds").or_insert(seconds.into());
     }
-    let entry = pending.commit(&node.name, node.kind.name(), canonical.clone(), metrics)?;
-    store.record(&Store::index_name(&exp.name, &node.name), key, &canonical)?;
+    let entry = pending.commit(&job.name, &job.kind, canonical.clone(), metrics)?;
+    store.record(&Store::index_name(&job.experiment, &job.name), &key, &canonical)?;
     Ok((entry, Some(seconds)))
 }
 

@@ -5,7 +5,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::*;
-use crate::{graph, spec};
+use crate::plan::Selection;
+use crate::spec::{self, Experiment};
 
 const SPEC: &str = "
 datasets: { d: { source: builtin/digits } }
@@ -33,8 +34,10 @@ struct Toy {
 }
 
 impl NodeRunner for Toy {
-    fn run(&self, job: &Job<'_>) -> Result<NodeOutput, NodeError> {
-        self.ran.lock().unwrap().push(job.node.name.clone());
+    fn run(&self, task: &Task<'_>) -> Result<NodeOutput, NodeError> {
+        let job = task;
+        let name = &task.job.name;
+        self.ran.lock().unwrap().push(name.clone());
         if let Some(d) = self.hold {
             use std::sync::atomic::Ordering::SeqCst;
             let now = self.running.fetch_add(1, SeqCst) + 1;
@@ -42,20 +45,18 @@ impl NodeRunner for Toy {
             std::thread::sleep(d);
             self.running.fetch_sub(1, SeqCst);
         }
-        if self.panic.contains(&job.node.name) {
-            panic!("{} hit a bug", job.node.name);
+        if self.panic.contains(name) {
+            panic!("{} hit a bug", name);
         }
-        if self.fail.contains(&job.node.name) {
-            return Err(NodeError::Failed(format!("{} exploded", job.node.name)));
+        if self.fail.contains(name) {
+            return Err(NodeError::Failed(format!("{} exploded", name)));
         }
-        let mut body = job.node.name.clone();
-        for (role, input) in &job.inputs {
-            if let Input::Node { entry, .. } = input {
-                body += &format!(" {role}=({})", std::fs::read_to_string(entry.file("result.txt")).unwrap());
-            }
+        let mut body = name.clone();
+        for (role, entry) in &job.entries {
+            body += &format!(" {role}=({})", std::fs::read_to_string(entry.file("result.txt")).unwrap());
         }
         std::fs::write(job.out_dir.join("result.txt"), &body).unwrap();
-        if self.wait_for_cancel.contains(&job.node.name) {
+        if self.wait_for_cancel.contains(name) {
             while !job.cancel.is_cancelled() {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -77,9 +78,37 @@ impl EventSink for Log {
 fn setup() -> (tempfile::TempDir, Experiment, Graph, Store) {
     let dir = tempfile::tempdir().unwrap();
     let exp = spec::load_str(&dir.path().join("t.yaml"), SPEC).unwrap();
-    let g = graph::build(&exp, &graph::spec_fingerprint).unwrap();
+    let g =
+        crate::resolve::build(&exp, &crate::graph::spec_fingerprint, &crate::resolve::path_digest).unwrap();
     let store = Store::open(dir.path().join(".distillery")).unwrap();
     (dir, exp, g, store)
+}
+
+/// Plans `sel` over the store and runs that plan with the toy runner in this process.
+fn go_sel(
+    exp: &Experiment,
+    g: &Graph,
+    store: &Store,
+    toy: &Toy,
+    opts: &RunOptions,
+    sel: &Selection,
+    log: &dyn EventSink,
+    cancel: &Cancel,
+) -> Summary {
+    let entries = crate::plan::plan(g, &store.scoped(&exp.name), sel);
+    run(g, &entries, store, &Local { store, runner: toy }, opts, log, cancel)
+}
+
+fn go(
+    exp: &Experiment,
+    g: &Graph,
+    store: &Store,
+    toy: &Toy,
+    opts: &RunOptions,
+    log: &dyn EventSink,
+    cancel: &Cancel,
+) -> Summary {
+    go_sel(exp, g, store, toy, opts, &Selection::default(), log, cancel)
 }
 
 fn opts(jobs: usize) -> RunOptions {
@@ -94,7 +123,7 @@ fn outcome<'a>(s: &'a Summary, name: &str) -> &'a Outcome {
 fn runs_in_dependency_order_then_everything_is_cached() {
     let (_d, exp, g, store) = setup();
     let toy = Toy::default();
-    let s = run(&exp, &g, &store, &toy, &opts(2), &Log::default(), &Cancel::default());
+    let s = go(&exp, &g, &store, &toy, &opts(2), &Log::default(), &Cancel::default());
     assert!(s.ok(), "{s:?}");
     let ran = toy.ran.lock().unwrap().clone();
     let pos = |n: &str| ran.iter().position(|r| r == n).unwrap();
@@ -103,7 +132,7 @@ fn runs_in_dependency_order_then_everything_is_cached() {
     let Lookup::Hit(e) = store.get(g.key(g.get("c").unwrap())).unwrap() else { panic!() };
     assert_eq!(std::fs::read_to_string(e.file("result.txt")).unwrap(), "c from=(b from=(a))");
     let toy2 = Toy::default();
-    let s2 = run(&exp, &g, &store, &toy2, &opts(2), &Log::default(), &Cancel::default());
+    let s2 = go(&exp, &g, &store, &toy2, &opts(2), &Log::default(), &Cancel::default());
     assert!(s2.outcomes.iter().all(|(_, o)| *o == Outcome::Cached));
     assert!(toy2.ran.lock().unwrap().is_empty());
 }
@@ -112,7 +141,7 @@ fn runs_in_dependency_order_then_everything_is_cached() {
 fn a_failure_stops_its_dependants_only() {
     let (_d, exp, g, store) = setup();
     let toy = Toy { fail: vec!["b".into()], ..Toy::default() };
-    let s = run(&exp, &g, &store, &toy, &opts(1), &Log::default(), &Cancel::default());
+    let s = go(&exp, &g, &store, &toy, &opts(1), &Log::default(), &Cancel::default());
     assert!(!s.ok());
     assert!(matches!(outcome(&s, "a"), Outcome::Done { .. }));
     assert_eq!(outcome(&s, "b"), &Outcome::Failed { error: "b exploded".into() });
@@ -120,7 +149,7 @@ fn a_failure_stops_its_dependants_only() {
     assert!(matches!(outcome(&s, "y"), Outcome::Done { .. }), "{s:?}");
     // The next run resumes with exactly the unfinished nodes.
     let toy2 = Toy::default();
-    run(&exp, &g, &store, &toy2, &opts(1), &Log::default(), &Cancel::default());
+    go(&exp, &g, &store, &toy2, &opts(1), &Log::default(), &Cancel::default());
     assert_eq!(*toy2.ran.lock().unwrap(), ["b", "c"]);
 }
 
@@ -130,7 +159,7 @@ fn a_panicking_node_fails_alone_and_the_run_goes_on() {
     let (d, exp, g, store) = setup();
     for jobs in [1, 2] {
         let toy = Toy { panic: vec!["b".into()], ..Toy::default() };
-        let s = run(&exp, &g, &store, &toy, &opts(jobs), &Log::default(), &Cancel::default());
+        let s = go(&exp, &g, &store, &toy, &opts(jobs), &Log::default(), &Cancel::default());
         assert!(!s.ok());
         assert_eq!(outcome(&s, "b"), &Outcome::Failed { error: "panicked: b hit a bug".into() });
         assert_eq!(outcome(&s, "c"), &Outcome::Blocked { by: "b".into() });
@@ -150,7 +179,7 @@ fn cancel_mid_node_leaves_nothing_half_written_and_resumes() {
         std::thread::sleep(Duration::from_millis(200));
         c2.cancel();
     });
-    let s = run(&exp, &g, &store, &toy, &opts(1), &Log::default(), &cancel);
+    let s = go(&exp, &g, &store, &toy, &opts(1), &Log::default(), &cancel);
     stopper.join().unwrap();
     assert!(s.cancelled());
     assert_eq!(outcome(&s, "b"), &Outcome::Cancelled);
@@ -161,7 +190,7 @@ fn cancel_mid_node_leaves_nothing_half_written_and_resumes() {
         "no half-written entry"
     );
     let toy2 = Toy::default();
-    let s2 = run(&exp, &g, &store, &toy2, &opts(1), &Log::default(), &Cancel::default());
+    let s2 = go(&exp, &g, &store, &toy2, &opts(1), &Log::default(), &Cancel::default());
     assert!(s2.ok());
     let ran = toy2.ran.lock().unwrap().clone();
     assert!(!ran.contains(&"a".to_string()), "finished nodes are not rerun: {ran:?}");
@@ -173,37 +202,40 @@ fn only_force_and_from_select_what_runs() {
     let (_d, exp, g, store) = setup();
     // --only b with a not cached: b is blocked, nothing else runs.
     let toy = Toy::default();
-    let s = run(
+    let s = go_sel(
         &exp,
         &g,
         &store,
         &toy,
-        &RunOptions { jobs: 1, only: vec!["b".into()], ..opts(1) },
+        &opts(1),
+        &Selection { only: vec!["b".into()], ..Selection::default() },
         &Log::default(),
         &Cancel::default(),
     );
     assert_eq!(outcome(&s, "b"), &Outcome::Blocked { by: "a (not cached, not selected)".into() });
     assert!(toy.ran.lock().unwrap().is_empty());
-    run(&exp, &g, &store, &Toy::default(), &opts(1), &Log::default(), &Cancel::default());
+    go(&exp, &g, &store, &Toy::default(), &opts(1), &Log::default(), &Cancel::default());
     // --force b reruns b alone; --from b reruns b and c.
     let toy = Toy::default();
-    run(
+    go_sel(
         &exp,
         &g,
         &store,
         &toy,
-        &RunOptions { force: vec!["b".into()], ..opts(1) },
+        &opts(1),
+        &Selection { force: vec!["b".into()], ..Selection::default() },
         &Log::default(),
         &Cancel::default(),
     );
     assert_eq!(*toy.ran.lock().unwrap(), ["b"]);
     let toy = Toy::default();
-    run(
+    go_sel(
         &exp,
         &g,
         &store,
         &toy,
-        &RunOptions { from: vec!["b".into()], ..opts(1) },
+        &opts(1),
+        &Selection { from: vec!["b".into()], ..Selection::default() },
         &Log::default(),
         &Cancel::default(),
     );
@@ -213,12 +245,12 @@ fn only_force_and_from_select_what_runs() {
 #[test]
 fn a_corrupt_result_is_reported_and_recomputed() {
     let (_d, exp, g, store) = setup();
-    run(&exp, &g, &store, &Toy::default(), &opts(1), &Log::default(), &Cancel::default());
+    go(&exp, &g, &store, &Toy::default(), &opts(1), &Log::default(), &Cancel::default());
     let Lookup::Hit(e) = store.get(g.key(g.get("a").unwrap())).unwrap() else { panic!() };
     std::fs::write(e.file("result.txt"), "tampered").unwrap();
     let toy = Toy::default();
     let log = Log::default();
-    let s = run(&exp, &g, &store, &toy, &opts(1), &log, &Cancel::default());
+    let s = go(&exp, &g, &store, &toy, &opts(1), &log, &Cancel::default());
     assert!(s.ok());
     assert_eq!(*toy.ran.lock().unwrap(), ["a"], "only the corrupt node reruns");
     let warned =
@@ -234,12 +266,12 @@ fn jobs_run_independent_nodes_at_once_within_device_slots() {
     // a and x are independent: with two jobs they overlap...
     let (_d, exp, g, store) = setup();
     let toy = Toy { hold: Some(Duration::from_millis(150)), ..Toy::default() };
-    assert!(run(&exp, &g, &store, &toy, &opts(2), &Log::default(), &Cancel::default()).ok());
+    assert!(go(&exp, &g, &store, &toy, &opts(2), &Log::default(), &Cancel::default()).ok());
     assert_eq!(toy.peak.load(SeqCst), 2);
     // ...but one device slot serialises nodes that use the device.
     let (_d, exp, g, store) = setup();
     let toy = Toy { hold: Some(Duration::from_millis(50)), ..Toy::default() };
     let one_slot = RunOptions { jobs: 2, device_slots: 1, ..RunOptions::default() };
-    assert!(run(&exp, &g, &store, &toy, &one_slot, &Log::default(), &Cancel::default()).ok());
+    assert!(go(&exp, &g, &store, &toy, &one_slot, &Log::default(), &Cancel::default()).ok());
     assert_eq!(toy.peak.load(SeqCst), 1);
 }

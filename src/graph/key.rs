@@ -1,26 +1,25 @@
 //! Cache keys: a hash of what determines a node's result, and nothing else.
 //!
-//! key = sha256(canonical JSON of { format, kind, config, seed }), where `config` is the node's
-//! resolved settings with every reference replaced by what it stands for: a node by its cache
-//! key, a dataset by its fingerprint, a model name by the model's settings. Names, key order,
+//! key = sha256(canonical JSON of a resolved job's key value, `job::Job::key_value`): its work
+//! with every default filled in, its seed, and its inputs' keys by role. Names, key order,
 //! comments and whitespace in the YAML therefore never change a key; the device does not either
 //! (results on CPU and CUDA are the same experiment).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::Vertex;
-use crate::spec::{DatasetSpec, Experiment, Node, NodeKind, Target};
+use crate::spec::DatasetSpec;
 
 /// Bump when the meaning of a cached artifact changes (node code, artifact layout): every key
 /// changes with it and old entries are simply never hit again.
 /// 2: dataset keys hash every dataset setting (transforms were missing); `model.json` records
 /// the preprocessing training applied; a short epoch is a failure.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: keys hash resolved jobs (defaults included); `model.json` records the engine's model
+/// config; teacher outputs are vertices of their own.
+pub const FORMAT_VERSION: u32 = 3;
 
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey(pub [u8; 32]);
@@ -39,6 +38,18 @@ impl CacheKey {
             s.push(DIGITS[(b & 15) as usize] as char);
         }
         s
+    }
+
+    /// A key from its 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<CacheKey> {
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut k = [0u8; 32];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(CacheKey(k))
     }
 
     /// The first 12 hex digits, for people.
@@ -85,68 +96,6 @@ pub fn canonical_json(v: &Value) -> String {
 pub fn spec_fingerprint(_name: &str, d: &DatasetSpec) -> Result<CacheKey, String> {
     let v = serde_json::to_value(d).expect("dataset settings serialise");
     Ok(CacheKey::of(&json!({ "format": FORMAT_VERSION, "dataset": v })))
-}
-
-pub(super) fn node_canonical(
-    exp: &Experiment,
-    node: &Node,
-    key_of: &dyn Fn(&str, Target) -> CacheKey,
-    is_vertex: &dyn Fn(&str) -> bool,
-    by_base: &BTreeMap<&str, Vec<NodeIndex>>,
-    dag: &DiGraph<Vertex, ()>,
-) -> Value {
-    let kind_name = node.kind.name();
-    let mut config = match &node.kind {
-        NodeKind::Train(s) => serde_json::to_value(s),
-        NodeKind::Finetune(s) => serde_json::to_value(s),
-        NodeKind::Distill(s) => serde_json::to_value(s),
-        NodeKind::Generate(s) => serde_json::to_value(s),
-        NodeKind::Evaluate(s) => serde_json::to_value(s),
-        NodeKind::Report(s) => serde_json::to_value(s),
-        NodeKind::Plugin(s) => serde_json::to_value(s),
-    }
-    .expect("node settings serialise");
-    // A weighted sum does not depend on the order its terms are written in.
-    if let Some(Value::Array(losses)) = config.get_mut("losses") {
-        losses.sort_by(|a, b| a["loss"].as_str().cmp(&b["loss"].as_str()));
-    }
-    for r in node.kind.refs() {
-        if exp.invalid.contains(&r.name) {
-            // Only in a partial experiment (load_partial) whose errors are reported anyway.
-            continue;
-        }
-        let replacement = match r.target {
-            Target::Dataset => json!({ "dataset": key_of(&r.name, r.target).hex() }),
-            Target::Model => {
-                json!({ "model": serde_json::to_value(&exp.models[&r.name]).expect("model serialises") })
-            }
-            Target::Node(_) | Target::NodeOrDataset => {
-                if is_vertex(&r.name) {
-                    json!({ "input": key_of(&r.name, r.target).hex() })
-                } else {
-                    // A declared name standing for all its instances (report rows).
-                    let mut keys: Vec<(String, String)> = by_base[r.name.as_str()]
-                        .iter()
-                        .map(|ix| {
-                            let n = dag[*ix].name();
-                            (n.to_string(), key_of(n, r.target).hex())
-                        })
-                        .collect();
-                    keys.sort();
-                    json!({ "inputs": keys.into_iter().map(|(_, k)| k).collect::<Vec<_>>() })
-                }
-            }
-        };
-        if let Some(slot) = config.pointer_mut(&r.pointer) {
-            *slot = replacement;
-        }
-    }
-    json!({
-        "format": FORMAT_VERSION,
-        "kind": kind_name,
-        "config": config,
-        "seed": if node.kind.is_seeded() { json!(node.seed) } else { Value::Null },
-    })
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ pub struct Graph {
     pub canonical: HashMap<NodeIndex, serde_json::Value>,
     /// Node inputs by role, e.g. `teacher` -> `teacher_ft[seed=0]` (for plan explanations).
     pub inputs: HashMap<NodeIndex, Vec<(String, NodeIndex)>>,
+    /// Every node vertex resolved for running (`resolve::build` fills it in with the keys).
+    pub jobs: HashMap<NodeIndex, crate::job::Job>,
     index: HashMap<String, NodeIndex>,
 }
 
@@ -56,6 +58,11 @@ impl Graph {
 
     pub fn key(&self, ix: NodeIndex) -> &CacheKey {
         &self.keys[&ix]
+    }
+
+    /// The resolved job of a node vertex.
+    pub fn job(&self, ix: NodeIndex) -> &crate::job::Job {
+        &self.jobs[&ix]
     }
 
     /// Node instances (not datasets), in topological order.
@@ -229,42 +236,64 @@ pub fn build(
         diags.retain(|d| seen.insert((d.code, d.path.clone(), d.message.clone())));
         return Err(diags);
     }
+    derived_vertices(exp, &mut dag, &mut inputs, &mut index, &dataset_ix);
     let order = stable_topo(&dag);
-
-    let nodes_by_name: HashMap<&str, &crate::spec::Node> =
-        exp.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     let mut keys: HashMap<NodeIndex, CacheKey> = HashMap::new();
-    let mut canonical = HashMap::new();
-    for &ix in &order {
-        match &dag[ix] {
-            Vertex::Dataset { name } => {
-                keys.insert(ix, fingerprints[name.as_str()].clone());
-            }
-            Vertex::Node { name, .. } => {
-                let node = nodes_by_name[name.as_str()];
-                let c = key::node_canonical(
-                    exp,
-                    node,
-                    // By the kind the field takes, as the references were linked above: a name
-                    // can be a dataset and a node in a partial experiment (a reported conflict).
-                    &|n, target| {
-                        let ix = match target {
-                            Target::Dataset => dataset_ix.get(n),
-                            _ => node_ix.get(n).or_else(|| dataset_ix.get(n)),
-                        };
-                        keys[ix.expect("every reference was linked to a vertex")].clone()
-                    },
-                    // A declared name with instances stands for all of them, never one vertex.
-                    &|n| node_ix.contains_key(n) || (!by_base.contains_key(n) && dataset_ix.contains_key(n)),
-                    &by_base,
-                    &dag,
-                );
-                keys.insert(ix, CacheKey::of(&c));
-                canonical.insert(ix, c);
-            }
-        }
+    for (name, ix) in &dataset_ix {
+        keys.insert(*ix, fingerprints[name].clone());
     }
-    Ok(Graph { dag, order, keys, canonical, inputs, index })
+    // Node keys are the hashes of their resolved jobs: `resolve::build` fills them in.
+    Ok(Graph { dag, order, keys, canonical: HashMap::new(), inputs, jobs: HashMap::new(), index })
+}
+
+/// The teacher outputs a distill node reads, when they can be computed once and kept: nothing
+/// random happens to its images (no random per-image transform, no batch augmentation) and
+/// `teacher_cache` is `auto`. One vertex per (teacher instance, dataset), shared by every
+/// student, loss and seed distilled from it; added after every node (so vertex indices of
+/// nodes stay `datasets + position`).
+fn derived_vertices(
+    exp: &Experiment,
+    dag: &mut DiGraph<Vertex, ()>,
+    inputs: &mut HashMap<NodeIndex, Vec<(String, NodeIndex)>>,
+    index: &mut HashMap<String, NodeIndex>,
+    dataset_ix: &HashMap<&str, NodeIndex>,
+) {
+    use crate::spec::{AugmentSpec, NodeKind, TeacherCache, TransformSpec};
+    let mut made: HashMap<(NodeIndex, NodeIndex), NodeIndex> = HashMap::new();
+    for (i, node) in exp.nodes.iter().enumerate() {
+        let NodeKind::Distill(s) = &node.kind else { continue };
+        let Some(d) = exp.datasets.get(&s.data.0) else { continue };
+        let random = d.transforms.iter().any(|t| {
+            matches!(
+                t,
+                TransformSpec::PadCrop { .. }
+                    | TransformSpec::RandomResizedCrop { .. }
+                    | TransformSpec::Flip {}
+            )
+        });
+        if s.teacher_cache != TeacherCache::Auto || s.augment != AugmentSpec::None || random {
+            continue;
+        }
+        let me = NodeIndex::new(exp.datasets.len() + i);
+        let linked = inputs.get(&me).map(Vec::as_slice).unwrap_or_default();
+        let teacher = linked.iter().find(|(r, _)| r == "teacher").map(|x| x.1);
+        let data = linked.iter().find(|(r, _)| r == "data").map(|x| x.1);
+        let (Some(t), Some(data)) = (teacher, data) else { continue };
+        if dataset_ix.get(s.data.0.as_str()) != Some(&data) {
+            continue;
+        }
+        let ix = *made.entry((t, data)).or_insert_with(|| {
+            let name = format!("teacher_outputs({} on {})", dag[t].name(), dag[data].name());
+            let ix = dag.add_node(Vertex::Node { name: name.clone(), kind: "teacher_outputs" });
+            dag.add_edge(t, ix, ());
+            dag.add_edge(data, ix, ());
+            inputs.insert(ix, vec![("teacher".into(), t), ("data".into(), data)]);
+            index.insert(name, ix);
+            ix
+        });
+        dag.add_edge(ix, me, ());
+        inputs.entry(me).or_default().push(("teacher_outputs".into(), ix));
+    }
 }
 
 /// The node instance of a node vertex: `build` adds every dataset, then every node in order.
@@ -653,7 +682,13 @@ nodes:
         if let Err(more) = build(&exp.expect("parses"), &spec_fingerprint) {
             diags.extend(more);
         }
-        diags.into_iter().map(|d| (d.code, d.message, d.help.unwrap_or_default())).collect()
+        // Reserved kinds (plugin, synthetic) are rejected by validate; their references are
+        // still checked, which is what these tests look at.
+        diags
+            .into_iter()
+            .filter(|d| d.code != Code::Unsupported)
+            .map(|d| (d.code, d.message, d.help.unwrap_or_default()))
+            .collect()
     }
 
     fn one(nodes: &str) -> (String, String) {

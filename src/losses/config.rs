@@ -4,7 +4,7 @@
 use super::heads::{ConnectorKind, ProjectorKind};
 
 /// Cross-entropy on the student logits.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct CeConfig {
     /// PyTorch's `label_smoothing`, in `[0, 1)`. Default 0.
     pub label_smoothing: f64,
@@ -17,7 +17,7 @@ impl Default for CeConfig {
 }
 
 /// Hinton knowledge distillation on the logits.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct KdConfig {
     /// Softmax temperature `T > 0`. Default 4 (the paper).
     pub temperature: f64,
@@ -30,7 +30,7 @@ impl Default for KdConfig {
 }
 
 /// Alignment and uniformity (Wang & Isola 2020) between projected embeddings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct AlignUniformConfig {
     /// Projector on both sides. Default mocov2.
     pub projector: ProjectorKind,
@@ -60,7 +60,7 @@ impl Default for AlignUniformConfig {
 }
 
 /// Contrastive representation distillation with momentum memory banks.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct CrdConfig {
     /// Embedding head on both sides. Default linear (RepDistiller's `Embed`).
     pub projector: ProjectorKind,
@@ -90,7 +90,7 @@ impl Default for CrdConfig {
 }
 
 /// SRRL: a connector to the teacher width, then the teacher's frozen classifier.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct SrrlConfig {
     /// Default mlp2.
     pub connector: ConnectorKind,
@@ -107,7 +107,7 @@ impl Default for SrrlConfig {
 }
 
 /// Feature regression (fitnet: MSE; cosine: cosine distance) through a learned linear regressor.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct FeatureConfig {
     /// A `Linear(student_dim, teacher_dim)` regressor; without one the widths must match.
     /// Default true.
@@ -121,7 +121,7 @@ impl Default for FeatureConfig {
 }
 
 /// One loss of a distill node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub enum LossConfig {
     Ce(CeConfig),
     Kd(KdConfig),
@@ -247,7 +247,7 @@ impl LossConfig {
 }
 
 /// A loss and its weight in the total.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub struct WeightedLoss {
     pub weight: f64,
     pub config: LossConfig,

@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor};
 use super::functional::l2_normalize;
 
 /// Projector architectures of the paper's code (`Embed` in `models/projector.py`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProjectorKind {
     /// `Lin(d, out)`.
     Linear,
@@ -39,7 +39,7 @@ impl ProjectorKind {
 }
 
 /// SRRL connector architectures (`connector` in the paper's `distill.py`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectorKind {
     /// `Lin(s, t) - ReLU`.
     Mlp,

@@ -20,38 +20,31 @@ use serde_json::{Value, json};
 
 use crate::data::{self, Dataset, FingerprintCache, Normalize, TransformConfig};
 use crate::engine::{self, Model, ModelConfig};
-use crate::exec::{Input, Job, NodeError, NodeOutput, NodeRunner};
-use crate::resolve;
-use crate::spec::{self, NodeKind};
+use crate::exec::{NodeError, NodeOutput, NodeRunner, Task};
+use crate::job::{InputSource, Work};
 
 /// Held while a node seeds burn's (process-wide) generator and draws its initial weights.
 pub(crate) static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs every node kind this build supports.
+/// Runs every kind of job this build supports. It never writes the store: it writes into the
+/// task's output folder, which `exec::compute` commits.
 pub struct Runner {
     fingerprints: Arc<FingerprintCache>,
-    /// For results shared between nodes (the teacher-output cache).
-    store: crate::store::Store,
 }
 
 impl Runner {
-    pub fn new(fingerprints: Arc<FingerprintCache>, store: crate::store::Store) -> Runner {
-        Runner { fingerprints, store }
+    pub fn new(fingerprints: Arc<FingerprintCache>) -> Runner {
+        Runner { fingerprints }
     }
 }
 
 impl NodeRunner for Runner {
-    fn run(&self, job: &Job<'_>) -> Result<NodeOutput, NodeError> {
-        match &job.node.kind {
-            NodeKind::Train(_) | NodeKind::Finetune(_) | NodeKind::Distill(_) => train::run(self, job),
-            NodeKind::Evaluate(e) => evaluate(self, job, e),
-            NodeKind::Report(r) => report::run(self, job, r),
-            NodeKind::Generate(_) => Err(NodeError::Failed(
-                "generate nodes need a text-to-image runtime, which this build does not include yet".into(),
-            )),
-            NodeKind::Plugin(_) => {
-                Err(NodeError::Failed("plugin nodes are not supported by this build yet".into()))
-            }
+    fn run(&self, task: &Task<'_>) -> Result<NodeOutput, NodeError> {
+        match &task.job.work {
+            Work::Train(_) | Work::Distill(_) => train::run(self, task),
+            Work::TeacherOutputs(w) => train::teacher_outputs(self, task, w),
+            Work::Evaluate(e) => evaluate(self, task, e),
+            Work::Report(r) => report::run(self, task, r),
         }
     }
 }
@@ -64,7 +57,8 @@ fn failed(e: impl std::fmt::Display) -> NodeError {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelInfo {
-    pub model: spec::ModelSpec,
+    /// The engine's model, as built (architecture with its defaults, input shape, classes).
+    pub model: ModelConfig,
     /// `[channels, height, width]` of the inputs the model takes (after preprocessing).
     pub image_shape: [usize; 3],
     pub num_classes: usize,
@@ -95,7 +89,7 @@ impl ModelInfo {
     /// What a model trained through `loader` (on `train_transform` over images of `in_shape`)
     /// records about its inputs.
     pub(crate) fn new(
-        model: spec::ModelSpec,
+        model: ModelConfig,
         ds: &Dataset,
         train_transform: &TransformConfig,
         loader: &data::Loader,
@@ -118,7 +112,7 @@ impl ModelInfo {
     }
 
     pub fn config(&self) -> ModelConfig {
-        resolve::model_config(&self.model, self.image_shape[0], self.image_shape[1], self.num_classes)
+        self.model.clone()
     }
 
     pub fn read(dir: &Path) -> Result<ModelInfo, NodeError> {
@@ -156,40 +150,28 @@ pub(crate) fn load_model(entry_dir: &Path, device: &Device) -> Result<(ModelInfo
     Ok((info, model))
 }
 
-pub(crate) fn device(job: &Job<'_>) -> Result<Device, NodeError> {
-    engine::parse_device(&job.exp.device.to_string()).map_err(failed)
+pub(crate) fn device(task: &Task<'_>) -> Result<Device, NodeError> {
+    engine::parse_device(&task.job.device).map_err(failed)
 }
 
 /// The dataset of a role (`data`, `val`, `eval`), loaded and selected.
 pub(crate) fn dataset(
     runner: &Runner,
-    job: &Job<'_>,
+    task: &Task<'_>,
     role: &str,
 ) -> Result<(String, Arc<Dataset>), NodeError> {
-    let name = job
-        .inputs
-        .iter()
-        .find_map(|(r, i)| match i {
-            Input::Dataset { name } if r == role => Some(name.clone()),
-            _ => None,
-        })
-        .ok_or_else(|| failed(format!("no `{role}` dataset")))?;
-    let spec = &job.exp.datasets[&name];
-    let cfg = resolve::dataset_config(spec, job.exp.seed);
-    let ds = data::load_with_cache(&cfg, job.exp.base_dir(), &runner.fingerprints)
-        .map_err(|e| failed(format!("dataset `{name}`: {e}")))?;
-    Ok((name, Arc::new(ds)))
+    let input = task.job.input(role).ok_or_else(|| failed(format!("no `{role}` dataset")))?;
+    let InputSource::Dataset(cfg) = &input.source else {
+        return Err(failed(format!("input `{role}` is not a dataset")));
+    };
+    let ds = data::load_with_cache(cfg, &task.job.base_dir, &runner.fingerprints)
+        .map_err(|e| failed(format!("dataset `{}`: {e}", input.name)))?;
+    Ok((input.name.clone(), Arc::new(ds)))
 }
 
 /// The stored result of a node input by role.
-pub(crate) fn node_input<'a>(job: &'a Job<'_>, role: &str) -> Result<&'a Path, NodeError> {
-    job.inputs
-        .iter()
-        .find_map(|(r, i)| match i {
-            Input::Node { entry, .. } if r == role => Some(entry.dir.as_path()),
-            _ => None,
-        })
-        .ok_or_else(|| failed(format!("no `{role}` input")))
+pub(crate) fn node_input<'a>(task: &'a Task<'_>, role: &str) -> Result<&'a Path, NodeError> {
+    task.entry(role).map(|e| e.dir.as_path()).ok_or_else(|| failed(format!("no `{role}` input")))
 }
 
 /// Tensors of a batch on `device`; the images move out of the batch (no copy per step).
@@ -255,15 +237,14 @@ pub(crate) fn eval_model(
     )
 }
 
-fn evaluate(runner: &Runner, job: &Job<'_>, e: &spec::EvaluateSpec) -> Result<NodeOutput, NodeError> {
-    let device = device(job)?;
-    let (info, model) = load_model(node_input(job, "model")?, &device)?;
-    let (_, ds) = dataset(runner, job, "data")?;
-    let mut metrics = eval_model(&model, &info, &ds, e.batch_size as usize, &device)?;
-    if !e.metrics.contains(&spec::Metric::PerClass) {
-        metrics.as_object_mut().expect("object").remove("per_class");
-    }
-    write_json(&job.out_dir.join("metrics.json"), &metrics)?;
+fn evaluate(runner: &Runner, task: &Task<'_>, e: &crate::job::EvaluateWork) -> Result<NodeOutput, NodeError> {
+    let device = device(task)?;
+    let (info, model) = load_model(node_input(task, "model")?, &device)?;
+    let (_, ds) = dataset(runner, task, "data")?;
+    let mut metrics = eval_model(&model, &info, &ds, e.batch_size, &device)?;
+    // Only what the node asks for (and the image count).
+    metrics.as_object_mut().expect("object").retain(|k, _| k == "n" || e.metrics.iter().any(|m| m == k));
+    write_json(&task.out_dir.join("metrics.json"), &metrics)?;
     Ok(NodeOutput { metrics })
 }
 

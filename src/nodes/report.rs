@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use super::{Runner, dataset, device, eval_model, failed, load_model, write_json};
-use crate::exec::{Input, Job, NodeError, NodeOutput};
-use crate::spec::{Column, ReportSpec, RowSpec, TableFormat};
+use crate::exec::{NodeError, NodeOutput, Task};
+use crate::job::{Column, InputSource, ReportWork, TableFormat};
 
 struct Row {
     label: String,
@@ -61,41 +61,41 @@ fn cell(c: Column, samples: &[Value]) -> (String, Value) {
     (format!("{mean:.digits$} ± {std:.digits$}"), json!({ "mean": mean, "std": std, "n": xs.len() }))
 }
 
-pub(super) fn run(runner: &Runner, job: &Job<'_>, r: &ReportSpec) -> Result<NodeOutput, NodeError> {
-    let device = device(job)?;
+pub(super) fn run(runner: &Runner, task: &Task<'_>, r: &ReportWork) -> Result<NodeOutput, NodeError> {
+    let device = device(task)?;
     let eval = match &r.eval {
-        Some(_) => Some(dataset(runner, job, "eval")?.1),
+        Some(_) => Some(dataset(runner, task, "eval")?.1),
         None => None,
     };
     let mut rows: Vec<Row> = Vec::new();
-    for (i, spec_row) in r.rows.iter().enumerate() {
-        let prefix = format!("rows/{i}");
-        let base_label = match spec_row {
-            RowSpec::Labelled { label, .. } => label.clone(),
-            RowSpec::Node(n) => n.0.clone(),
-        };
+    for spec_row in &r.rows {
+        let prefix = &spec_row.role;
+        let base_label = spec_row.label.clone();
         // Instances of this row, grouped by their matrix values other than the seed.
         let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
-        for (role, input) in &job.inputs {
-            let Input::Node { name, entry } = input else { continue };
-            if role != &prefix && !role.starts_with(&format!("{prefix}/")) {
+        for (input, (role, entry)) in task
+            .job
+            .inputs
+            .iter()
+            .filter(|i| matches!(i.source, InputSource::Entry { .. }))
+            .zip(&task.entries)
+        {
+            if role != prefix && !role.starts_with(&format!("{prefix}/")) {
                 continue;
             }
-            let node = job.exp.node(name).ok_or_else(|| failed(format!("unknown row node {name}")))?;
+            let InputSource::Entry { dims, model: yields_model } = &input.source else { continue };
+            if input.role != *role {
+                return Err(failed(format!("input `{}` arrived as `{role}`", input.role)));
+            }
             let mut metrics = entry.manifest.metrics.clone();
-            if let (Some(ds), true) = (&eval, node.kind.yields_model()) {
+            if let (Some(ds), true) = (&eval, *yields_model) {
                 let (info, model) = load_model(&entry.dir, &device)?;
                 let m = eval_model(&model, &info, ds, 256, &device)?;
                 for k in ["accuracy", "top5", "loss"] {
                     metrics[k] = m[k].clone();
                 }
             }
-            let dims: Vec<String> = node
-                .assignment
-                .iter()
-                .filter(|(k, _)| k != "seed")
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let dims: Vec<String> = dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let label = if dims.is_empty() {
                 base_label.clone()
             } else {
@@ -127,9 +127,9 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>, r: &ReportSpec) -> Result<Node
         data.push(json!({ "row": row.label, "values": obj }));
     }
     let md = markdown(r.title.as_deref(), &header, &cells);
-    std::fs::write(job.out_dir.join("table.md"), &md).map_err(failed)?;
-    std::fs::write(job.out_dir.join("table.csv"), csv(&header, &cells)).map_err(failed)?;
-    std::fs::write(job.out_dir.join("table.tex"), latex(r.title.as_deref(), &header, &cells))
+    std::fs::write(task.out_dir.join("table.md"), &md).map_err(failed)?;
+    std::fs::write(task.out_dir.join("table.csv"), csv(&header, &cells)).map_err(failed)?;
+    std::fs::write(task.out_dir.join("table.tex"), latex(r.title.as_deref(), &header, &cells))
         .map_err(failed)?;
     let rendered = match r.format {
         TableFormat::Md => md,
@@ -137,7 +137,7 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>, r: &ReportSpec) -> Result<Node
         TableFormat::Latex => latex(r.title.as_deref(), &header, &cells),
     };
     let metrics = json!({ "rows": data, "table": rendered });
-    write_json(&job.out_dir.join("table.json"), &metrics)?;
+    write_json(&task.out_dir.join("table.json"), &metrics)?;
     Ok(NodeOutput { metrics })
 }
 

@@ -11,12 +11,11 @@ use serde_json::{Value, json};
 use super::{
     ModelInfo, Runner, batch_tensors, dataset, device, eval_model, failed, load_model, node_input, write_json,
 };
-use crate::data::{self, Dataset, Normalize};
-use crate::engine::{self, LoadOptions, Model, ParamRule, Trainer};
-use crate::exec::{Event, Job, NodeError, NodeOutput};
+use crate::data::{self, Dataset};
+use crate::engine::{self, LoadOptions, Model, ModelConfig, ParamRule, Trainer};
+use crate::exec::{Event, NodeError, NodeOutput, Task};
+use crate::job::{LoopSettings, ModelSetup, TeacherOutputsWork, Work};
 use crate::losses::{DistillInputs, DistillLosses, LossDims};
-use crate::resolve;
-use crate::spec::{self, NodeKind};
 
 /// The student and every trainable loss head, stepped by one optimizer.
 #[derive(Module, Debug)]
@@ -65,92 +64,98 @@ struct TrainData {
 }
 
 impl TrainData {
-    fn info(&self, model: &spec::ModelSpec) -> ModelInfo {
-        ModelInfo::new(model.clone(), &self.ds, &self.transform, &self.loader)
+    fn info(&self, model: ModelConfig) -> ModelInfo {
+        ModelInfo::new(model, &self.ds, &self.transform, &self.loader)
     }
 }
 
-fn train_data(
-    runner: &Runner,
-    job: &Job<'_>,
-    augment: &spec::AugmentSpec,
-    batch_size: u32,
-) -> Result<TrainData, NodeError> {
-    let (name, ds) = dataset(runner, job, "data")?;
-    let dspec = &job.exp.datasets[&name];
-    let transform = resolve::train_transform(dspec, augment, Normalize::Dataset).map_err(failed)?;
-    let cfg = data::LoaderConfig::train(batch_size as usize, job.node.seed, transform.clone());
-    let loader = data::Loader::new(ds.clone(), cfg).map_err(|e| failed(format!("dataset `{name}`: {e}")))?;
+fn train_data(runner: &Runner, task: &Task<'_>, s: &LoopSettings) -> Result<TrainData, NodeError> {
+    let (name, ds) = dataset(runner, task, "data")?;
+    let transform = s.transform.clone();
+    let seed = task.job.seed.unwrap_or(0);
+    let cfg = data::LoaderConfig::train(s.batch_size, seed, transform.clone());
+    let loader = data::Loader::new(ds.clone(), cfg)
+        .map_err(|e| task.fail_at("data", format!("dataset `{name}`: {e}")))?;
     Ok(TrainData { name, ds, transform, loader })
 }
 
+/// The model a job trains, on the prepared images of `td`: its architecture (from the job, or
+/// the `init` input's), and its first weights (an input node's, a weights file's, or fresh).
+fn build_model(
+    task: &Task<'_>,
+    setup: &ModelSetup,
+    td: &TrainData,
+    ad: &Device,
+) -> Result<(ModelInfo, Model), NodeError> {
+    let [c, h, _] = td.loader.image_shape();
+    let classes = td.ds.n_classes();
+    let from = match &setup.init {
+        Some(role) => Some((node_input(task, role)?, ModelInfo::read(node_input(task, role)?)?)),
+        None => None,
+    };
+    let config = match (&setup.arch, &from) {
+        (Some(t), _) => t.config(c, h, classes),
+        (None, Some((_, f))) => {
+            ModelConfig { in_channels: c, image_size: h, num_classes: classes, ..f.model.clone() }
+        }
+        (None, None) => return Err(failed("the job names no architecture and no model to start from")),
+    };
+    let info = td.info(config);
+    let model = match (&from, &setup.weights) {
+        (Some((dir, from)), _) => init_from(dir, from, &info, ad)?,
+        (None, Some(w)) => {
+            let fresh = info.config().init(ad).map_err(|e| task.fail_at("model", e))?;
+            // Hub weights carry their own head (ImageNet's 1000 classes): keep ours.
+            engine::load_into(fresh, &w.file_path, &LoadOptions { skip_head: true })
+                .map_err(|e| task.fail_at(&w.setting, e))?
+        }
+        (None, None) => info.config().init(ad).map_err(|e| task.fail_at("model", e))?,
+    };
+    Ok((info, model))
+}
+
 /// Loads `dir`'s weights into a fresh model for `info`; a new head when the class count changed.
-fn init_from(dir: &std::path::Path, info: &ModelInfo, device: &Device) -> Result<Model, NodeError> {
-    let from = super::ModelInfo::read(dir)?;
-    if from.model != info.model {
-        return Err(failed("the initial weights come from a different architecture"));
+fn init_from(
+    dir: &std::path::Path,
+    from: &ModelInfo,
+    info: &ModelInfo,
+    device: &Device,
+) -> Result<Model, NodeError> {
+    let same_shape =
+        from.model.in_channels == info.model.in_channels && from.model.image_size == info.model.image_size;
+    if from.model.arch != info.model.arch || !same_shape {
+        return Err(failed(format!(
+            "the initial weights come from a different architecture or input shape ({:?} on {:?} images, this node trains {:?} on {:?})",
+            from.model.arch, from.image_shape, info.model.arch, info.image_shape
+        )));
     }
     let model = info.config().init(device).map_err(failed)?;
     let skip_head = from.num_classes != info.num_classes;
     engine::load_into(model, &dir.join("model.safetensors"), &LoadOptions { skip_head }).map_err(failed)
 }
 
-fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<Setup, NodeError> {
-    let exp = job.exp;
-    match &job.node.kind {
-        NodeKind::Train(s) => {
-            let td = train_data(runner, job, &s.augment, s.batch_size)?;
-            let info = td.info(&exp.models[&s.model.0]);
-            let model = match &s.init {
-                Some(_) => init_from(node_input(job, "init")?, &info, ad)?,
-                None => info.config().init(ad).map_err(failed)?,
-            };
-            let trainer =
-                resolve::trainer_config(&s.optimizer, &s.schedule, s.epochs, s.warmup_epochs, s.grad_clip);
-            let settings = (s.batch_size, s.epochs, s.label_smoothing);
-            Ok(plain_setup(model, info, trainer, s.freeze, 1.0, settings, td))
+fn setup(runner: &Runner, task: &Task<'_>, ad: &Device, plain: &Device) -> Result<Setup, NodeError> {
+    match &task.job.work {
+        Work::Train(w) => {
+            let s = &w.settings;
+            let td = train_data(runner, task, s)?;
+            let (info, model) = build_model(task, &w.model, &td, ad)?;
+            Ok(plain_setup(model, info, s, td))
         }
-        NodeKind::Finetune(s) => {
-            let td = train_data(runner, job, &s.augment, s.batch_size)?;
-            let (info, model) = match (&s.from, &s.weights, &s.model) {
-                (Some(_), _, _) => {
-                    let dir = node_input(job, "from")?;
-                    let from = ModelInfo::read(dir)?;
-                    let info = td.info(&from.model);
-                    let model = init_from(dir, &info, ad)?;
-                    (info, model)
-                }
-                (None, Some(w), Some(m)) => {
-                    let info = td.info(&exp.models[&m.0]);
-                    let fresh = info.config().init(ad).map_err(failed)?;
-                    // Hub weights carry their own head (ImageNet's 1000 classes): keep ours.
-                    let model =
-                        engine::load_into(fresh, &exp.base_dir().join(w), &LoadOptions { skip_head: true })
-                            .map_err(failed)?;
-                    (info, model)
-                }
-                _ => return Err(failed("finetune needs `from` or `weights` + `model`")),
-            };
-            let trainer =
-                resolve::trainer_config(&s.optimizer, &s.schedule, s.epochs, s.warmup_epochs, s.grad_clip);
-            let settings = (s.batch_size, s.epochs, s.label_smoothing);
-            Ok(plain_setup(model, info, trainer, s.freeze, s.head_lr_mult, settings, td))
-        }
-        NodeKind::Distill(s) => {
-            let td = train_data(runner, job, &s.augment, s.batch_size)?;
-            let (tinfo, teacher) = load_model(node_input(job, "teacher")?, plain)?;
-            let info = td.info(&exp.models[&s.student.0]);
+        Work::Distill(w) => {
+            let s = &w.settings;
+            let td = train_data(runner, task, s)?;
+            let (tinfo, teacher) = load_model(node_input(task, "teacher")?, plain)?;
+            let (info, student) = build_model(task, &w.student, &td, ad)?;
             if tinfo.num_classes != info.num_classes || tinfo.image_shape != info.image_shape {
-                return Err(failed(format!(
-                    "the teacher was trained on {} classes of {:?} images, the distillation data has {} of {:?}",
-                    tinfo.num_classes, tinfo.image_shape, info.num_classes, info.image_shape
-                )));
+                return Err(task.fail_at(
+                    "teacher",
+                    format!(
+                        "the teacher was trained on {} classes of {:?} images, the distillation data has {} of {:?}",
+                        tinfo.num_classes, tinfo.image_shape, info.num_classes, info.image_shape
+                    ),
+                ));
             }
-            let student = match &s.student_init {
-                Some(_) => init_from(node_input(job, "student_init")?, &info, ad)?,
-                None => info.config().init(ad).map_err(failed)?,
-            };
-            let weighted = resolve::losses(&s.losses, job.node.seed);
             let dims = LossDims {
                 student_dim: student.feature_dim(),
                 teacher_dim: teacher.feature_dim(),
@@ -158,11 +163,10 @@ fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<
                 n_data: td.ds.len(),
             };
             let classifier = Some(teacher_classifier(&teacher, ad));
-            let heads = DistillLosses::new(&weighted, dims, classifier, ad)
-                .map_err(|e| failed(format!("{}.losses: {e}", job.node.spec_path())))?;
-            let cached = if teacher_cache_applies(s, &exp.datasets[&td.name]) {
-                let teacher_dir = node_input(job, "teacher")?;
-                Some(teacher_outputs(runner, job, teacher_dir, &teacher, &tinfo, &td, plain)?)
+            let heads =
+                DistillLosses::new(&w.losses, dims, classifier, ad).map_err(|e| task.fail_at("losses", e))?;
+            let cached = if w.cached_teacher {
+                Some(read_teacher_outputs(task, &teacher, &tinfo, td.ds.len())?)
             } else {
                 None
             };
@@ -178,15 +182,9 @@ fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<
                     Teacher { model: teacher.valid(), renorm, cached },
                 ),
                 info,
-                trainer: resolve::trainer_config(
-                    &s.optimizer,
-                    &s.schedule,
-                    s.epochs,
-                    s.warmup_epochs,
-                    s.grad_clip,
-                ),
-                batch_size: s.batch_size as usize,
-                epochs: s.epochs,
+                trainer: s.trainer.clone(),
+                batch_size: s.batch_size,
+                epochs: s.trainer.epochs as u32,
                 label_smoothing: 0.0,
                 data_name: td.name,
                 data: td.ds,
@@ -194,32 +192,24 @@ fn setup(runner: &Runner, job: &Job<'_>, ad: &Device, plain: &Device) -> Result<
                 freeze_bn: false,
             })
         }
-        _ => unreachable!("train::run handles training kinds only"),
+        _ => Err(failed("not a training job")),
     }
 }
 
 /// A train or finetune node's setup: the head learns at `head_lr_mult` x the optimizer's rate;
 /// `freeze: backbone` trains the head alone (linear probing) with batch-norm statistics frozen.
-#[allow(clippy::too_many_arguments)]
-fn plain_setup(
-    model: Model,
-    info: ModelInfo,
-    mut trainer: engine::TrainerConfig,
-    freeze: spec::Freeze,
-    head_lr_mult: f64,
-    (batch_size, epochs, label_smoothing): (u32, u32, f64),
-    td: TrainData,
-) -> Setup {
-    let lp = freeze == spec::Freeze::Backbone;
-    let head = ParamRule::lr_mult(model.head_path(), head_lr_mult);
+fn plain_setup(model: Model, info: ModelInfo, s: &LoopSettings, td: TrainData) -> Setup {
+    let lp = s.freeze_backbone;
+    let head = ParamRule::lr_mult(model.head_path(), s.head_lr_mult);
+    let mut trainer = s.trainer.clone();
     trainer.rules = if lp { vec![ParamRule::frozen(""), head] } else { vec![head] };
     Setup {
         trained: Trained::Plain(model),
         info,
         trainer,
-        batch_size: batch_size as usize,
-        epochs,
-        label_smoothing,
+        batch_size: s.batch_size,
+        epochs: s.trainer.epochs as u32,
+        label_smoothing: s.label_smoothing,
         data_name: td.name,
         data: td.ds,
         loader: td.loader,
@@ -248,8 +238,8 @@ fn to_device(t: Tensor<2>, device: &Device) -> Tensor<2> {
     Tensor::from_data(t.into_data(), device)
 }
 
-pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeError> {
-    let plain = device(job)?;
+pub(super) fn run(runner: &Runner, task: &Task<'_>) -> Result<NodeOutput, NodeError> {
+    let plain = device(task)?;
     let ad = plain.clone().autodiff();
     let Setup {
         mut trained,
@@ -267,8 +257,8 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         // tensor of this node (model, loss heads) under a lock, right after seeding it with the
         // node's seed, so results are the same whatever runs beside it.
         let _init = super::INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        plain.seed(job.node.seed);
-        setup(runner, job, &ad, &plain)?
+        plain.seed(task.job.seed.unwrap_or(0));
+        setup(runner, task, &ad, &plain)?
     };
     if data.len() < batch_size {
         return Err(failed(format!(
@@ -282,11 +272,11 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
             trained = Trained::Plain(engine::freeze_batch_norm(m));
         }
     }
-    let val = match job.inputs.iter().any(|(r, _)| r == "val") {
-        true => Some(dataset(runner, job, "val")?.1),
+    let val = match task.job.input("val").is_some() {
+        true => Some(dataset(runner, task, "val")?.1),
         false => None,
     };
-    let mut history = std::fs::File::create(job.out_dir.join("history.jsonl")).map_err(failed)?;
+    let mut history = std::fs::File::create(task.out_dir.join("history.jsonl")).map_err(failed)?;
     let t0 = Instant::now();
     let steps_per_epoch = loader.n_batches() as u64;
     let (mut images, mut step) = (0u64, 0u64);
@@ -299,7 +289,7 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         let mut epoch_steps = 0u64;
         for b in loader.epoch(epoch as u64) {
             let mut b = b.map_err(|e| failed(format!("epoch {}: {e}", epoch + 1)))?;
-            job.cancel.check()?;
+            task.cancel.check()?;
             // The teacher's inputs are the same images on the plain device (when it runs live).
             let teacher_images = match &trained {
                 Trained::Distill(_, t) if t.cached.is_none() => Some(b.images.clone()),
@@ -329,7 +319,10 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
                         })
                         .map_err(failed)?;
                     let values = terms.check_finite(step).map_err(|e| {
-                        failed(format!("{}: {e}; nothing of this node was saved", job.node.spec_path()))
+                        failed(format!(
+                            "{}: {e}; nothing of this node was saved",
+                            task.job.place_of("losses")
+                        ))
                     })?;
                     (terms.total, zs, values)
                 }
@@ -363,8 +356,8 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
             step += 1;
             epoch_steps += 1;
             let secs = t0.elapsed().as_secs_f64();
-            job.events.event(Event::Progress {
-                node: job.node.name.clone(),
+            task.events.event(Event::Progress {
+                node: task.job.name.clone(),
                 epoch: epoch + 1,
                 epochs,
                 step: step - epoch as u64 * steps_per_epoch,
@@ -408,8 +401,8 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         }
         for (k, v) in row.as_object().expect("object") {
             if let Some(x) = v.as_f64() {
-                job.events.event(Event::Metric {
-                    node: job.node.name.clone(),
+                task.events.event(Event::Metric {
+                    node: task.job.name.clone(),
                     name: k.clone(),
                     value: x,
                     step: (epoch + 1) as u64,
@@ -444,8 +437,8 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         None => 0,
     };
     let flops = 3 * student_fwd * images + teacher_flops;
-    engine::save(&model, &job.out_dir.join("model.safetensors")).map_err(failed)?;
-    info.write(&job.out_dir)?;
+    engine::save(&model, &task.out_dir.join("model.safetensors")).map_err(failed)?;
+    info.write(&task.out_dir)?;
     let mut metrics = json!({
         "train_seconds": train_seconds,
         "images_per_second": images as f64 / train_seconds.max(1e-9),
@@ -464,7 +457,7 @@ pub(super) fn run(runner: &Runner, job: &Job<'_>) -> Result<NodeOutput, NodeErro
         metrics["best_epoch"] = json!(best_epoch);
         metrics["final_val_accuracy"] = last["val_accuracy"].clone();
     }
-    write_json(&job.out_dir.join("metrics.json"), &metrics)?;
+    write_json(&task.out_dir.join("metrics.json"), &metrics)?;
     Ok(NodeOutput { metrics })
 }
 
@@ -519,20 +512,6 @@ impl TeacherOutputs {
     }
 }
 
-/// The teacher's outputs may be cached when nothing random happens to the inputs: no random
-/// per-image transform on the dataset and no batch augmentation.
-fn teacher_cache_applies(s: &spec::DistillSpec, d: &spec::DatasetSpec) -> bool {
-    let random = d.transforms.iter().any(|t| {
-        matches!(
-            t,
-            spec::TransformSpec::PadCrop { .. }
-                | spec::TransformSpec::RandomResizedCrop { .. }
-                | spec::TransformSpec::Flip {}
-        )
-    });
-    s.teacher_cache == spec::TeacherCache::Auto && s.augment == spec::AugmentSpec::None && !random
-}
-
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -541,54 +520,40 @@ fn f32_from(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-/// Computed once per (teacher, dataset selection) and kept in the store, so every student, loss
-/// and seed distilled from this teacher on this data reuses them.
-fn teacher_outputs(
+/// A teacher-outputs job: the `teacher` input's features and logits for every image of the
+/// `data` input, prepared as the students' images (nothing random applies to them) and
+/// normalised as the teacher was trained. Kept in the store, so every student, loss and seed
+/// distilled from this teacher on this data reuses them.
+pub(super) fn teacher_outputs(
     runner: &Runner,
-    job: &Job<'_>,
-    teacher_dir: &std::path::Path,
-    teacher: &Model,
-    tinfo: &ModelInfo,
-    td: &TrainData,
-    device: &Device,
-) -> Result<TeacherOutputs, NodeError> {
-    let ds = &td.ds;
-    let teacher_key = std::fs::read_to_string(teacher_dir.join("manifest.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|m| m["key"].as_str().map(str::to_string))
-        .ok_or_else(|| failed("teacher entry without a manifest"))?;
-    let dspec = &job.exp.datasets[&td.name];
-    let key = crate::graph::CacheKey::of(&json!({
-        "format": crate::graph::FORMAT_VERSION,
-        "teacher_outputs": teacher_key,
-        "data": ds.fingerprint().to_hex(),
-        "transforms": serde_json::to_value(&dspec.transforms).expect("json"),
-    }));
-    let store = &runner.store;
-    let _lock = store.lock(&key)?;
-    let (feature_dim, num_classes) = (teacher.feature_dim(), tinfo.num_classes);
-    if let crate::store::Lookup::Hit(e) = store.get(&key)? {
-        let features = f32_from(&std::fs::read(e.file("features.f32")).map_err(failed)?);
-        let logits = f32_from(&std::fs::read(e.file("logits.f32")).map_err(failed)?);
-        if features.len() == ds.len() * feature_dim && logits.len() == ds.len() * num_classes {
-            return Ok(TeacherOutputs { features, logits, feature_dim, num_classes });
-        }
-    }
+    task: &Task<'_>,
+    w: &TeacherOutputsWork,
+) -> Result<NodeOutput, NodeError> {
+    let device = device(task)?;
+    let (tinfo, teacher) = load_model(node_input(task, "teacher")?, &device)?;
+    let teacher = teacher.valid();
+    let (_, ds) = dataset(runner, task, "data")?;
     let t0 = Instant::now();
-    // The student's images (the cache applies only when nothing random happens to them),
-    // normalised as the teacher was trained.
+    let (feature_dim, num_classes) = (teacher.feature_dim(), tinfo.num_classes);
     let transform =
-        data::TransformConfig { normalize: Some(tinfo.normalize()), dsa: None, ..td.transform.clone() };
-    let loader = data::Loader::new(ds.clone(), data::LoaderConfig::eval(256, transform)).map_err(failed)?;
+        data::TransformConfig { normalize: Some(tinfo.normalize()), dsa: None, ..w.transform.clone() };
+    let loader =
+        data::Loader::new(ds.clone(), data::LoaderConfig::eval(w.batch_size, transform)).map_err(failed)?;
+    if loader.image_shape() != tinfo.image_shape {
+        return Err(failed(format!(
+            "the teacher takes {:?} images, the distillation data's become {:?}",
+            tinfo.image_shape,
+            loader.image_shape()
+        )));
+    }
     let mut features = vec![0f32; ds.len() * feature_dim];
     let mut logits = vec![0f32; ds.len() * num_classes];
     let mut filled = 0usize;
     for b in loader.epoch(0) {
         let b = b.map_err(|e| failed(format!("teacher outputs: {e}")))?;
-        job.cancel.check()?;
+        task.cancel.check()?;
         filled += b.indices.len();
-        let x = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), device);
+        let x = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), &device);
         let (f, z) = teacher.forward(x);
         let f: Vec<f32> =
             f.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| failed(format!("{e:?}")))?;
@@ -604,14 +569,34 @@ fn teacher_outputs(
     if filled != ds.len() {
         return Err(failed(format!("teacher outputs: {filled} of {} images computed", ds.len())));
     }
-    let pending = store.begin(&key)?;
-    std::fs::write(pending.dir().join("features.f32"), f32_bytes(&features)).map_err(failed)?;
-    std::fs::write(pending.dir().join("logits.f32"), f32_bytes(&logits)).map_err(failed)?;
-    pending.commit(
-        &format!("teacher outputs for {}", job.node.name),
-        "teacher_outputs",
-        json!({ "teacher": teacher_key, "data": td.name }),
-        json!({ "seconds": t0.elapsed().as_secs_f64(), "images": ds.len() }),
-    )?;
+    std::fs::write(task.out_dir.join("features.f32"), f32_bytes(&features)).map_err(failed)?;
+    std::fs::write(task.out_dir.join("logits.f32"), f32_bytes(&logits)).map_err(failed)?;
+    let metrics = json!({
+        "seconds": t0.elapsed().as_secs_f64(),
+        "images": ds.len(),
+        "feature_dim": feature_dim,
+        "num_classes": num_classes,
+    });
+    Ok(NodeOutput { metrics })
+}
+
+/// The `teacher_outputs` input of a distill job, checked against the teacher and the data.
+fn read_teacher_outputs(
+    task: &Task<'_>,
+    teacher: &Model,
+    tinfo: &ModelInfo,
+    n: usize,
+) -> Result<TeacherOutputs, NodeError> {
+    let e = task.entry("teacher_outputs").ok_or_else(|| failed("no `teacher_outputs` input"))?;
+    let (feature_dim, num_classes) = (teacher.feature_dim(), tinfo.num_classes);
+    let features = f32_from(&std::fs::read(e.file("features.f32")).map_err(failed)?);
+    let logits = f32_from(&std::fs::read(e.file("logits.f32")).map_err(failed)?);
+    if features.len() != n * feature_dim || logits.len() != n * num_classes {
+        return Err(failed(format!(
+            "the teacher outputs hold {} features and {} logits, expected {n} images x ({feature_dim}, {num_classes})",
+            features.len(),
+            logits.len()
+        )));
+    }
     Ok(TeacherOutputs { features, logits, feature_dim, num_classes })
 }

@@ -20,7 +20,7 @@ pub use small::{Cnn, Mlp};
 pub use vit::Vit;
 
 /// Input stem of the convolutional networks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stem {
     /// For 32x32 inputs: no early down-sampling.
     Cifar,
@@ -29,7 +29,7 @@ pub enum Stem {
 }
 
 /// ViT sizes from the paper (and timm's tiny/small): (dim, depth, heads, mlp dim).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VitPreset {
     /// 192, 12, 3, 768
     Tiny,
@@ -39,7 +39,7 @@ pub enum VitPreset {
     B16,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub enum Arch {
     Mlp {
         hidden: Vec<usize>,
@@ -69,7 +69,7 @@ pub enum Arch {
     },
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub arch: Arch,
     pub in_channels: usize,

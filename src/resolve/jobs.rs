@@ -1,0 +1,380 @@
+//! Every node instance of a graph -> a [`Job`] (resolve once, up front), and its cache key.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use petgraph::graph::NodeIndex;
+
+use super::{dataset_config, losses, model_template, train_transform, trainer_config};
+use crate::data::Normalize;
+use crate::diag::{Code, Diagnostic};
+use crate::graph::{CacheKey, Graph, Vertex};
+use crate::job::{
+    Column, DistillWork, EvaluateWork, InputSource, Job, JobInput, LoopSettings, ModelSetup, Place,
+    ReportRow, ReportWork, TableFormat, TeacherOutputsWork, TrainWork, WeightsFile, Work,
+};
+use crate::spec::{self, Experiment, NodeKind};
+
+/// The sha256 (hex) of a file the spec names (pre-trained weights): its content is part of the
+/// key, its path is not.
+pub type Digest<'a> = &'a dyn Fn(&Path) -> Result<String, String>;
+
+/// A digest of the path alone, for graphs built without reading files (tests, `spec_fingerprint`).
+pub fn path_digest(p: &Path) -> Result<String, String> {
+    Ok(CacheKey::of(&serde_json::json!({ "path": p.to_string_lossy() })).hex())
+}
+
+/// Resolves every node vertex of `graph` in topological order and sets its key (each job's
+/// inputs need their keys first). Problems that can only be seen here (a weights file that
+/// cannot be read, a kind this build cannot run) are located diagnostics.
+pub fn resolve_jobs(exp: &Experiment, graph: &mut Graph, digest: Digest<'_>) -> Result<(), Vec<Diagnostic>> {
+    let nodes: HashMap<&str, &spec::Node> = exp.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let mut diags = Vec::new();
+    let order: Vec<NodeIndex> = graph.node_order().collect();
+    for ix in order {
+        let name = graph.dag[ix].name().to_string();
+        let inputs = job_inputs(exp, graph, ix, &nodes);
+        let resolved = match nodes.get(name.as_str()) {
+            Some(node) => node_job(exp, node, &inputs, digest),
+            // A derived vertex: a teacher's outputs on a dataset.
+            None => teacher_outputs_job(exp, graph, ix, &name),
+        };
+        match resolved {
+            Ok(mut job) => {
+                job.inputs = inputs;
+                let key = job.compute_key();
+                job.key = key.hex();
+                graph.canonical.insert(ix, job.key_value());
+                graph.keys.insert(ix, key);
+                graph.jobs.insert(ix, job);
+            }
+            Err(d) => {
+                diags.extend(d);
+                // Dependants still get a key (their own problems are reported too).
+                graph.keys.insert(ix, CacheKey::of(&serde_json::json!({ "unresolved": name })));
+            }
+        }
+    }
+    if diags.is_empty() { Ok(()) } else { Err(diags) }
+}
+
+fn job_inputs(
+    exp: &Experiment,
+    graph: &Graph,
+    ix: NodeIndex,
+    nodes: &HashMap<&str, &spec::Node>,
+) -> Vec<JobInput> {
+    let mut out = Vec::new();
+    for (role, t) in graph.inputs.get(&ix).into_iter().flatten() {
+        let name = graph.dag[*t].name().to_string();
+        let source = match &graph.dag[*t] {
+            Vertex::Dataset { .. } => InputSource::Dataset(dataset_config(&exp.datasets[&name], exp.seed)),
+            Vertex::Node { .. } => {
+                let node = nodes.get(name.as_str());
+                InputSource::Entry {
+                    dims: node
+                        .map(|n| n.assignment.iter().filter(|(k, _)| k != "seed").cloned().collect())
+                        .unwrap_or_default(),
+                    model: node.is_some_and(|n| n.kind.yields_model()),
+                }
+            }
+        };
+        out.push(JobInput { role: role.clone(), name, key: graph.key(*t).hex(), source });
+    }
+    out
+}
+
+fn place(exp: &Experiment, path: String) -> Place {
+    let location = exp.locate_value(&path).map(|l| format!("{}:{}:{}", l.file.path.display(), l.line, l.col));
+    Place { path, location }
+}
+
+fn skeleton(exp: &Experiment, name: &str, kind: &str, at: Place, seed: Option<u64>, work: Work) -> Job {
+    Job {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        experiment: exp.name.clone(),
+        key: String::new(),
+        seed,
+        device: exp.device.to_string(),
+        base_dir: exp.base_dir().to_path_buf(),
+        at,
+        settings: Default::default(),
+        inputs: Vec::new(),
+        work,
+    }
+}
+
+/// A model of `models:` as the job trains it: the architecture with its defaults, and its
+/// `pretrained:` file unless the weights come from a node.
+fn model_setup(
+    exp: &Experiment,
+    model: &str,
+    init_role: Option<&str>,
+    digest: Digest<'_>,
+    settings: &mut std::collections::BTreeMap<String, Place>,
+    diags: &mut Vec<Diagnostic>,
+) -> ModelSetup {
+    let m = &exp.models[model];
+    settings.insert("model".into(), place(exp, format!("models.{model}")));
+    let pretrained = match m {
+        spec::ModelSpec::Resnet { pretrained, .. }
+        | spec::ModelSpec::Mobilenetv2 { pretrained, .. }
+        | spec::ModelSpec::Vit { pretrained, .. } => pretrained.as_deref(),
+        _ => None,
+    };
+    let weights = match (init_role, pretrained) {
+        (None, Some(p)) => {
+            let path = format!("models.{model}.pretrained");
+            settings.insert("pretrained".into(), place(exp, path.clone()));
+            weights_file(exp, p, "pretrained", &path, digest, diags)
+        }
+        _ => None,
+    };
+    ModelSetup { arch: Some(model_template(m)), init: init_role.map(str::to_string), weights }
+}
+
+fn weights_file(
+    exp: &Experiment,
+    file: &str,
+    setting: &str,
+    path: &str,
+    digest: Digest<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<WeightsFile> {
+    let file_path = exp.base_dir().join(file);
+    match digest(&file_path) {
+        Ok(sha256) => Some(WeightsFile { setting: setting.into(), file_path, sha256 }),
+        Err(e) => {
+            diags.push(
+                Diagnostic::new(Code::Data, path, format!("cannot read the weights file {}: {e}", file_path.display()))
+                    .with_help("give a safetensors file with torchvision parameter names, relative to the experiment file")
+                    .at(exp.locate_value(path)),
+            );
+            None
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn loop_settings(
+    exp: &Experiment,
+    node: &spec::Node,
+    data: &str,
+    optimizer: &spec::OptimizerSpec,
+    schedule: &spec::ScheduleSpec,
+    (epochs, warmup_epochs, grad_clip, batch_size): (u32, u32, Option<f64>, u32),
+    augment: &spec::AugmentSpec,
+    (label_smoothing, freeze_backbone, head_lr_mult, validate): (f64, bool, f64, bool),
+    diags: &mut Vec<Diagnostic>,
+) -> LoopSettings {
+    let transform = train_transform(&exp.datasets[data], augment, Normalize::Dataset).unwrap_or_else(|e| {
+        let path = format!("{}.augment", node.spec_path());
+        diags.push(
+            Diagnostic::new(Code::OutOfRange, &path, e).with_node(&node.name).at(exp.locate_value(&path)),
+        );
+        Default::default()
+    });
+    LoopSettings {
+        trainer: trainer_config(optimizer, schedule, epochs, warmup_epochs, grad_clip),
+        batch_size: batch_size as usize,
+        label_smoothing,
+        transform,
+        freeze_backbone,
+        head_lr_mult,
+        validate,
+    }
+}
+
+fn node_job(
+    exp: &Experiment,
+    node: &spec::Node,
+    inputs: &[JobInput],
+    digest: Digest<'_>,
+) -> Result<Job, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let mut settings = std::collections::BTreeMap::new();
+    let has = |role: &str| inputs.iter().any(|i| i.role == role);
+    let work = match &node.kind {
+        NodeKind::Train(s) => {
+            settings.insert("data".into(), place(exp, format!("datasets.{}", s.data.0)));
+            let init = s.init.as_ref().map(|_| "init");
+            let model = model_setup(exp, &s.model.0, init, digest, &mut settings, &mut diags);
+            let freeze = s.freeze == spec::Freeze::Backbone;
+            Work::Train(TrainWork {
+                model,
+                settings: loop_settings(
+                    exp,
+                    node,
+                    &s.data.0,
+                    &s.optimizer,
+                    &s.schedule,
+                    (s.epochs, s.warmup_epochs, s.grad_clip, s.batch_size),
+                    &s.augment,
+                    (s.label_smoothing, freeze, 1.0, s.val.is_some()),
+                    &mut diags,
+                ),
+            })
+        }
+        NodeKind::Finetune(s) => {
+            settings.insert("data".into(), place(exp, format!("datasets.{}", s.data.0)));
+            let model = match (&s.from, &s.weights, &s.model) {
+                (Some(_), _, _) => ModelSetup { arch: None, init: Some("from".into()), weights: None },
+                (None, Some(w), Some(m)) => {
+                    let mut setup =
+                        model_setup(exp, &m.0, Some("weights"), digest, &mut settings, &mut diags);
+                    setup.init = None;
+                    let path = format!("{}.weights", node.spec_path());
+                    settings.insert("weights".into(), place(exp, path.clone()));
+                    setup.weights = weights_file(exp, w, "weights", &path, digest, &mut diags);
+                    setup
+                }
+                // validate reports a finetune without `from` or `weights` + `model`.
+                _ => {
+                    let path = node.spec_path();
+                    diags.push(
+                        Diagnostic::new(
+                            Code::MissingKey,
+                            &path,
+                            "finetune needs `from` or `weights` + `model`",
+                        )
+                        .with_node(&node.name)
+                        .at(exp.locate_value(&path)),
+                    );
+                    ModelSetup { arch: None, init: None, weights: None }
+                }
+            };
+            let freeze = s.freeze == spec::Freeze::Backbone;
+            Work::Train(TrainWork {
+                model,
+                settings: loop_settings(
+                    exp,
+                    node,
+                    &s.data.0,
+                    &s.optimizer,
+                    &s.schedule,
+                    (s.epochs, s.warmup_epochs, s.grad_clip, s.batch_size),
+                    &s.augment,
+                    (s.label_smoothing, freeze, s.head_lr_mult, s.val.is_some()),
+                    &mut diags,
+                ),
+            })
+        }
+        NodeKind::Distill(s) => {
+            settings.insert("data".into(), place(exp, format!("datasets.{}", s.data.0)));
+            settings.insert("teacher".into(), place(exp, format!("{}.teacher", node.spec_path())));
+            settings.insert("losses".into(), place(exp, format!("{}.losses", node.spec_path())));
+            let init = s.student_init.as_ref().map(|_| "student_init");
+            let student = model_setup(exp, &s.student.0, init, digest, &mut settings, &mut diags);
+            Work::Distill(DistillWork {
+                student,
+                losses: losses(&s.losses, node.seed),
+                settings: loop_settings(
+                    exp,
+                    node,
+                    &s.data.0,
+                    &s.optimizer,
+                    &s.schedule,
+                    (s.epochs, s.warmup_epochs, s.grad_clip, s.batch_size),
+                    &s.augment,
+                    (0.0, false, 1.0, s.val.is_some()),
+                    &mut diags,
+                ),
+                cached_teacher: has("teacher_outputs"),
+            })
+        }
+        NodeKind::Evaluate(e) => {
+            let mut metrics: Vec<String> = e
+                .metrics
+                .iter()
+                .map(|m| {
+                    match m {
+                        spec::Metric::Top1 => "accuracy",
+                        spec::Metric::Top5 => "top5",
+                        spec::Metric::Loss => "loss",
+                        spec::Metric::PerClass => "per_class",
+                    }
+                    .to_string()
+                })
+                .collect();
+            metrics.sort();
+            metrics.dedup();
+            Work::Evaluate(EvaluateWork { batch_size: e.batch_size as usize, metrics })
+        }
+        NodeKind::Report(r) => Work::Report(ReportWork {
+            title: r.title.clone(),
+            rows: r
+                .rows
+                .iter()
+                .enumerate()
+                .map(|(i, row)| ReportRow {
+                    label: match row {
+                        spec::RowSpec::Labelled { label, .. } => label.clone(),
+                        spec::RowSpec::Node(n) => n.0.clone(),
+                    },
+                    role: format!("rows/{i}"),
+                })
+                .collect(),
+            columns: r.columns.iter().map(|c| column(*c)).collect(),
+            format: match r.format {
+                spec::TableFormat::Md => TableFormat::Md,
+                spec::TableFormat::Csv => TableFormat::Csv,
+                spec::TableFormat::Latex => TableFormat::Latex,
+            },
+            eval: r.eval.as_ref().map(|d| d.0.clone()),
+        }),
+        NodeKind::Generate(_) | NodeKind::Plugin(_) => {
+            let path = node.spec_path();
+            return Err(vec![
+                Diagnostic::new(
+                    Code::UnknownVariant,
+                    &path,
+                    format!("`{}` nodes are not supported by this build yet", node.kind.name()),
+                )
+                .with_node(&node.name)
+                .with_help("remove the node; the feature is planned")
+                .at(exp.locate_value(&path)),
+            ]);
+        }
+    };
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let seed = node.kind.is_seeded().then_some(node.seed);
+    let mut job = skeleton(exp, &node.name, node.kind.name(), place(exp, node.spec_path()), seed, work);
+    job.settings = settings;
+    Ok(job)
+}
+
+fn column(c: spec::Column) -> Column {
+    match c {
+        spec::Column::Accuracy => Column::Accuracy,
+        spec::Column::Top5 => Column::Top5,
+        spec::Column::Loss => Column::Loss,
+        spec::Column::TrainSeconds => Column::TrainSeconds,
+        spec::Column::ImagesPerSecond => Column::ImagesPerSecond,
+        spec::Column::Flops => Column::Flops,
+        spec::Column::Params => Column::Params,
+    }
+}
+
+fn teacher_outputs_job(
+    exp: &Experiment,
+    graph: &Graph,
+    ix: NodeIndex,
+    name: &str,
+) -> Result<Job, Vec<Diagnostic>> {
+    let data = graph.inputs[&ix].iter().find(|(r, _)| r == "data").map(|x| x.1).expect("derived data input");
+    let d = &exp.datasets[graph.dag[data].name()];
+    // The images as the students see them (nothing random applies, else there is no vertex).
+    let transform = train_transform(d, &spec::AugmentSpec::None, Normalize::Dataset).unwrap_or_default();
+    let at = place(exp, format!("datasets.{}", graph.dag[data].name()));
+    Ok(skeleton(
+        exp,
+        name,
+        "teacher_outputs",
+        at,
+        None,
+        Work::TeacherOutputs(TeacherOutputsWork { transform, batch_size: 256 }),
+    ))
+}
