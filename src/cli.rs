@@ -403,7 +403,8 @@ fn worker(file: &Path, store_dir: &Path, force: bool, out: &mut dyn Write) -> Re
         None => v,
     };
     let job: crate::job::Job = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
-    let store = Store::open_existing(store_dir).map_err(store_failure)?;
+    // The store a launcher points it at (created if new, as `run` does).
+    let store = Store::open(store_dir).map_err(store_failure)?;
     let mut entries = Vec::new();
     for i in job.inputs.iter().filter(|i| matches!(i.source, crate::job::InputSource::Entry { .. })) {
         let key =

@@ -393,3 +393,88 @@ nodes:
         "test accuracy {test_acc} vs train {train_acc}: not evaluated as trained"
     );
 }
+
+/// Every stored file whose bytes do not depend on timing (weights, model info, teacher
+/// outputs), by node name.
+fn deterministic_files(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (_, m) in entries(dir) {
+        for f in m["files"].as_array().unwrap() {
+            let path = f["path"].as_str().unwrap();
+            if ["model.safetensors", "model.json", "features.f32", "logits.f32"].contains(&path) {
+                out.push((format!("{}/{path}", m["node"].as_str().unwrap()), f["sha256"].as_str().unwrap().into()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The launcher seam: `plan --json` writes each node's resolved job, and `distillery worker`
+/// runs it in a process of its own against the store, into the entry `run` makes in-process.
+#[test]
+fn worker_runs_the_jobs_of_plan_json_into_the_entries_run_makes() {
+    let a = tempfile::tempdir().unwrap();
+    let spec_a = spec(a.path(), 1);
+    let out = run(&spec_a, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let b = tempfile::tempdir().unwrap();
+    let spec_b = spec(b.path(), 1);
+    let plan = bin().args(["plan", "--json"]).arg(&spec_b).output().unwrap();
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let store_b = b.path().join(".distillery");
+    // Out of order, a job's inputs are not there yet: the worker says so and writes nothing.
+    let jobs = plan["jobs"].as_array().unwrap();
+    let kd = jobs.iter().find(|j| j["name"] == "kd").unwrap();
+    let file = b.path().join("kd.json");
+    std::fs::write(&file, kd.to_string()).unwrap();
+    let early = bin().arg("worker").arg(&file).arg("--store").arg(&store_b).output().unwrap();
+    assert_eq!(early.status.code(), Some(1));
+    assert!(text(&early.stderr).contains("is not in the store"), "{}", text(&early.stderr));
+    // In the plan's order (inputs first), each job in its own process.
+    for (i, job) in jobs.iter().enumerate() {
+        let file = b.path().join(format!("job{i}.json"));
+        std::fs::write(&file, serde_json::to_string_pretty(job).unwrap()).unwrap();
+        let w = bin().arg("worker").arg(&file).arg("--store").arg(&store_b).output().unwrap();
+        assert_eq!(w.status.code(), Some(0), "{}: {}", job["name"], text(&w.stderr));
+    }
+    assert_eq!(deterministic_files(a.path()), deterministic_files(b.path()), "bit for bit");
+    // And `run` finds every one of them.
+    let again = run(&spec_b, &[]);
+    assert_eq!(counts(&again), (0, 7), "{}", text(&again.stderr));
+    // A job whose contents were edited does not match its key: refused, not run.
+    let mut edited = jobs[0].clone();
+    edited["work"]["train"]["loop"]["batch_size"] = 7.into();
+    std::fs::write(&file, edited.to_string()).unwrap();
+    let w = bin().arg("worker").arg(&file).arg("--store").arg(&store_b).output().unwrap();
+    assert_eq!(w.status.code(), Some(1));
+    assert!(text(&w.stderr).contains("does not match its contents"), "{}", text(&w.stderr));
+}
+
+/// Teacher outputs are vertices of the graph: gc keeps them while a spec reads them.
+#[test]
+fn gc_keeps_referenced_teacher_outputs_and_removes_them_when_unreferenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), 1);
+    assert_eq!(run(&spec, &[]).status.code(), Some(0));
+    let outputs = |d: &Path| entry_kinds(d).iter().filter(|k| *k == "teacher_outputs").count();
+    assert_eq!(outputs(dir.path()), 1);
+    let gc = bin().arg("gc").arg(&spec).output().unwrap();
+    assert_eq!(gc.status.code(), Some(0), "{}", text(&gc.stderr));
+    assert!(text(&gc.stdout).starts_with("removed 0 entries"), "{}", text(&gc.stdout));
+    assert_eq!(outputs(dir.path()), 1);
+    // Without the distill node (and the report that reads it), nothing reads the outputs.
+    let other = dir.path().join("other.yaml");
+    let text_other: String = SPEC
+        .replace("EPOCHS", "1")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("kd:") && !l.trim_start().starts_with("table:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&other, text_other).unwrap();
+    let gc = bin().arg("gc").arg(&other).arg("--store").arg(dir.path().join(".distillery")).output().unwrap();
+    assert_eq!(gc.status.code(), Some(0), "{}", text(&gc.stderr));
+    assert_eq!(outputs(dir.path()), 0);
+}

@@ -378,3 +378,74 @@ fn teacher_outputs_job(
         Work::TeacherOutputs(TeacherOutputsWork { transform, batch_size: 256 }),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(text: &str) -> Graph {
+        let exp = spec::load_str(Path::new("t.yaml"), text).unwrap();
+        super::super::build(&exp, &crate::graph::spec_fingerprint, &path_digest).unwrap()
+    }
+
+    fn key_of(g: &Graph, name: &str) -> String {
+        g.job(g.get(name).unwrap()).key.clone()
+    }
+
+    const SPEC: &str = "datasets: { d: { source: builtin/digits } }\nmodels: { r: { arch: resnet, depth: 8 } }\nnodes:\n  t: { train: { model: r, data: d } }\n";
+
+    #[test]
+    fn defaults_are_in_the_key_not_their_spelling() {
+        let g = build(SPEC);
+        // The default width written out is the same job...
+        assert_eq!(key_of(&g, "t"), key_of(&build(&SPEC.replace("depth: 8", "depth: 8, width: 16")), "t"));
+        assert_eq!(key_of(&g, "t"), key_of(&build(&SPEC.replace("depth: 8", "depth: 8, stem: auto")), "t"));
+        // ...and a changed default (what a new `model_template` would resolve) is another key.
+        let mut job = g.job(g.get("t").unwrap()).clone();
+        assert_eq!(job.compute_key().hex(), job.key);
+        let Work::Train(w) = &mut job.work else { panic!() };
+        let Some(crate::engine::Arch::ResNet { width_mult, .. }) = w.model.arch.as_mut().map(|t| &mut t.arch)
+        else {
+            panic!()
+        };
+        *width_mult = 2.0;
+        assert_ne!(job.compute_key().hex(), job.key);
+        // So is a changed rule of the image size (the `stem: auto` threshold).
+        let mut job = g.job(g.get("t").unwrap()).clone();
+        let Work::Train(w) = &mut job.work else { panic!() };
+        w.model.arch.as_mut().unwrap().by_image_size = Some(crate::job::SizeRule::Stem { cifar_up_to: 32 });
+        assert_ne!(job.compute_key().hex(), job.key);
+    }
+
+    #[test]
+    fn names_paths_and_the_device_are_not_in_the_key() {
+        let g = build(SPEC);
+        let renamed = build(&SPEC.replace("{ r: {", "{ q: {").replace("model: r", "model: q").replace("  t:", "  other:"));
+        assert_eq!(key_of(&g, "t"), key_of(&renamed, "other"));
+        let mut job = g.job(g.get("t").unwrap()).clone();
+        job.device = "cuda:1".into();
+        job.base_dir = "/elsewhere".into();
+        assert_eq!(job.compute_key().hex(), key_of(&g, "t"));
+    }
+
+    #[test]
+    fn a_pretrained_file_is_keyed_by_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = SPEC.replace("depth: 8", "depth: 8, pretrained: w.safetensors");
+        let file = dir.path().join("t.yaml");
+        let exp = spec::load_str(&file, &text).unwrap();
+        let cache = crate::data::FingerprintCache::in_memory();
+        let digest = super::super::file_digest(&cache);
+        // Missing: a located error at the setting.
+        let err = super::super::build(&exp, &crate::graph::spec_fingerprint, &digest).unwrap_err();
+        assert_eq!(err[0].path, "models.r.pretrained");
+        assert!(err[0].location.is_some());
+        std::fs::write(dir.path().join("w.safetensors"), b"one").unwrap();
+        let a = super::super::build(&exp, &crate::graph::spec_fingerprint, &digest).unwrap();
+        let cache2 = crate::data::FingerprintCache::in_memory();
+        std::fs::write(dir.path().join("w.safetensors"), b"two").unwrap();
+        let b = super::super::build(&exp, &crate::graph::spec_fingerprint, &super::super::file_digest(&cache2))
+            .unwrap();
+        assert_ne!(key_of(&a, "t"), key_of(&b, "t"));
+    }
+}
