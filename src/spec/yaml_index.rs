@@ -11,6 +11,7 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use super::join;
+use super::load::limits;
 use crate::diag::{Location, SourceFile};
 
 #[derive(Clone, Debug, Default)]
@@ -103,14 +104,18 @@ impl SpanIndex {
     }
 }
 
-/// One pass of yaml-rust2 over a file: the index, the first repeated key, and the parser's error.
+/// One pass of yaml-rust2 over a file: the index, the first repeated key, the alias that makes
+/// the document too large, and the parser's error.
 ///
 /// This pass runs before serde_yaml: it is linear in the text even for deeply nested flow
-/// collections (it stops at 255 levels), where libyaml's scanner takes quadratic time.
+/// collections (it stops at 255 levels), where libyaml's scanner takes quadratic time, and for
+/// nested aliases, which serde_yaml expands one value at a time.
 pub(super) struct Scan {
     pub index: SpanIndex,
     /// Key paths written twice in one mapping, with the second occurrence (the first few).
     pub duplicates: Vec<(String, Location)>,
+    /// The `*alias` at which the values that aliases add pass [`limits::MAX_ALIAS_NODES`].
+    pub too_many_alias_nodes: Option<Location>,
     pub error: Option<(String, Location)>,
 }
 
@@ -121,6 +126,7 @@ impl Scan {
             stack: Vec::new(),
             index: SpanIndex::default(),
             duplicates: Vec::new(),
+            expansion: Expansion::default(),
         };
         let mut parser = Parser::new_from_str(&file.text);
         let error = parser.load(&mut rx, false).err().map(|e| {
@@ -128,7 +134,83 @@ impl Scan {
             let loc = Location { file: file.clone(), line: m.line(), col: m.col() + 1, len: 1 };
             (e.info().to_string(), loc)
         });
-        Scan { index: rx.index, duplicates: rx.duplicates, error }
+        let too_many_alias_nodes =
+            rx.expansion.too_many_at.map(|mark| rx.loc(mark, alias_len(&file.text, mark)));
+        Scan { index: rx.index, duplicates: rx.duplicates, too_many_alias_nodes, error }
+    }
+}
+
+/// Characters of the `*name` at `mark`, for the caret (a walk of the text, for the one alias
+/// reported). By line and column: yaml-rust2's `index` counts bytes after some block scalars.
+fn alias_len(text: &str, mark: Marker) -> usize {
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    while line < mark.line() {
+        match chars.next() {
+            Some('\n') => line += 1,
+            // A lone CR ends a line too, as it does for the parser.
+            Some('\r') if chars.peek() != Some(&'\n') => line += 1,
+            Some(_) => {}
+            None => return 1,
+        }
+    }
+    let is_end = |c: &char| c.is_whitespace() || matches!(c, ',' | '[' | ']' | '{' | '}');
+    chars.skip(mark.col()).take_while(|c| !is_end(c)).count()
+}
+
+/// Counts, in the same pass, the values that `*alias` references add once serde_yaml replaces
+/// each by a copy of its anchor's value (anchors inside anchors multiply: ten aliases of an
+/// anchor that holds ten aliases of ... add 10^n values from a few lines of text).
+///
+/// Linear: an anchor's size is known when its node ends, so an alias costs one lookup, never a
+/// walk of what it stands for. Sizes saturate instead of overflowing.
+#[derive(Default)]
+struct Expansion {
+    /// Values each anchor's node expands to, by yaml-rust2's anchor id (every `&name` gets a new
+    /// id and an alias refers to the latest; ids start at 1). 0: not known yet (still open).
+    anchor_sizes: Vec<u64>,
+    /// The collections being read: their anchor id (0: none) and their values so far.
+    open: Vec<(usize, u64)>,
+    /// Values that aliases have added so far.
+    by_aliases: u64,
+    too_many_at: Option<Marker>,
+}
+
+impl Expansion {
+    fn start(&mut self, anchor: usize) {
+        self.open.push((anchor, 1));
+    }
+
+    fn end(&mut self) {
+        if let Some((anchor, size)) = self.open.pop() {
+            self.node(anchor, size);
+        }
+    }
+
+    fn alias(&mut self, anchor: usize, mark: Marker) {
+        // An alias of an anchor whose node is still open refers to itself: it never ends.
+        let size = match self.anchor_sizes.get(anchor) {
+            Some(&n) if n > 0 => n,
+            _ => u64::MAX,
+        };
+        self.by_aliases = self.by_aliases.saturating_add(size);
+        if self.by_aliases > limits::MAX_ALIAS_NODES && self.too_many_at.is_none() {
+            self.too_many_at = Some(mark);
+        }
+        self.node(0, size);
+    }
+
+    /// A finished node of `size` values, with anchor id `anchor` (0: none).
+    fn node(&mut self, anchor: usize, size: u64) {
+        if let Some((_, parent)) = self.open.last_mut() {
+            *parent = parent.saturating_add(size);
+        }
+        if anchor > 0 {
+            if self.anchor_sizes.len() <= anchor {
+                self.anchor_sizes.resize(anchor + 1, 0);
+            }
+            self.anchor_sizes[anchor] = size;
+        }
     }
 }
 
@@ -145,6 +227,7 @@ struct Receiver {
     stack: Vec<Frame>,
     index: SpanIndex,
     duplicates: Vec<(String, Location)>,
+    expansion: Expansion,
 }
 
 impl Receiver {
@@ -172,6 +255,13 @@ impl Receiver {
 
 impl MarkedEventReceiver for Receiver {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::Scalar(_, _, anchor, _) => self.expansion.node(anchor, 1),
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => self.expansion.start(anchor),
+            Event::MappingEnd | Event::SequenceEnd => self.expansion.end(),
+            Event::Alias(anchor) => self.expansion.alias(anchor, mark),
+            _ => {}
+        }
         match ev {
             Event::Scalar(text, style, ..) => {
                 if self.expecting_key() {
@@ -237,5 +327,40 @@ mod tests {
         // Unknown deeper paths fall back to the closest known key.
         let f = idx.key("nodes.kd.distill.epochs.nope").unwrap();
         assert_eq!(f.line, 3);
+    }
+
+    /// `a0: &a0 [x, ...]` and `levels` lines `aN: &aN [*aN-1, ...]`, ten items each: aN expands
+    /// to (10^(N+2) - 1) / 9 values.
+    fn nested_aliases(levels: usize) -> String {
+        let mut text = format!("a0: &a0 [{}]\n", ["x"; 10].join(", "));
+        for n in 1..=levels {
+            let items = vec![format!("*a{}", n - 1); 10].join(", ");
+            text.push_str(&format!("a{n}: &a{n} [{items}]\n"));
+        }
+        text
+    }
+
+    /// Where the scan says aliases add too many values: (line, col, len).
+    fn too_many_at(text: &str) -> Option<(usize, usize, usize)> {
+        let scan = Scan::run(&SourceFile::new("f.yaml", text));
+        scan.too_many_alias_nodes.map(|l| (l.line, l.col, l.len))
+    }
+
+    #[test]
+    fn alias_expansion_is_counted_and_located_at_the_alias_that_passes_the_limit() {
+        assert_eq!(limits::MAX_ALIAS_NODES, 1_000_000, "the positions below assume it");
+        // Aliases add 123,440 values up to a4; a5's eighth `*a4` (111,111 each) passes 1,000,000.
+        assert_eq!(too_many_at(&nested_aliases(4)), None);
+        assert_eq!(too_many_at(&nested_aliases(5)), Some((6, 45, 3)));
+        // 40 levels expand to more than u64 can count: sizes saturate, the first crossing stays.
+        assert_eq!(too_many_at(&nested_aliases(40)), Some((6, 45, 3)));
+        // An alias refers to the latest node with its anchor's name: here a plain scalar.
+        let redefined = format!("{}b: &a4 x\nc: [{}]\n", nested_aliases(4), ["*a4"; 10].join(", "));
+        assert_eq!(too_many_at(&redefined), None);
+        let kept = format!("{}c: [{}]\n", nested_aliases(4), ["*a4"; 10].join(", "));
+        assert_eq!(too_many_at(&kept), Some((6, 40, 3)));
+        // An alias inside its own anchor's node expands without end.
+        assert_eq!(too_many_at("a: &a [x, *a]\n"), Some((1, 11, 2)));
+        assert_eq!(too_many_at("s: &s x\nl: [*s, *s, *s]\nm: { k: *s }\n"), None);
     }
 }
