@@ -402,7 +402,10 @@ fn deterministic_files(dir: &Path) -> Vec<(String, String)> {
         for f in m["files"].as_array().unwrap() {
             let path = f["path"].as_str().unwrap();
             if ["model.safetensors", "model.json", "features.f32", "logits.f32"].contains(&path) {
-                out.push((format!("{}/{path}", m["node"].as_str().unwrap()), f["sha256"].as_str().unwrap().into()));
+                out.push((
+                    format!("{}/{path}", m["node"].as_str().unwrap()),
+                    f["sha256"].as_str().unwrap().into(),
+                ));
             }
         }
     }

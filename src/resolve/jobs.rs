@@ -420,7 +420,9 @@ mod tests {
     #[test]
     fn names_paths_and_the_device_are_not_in_the_key() {
         let g = build(SPEC);
-        let renamed = build(&SPEC.replace("{ r: {", "{ q: {").replace("model: r", "model: q").replace("  t:", "  other:"));
+        let renamed = build(
+            &SPEC.replace("{ r: {", "{ q: {").replace("model: r", "model: q").replace("  t:", "  other:"),
+        );
         assert_eq!(key_of(&g, "t"), key_of(&renamed, "other"));
         let mut job = g.job(g.get("t").unwrap()).clone();
         job.device = "cuda:1".into();
@@ -444,8 +446,9 @@ mod tests {
         let a = super::super::build(&exp, &crate::graph::spec_fingerprint, &digest).unwrap();
         let cache2 = crate::data::FingerprintCache::in_memory();
         std::fs::write(dir.path().join("w.safetensors"), b"two").unwrap();
-        let b = super::super::build(&exp, &crate::graph::spec_fingerprint, &super::super::file_digest(&cache2))
-            .unwrap();
+        let b =
+            super::super::build(&exp, &crate::graph::spec_fingerprint, &super::super::file_digest(&cache2))
+                .unwrap();
         assert_ne!(key_of(&a, "t"), key_of(&b, "t"));
     }
 }
