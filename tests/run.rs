@@ -481,3 +481,48 @@ fn gc_keeps_referenced_teacher_outputs_and_removes_them_when_unreferenced() {
     assert_eq!(gc.status.code(), Some(0), "{}", text(&gc.stderr));
     assert_eq!(outputs(dir.path()), 0);
 }
+
+/// `pretrained:` loads the file's weights into the model (here a linear probe keeps them
+/// frozen, so the stored backbone is the file's, bit for bit); a file missing a tensor fails
+/// the node naming the tensor and where `pretrained:` is written.
+#[test]
+fn pretrained_weights_are_loaded_and_a_bad_file_names_the_tensor_and_the_setting() {
+    use distillery::engine::safetensors::{read, write};
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pretrained/resnet8_w4_digits5.safetensors");
+    std::fs::copy(&fixture, dir.path().join("pre.safetensors")).unwrap();
+    let yaml = r#"
+experiment: pretrained
+datasets:
+  task: { source: builtin/digits, classes: [5, 6, 7, 8, 9], per_class: 20 }
+models:
+  r: { arch: resnet, depth: 8, width: 4, pretrained: pre.safetensors }
+nodes:
+  lp: { train: { model: r, data: task, epochs: 1, batch_size: 32, freeze: backbone } }
+"#;
+    let spec = dir.path().join("p.yaml");
+    std::fs::write(&spec, yaml).unwrap();
+    let out = run(&spec, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let (entry, _) = entries(dir.path()).into_iter().find(|(_, m)| m["node"] == "lp").unwrap();
+    let stored = read(&entry.join("model.safetensors")).unwrap();
+    let file = read(&fixture).unwrap();
+    let backbone: Vec<&String> = stored.keys().filter(|k| !k.starts_with("fc.")).collect();
+    assert!(backbone.len() > 10, "{backbone:?}");
+    for k in backbone {
+        assert_eq!(stored[k], file[k], "{k} is not the pre-trained tensor");
+    }
+    // The head is the task's own (trained from its initialisation), not the file's.
+    assert_ne!(stored["fc.weight"], file["fc.weight"]);
+
+    // A file without conv1.weight: the node fails, naming the tensor and the setting's place.
+    let mut broken = file.clone();
+    broken.remove("conv1.weight");
+    write(&dir.path().join("pre.safetensors"), &broken, &Default::default()).unwrap();
+    let out = run(&spec, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(e.contains("conv1.weight"), "{e}");
+    assert!(e.contains("p.yaml:6:") && e.contains("models.r.pretrained"), "{e}");
+}
