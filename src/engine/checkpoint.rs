@@ -233,3 +233,122 @@ impl ModuleMapper for Apply<'_> {
         Param::from_mapped_value(id, t, mapper)
     }
 }
+
+/// Loading the hub-style fixture written by `tools/fixtures_pretrained.py` (see its
+/// docstring): torchvision names, 1 input channel, a 1000-class head.
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use burn::tensor::Device;
+
+    use super::*;
+    use crate::engine::models::{Arch, Stem};
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pretrained/resnet8_w4_grey.safetensors")
+    }
+
+    /// The fixture's architecture as a spec says it (`resnet`, depth 8, width 0.25, CIFAR
+    /// stem) on the 8x8 digits with their 10 classes.
+    fn digits_resnet8(in_channels: usize) -> ModelConfig {
+        ModelConfig {
+            arch: Arch::ResNet { depth: 8, width_mult: 0.25, stem: Stem::Cifar },
+            in_channels,
+            image_size: 8,
+            num_classes: 10,
+        }
+    }
+
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// `torchvision name -> (is head, shape, values)` of every tensor of `model`.
+    fn tensors(model: &Model) -> BTreeMap<String, (bool, Vec<usize>, Vec<f32>)> {
+        let head = model.head_path();
+        collect(model, true)
+            .into_iter()
+            .map(|(p, n, s, d)| (n, (is_under(&p, head), s, d.unwrap())))
+            .collect()
+    }
+
+    #[test]
+    fn pretrained_fixture_loads_the_backbone_bit_for_bit_and_keeps_the_head() {
+        let device = Device::flex();
+        let fresh = digits_resnet8(1).init(&device).unwrap();
+        let before = tensors(&fresh);
+        let loaded = load_into(fresh, &fixture(), &LoadOptions { skip_head: true }).unwrap();
+        let after = tensors(&loaded);
+        let file = safetensors::read(&fixture()).unwrap();
+
+        let mut backbone = 0;
+        for (name, (head, shape, values)) in &after {
+            if *head {
+                assert_eq!(bits(values), bits(&before[name].2), "{name}: the head keeps its initialisation");
+                continue;
+            }
+            let Some(Entry { shape: file_shape, data: Data::F32(file_values) }) = file.get(name) else {
+                panic!("{name}: not a float tensor of the fixture");
+            };
+            assert_eq!(shape, file_shape, "{name}");
+            assert_eq!(bits(values), bits(file_values), "{name}: not the file's values");
+            backbone += 1;
+        }
+        // Every file tensor but the 1000-class head and the batch counters went in.
+        let in_file =
+            file.keys().filter(|k| !k.starts_with("fc.") && !k.ends_with("num_batches_tracked")).count();
+        assert_eq!(backbone, in_file);
+        assert_eq!(after["fc.weight"].1, vec![10, 16]);
+        // The fixture's statistics are a trained network's, not a fresh one's 0/1.
+        assert!(after["layer3.0.bn2.running_var"].2.iter().all(|&v| v != 1.0));
+
+        // Without skip_head the 1000-class head does not fit a 10-class task.
+        let err = load_into(digits_resnet8(1).init(&device).unwrap(), &fixture(), &LoadOptions::default())
+            .unwrap_err();
+        assert!(matches!(&err, EngineError::ShapeMismatch { name, .. } if name == "fc.weight"), "{err}");
+    }
+
+    #[test]
+    fn pretrained_fixture_into_another_in_channels_names_conv1_and_both_shapes() {
+        let device = Device::flex();
+        let rgb = digits_resnet8(3).init(&device).unwrap();
+        let err = load_into(rgb, &fixture(), &LoadOptions { skip_head: true }).unwrap_err();
+        let EngineError::ShapeMismatch { name, expected, found, .. } = &err else {
+            panic!("expected a shape mismatch, got {err}");
+        };
+        assert_eq!(
+            (name.as_str(), expected.as_slice(), found.as_slice()),
+            ("conv1.weight", &[4, 3, 3, 3][..], &[4, 1, 3, 3][..])
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("resnet8_w4_grey.safetensors"), "{msg}");
+        assert!(
+            msg.contains("tensor \"conv1.weight\" has shape [4, 1, 3, 3], the model expects [4, 3, 3, 3]"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn pretrained_file_missing_a_tensor_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = safetensors::read(&fixture()).unwrap();
+        assert!(file.remove("layer2.0.downsample.1.running_mean").is_some());
+        let path = dir.path().join("cut.safetensors");
+        safetensors::write(&path, &file, &BTreeMap::new()).unwrap();
+
+        let model = digits_resnet8(1).init(&Device::flex()).unwrap();
+        let err = load_into(model, &path, &LoadOptions { skip_head: true }).unwrap_err();
+        let EngineError::MissingTensor { name, expected, .. } = &err else {
+            panic!("expected a missing tensor, got {err}");
+        };
+        assert_eq!((name.as_str(), expected.as_slice()), ("layer2.0.downsample.1.running_mean", &[8][..]));
+        let msg = err.to_string();
+        assert!(msg.contains("cut.safetensors"), "{msg}");
+        assert!(
+            msg.contains("missing tensor \"layer2.0.downsample.1.running_mean\" (expected shape [8])"),
+            "{msg}"
+        );
+    }
+}
