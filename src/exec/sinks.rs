@@ -119,6 +119,8 @@ pub struct Tracking<'a> {
     graph: &'a Graph,
     parent: RunId,
     runs: Mutex<HashMap<String, RunId>>,
+    /// Each instance's declared name and kind (looked up once per event).
+    nodes: HashMap<&'a str, (&'a str, &'static str)>,
 }
 
 impl<'a> Tracking<'a> {
@@ -129,7 +131,8 @@ impl<'a> Tracking<'a> {
         graph: &'a Graph,
         parent: RunId,
     ) -> Tracking<'a> {
-        Tracking { tracker, store, exp, graph, parent, runs: Mutex::new(HashMap::new()) }
+        let nodes = exp.nodes.iter().map(|n| (n.name.as_str(), (n.base.as_str(), n.kind.name()))).collect();
+        Tracking { tracker, store, exp, graph, parent, runs: Mutex::new(HashMap::new()), nodes }
     }
 
     /// The result's files people open (checkpoint, model info, metrics, history, tables).
@@ -145,13 +148,14 @@ impl<'a> Tracking<'a> {
 
     fn node_run<R>(&self, node: &str, f: impl FnOnce(&NodeRun<'_>) -> R) -> Option<R> {
         let ix = self.graph.get(node)?;
-        let n = self.exp.node(node)?;
+        // Node instances only (a teacher's outputs are not a run of their own).
+        let (base, kind) = self.nodes.get(node)?;
         let key = self.graph.key(ix).hex();
         let device = self.exp.device.to_string();
-        let tags = vec![("distillery.base".to_string(), n.base.clone())];
+        let tags = vec![("distillery.base".to_string(), base.to_string())];
         Some(f(&NodeRun {
             node_name: node,
-            kind: n.kind.name(),
+            kind,
             cache_key: &key,
             config: &self.graph.canonical[&ix],
             device: &device,

@@ -165,7 +165,7 @@ pub(crate) fn dataset(
         return Err(failed(format!("input `{role}` is not a dataset")));
     };
     let ds = data::load_with_cache(cfg, &task.job.base_dir, &runner.fingerprints)
-        .map_err(|e| failed(format!("dataset `{}`: {e}", input.name)))?;
+        .map_err(|e| task.fail_at(role, format!("dataset `{}`: {e}", input.name)))?;
     Ok((input.name.clone(), Arc::new(ds)))
 }
 

@@ -195,6 +195,22 @@ fn node_job(
     let mut diags = Vec::new();
     let mut settings = std::collections::BTreeMap::new();
     let has = |role: &str| inputs.iter().any(|i| i.role == role);
+    // train, finetune and distill name their loop settings alike.
+    macro_rules! loop_of {
+        ($s:ident, $label_smoothing:expr, $freeze:expr, $head_lr_mult:expr, $validate:expr) => {
+            loop_settings(
+                exp,
+                node,
+                &$s.data.0,
+                &$s.optimizer,
+                &$s.schedule,
+                ($s.epochs, $s.warmup_epochs, $s.grad_clip, $s.batch_size),
+                &$s.augment,
+                ($label_smoothing, $freeze, $head_lr_mult, $validate),
+                &mut diags,
+            )
+        };
+    }
     let work = match &node.kind {
         NodeKind::Train(s) => {
             settings.insert("data".into(), place(exp, format!("datasets.{}", s.data.0)));
@@ -203,17 +219,7 @@ fn node_job(
             let freeze = s.freeze == spec::Freeze::Backbone;
             Work::Train(TrainWork {
                 model,
-                settings: loop_settings(
-                    exp,
-                    node,
-                    &s.data.0,
-                    &s.optimizer,
-                    &s.schedule,
-                    (s.epochs, s.warmup_epochs, s.grad_clip, s.batch_size),
-                    &s.augment,
-                    (s.label_smoothing, freeze, 1.0, s.val.is_some()),
-                    &mut diags,
-                ),
+                settings: loop_of!(s, s.label_smoothing, freeze, 1.0, s.val.is_some()),
             })
         }
         NodeKind::Finetune(s) => {
@@ -247,17 +253,7 @@ fn node_job(
             let freeze = s.freeze == spec::Freeze::Backbone;
             Work::Train(TrainWork {
                 model,
-                settings: loop_settings(
-                    exp,
-                    node,
-                    &s.data.0,
-                    &s.optimizer,
-                    &s.schedule,
-                    (s.epochs, s.warmup_epochs, s.grad_clip, s.batch_size),
-                    &s.augment,
-                    (s.label_smoothing, freeze, s.head_lr_mult, s.val.is_some()),
-                    &mut diags,
-                ),
+                settings: loop_of!(s, s.label_smoothing, freeze, s.head_lr_mult, s.val.is_some()),
             })
         }
         NodeKind::Distill(s) => {
@@ -269,17 +265,7 @@ fn node_job(
             Work::Distill(DistillWork {
                 student,
                 losses: losses(&s.losses, node.seed),
-                settings: loop_settings(
-                    exp,
-                    node,
-                    &s.data.0,
-                    &s.optimizer,
-                    &s.schedule,
-                    (s.epochs, s.warmup_epochs, s.grad_clip, s.batch_size),
-                    &s.augment,
-                    (0.0, false, 1.0, s.val.is_some()),
-                    &mut diags,
-                ),
+                settings: loop_of!(s, 0.0, false, 1.0, s.val.is_some()),
                 cached_teacher: has("teacher_outputs"),
             })
         }
