@@ -627,14 +627,16 @@ pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
     let kind_width = entries.iter().map(|e| e.kind.len()).max().unwrap_or(8).max(8);
     let runs = entries.iter().filter(|e| matches!(e.status, Status::Run { .. })).count();
     let mut s = String::new();
-    let _ = writeln!(
+    let skipped = entries.iter().filter(|e| e.status == Status::Skipped).count();
+    let _ = write!(
         s,
         "plan for `{}`: {} nodes, {} to run, {} cached",
         exp.name,
         entries.len(),
         runs,
-        entries.len() - runs
+        entries.len() - runs - skipped
     );
+    let _ = if skipped > 0 { writeln!(s, ", {skipped} skipped") } else { writeln!(s) };
     for e in entries {
         let (word, why) = match &e.status {
             Status::Cached => ("cached", String::new()),

@@ -379,3 +379,32 @@ fn run_only_and_force_with_a_partial_selector_run_those_instances() {
     assert_eq!(code, Some(0), "{e}");
     assert!(e.contains("2 ran, "), "{e}");
 }
+
+/// `plan` takes run's selectors and says what `run` with the same flags then does.
+#[test]
+fn plan_explains_only_and_from_and_run_does_what_it_says() {
+    let dir = scratch!();
+    let spec = write(dir.path(), "tiny.yaml", TINY);
+    let spec = spec.to_str().unwrap();
+    let (code, _, e) = run_in(dir.path(), &["run", spec]);
+    assert_eq!(code, Some(0), "{e}");
+    let (code, out, e) = run_in(dir.path(), &["plan", spec, "--from", "teacher", "--only", "kd[seed=1]"]);
+    assert_eq!(code, Some(0), "{e}");
+    // teacher is cached and not selected; the seed-1 kd instances are downstream of it.
+    assert!(out.starts_with("plan for `tiny`: 6 nodes, 2 to run, 4 cached\n"), "{out}");
+    let runs: Vec<&str> = out.lines().filter(|l| l.trim_start().starts_with("run ")).collect();
+    assert_eq!(runs.len(), 2, "{out}");
+    assert!(
+        runs.iter().all(|l| l.contains("seed=1]") && l.ends_with("downstream of `teacher` (--from)")),
+        "{out}"
+    );
+    let (code, _, e) = run_in(dir.path(), &["run", spec, "--from", "teacher", "--only", "kd[seed=1]"]);
+    assert_eq!(code, Some(0), "{e}");
+    assert!(e.contains("2 ran, 4 cached, 0 failed"), "{e}");
+    // Not cached and not selected: skipped, and said so in the header.
+    let fresh = scratch!();
+    let spec2 = write(fresh.path(), "tiny.yaml", TINY);
+    let (code, out, e) = run_in(fresh.path(), &["plan", spec2.to_str().unwrap(), "--only", "teacher"]);
+    assert_eq!(code, Some(0), "{e}");
+    assert!(out.starts_with("plan for `tiny`: 6 nodes, 1 to run, 0 cached, 5 skipped\n"), "{out}");
+}
