@@ -41,7 +41,8 @@ impl Runner {
 impl NodeRunner for Runner {
     fn run(&self, task: &Task<'_>) -> Result<NodeOutput, NodeError> {
         match &task.job.work {
-            Work::Train(_) | Work::Distill(_) => train::run(self, task),
+            Work::Train(w) => train::run(self, task, train::Training::Plain(w)),
+            Work::Distill(w) => train::run(self, task, train::Training::Distill(w)),
             Work::TeacherOutputs(w) => train::teacher_outputs(self, task, w),
             Work::Evaluate(e) => evaluate(self, task, e),
             Work::Report(r) => report::run(self, task, r),

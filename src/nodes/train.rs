@@ -14,7 +14,7 @@ use super::{
 use crate::data::{self, Dataset};
 use crate::engine::{self, LoadOptions, Model, ModelConfig, ParamRule, Trainer};
 use crate::exec::{Event, NodeError, NodeOutput, Task};
-use crate::job::{LoopSettings, ModelSetup, TeacherOutputsWork, Work};
+use crate::job::{DistillWork, LoopSettings, ModelSetup, TeacherOutputsWork, TrainWork};
 use crate::losses::{DistillInputs, DistillLosses, LossDims};
 
 /// The student and every trainable loss head, stepped by one optimizer.
@@ -134,15 +134,28 @@ fn init_from(
     engine::load_into(model, &dir.join("model.safetensors"), &LoadOptions { skip_head }).map_err(failed)
 }
 
-fn setup(runner: &Runner, task: &Task<'_>, ad: &Device, plain: &Device) -> Result<Setup, NodeError> {
-    match &task.job.work {
-        Work::Train(w) => {
+/// What a training job trains: a model on its own, or a student through distillation losses.
+#[derive(Clone, Copy)]
+pub(super) enum Training<'a> {
+    Plain(&'a TrainWork),
+    Distill(&'a DistillWork),
+}
+
+fn setup(
+    runner: &Runner,
+    task: &Task<'_>,
+    what: Training<'_>,
+    ad: &Device,
+    plain: &Device,
+) -> Result<Setup, NodeError> {
+    match what {
+        Training::Plain(w) => {
             let s = &w.settings;
             let td = train_data(runner, task, s)?;
             let (info, model) = build_model(task, &w.model, &td, ad)?;
             Ok(plain_setup(model, info, s, td))
         }
-        Work::Distill(w) => {
+        Training::Distill(w) => {
             let s = &w.settings;
             let td = train_data(runner, task, s)?;
             let (tinfo, teacher) = load_model(node_input(task, "teacher")?, plain)?;
@@ -192,7 +205,6 @@ fn setup(runner: &Runner, task: &Task<'_>, ad: &Device, plain: &Device) -> Resul
                 freeze_bn: false,
             })
         }
-        _ => Err(failed("not a training job")),
     }
 }
 
@@ -238,7 +250,7 @@ fn to_device(t: Tensor<2>, device: &Device) -> Tensor<2> {
     Tensor::from_data(t.into_data(), device)
 }
 
-pub(super) fn run(runner: &Runner, task: &Task<'_>) -> Result<NodeOutput, NodeError> {
+pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Result<NodeOutput, NodeError> {
     let plain = device(task)?;
     let ad = plain.clone().autodiff();
     let Setup {
@@ -258,7 +270,7 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>) -> Result<NodeOutput, NodeEr
         // node's seed, so results are the same whatever runs beside it.
         let _init = super::INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         plain.seed(task.job.seed.unwrap_or(0));
-        setup(runner, task, &ad, &plain)?
+        setup(runner, task, what, &ad, &plain)?
     };
     if data.len() < batch_size {
         return Err(failed(format!(
