@@ -96,67 +96,14 @@ pub fn dataset_key(content: &data::Fingerprint, d: &DatasetSpec, exp_seed: u64) 
     }))
 }
 
-/// The losses layer's weighted losses for a distill node's `losses:`. `seed` seeds CRD's
-/// negative sampler (the node's seed).
+/// The losses layer's weighted losses for a distill node's `losses:` (the spec reads the
+/// losses layer's own settings); `seed` seeds CRD's negative sampler unless its settings do.
 pub fn losses(spec_losses: &spec::Losses, seed: u64) -> Vec<crate::losses::WeightedLoss> {
-    use crate::losses::{self as l, LossConfig, WeightedLoss};
-    let projector = |p: spec::Projector| match p {
-        spec::Projector::Linear => l::ProjectorKind::Linear,
-        spec::Projector::Mocov2 => l::ProjectorKind::MocoV2,
-        spec::Projector::Simclr => l::ProjectorKind::SimClr,
-        spec::Projector::Simclrv2 => l::ProjectorKind::SimClrV2,
-    };
-    spec_losses
-        .0
-        .iter()
-        .map(|loss| match *loss {
-            spec::Loss::Ce { weight, label_smoothing } => {
-                WeightedLoss::new(weight, LossConfig::Ce(l::CeConfig { label_smoothing }))
-            }
-            spec::Loss::Kd { weight, temperature } => {
-                WeightedLoss::new(weight, LossConfig::Kd(l::KdConfig { temperature }))
-            }
-            spec::Loss::AlignUniform { weight, alpha, t, projector: p, dim } => WeightedLoss::new(
-                weight,
-                LossConfig::AlignUniform(l::AlignUniformConfig {
-                    projector: projector(p),
-                    dim: dim as usize,
-                    alpha,
-                    t,
-                    ..l::AlignUniformConfig::default()
-                }),
-            ),
-            spec::Loss::Crd { weight, projector: p, dim, nce_k, nce_t, momentum } => WeightedLoss::new(
-                weight,
-                LossConfig::Crd(l::CrdConfig {
-                    projector: projector(p),
-                    feat_dim: dim as usize,
-                    nce_k: nce_k as usize,
-                    nce_t,
-                    momentum,
-                    seed,
-                }),
-            ),
-            // `weight` weighs the logit term, `embed_weight` the feature term (the paper's l4, l2).
-            spec::Loss::Srrl { weight, embed_weight, connector } => WeightedLoss::new(
-                1.0,
-                LossConfig::Srrl(l::SrrlConfig {
-                    connector: match connector {
-                        spec::Connector::Mlp => l::ConnectorKind::Mlp,
-                        spec::Connector::Mlp2 => l::ConnectorKind::Mlp2,
-                    },
-                    embed_weight,
-                    logits_weight: weight,
-                }),
-            ),
-            spec::Loss::Fitnet { weight, regressor } => {
-                WeightedLoss::new(weight, LossConfig::FitNet(l::FeatureConfig { regressor }))
-            }
-            spec::Loss::Cosine { weight, regressor } => {
-                WeightedLoss::new(weight, LossConfig::Cosine(l::FeatureConfig { regressor }))
-            }
-        })
-        .collect()
+    let mut out = spec_losses.0.clone();
+    for l in &mut out {
+        l.config.seed_unset(seed);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -179,6 +126,8 @@ mod tests {
         for name in spec::PRESETS {
             let mut ours = losses(&distill_losses(name), 0);
             let mut theirs = crate::losses::preset(name).expect("preset exists");
+            // CRD's sampler takes the node's seed (0 here).
+            theirs.iter_mut().for_each(|l| l.config.seed_unset(0));
             let key = |w: &crate::losses::WeightedLoss| w.config.name();
             ours.sort_by_key(key);
             theirs.sort_by_key(key);
@@ -201,7 +150,8 @@ mod tests {
             )
         );
         let crate::losses::LossConfig::Srrl(s) = &got[1].config else { panic!() };
-        assert_eq!((got[1].weight, s.embed_weight, s.logits_weight), (1.0, 4.0, 0.5));
+        // srrl's weight weighs its logits term; embed_weight its feature term.
+        assert_eq!((got[1].weight, s.embed_weight), (0.5, 4.0));
     }
 }
 

@@ -154,6 +154,10 @@ fn matrix_instances_reference_matching_instances() {
     assert_eq!(kd.seed, 2);
     let spec::NodeKind::Distill(d) = &kd.kind else { panic!() };
     assert_eq!(d.teacher.0, "teacher", "a teacher with a fixed seed is not expanded");
-    assert!(d.losses.0.iter().any(|l| *l == spec::Loss::Kd { weight: 1.0, temperature: 4.0 }));
+    assert!(d.losses.0.iter().any(|l| *l
+        == distillery::losses::WeightedLoss::new(
+            1.0,
+            distillery::losses::LossConfig::Kd(distillery::losses::KdConfig { temperature: 4.0 })
+        )));
     assert_eq!(exp.node("teacher").unwrap().seed, 7);
 }

@@ -4,7 +4,8 @@
 use super::heads::{ConnectorKind, ProjectorKind};
 
 /// Cross-entropy on the student logits.
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct CeConfig {
     /// PyTorch's `label_smoothing`, in `[0, 1)`. Default 0.
     pub label_smoothing: f64,
@@ -17,7 +18,8 @@ impl Default for CeConfig {
 }
 
 /// Hinton knowledge distillation on the logits.
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct KdConfig {
     /// Softmax temperature `T > 0`. Default 4 (the paper).
     pub temperature: f64,
@@ -30,7 +32,8 @@ impl Default for KdConfig {
 }
 
 /// Alignment and uniformity (Wang & Isola 2020) between projected embeddings.
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlignUniformConfig {
     /// Projector on both sides. Default mocov2.
     pub projector: ProjectorKind,
@@ -41,8 +44,10 @@ pub struct AlignUniformConfig {
     /// Uniformity temperature `t > 0`. Default 2.
     pub t: f64,
     /// Factor on the alignment term inside this loss. Default 1.
+    #[serde(skip_serializing_if = "is_one")]
     pub align_weight: f64,
     /// Factor on the uniformity term inside this loss. Default 1.
+    #[serde(skip_serializing_if = "is_one")]
     pub uniform_weight: f64,
 }
 
@@ -60,11 +65,13 @@ impl Default for AlignUniformConfig {
 }
 
 /// Contrastive representation distillation with momentum memory banks.
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct CrdConfig {
     /// Embedding head on both sides. Default linear (RepDistiller's `Embed`).
     pub projector: ProjectorKind,
-    /// Embedding dimension. Default 128.
+    /// Embedding dimension (`dim` in the spec). Default 128.
+    #[serde(rename = "dim")]
     pub feat_dim: usize,
     /// Negatives per sample, `1 <= nce_k < n_data`. Default 4096 (the paper).
     pub nce_k: usize,
@@ -72,8 +79,10 @@ pub struct CrdConfig {
     pub nce_t: f64,
     /// Memory momentum in `[0, 1)`. Default 0.5.
     pub momentum: f64,
-    /// Seed of the negative sampler and the memory initialisation. Default 0.
-    pub seed: u64,
+    /// Seed of the negative sampler and the memory initialisation; `None`: the node's seed
+    /// ([`LossConfig::seed_unset`]), 0 if there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Default for CrdConfig {
@@ -84,30 +93,39 @@ impl Default for CrdConfig {
             nce_k: 4096,
             nce_t: 0.07,
             momentum: 0.5,
-            seed: 0,
+            seed: None,
         }
     }
 }
 
-/// SRRL: a connector to the teacher width, then the teacher's frozen classifier.
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+/// SRRL: a connector to the teacher width, then the teacher's frozen classifier. The loss's
+/// weight weighs `srrl.logits` (the paper's l4); `embed_weight` weighs `srrl.embed` (l2) on its own.
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct SrrlConfig {
     /// Default mlp2.
     pub connector: ConnectorKind,
     /// Factor on `srrl.embed` (the paper's l2). Default 1.
     pub embed_weight: f64,
-    /// Factor on `srrl.logits` (the paper's l4). Default 1.
-    pub logits_weight: f64,
 }
 
 impl Default for SrrlConfig {
     fn default() -> Self {
-        Self { connector: ConnectorKind::Mlp2, embed_weight: 1.0, logits_weight: 1.0 }
+        Self { connector: ConnectorKind::Mlp2, embed_weight: 1.0 }
     }
 }
 
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+
+fn one() -> f64 {
+    1.0
+}
+
 /// Feature regression (fitnet: MSE; cosine: cosine distance) through a learned linear regressor.
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct FeatureConfig {
     /// A `Linear(student_dim, teacher_dim)` regressor; without one the widths must match.
     /// Default true.
@@ -120,17 +138,69 @@ impl Default for FeatureConfig {
     }
 }
 
-/// One loss of a distill node.
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+/// One loss of a distill node, as the spec writes it (`loss:` is its name; the fields are its
+/// settings, every one optional): the spec reads these types directly, so a new loss is a
+/// variant here, its head in `mod.rs`, and its code.
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq)]
+#[serde(tag = "loss", rename_all = "snake_case")]
 pub enum LossConfig {
     Ce(CeConfig),
     Kd(KdConfig),
     AlignUniform(AlignUniformConfig),
     Crd(CrdConfig),
     Srrl(SrrlConfig),
+    #[serde(rename = "fitnet")]
     FitNet(FeatureConfig),
     Cosine(FeatureConfig),
 }
+
+/// Declares [`LOSS_NAMES`] and [`LossConfig::name`] from one list, so they cannot disagree: the
+/// match is exhaustive (a new variant does not compile until it is listed here), and a unit
+/// test checks that serde reads each name as the variant it is listed with.
+macro_rules! loss_names {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        /// Every loss name a distill node's `losses:` accepts, in declaration order.
+        pub const LOSS_NAMES: &[&str] = &[$($name),*];
+
+        impl LossConfig {
+            /// The loss's name in the spec and in term names.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(LossConfig::$variant(_) => $name,)*
+                }
+            }
+        }
+    };
+}
+
+loss_names! {
+    Ce => "ce",
+    Kd => "kd",
+    AlignUniform => "align_uniform",
+    Crd => "crd",
+    Srrl => "srrl",
+    FitNet => "fitnet",
+    Cosine => "cosine",
+}
+
+/// A range a setting must lie in, checked by `validate` before anything runs (the spec layer
+/// words and locates the message).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Check {
+    /// Finite and > 0.
+    Positive(f64),
+    /// Finite and >= 0.
+    NonNegative(f64),
+    /// In `[lo, hi)`, or `[lo, hi]` when `hi_inclusive`.
+    Within { v: f64, lo: f64, hi: f64, hi_inclusive: bool },
+    /// A count in `[min, max]`.
+    Count { v: u64, min: u64, max: u64 },
+}
+
+/// Widest projected embedding (`dim`).
+pub const MAX_DIM: u64 = 65_536;
+/// Most negatives a sample of CRD (`nce_k`).
+pub const MAX_NCE_K: u64 = 1 << 20;
 
 /// Sizes the losses are built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,16 +242,38 @@ fn non_negative(loss: &'static str, field: &'static str, v: f64) -> Result<(), L
 }
 
 impl LossConfig {
-    /// The loss's name in the spec and in term names.
-    pub fn name(&self) -> &'static str {
+    /// Each setting's range, by its name in the spec: what can be checked without the data.
+    pub fn checks(&self) -> Vec<(&'static str, Check)> {
+        use Check::*;
         match self {
-            LossConfig::Ce(_) => "ce",
-            LossConfig::Kd(_) => "kd",
-            LossConfig::AlignUniform(_) => "align_uniform",
-            LossConfig::Crd(_) => "crd",
-            LossConfig::Srrl(_) => "srrl",
-            LossConfig::FitNet(_) => "fitnet",
-            LossConfig::Cosine(_) => "cosine",
+            LossConfig::Ce(c) => vec![(
+                "label_smoothing",
+                Within { v: c.label_smoothing, lo: 0.0, hi: 1.0, hi_inclusive: false },
+            )],
+            LossConfig::Kd(c) => vec![("temperature", Positive(c.temperature))],
+            LossConfig::AlignUniform(c) => vec![
+                ("alpha", Positive(c.alpha)),
+                ("t", Positive(c.t)),
+                ("dim", Count { v: c.dim as u64, min: 1, max: MAX_DIM }),
+                ("align_weight", NonNegative(c.align_weight)),
+                ("uniform_weight", NonNegative(c.uniform_weight)),
+            ],
+            LossConfig::Crd(c) => vec![
+                ("dim", Count { v: c.feat_dim as u64, min: 1, max: MAX_DIM }),
+                ("nce_k", Count { v: c.nce_k as u64, min: 1, max: MAX_NCE_K }),
+                ("nce_t", Positive(c.nce_t)),
+                ("momentum", Within { v: c.momentum, lo: 0.0, hi: 1.0, hi_inclusive: true }),
+            ],
+            LossConfig::Srrl(c) => vec![("embed_weight", NonNegative(c.embed_weight))],
+            LossConfig::FitNet(_) | LossConfig::Cosine(_) => vec![],
+        }
+    }
+
+    /// Gives a loss that draws random numbers of its own (CRD's sampler) the node's seed,
+    /// unless its settings name one.
+    pub fn seed_unset(&mut self, seed: u64) {
+        if let LossConfig::Crd(c) = self {
+            c.seed.get_or_insert(seed);
         }
     }
 
@@ -206,7 +298,7 @@ impl LossConfig {
             }
             LossConfig::Crd(c) => {
                 if c.feat_dim == 0 {
-                    return Err(bad(name, "feat_dim", "an embedding dimension >= 1", 0));
+                    return Err(bad(name, "dim", "an embedding dimension >= 1", 0));
                 }
                 if c.nce_k == 0 || c.nce_k >= dims.n_data {
                     return Err(bad(
@@ -224,10 +316,7 @@ impl LossConfig {
                     return Err(bad(name, "momentum", "a number in [0, 1)", c.momentum));
                 }
             }
-            LossConfig::Srrl(c) => {
-                non_negative(name, "embed_weight", c.embed_weight)?;
-                non_negative(name, "logits_weight", c.logits_weight)?;
-            }
+            LossConfig::Srrl(c) => non_negative(name, "embed_weight", c.embed_weight)?,
             LossConfig::FitNet(c) | LossConfig::Cosine(c) => {
                 if !c.regressor && dims.student_dim != dims.teacher_dim {
                     return Err(bad(
@@ -246,16 +335,23 @@ impl LossConfig {
     }
 }
 
-/// A loss and its weight in the total.
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+/// A loss and its weight in the total: one entry of a distill node's `losses:`
+/// (`{ loss: kd, weight: 2, temperature: 3 }`; the weight defaults to 1).
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq)]
 pub struct WeightedLoss {
+    #[serde(default = "one")]
     pub weight: f64,
+    #[serde(flatten)]
     pub config: LossConfig,
 }
 
 impl WeightedLoss {
     pub fn new(weight: f64, config: LossConfig) -> Self {
         Self { weight, config }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.config.name()
     }
 }
 

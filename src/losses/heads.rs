@@ -14,7 +14,8 @@ use burn::tensor::{Device, Tensor};
 use super::functional::l2_normalize;
 
 /// Projector architectures of the paper's code (`Embed` in `models/projector.py`).
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
 pub enum ProjectorKind {
     /// `Lin(d, out)`.
     Linear,
@@ -39,7 +40,8 @@ impl ProjectorKind {
 }
 
 /// SRRL connector architectures (`connector` in the paper's `distill.py`).
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
 pub enum ConnectorKind {
     /// `Lin(s, t) - ReLU`.
     Mlp,

@@ -26,8 +26,8 @@ use burn::tensor::{Device, Int, Tensor};
 
 use config::bad;
 pub use config::{
-    AlignUniformConfig, CeConfig, CrdConfig, FeatureConfig, KdConfig, LossConfig, LossConfigError, LossDims,
-    PRESETS, SrrlConfig, WeightedLoss, preset,
+    AlignUniformConfig, CeConfig, Check, CrdConfig, FeatureConfig, KdConfig, LOSS_NAMES, LossConfig,
+    LossConfigError, LossDims, MAX_DIM, MAX_NCE_K, PRESETS, SrrlConfig, WeightedLoss, preset,
 };
 pub use crd::{Crd, CrdOutput, NegativeSampler, SharedSampler, UniformNegatives};
 pub use functional::{
@@ -158,13 +158,13 @@ pub struct AlignUniformHead {
     pub uniform_weight: f64,
 }
 
-/// The connector (trained) and the teacher's classifier (frozen).
+/// The connector (trained) and the teacher's classifier (frozen). The loss's weight weighs
+/// `srrl.logits`; `embed_weight` weighs `srrl.embed`.
 #[derive(Module, Debug)]
 pub struct SrrlHead {
     pub connector: Sequential,
     pub teacher_classifier: Linear,
     pub embed_weight: f64,
-    pub logits_weight: f64,
 }
 
 #[derive(Module, Debug)]
@@ -248,7 +248,7 @@ impl DistillLosses {
                     c.nce_t,
                     c.momentum,
                     dims.n_data,
-                    c.seed,
+                    c.seed.unwrap_or(0),
                     device,
                 )),
                 LossConfig::Srrl(c) => {
@@ -267,7 +267,6 @@ impl DistillLosses {
                         connector: connector(c.connector, s, t, device),
                         teacher_classifier: fc,
                         embed_weight: c.embed_weight,
-                        logits_weight: c.logits_weight,
                     })
                 }
                 LossConfig::FitNet(c) | LossConfig::Cosine(c) => LossHead::Feature(FeatureHead {
@@ -340,8 +339,8 @@ impl DistillLosses {
                     let mapped = h.connector.forward(f_s.clone());
                     let embed = mse(mapped.clone(), f_t.clone());
                     let logits = mse(h.teacher_classifier.forward(mapped), z_t.clone());
-                    push("srrl.embed", w * h.embed_weight, embed);
-                    push("srrl.logits", w * h.logits_weight, logits);
+                    push("srrl.embed", h.embed_weight, embed);
+                    push("srrl.logits", w, logits);
                 }
                 LossHead::Feature(h) => {
                     let mapped = match &h.regressor {

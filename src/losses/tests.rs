@@ -87,12 +87,11 @@ fn config_of(c: &Value) -> LossConfig {
             nce_k: c["nce_k"].as_u64().unwrap() as usize,
             nce_t: f("nce_t"),
             momentum: f("momentum"),
-            seed: 0,
+            seed: Some(0),
         }),
         "srrl" => LossConfig::Srrl(SrrlConfig {
             connector: if c["connector"] == "mlp" { ConnectorKind::Mlp } else { ConnectorKind::Mlp2 },
             embed_weight: f("embed_weight"),
-            logits_weight: f("logits_weight"),
         }),
         "fitnet" => LossConfig::FitNet(FeatureConfig { regressor: true }),
         "cosine" => LossConfig::Cosine(FeatureConfig { regressor: true }),
@@ -226,7 +225,19 @@ fn build(
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| WeightedLoss::new(l[0].as_f64().unwrap(), config_of(&l[1])))
+        .map(|l| {
+            let (w, c) = (l[0].as_f64().unwrap(), &l[1]);
+            match config_of(c) {
+                // The fixture weighs srrl's terms inside the loss (RepDistiller's l2, l4 on an
+                // outer weight); ours: the loss's weight is the logits term's, embed_weight the
+                // feature term's.
+                LossConfig::Srrl(s) => WeightedLoss::new(
+                    w * c["logits_weight"].as_f64().unwrap(),
+                    LossConfig::Srrl(SrrlConfig { embed_weight: w * s.embed_weight, ..s }),
+                ),
+                other => WeightedLoss::new(w, other),
+            }
+        })
         .collect();
     let d = &case["dims"];
     let dim = |k: &str| d[k].as_u64().unwrap() as usize;
@@ -528,7 +539,7 @@ fn bad_parameters_are_config_errors() {
     check_validate(crd(|c| c.nce_k = 4096), Some(("nce_k", "n_data - 1 = 9", "4096")));
     check_validate(crd(|c| c.nce_k = 10), Some(("nce_k", "n_data - 1 = 9", "10")));
     check_validate(crd(|c| c.nce_k = 0), Some(("nce_k", "between 1", "0")));
-    check_validate(crd(|c| c.feat_dim = 0), Some(("feat_dim", ">= 1", "0")));
+    check_validate(crd(|c| c.feat_dim = 0), Some(("dim", ">= 1", "0")));
     check_validate(crd(|c| c.nce_t = -0.07), Some(("nce_t", "> 0", "-0.07")));
     check_validate(crd(|c| c.momentum = 1.0), Some(("momentum", "[0, 1)", "1")));
     check_validate(

@@ -396,9 +396,11 @@ impl<'a> Checks<'a> {
     /// `fitnet`/`cosine` without a regressor compare student and teacher features directly.
     fn distill_losses(&mut self, node: &'a Node, d: &'a spec::DistillSpec) {
         for loss in &d.losses.0 {
-            match loss {
-                spec::Loss::Crd { nce_k, .. } => self.crd(node, d, *nce_k),
-                spec::Loss::Fitnet { regressor: false, .. } | spec::Loss::Cosine { regressor: false, .. } => {
+            use crate::losses::{FeatureConfig, LossConfig};
+            match &loss.config {
+                LossConfig::Crd(c) => self.crd(node, d, c.nce_k as u32),
+                LossConfig::FitNet(FeatureConfig { regressor: false })
+                | LossConfig::Cosine(FeatureConfig { regressor: false }) => {
                     let Some(student) = self.sized(node) else { continue };
                     let Some(teacher) = self.trained(&d.teacher.0) else { continue };
                     let (s, t) = (student.footprint.feature_dim, teacher.footprint.feature_dim);

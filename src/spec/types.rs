@@ -818,158 +818,16 @@ pub enum Preset {
 
 pub const PRESETS: [&str; 4] = ["kd", "crd", "srrl", "align_uniform"];
 
-/// One weighted loss; in YAML the key is the loss name and `weight` defaults to 1.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "loss", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Loss {
-    /// Cross-entropy with the labels.
-    Ce {
-        #[serde(default = "one")]
-        weight: f64,
-        #[serde(default)]
-        label_smoothing: f64,
-    },
-    /// Hinton et al. 2015: KL of temperature-softened outputs, times T^2.
-    Kd {
-        #[serde(default = "one")]
-        weight: f64,
-        #[serde(default = "kd_temperature")]
-        temperature: f64,
-    },
-    /// Wang & Isola 2020 on projected, L2-normalised embeddings (both projectors trained).
-    AlignUniform {
-        #[serde(default = "one")]
-        weight: f64,
-        #[serde(default = "two")]
-        alpha: f64,
-        #[serde(default = "two")]
-        t: f64,
-        #[serde(default)]
-        projector: Projector,
-        #[serde(default = "proj_dim")]
-        dim: u32,
-    },
-    /// Tian et al. 2020: contrastive representation distillation with memory banks.
-    Crd {
-        #[serde(default = "one")]
-        weight: f64,
-        /// Embedding heads on both sides (RepDistiller: linear).
-        #[serde(default = "linear_projector")]
-        projector: Projector,
-        #[serde(default = "proj_dim")]
-        dim: u32,
-        #[serde(default = "nce_k")]
-        nce_k: u32,
-        #[serde(default = "nce_t")]
-        nce_t: f64,
-        #[serde(default = "half")]
-        momentum: f64,
-    },
-    /// Yang et al. 2021: feature MSE through a connector, plus the teacher's classifier on it.
-    Srrl {
-        #[serde(default = "one")]
-        weight: f64,
-        /// Weight of the feature-MSE term (the paper's l2).
-        #[serde(default = "one")]
-        embed_weight: f64,
-        #[serde(default)]
-        connector: Connector,
-    },
-    /// Romero et al. 2015: MSE between (regressed) student features and the teacher's.
-    Fitnet {
-        #[serde(default = "one")]
-        weight: f64,
-        /// A learned Linear(student width, teacher width); without it the widths must match
-        /// (plain feature MSE).
-        #[serde(default = "yes")]
-        regressor: bool,
-    },
-    /// 1 - cosine similarity of (regressed) student and teacher features.
-    Cosine {
-        #[serde(default = "one")]
-        weight: f64,
-        #[serde(default = "yes")]
-        regressor: bool,
-    },
-}
-
-/// Declares [`LOSS_NAMES`] and [`Loss::name`] from one list, so they cannot disagree: the
-/// match is exhaustive (a new variant does not compile until it is listed here), and a unit
-/// test checks that serde reads each name as the variant it is listed with.
-macro_rules! loss_names {
-    ($($variant:ident => $name:literal),* $(,)?) => {
-        /// Every loss name a distill node's `losses:` accepts, in declaration order.
-        pub const LOSS_NAMES: &[&str] = &[$($name),*];
-
-        impl Loss {
-            pub fn name(&self) -> &'static str {
-                match self {
-                    $(Loss::$variant { .. } => $name,)*
-                }
-            }
-        }
-    };
-}
-
-loss_names! {
-    Ce => "ce",
-    Kd => "kd",
-    AlignUniform => "align_uniform",
-    Crd => "crd",
-    Srrl => "srrl",
-    Fitnet => "fitnet",
-    Cosine => "cosine",
-}
-
-impl Loss {
-    pub fn weight(&self) -> f64 {
-        match self {
-            Loss::Ce { weight, .. }
-            | Loss::Kd { weight, .. }
-            | Loss::AlignUniform { weight, .. }
-            | Loss::Crd { weight, .. }
-            | Loss::Srrl { weight, .. }
-            | Loss::Fitnet { weight, .. }
-            | Loss::Cosine { weight, .. } => *weight,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Projector {
-    Linear,
-    #[default]
-    Mocov2,
-    Simclr,
-    Simclrv2,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Connector {
-    Mlp,
-    #[default]
-    Mlp2,
-}
+/// One weighted loss; in YAML the key is the loss name and `weight` defaults to 1. The spec
+/// reads the losses layer's own settings ([`crate::losses::LossConfig`]): one definition of
+/// each loss's settings, defaults and ranges.
+pub use crate::losses::{LOSS_NAMES, WeightedLoss as Loss};
 
 // ---------------------------------------------------------------------------------------------
 // Defaults (named functions: serde needs paths; the values are documented in docs/spec.md)
 
 fn one() -> f64 {
     1.0
-}
-fn two() -> f64 {
-    2.0
-}
-fn half() -> f64 {
-    0.5
-}
-fn yes() -> bool {
-    true
-}
-fn linear_projector() -> Projector {
-    Projector::Linear
 }
 fn tenth() -> f64 {
     0.1
@@ -1018,18 +876,6 @@ fn head_lr_mult() -> f64 {
 }
 fn dsa_strategy() -> String {
     "flip_color_crop_rotate_scale_cutout".to_string()
-}
-fn kd_temperature() -> f64 {
-    4.0
-}
-fn proj_dim() -> u32 {
-    128
-}
-fn nce_k() -> u32 {
-    4096
-}
-fn nce_t() -> f64 {
-    0.07
 }
 fn sd_steps() -> u32 {
     50

@@ -8,6 +8,7 @@ use super::join;
 use super::types::*;
 use super::yaml_index::SpanIndex;
 use crate::diag::{Code, Diagnostic, fmt_num};
+use crate::losses::Check as Range;
 
 /// Node kinds and keys the spec declares for features this build does not have yet (issue 17).
 /// They parse, so their settings' own problems and their references are reported in the same
@@ -70,9 +71,7 @@ pub(super) mod max {
     /// Entries of MLP `hidden` / CNN `channels` (layers).
     pub const LAYERS: usize = 256;
     /// Embedding sizes: projector `dim` (align_uniform, crd), ViT `dim`.
-    pub const DIM: u64 = 65_536;
-    /// Negatives a sample of CRD (`nce_k`).
-    pub const NCE_K: u64 = 1 << 20;
+    pub const DIM: u64 = crate::losses::MAX_DIM;
     /// ViT blocks (`depth`) and attention `heads`.
     pub const VIT_DEPTH: u64 = 256;
     pub const HEADS: u64 = 1024;
@@ -659,30 +658,19 @@ impl<'a> Check<'a> {
         for (i, loss) in losses.0.iter().enumerate() {
             let name = names.get(i).map(String::as_str).unwrap_or(loss.name());
             let lp = join(p, name);
-            self.non_negative(&join(&lp, "weight"), loss.weight());
-            match loss {
-                Loss::Ce { label_smoothing, .. } => {
-                    self.within(&join(&lp, "label_smoothing"), *label_smoothing, 0.0, 1.0, false)
+            self.non_negative(&join(&lp, "weight"), loss.weight);
+            // Each loss declares its ranges (losses::LossConfig::checks); they are worded here.
+            for (field, check) in loss.config.checks() {
+                let at = join(&lp, field);
+                match check {
+                    Range::Positive(v) => self.positive(&at, v),
+                    Range::NonNegative(v) => self.non_negative(&at, v),
+                    Range::Within { v, lo, hi, hi_inclusive } => self.within(&at, v, lo, hi, hi_inclusive),
+                    Range::Count { v, min, max } => self.count(&at, v, min, max),
                 }
-                Loss::Kd { temperature, .. } => self.positive(&join(&lp, "temperature"), *temperature),
-                Loss::AlignUniform { alpha, t, dim, .. } => {
-                    self.positive(&join(&lp, "alpha"), *alpha);
-                    self.positive(&join(&lp, "t"), *t);
-                    self.count(&join(&lp, "dim"), (*dim).into(), 1, max::DIM);
-                }
-                Loss::Crd { dim, nce_k, nce_t, momentum, .. } => {
-                    self.count(&join(&lp, "dim"), (*dim).into(), 1, max::DIM);
-                    self.count(&join(&lp, "nce_k"), (*nce_k).into(), 1, max::NCE_K);
-                    self.positive(&join(&lp, "nce_t"), *nce_t);
-                    self.within(&join(&lp, "momentum"), *momentum, 0.0, 1.0, true);
-                }
-                Loss::Srrl { embed_weight, .. } => {
-                    self.non_negative(&join(&lp, "embed_weight"), *embed_weight)
-                }
-                Loss::Fitnet { .. } | Loss::Cosine { .. } => {}
             }
         }
-        if losses.0.iter().all(|l| l.weight() == 0.0) {
+        if losses.0.iter().all(|l| l.weight == 0.0) {
             self.err(
                 Code::OutOfRange,
                 p,
