@@ -42,9 +42,10 @@ pub fn resolve_jobs(exp: &Experiment, graph: &mut Graph, digest: Digest<'_>) -> 
         match resolved {
             Ok(mut job) => {
                 job.inputs = inputs;
-                let key = job.compute_key();
+                let canonical = job.key_value();
+                let key = CacheKey::of(&canonical);
                 job.key = key.hex();
-                graph.canonical.insert(ix, job.key_value());
+                graph.canonical.insert(ix, canonical);
                 graph.keys.insert(ix, key);
                 graph.jobs.insert(ix, job);
             }
