@@ -385,10 +385,23 @@ fn selection(
 }
 
 /// `distillery worker JOB.json --store DIR`: one job, in this process, against the store.
+/// Largest job file `worker` reads (a job is a few KB; a plan of many jobs, a few MB).
+const MAX_JOB_BYTES: u64 = 64 << 20;
+
 fn worker(file: &Path, store_dir: &Path, force: bool, out: &mut dyn Write) -> Result<(), Failure> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        io_failure("cannot read the job", file, &e, "give a job written by `distillery plan --json`")
-    })?;
+    let cannot = |e: io::Error| {
+        io_failure("cannot read the job", file, &e, "; give a job written by `distillery plan --json`")
+    };
+    // A regular file of bounded size only (a device or a FIFO would read forever or block).
+    let meta = std::fs::metadata(file).map_err(cannot)?;
+    if !meta.is_file() || meta.len() > MAX_JOB_BYTES {
+        return Err(Failure::Invalid(format!(
+            "error: {}: not a job file ({})\n  help: give a job written by `distillery plan --json`\n",
+            file.display(),
+            if meta.is_file() { "larger than 64 MiB" } else { "not a regular file" }
+        )));
+    }
+    let text = std::fs::read_to_string(file).map_err(cannot)?;
     let bad = |e: String| {
         Failure::Invalid(format!(
             "error: {}: not a distillery job ({e})\n  help: write one with `distillery plan --json FILE` and pass an element of its \"jobs\"\n",

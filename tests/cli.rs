@@ -408,3 +408,24 @@ fn plan_explains_only_and_from_and_run_does_what_it_says() {
     assert_eq!(code, Some(0), "{e}");
     assert!(out.starts_with("plan for `tiny`: 6 nodes, 1 to run, 0 cached, 5 skipped\n"), "{out}");
 }
+
+/// `worker` reads one job: anything else is a clear error (exit 1), never a hang or a panic.
+#[test]
+fn worker_refuses_what_is_not_a_job() {
+    let dir = scratch!();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let garbage = write(dir.path(), "g.json", "not json");
+    let empty = write(dir.path(), "e.json", r#"{ "jobs": [] }"#);
+    let partial = write(dir.path(), "p.json", r#"{ "name": "x" }"#);
+    for (file, says) in [
+        ("/dev/zero", "not a regular file"),
+        (garbage.to_str().unwrap(), "not a distillery job"),
+        (empty.to_str().unwrap(), "the plan holds 0 jobs"),
+        (partial.to_str().unwrap(), "missing field"),
+    ] {
+        let (code, _, e) = run_in(dir.path(), &["worker", file, "--store", store]);
+        assert_eq!(code, Some(1), "{file}: {e}");
+        assert!(e.contains(says), "{file}: {e}");
+    }
+}
