@@ -342,6 +342,15 @@ impl Loader {
             );
             return None;
         }
+        // Where yaml-rust2 stops early its alias count is partial, and serde_yaml (libyaml, more
+        // lenient) would expand what follows bounded only by time and memory: a file with
+        // aliases that yaml-rust2 cannot read is reported with yaml-rust2's error instead.
+        if let Some((msg, loc)) = &scan.error {
+            if file.text.contains('*') {
+                self.diags.push(self.syntax_diag(msg, loc.clone(), &scan.index, &scan.duplicates));
+                return None;
+            }
+        }
         let mut spans = scan.index;
         let value: Value = match serde_yaml::from_str(&file.text) {
             Ok(v) => v,
