@@ -31,9 +31,12 @@ pub fn resolve_jobs(exp: &Experiment, graph: &mut Graph, digest: Digest<'_>) -> 
     let nodes: HashMap<&str, &spec::Node> = exp.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     let mut diags = Vec::new();
     let order: Vec<NodeIndex> = graph.node_order().collect();
+    // Each dataset's selection, made once (a dataset is read by many nodes).
+    let selections: HashMap<&str, crate::data::DatasetConfig> =
+        exp.datasets.iter().map(|(n, d)| (n.as_str(), dataset_config(d, exp.seed))).collect();
     for ix in order {
         let name = graph.dag[ix].name().to_string();
-        let inputs = job_inputs(exp, graph, ix, &nodes);
+        let inputs = job_inputs(graph, ix, &nodes, &selections);
         let resolved = match nodes.get(name.as_str()) {
             Some(node) => node_job(exp, node, &inputs, digest),
             // A derived vertex: a teacher's outputs on a dataset.
@@ -60,16 +63,16 @@ pub fn resolve_jobs(exp: &Experiment, graph: &mut Graph, digest: Digest<'_>) -> 
 }
 
 fn job_inputs(
-    exp: &Experiment,
     graph: &Graph,
     ix: NodeIndex,
     nodes: &HashMap<&str, &spec::Node>,
+    selections: &HashMap<&str, crate::data::DatasetConfig>,
 ) -> Vec<JobInput> {
     let mut out = Vec::new();
     for (role, t) in graph.inputs.get(&ix).into_iter().flatten() {
         let name = graph.dag[*t].name().to_string();
         let source = match &graph.dag[*t] {
-            Vertex::Dataset { .. } => InputSource::Dataset(dataset_config(&exp.datasets[&name], exp.seed)),
+            Vertex::Dataset { .. } => InputSource::Dataset(selections[name.as_str()].clone()),
             Vertex::Node { .. } => {
                 let node = nodes.get(name.as_str());
                 InputSource::Entry {
