@@ -338,15 +338,6 @@ impl Job {
     pub fn place_of(&self, setting: &str) -> &Place {
         self.settings.get(setting).unwrap_or(&self.at)
     }
-
-    /// The loop settings of a training job.
-    pub fn loop_settings(&self) -> Option<&LoopSettings> {
-        match &self.work {
-            Work::Train(t) => Some(&t.settings),
-            Work::Distill(d) => Some(&d.settings),
-            _ => None,
-        }
-    }
 }
 
 fn canonical_string(v: &Value) -> String {

@@ -41,8 +41,11 @@ const NOT_EXERCISED: &[(&str, &str)] = &[
     ("matrix", "expands nodes into instances named by their values; tests/determinism.rs covers it"),
     ("defaults", "merged into each node before typing; the nodes' own settings are what is walked"),
     ("include", "merged before typing, like defaults"),
-    ("weights", "a file path: the walk would need a second weights file (see the closing note on files)"),
-    ("pretrained", "a file path; see weights"),
+    (
+        "weights",
+        "a file path: its content's sha256 is in the key, not the path (resolve::jobs tests: a_pretrained_file_is_keyed_by_its_content)",
+    ),
+    ("pretrained", "a file path; as weights"),
     ("generate", RESERVED),
     ("generator", RESERVED),
     ("prompt", RESERVED),

@@ -385,7 +385,8 @@ pub fn compute(
     cancel: &Cancel,
     force: bool,
 ) -> Result<(Entry, Option<f64>), NodeError> {
-    let key = job.compute_key();
+    let canonical = job.key_value();
+    let key = crate::graph::CacheKey::of(&canonical);
     if key.hex() != job.key {
         return Err(NodeError::Failed(format!(
             "the job's key {} does not match its contents ({}): it was edited or made by another version",
@@ -407,7 +408,6 @@ pub fn compute(
     let out = runner.run(&task)?;
     cancel.check()?;
     let seconds = t0.elapsed().as_secs_f64();
-    let canonical = job.key_value();
     let mut metrics = out.metrics;
     if let Value::Object(m) = &mut metrics {
         m.entry("wall_seconds").or_insert(seconds.into());

@@ -73,20 +73,19 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, r: &ReportWork) -> Result<No
         let base_label = spec_row.label.clone();
         // Instances of this row, grouped by their matrix values other than the seed.
         let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
-        for (input, (role, entry)) in task
-            .job
-            .inputs
-            .iter()
-            .filter(|i| matches!(i.source, InputSource::Entry { .. }))
-            .zip(&task.entries)
-        {
+        for input in &task.job.inputs {
+            let InputSource::Entry { dims, model: yields_model } = &input.source else { continue };
+            let role = &input.role;
             if role != prefix && !role.starts_with(&format!("{prefix}/")) {
                 continue;
             }
-            let InputSource::Entry { dims, model: yields_model } = &input.source else { continue };
-            if input.role != *role {
-                return Err(failed(format!("input `{}` arrived as `{role}`", input.role)));
-            }
+            // A row's instances share its role: their entries are told apart by key.
+            let entry = task
+                .entries
+                .iter()
+                .map(|(_, e)| e)
+                .find(|e| e.manifest.key == input.key)
+                .ok_or_else(|| failed(format!("no stored result for row input `{}`", input.name)))?;
             let mut metrics = entry.manifest.metrics.clone();
             if let (Some(ds), true) = (&eval, *yields_model) {
                 let (info, model) = load_model(&entry.dir, &device)?;

@@ -39,19 +39,17 @@ enum Trained {
     Distill(Distilled, Teacher),
 }
 
+/// What a node trains and on what; batch size, epochs and the rest are the job's
+/// [`LoopSettings`] (`Training::settings`).
 struct Setup {
     trained: Trained,
     info: ModelInfo,
+    /// The job's optimiser and schedule with the head's and a frozen backbone's rules.
     trainer: engine::TrainerConfig,
-    batch_size: usize,
-    epochs: u32,
-    label_smoothing: f64,
     data_name: String,
     data: Arc<Dataset>,
     /// The training batches, prepared by `transform`.
     loader: data::Loader,
-    /// Linear probing keeps batch-norm statistics frozen.
-    freeze_bn: bool,
 }
 
 /// The training data of a node and how its images are prepared: decided before the model is
@@ -90,7 +88,10 @@ fn build_model(
     let [c, h, _] = td.loader.image_shape();
     let classes = td.ds.n_classes();
     let from = match &setup.init {
-        Some(role) => Some((node_input(task, role)?, ModelInfo::read(node_input(task, role)?)?)),
+        Some(role) => {
+            let dir = node_input(task, role)?;
+            Some((dir, ModelInfo::read(dir)?))
+        }
         None => None,
     };
     let config = match (&setup.arch, &from) {
@@ -141,6 +142,16 @@ pub(super) enum Training<'a> {
     Distill(&'a DistillWork),
 }
 
+impl<'a> Training<'a> {
+    /// The loop's settings, whichever it trains.
+    fn settings(self) -> &'a LoopSettings {
+        match self {
+            Training::Plain(w) => &w.settings,
+            Training::Distill(w) => &w.settings,
+        }
+    }
+}
+
 fn setup(
     runner: &Runner,
     task: &Task<'_>,
@@ -148,16 +159,14 @@ fn setup(
     ad: &Device,
     plain: &Device,
 ) -> Result<Setup, NodeError> {
+    let s = what.settings();
+    let td = train_data(runner, task, s)?;
     match what {
         Training::Plain(w) => {
-            let s = &w.settings;
-            let td = train_data(runner, task, s)?;
             let (info, model) = build_model(task, &w.model, &td, ad)?;
             Ok(plain_setup(model, info, s, td))
         }
         Training::Distill(w) => {
-            let s = &w.settings;
-            let td = train_data(runner, task, s)?;
             let (tinfo, teacher) = load_model(node_input(task, "teacher")?, plain)?;
             let (info, student) = build_model(task, &w.student, &td, ad)?;
             if tinfo.num_classes != info.num_classes || tinfo.image_shape != info.image_shape {
@@ -196,13 +205,9 @@ fn setup(
                 ),
                 info,
                 trainer: s.trainer.clone(),
-                batch_size: s.batch_size,
-                epochs: s.trainer.epochs as u32,
-                label_smoothing: 0.0,
                 data_name: td.name,
                 data: td.ds,
                 loader: td.loader,
-                freeze_bn: false,
             })
         }
     }
@@ -219,13 +224,9 @@ fn plain_setup(model: Model, info: ModelInfo, s: &LoopSettings, td: TrainData) -
         trained: Trained::Plain(model),
         info,
         trainer,
-        batch_size: s.batch_size,
-        epochs: s.trainer.epochs as u32,
-        label_smoothing: s.label_smoothing,
         data_name: td.name,
         data: td.ds,
         loader: td.loader,
-        freeze_bn: lp,
     }
 }
 
@@ -253,18 +254,7 @@ fn to_device(t: Tensor<2>, device: &Device) -> Tensor<2> {
 pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Result<NodeOutput, NodeError> {
     let plain = device(task)?;
     let ad = plain.clone().autodiff();
-    let Setup {
-        mut trained,
-        info,
-        trainer,
-        batch_size,
-        epochs,
-        label_smoothing,
-        data_name,
-        data,
-        loader,
-        freeze_bn,
-    } = {
+    let Setup { mut trained, info, trainer, data_name, data, loader } = {
         // burn's CPU backend seeds one process-wide generator: build every randomly initialised
         // tensor of this node (model, loss heads) under a lock, right after seeding it with the
         // node's seed, so results are the same whatever runs beside it.
@@ -272,6 +262,9 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
         plain.seed(task.job.seed.unwrap_or(0));
         setup(runner, task, what, &ad, &plain)?
     };
+    let s = what.settings();
+    let (batch_size, label_smoothing) = (s.batch_size, s.label_smoothing);
+    let epochs = s.trainer.epochs as u32;
     if data.len() < batch_size {
         return Err(failed(format!(
             "dataset `{data_name}` has {} images, fewer than one batch of {batch_size}",
@@ -279,7 +272,8 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
         )));
     }
     let mut trainer = Trainer::new(trainer).map_err(failed)?;
-    if freeze_bn {
+    // Linear probing keeps batch-norm statistics frozen.
+    if s.freeze_backbone {
         if let Trained::Plain(m) = trained {
             trained = Trained::Plain(engine::freeze_batch_norm(m));
         }

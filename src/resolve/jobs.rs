@@ -317,7 +317,7 @@ fn node_job(
             let path = node.spec_path();
             return Err(vec![
                 Diagnostic::new(
-                    Code::UnknownVariant,
+                    Code::Unsupported,
                     &path,
                     format!("`{}` nodes are not supported by this build yet", node.kind.name()),
                 )
