@@ -1,3 +1,4 @@
+// distillery's vendored copy (cubecl-cuda 0.11.3): the LLVM backend is removed; see vendor/README.md.
 use crate::{
     compiler::{CudaBackend, CudaCompilationOptions},
     compute::{CudaServer, context::CudaContext},
@@ -35,8 +36,7 @@ use cubecl_cpp::{
         register_scaled_mma_features, register_wmma_features,
     },
 };
-use cubecl_llvm::nvptx::ptx_version::PtxVersion;
-use cubecl_llvm::shared::lowered_features::{GpuTarget, restrict_features};
+use crate::ptx_version::PtxVersion;
 use cubecl_monitoring::{DeviceUtilization, UtilizationUnavailable, gpu_utilization::CardCounters};
 use cubecl_server::{
     allocator::PitchedMemoryLayoutPolicy,
@@ -370,13 +370,10 @@ impl DeviceService for CudaServer {
         register_mma_features(supported_mma_combinations, &mut device_props);
         register_scaled_mma_features(supported_scaled_mma_combinations, &mut device_props);
 
-        // Which backend compiles here decides what may be advertised: the two are not at the
-        // same point, and a feature the selected one cannot honour is a kernel that fails to
-        // compile rather than a slower one.
+        // Upstream narrows the advertised features here (`cubecl_llvm`'s `restrict_features`)
+        // when its LLVM backend compiles. This copy has only the C++ backend, which honours
+        // everything registered above, so nothing is narrowed: exactly upstream's `cpp` path.
         let backend = CudaBackend::default();
-        if backend == CudaBackend::Llvm {
-            restrict_features(&mut device_props, GpuTarget::Nvptx);
-        }
 
         let comp_opts = CudaCompilationOptions {
             cpp: comp_opts,
