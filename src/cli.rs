@@ -60,9 +60,13 @@ pub enum Command {
     /// Run every node that is not cached, then print the report tables.
     Run {
         file: PathBuf,
-        /// Nodes run at once.
-        #[arg(long, short = 'j', default_value_t = 1)]
-        jobs: usize,
+        /// Nodes run at once (default: 1 on the CPU; GPUs x --device-slots on GPUs).
+        #[arg(long, short = 'j', value_name = "N")]
+        jobs: Option<usize>,
+        /// With `device: cuda` (or `auto`): the GPUs to spread nodes over, e.g. `0,1,3` (default:
+        /// every GPU the driver lists). Each runs --device-slots nodes at once.
+        #[arg(long, value_name = "LIST", value_delimiter = ',')]
+        gpus: Vec<u32>,
         /// Run only these nodes (their inputs must be cached). NODE is a declared node (`kd`: all
         /// its instances), an instance (`kd[losses.kd.temperature=2,seed=1]`) or part of one
         /// (`kd[seed=1]`: every instance of kd with seed=1).
@@ -71,7 +75,7 @@ pub enum Command {
         /// Rerun these nodes and everything downstream of them.
         #[arg(long, value_name = "NODE")]
         from: Vec<String>,
-        /// Nodes using the device at once (default: --jobs on cpu, 1 on a GPU).
+        /// Nodes using the device at once (default: --jobs on cpu, 1 on each GPU).
         #[arg(long, value_name = "N")]
         device_slots: Option<usize>,
         /// Rerun these nodes even if cached.
@@ -113,6 +117,12 @@ pub enum Command {
     },
     /// Print the JSON Schema of experiment files (for editor completion and checks).
     Schema,
+    /// Say what this binary and machine have: the build's features, the CPU's vector level, and
+    /// for CUDA the driver, NVRTC, headers and GPUs (and what is missing).
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one resolved job (a node of `plan --json`'s "jobs") against a store: what a launcher
     /// that starts processes elsewhere (a cluster) runs. Its inputs must be in the store.
     #[command(hide = true)]
@@ -277,7 +287,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
     match cli.command {
         Command::Validate { file } => {
-            let (exp, _g) = load_graph(&file, None)?;
+            let (exp, _g) = load(&file, None, true)?;
             let n_decl =
                 exp.nodes.iter().map(|n| n.base.as_str()).collect::<std::collections::HashSet<_>>().len();
             writeln!(
@@ -321,19 +331,50 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             };
             write!(out, "{text}")?;
         }
-        Command::Run { file, jobs, only, from, device_slots, force, store, tracking } => {
+        Command::Run { file, jobs, gpus, only, from, device_slots, force, store, tracking } => {
             let store_dir = store.unwrap_or_else(|| default_store(&file));
             std::fs::create_dir_all(&store_dir)
                 .map_err(|e| io_failure("cannot create the store", &store_dir, &e, STORE_HINT))?;
-            let (exp, g) = load_graph(&file, Some(&store_dir))?;
+            // Before any node starts: a device that cannot run here is one error, not a panic
+            // in the first node's thread.
+            let (exp, g) = load(&file, Some(&store_dir), true)?;
             let sel = selection(&exp, &only, &from, &force)?;
-            let device_slots = device_slots.unwrap_or(match exp.device {
-                spec::Device::Cpu => jobs,
-                // One node a GPU at a time: two would compete for its memory.
-                spec::Device::Cuda(_) | spec::Device::Auto => 1,
-            });
-            let opts = RunOptions { jobs, device_slots };
-            run_experiment(&exp, &g, &store_dir, &sel, opts, tracking.as_deref(), out)?;
+            let placed = placement(exp.device, &gpus, crate::engine::device::cuda())?;
+            if let Some(n) = &placed.note {
+                note!("{n}");
+            }
+            let opts = run_options(&placed.devices, jobs, device_slots);
+            run_experiment(&exp, &g, &store_dir, &sel, opts, &placed, tracking.as_deref(), out)?;
+        }
+        Command::Doctor { json } => {
+            let report = crate::engine::device::cuda();
+            let features: Vec<&str> = [("cuda", cfg!(feature = "cuda"))]
+                .into_iter()
+                .filter_map(|(f, on)| on.then_some(f))
+                .collect();
+            if json {
+                let v = serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "features": features,
+                    "cpu_isa": crate::engine::isa_summary(),
+                    "cuda": report,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("doctor serialises"))?;
+            } else {
+                let shown =
+                    if features.is_empty() { "none (CPU only)".to_string() } else { features.join(", ") };
+                writeln!(out, "distillery {}", env!("CARGO_PKG_VERSION"))?;
+                writeln!(out, "features: {shown}")?;
+                writeln!(
+                    out,
+                    "cpu: {} vector kernels ({} threads)",
+                    crate::engine::isa_summary(),
+                    rayon::current_num_threads()
+                )?;
+                for line in report.lines() {
+                    writeln!(out, "{line}")?;
+                }
+            }
         }
         Command::Runs { file, store, json } => {
             let store = store_for(file.as_deref(), store)?;
@@ -371,6 +412,97 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Where a run's device-using nodes go.
+#[derive(Debug, PartialEq)]
+pub struct Placement {
+    /// `["cpu"]`, or the GPUs (`["cuda:0", "cuda:1"]`) nodes are spread over.
+    pub devices: Vec<String>,
+    /// Said once before the run (`device: auto` falling back to the CPU, and why).
+    pub note: Option<String>,
+    /// A GPU's model name by its spelling, for the MLflow runs.
+    pub names: std::collections::HashMap<String, String>,
+}
+
+/// The devices of a run: the experiment's `device:` and `--gpus` against what the machine has
+/// (`device_checks` has already refused a `cuda` that cannot run).
+pub fn placement(
+    device: spec::Device,
+    gpus: &[u32],
+    cuda: &crate::engine::device::CudaReport,
+) -> Result<Placement, Failure> {
+    let cpu = |note| Placement { devices: vec!["cpu".into()], note, names: Default::default() };
+    let wrong = |why: String| {
+        Failure::Invalid(format!(
+            "error: --gpus: {why}
+"
+        ))
+    };
+    let chosen: Vec<u32> = match device {
+        spec::Device::Cpu if gpus.is_empty() => return Ok(cpu(None)),
+        spec::Device::Cpu => {
+            return Err(wrong(
+                "the experiment runs on the CPU (`device: cpu`); set `device: cuda` to spread its nodes over GPUs".into(),
+            ));
+        }
+        spec::Device::Auto if cuda.problem().is_some() => {
+            if !gpus.is_empty() {
+                return Err(wrong(format!(
+                    "no GPU can be used here: {}",
+                    cuda.problem().unwrap_or_default()
+                )));
+            }
+            let why = cuda.problem().unwrap_or_default();
+            let why = why.split(';').next().unwrap_or(&why).to_string();
+            return Ok(cpu(Some(format!("  device: auto: running on the CPU ({why})"))));
+        }
+        spec::Device::Cuda(Some(i)) if gpus.is_empty() || gpus == [i] => vec![i],
+        spec::Device::Cuda(Some(i)) => {
+            return Err(wrong(format!(
+                "`device: cuda:{i}` pins every node to GPU {i}; write `device: cuda` to spread nodes over --gpus"
+            )));
+        }
+        spec::Device::Cuda(None) | spec::Device::Auto if gpus.is_empty() => {
+            cuda.gpus.iter().map(|g| g.index).collect()
+        }
+        spec::Device::Cuda(None) | spec::Device::Auto => {
+            let mut seen = std::collections::HashSet::new();
+            for &g in gpus {
+                if !seen.insert(g) {
+                    return Err(wrong(format!("GPU {g} is listed twice")));
+                }
+                cuda.check_index(g).map_err(wrong)?;
+            }
+            gpus.to_vec()
+        }
+    };
+    let devices: Vec<String> = chosen.iter().map(|i| format!("cuda:{i}")).collect();
+    let names = cuda
+        .gpus
+        .iter()
+        .filter(|g| chosen.contains(&g.index))
+        .map(|g| (format!("cuda:{}", g.index), g.name.clone()))
+        .collect();
+    Ok(Placement { devices, note: None, names })
+}
+
+/// `--jobs` and `--device-slots` with their defaults: on the CPU one node at a time and every
+/// node may use it; on GPUs one node per GPU at a time (two would compete for its memory), and as
+/// many jobs as GPU slots.
+pub fn run_options(devices: &[String], jobs: Option<usize>, device_slots: Option<usize>) -> RunOptions {
+    let on_gpu = devices.iter().any(|d| d.starts_with("cuda"));
+    let (jobs, device_slots) = match (on_gpu, jobs, device_slots) {
+        (false, jobs, slots) => {
+            let jobs = jobs.unwrap_or(1).max(1);
+            (jobs, slots.unwrap_or(jobs))
+        }
+        (true, jobs, slots) => {
+            let slots = slots.unwrap_or(1).max(1);
+            (jobs.unwrap_or(slots * devices.len()).max(1), slots)
+        }
+    };
+    RunOptions { jobs, device_slots, devices: devices.to_vec() }
 }
 
 /// Selectors become full instance names once, here, before anything is planned or run.
@@ -593,20 +725,53 @@ fn list_some(items: &[&str]) -> String {
 /// Loads, validates and builds the graph of an experiment file, fingerprinting dataset content
 /// (file digests are kept in the store, when there is one, so each file is hashed once).
 pub fn load_graph(file: &Path, store_dir: Option<&Path>) -> Result<(Experiment, Graph), Failure> {
+    load(file, store_dir, false)
+}
+
+/// [`load_graph`], and for the commands that run nodes (`validate` says what `run` would
+/// refuse) the experiment's `device:` against this machine, reported with the rest.
+fn load(file: &Path, store_dir: Option<&Path>, device: bool) -> Result<(Experiment, Graph), Failure> {
     let cache = match store_dir.filter(|d| d.is_dir()) {
         Some(d) => FingerprintCache::open(&d.join("fingerprints.json")).map_err(data_failure)?,
         None => FingerprintCache::in_memory(),
     };
-    let checked = check(file, &cache);
+    let checked = check_all(file, &cache, device);
     let _ = cache.save(); // a lost digest cache only costs re-hashing next time
     checked.map_err(|d| invalid(&d))
 }
 
 /// Everything `validate` checks, in order: the spec, then references, cycles and data files,
-/// then settings that need the data; as many problems as can be found in one pass.
+/// then settings that need the data; as many problems as can be found in one pass. The device
+/// is not checked (see [`resolve::device_checks`]).
 pub fn check(file: &Path, cache: &FingerprintCache) -> Result<(Experiment, Graph), Vec<Diagnostic>> {
-    let (exp, mut diags) = spec::load_partial(file);
+    check_all(file, cache, false)
+}
+
+fn check_all(
+    file: &Path,
+    cache: &FingerprintCache,
+    device: bool,
+) -> Result<(Experiment, Graph), Vec<Diagnostic>> {
+    let (exp, diags) = spec::load_partial(file);
     let Some(exp) = exp else { return Err(diags) };
+    // Reported after the rest, whatever the rest found (they do not depend on each other).
+    let device = if device { resolve::device_checks(&exp) } else { Vec::new() };
+    let checked = check_loaded(exp, diags, cache);
+    match checked {
+        Ok(ok) if device.is_empty() => Ok(ok),
+        Ok(_) => Err(device),
+        Err(mut diags) => {
+            diags.extend(device);
+            Err(diags)
+        }
+    }
+}
+
+fn check_loaded(
+    exp: Experiment,
+    mut diags: Vec<Diagnostic>,
+    cache: &FingerprintCache,
+) -> Result<(Experiment, Graph), Vec<Diagnostic>> {
     let built = graph::build(&exp, &resolve::fingerprint(&exp, cache));
     match built {
         Ok(mut g) => {
@@ -672,6 +837,7 @@ fn run_experiment(
     store_dir: &Path,
     sel: &plan::Selection,
     opts: RunOptions,
+    placed: &Placement,
     tracking: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
@@ -699,14 +865,19 @@ fn run_experiment(
         )
         .map_err(track_failure)?;
     let terminal = exec::sinks::Terminal::new(std::time::Duration::from_secs(2));
-    let tracking_sink = exec::sinks::Tracking::new(&tracker, &store, exp, g, parent.clone());
+    let tracking_sink = exec::sinks::Tracking::new(&tracker, &store, exp, g, parent.clone())
+        .with_device_names(placed.names.clone());
     let sink = exec::sinks::Fanout(vec![&terminal, &tracking_sink]);
     let fingerprints = std::sync::Arc::new(
         FingerprintCache::open(&store_dir.join("fingerprints.json")).map_err(data_failure)?,
     );
     let runner = crate::nodes::Runner::new(fingerprints);
     let n = g.node_order().count();
-    note!("running `{}`: {n} nodes, store {}", exp.name, store_dir.display());
+    let on = match placed.devices.as_slice() {
+        [cpu] if cpu == "cpu" => String::new(),
+        gpus => format!(" on {}", gpus.join(", ")),
+    };
+    note!("running `{}`: {n} nodes{on}, store {}", exp.name, store_dir.display());
     let t0 = std::time::Instant::now();
     // `run` executes exactly what `plan` shows for the same flags.
     let entries = plan::plan(g, &store.scoped(&exp.name), sel);
@@ -775,6 +946,83 @@ fn run_experiment(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::device::{CudaReport, Gpu};
+
+    fn machine(gpus: u32) -> CudaReport {
+        CudaReport {
+            built: true,
+            api_version: Some("13.0".into()),
+            driver: Ok("13.0".into()),
+            nvrtc: Ok("13.0".into()),
+            headers: Ok("/usr/local/cuda/include".into()),
+            gpus: (0..gpus)
+                .map(|index| Gpu {
+                    index,
+                    name: format!("GPU {index}"),
+                    memory_bytes: 80 << 30,
+                    compute_capability: "9.0".into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn err(r: Result<Placement, Failure>) -> String {
+        match r {
+            Err(Failure::Invalid(t)) => t,
+            other => panic!("expected an invalid-input failure, got {other:?}"),
+        }
+    }
+
+    /// `device:` and `--gpus` against a machine: which devices nodes are spread over, and every
+    /// combination that cannot be honoured is an error naming the fix.
+    #[test]
+    fn placement_spreads_over_the_gpus_asked_for() {
+        use spec::Device::*;
+        let four = machine(4);
+        let devices = |d, g: &[u32]| placement(d, g, &four).unwrap().devices;
+        assert_eq!(devices(Cpu, &[]), ["cpu"]);
+        assert_eq!(devices(Cuda(None), &[]), ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]);
+        assert_eq!(devices(Cuda(None), &[3, 1]), ["cuda:3", "cuda:1"]);
+        assert_eq!(devices(Auto, &[2]), ["cuda:2"]);
+        assert_eq!(devices(Cuda(Some(2)), &[]), ["cuda:2"]);
+        assert_eq!(devices(Cuda(Some(2)), &[2]), ["cuda:2"]);
+        let p = placement(Cuda(None), &[1], &four).unwrap();
+        assert_eq!(p.names.get("cuda:1").map(String::as_str), Some("GPU 1"));
+        assert!(err(placement(Cpu, &[0], &four)).contains("set `device: cuda`"));
+        assert!(err(placement(Cuda(Some(1)), &[0, 1], &four)).contains("write `device: cuda`"));
+        assert!(err(placement(Cuda(None), &[0, 0], &four)).contains("listed twice"));
+        assert!(err(placement(Cuda(None), &[7], &four)).contains("no GPU cuda:7"));
+    }
+
+    /// `auto` without CUDA runs on the CPU and says why, once; `--gpus` then is an error.
+    #[test]
+    fn auto_falls_back_to_the_cpu_and_says_so() {
+        let none = CudaReport { gpus: vec![], ..machine(0) };
+        let p = placement(spec::Device::Auto, &[], &none).unwrap();
+        assert_eq!(p.devices, ["cpu"]);
+        let note = p.note.unwrap();
+        assert!(note.contains("device: auto: running on the CPU") && note.contains("lists no GPU"), "{note}");
+        assert!(err(placement(spec::Device::Auto, &[0], &none)).contains("no GPU can be used"));
+        let cpu_build = CudaReport { built: false, ..machine(2) };
+        let note = placement(spec::Device::Auto, &[], &cpu_build).unwrap().note.unwrap();
+        assert!(note.contains("built without CUDA"), "{note}");
+    }
+
+    #[test]
+    fn run_options_default_to_one_node_per_gpu() {
+        let gpus: Vec<String> = (0..3).map(|i| format!("cuda:{i}")).collect();
+        let o = run_options(&gpus, None, None);
+        assert_eq!((o.jobs, o.device_slots), (3, 1));
+        let o = run_options(&gpus, None, Some(2));
+        assert_eq!((o.jobs, o.device_slots), (6, 2));
+        let o = run_options(&gpus, Some(1), None);
+        assert_eq!((o.jobs, o.device_slots), (1, 1));
+        let cpu = vec!["cpu".to_string()];
+        let o = run_options(&cpu, None, None);
+        assert_eq!((o.jobs, o.device_slots, o.devices), (1, 1, cpu.clone()));
+        let o = run_options(&cpu, Some(4), None);
+        assert_eq!((o.jobs, o.device_slots), (4, 4));
+    }
 
     fn os(code: i32) -> io::Error {
         io::Error::from_raw_os_error(code)

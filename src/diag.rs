@@ -76,6 +76,8 @@ pub enum Code {
     Data,
     /// A key the spec reserves for a feature this build does not have yet.
     Unsupported,
+    /// A `device:` this binary or machine cannot run (no CUDA build, driver, GPU, NVRTC, headers).
+    Device,
 }
 
 impl Code {
@@ -95,6 +97,7 @@ impl Code {
             Code::Conflict => "conflict",
             Code::Data => "data",
             Code::Unsupported => "unsupported",
+            Code::Device => "device",
         }
     }
 }

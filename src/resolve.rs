@@ -285,7 +285,7 @@ pub fn train_transform(
 
 mod checks;
 mod jobs;
-pub use checks::{MemoryLimit, data_checks, data_checks_within};
+pub use checks::{MemoryLimit, data_checks, data_checks_within, device_checks, device_checks_with};
 pub use jobs::{Digest, path_digest, resolve_jobs};
 
 /// The graph of `exp` with every node resolved into a job and keyed: `graph::build` (references,

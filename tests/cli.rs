@@ -429,3 +429,61 @@ fn worker_refuses_what_is_not_a_job() {
         assert!(e.contains(says), "{file}: {e}");
     }
 }
+
+/// `device: cuda:0` on a machine or binary that cannot run CUDA: `validate` and `run` fail before
+/// any node starts, with one located error that says what is missing and what to do — never a
+/// panic, a hang or a half-made store entry. (`scripts/test` builds this suite without the `cuda`
+/// feature; a CUDA build on a machine without a driver gives the same error naming libcuda.)
+#[test]
+fn a_cuda_device_that_cannot_run_here_is_one_error_before_anything_runs() {
+    let dir = scratch!();
+    let spec = "experiment: e\ndevice: cuda:0\ndatasets: { d: { source: builtin/digits, per_class: 20 } }\n\
+                models: { m: { arch: mlp, hidden: [8] } }\nnodes: { a: { train: { model: m, data: d, epochs: 1 } } }\n";
+    let f = write(dir.path(), "gpu.yaml", spec);
+    for cmd in ["validate", "run"] {
+        let out = run(&[cmd, f.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {}", text(&out.stderr));
+        let e = text(&out.stderr);
+        assert!(e.contains("error[device]: device: device `cuda:0` cannot run here:"), "{cmd}: {e}");
+        assert!(e.contains("gpu.yaml:2:9"), "{cmd}: located at the value: {e}");
+        if cfg!(feature = "cuda") {
+            assert!(e.contains("libcuda") || e.contains("no GPU") || e.contains("NVRTC"), "{e}");
+        } else {
+            assert!(e.contains("--features cuda"), "{cmd}: {e}");
+        }
+        assert!(e.contains("distillery doctor"), "{e}");
+        assert!(!e.contains("panicked"), "{e}");
+    }
+    assert!(!dir.path().join(".distillery/objects").exists(), "nothing was computed");
+    // `auto` runs on the CPU and says so once.
+    let f = write(dir.path(), "auto.yaml", &spec.replace("cuda:0", "auto"));
+    let out = run(&["run", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let e = text(&out.stderr);
+    assert_eq!(e.matches("device: auto: running on the CPU").count(), 1, "{e}");
+    assert!(!e.contains("panicked") && !e.contains("backtrace"), "{e}");
+    // --gpus with a CPU experiment is refused, naming the fix.
+    let f = write(dir.path(), "cpu.yaml", &spec.replace("cuda:0", "cpu"));
+    let out = run(&["run", f.to_str().unwrap(), "--gpus", "0,1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("set `device: cuda`"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn doctor_reports_the_build_the_cpu_and_cuda() {
+    let out = run(&["doctor"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.starts_with(&format!("distillery {}\n", env!("CARGO_PKG_VERSION"))), "{s}");
+    let isa = ["avx512", "avx2", "baseline"];
+    assert!(s.lines().any(|l| l.starts_with("cpu: ") && isa.iter().any(|i| l.contains(i))), "{s}");
+    if cfg!(feature = "cuda") {
+        assert!(s.contains("features: cuda") && s.contains("driver (libcuda):"), "{s}");
+    } else {
+        assert!(s.contains("features: none (CPU only)") && s.contains("cuda: not built"), "{s}");
+    }
+    let out = run(&["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cuda"]["built"], cfg!(feature = "cuda"));
+    assert!(v["cpu_isa"].is_string() && v["cuda"]["gpus"].is_array(), "{v}");
+}

@@ -104,12 +104,9 @@ pub(crate) fn set_isa(want: Isa) -> Isa {
     level
 }
 
-/// What decides the engine's CPU arithmetic in this process, for a node's metrics: the CPU's
+/// What decides the engine's CPU arithmetic in this process, for a node's metrics and `doctor`: the CPU's
 /// level (which the `gemm` crate and burn-flex follow) and our kernels' level, e.g.
 /// `"avx512"` or `"avx512 (own kernels: avx2)"`.
-// Not yet read outside tests: for a node's metrics (src/nodes/train.rs), once engine/mod.rs
-// exports it.
-#[allow(dead_code)]
 pub(crate) fn isa_summary() -> String {
     let (cpu, ours) = (Isa::detected(), isa());
     if cpu == ours {

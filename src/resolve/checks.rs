@@ -20,8 +20,10 @@ const FALLBACK_MEMORY: u64 = 16 << 30;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryLimit {
     pub bytes: u64,
-    /// Whether `bytes` was read from the machine (`/proc/meminfo`) rather than assumed.
+    /// Whether `bytes` was read from the machine (`/proc/meminfo`, the GPU) rather than assumed.
     pub measured: bool,
+    /// Whether `bytes` is a GPU's memory (the smallest of those the nodes may run on).
+    pub gpu: bool,
 }
 
 impl MemoryLimit {
@@ -29,8 +31,28 @@ impl MemoryLimit {
     pub fn of_this_machine() -> MemoryLimit {
         let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| mem_total(&t));
         match total {
-            Some(bytes) => MemoryLimit { bytes, measured: true },
-            None => MemoryLimit { bytes: FALLBACK_MEMORY, measured: false },
+            Some(bytes) => MemoryLimit { bytes, measured: true, gpu: false },
+            None => MemoryLimit { bytes: FALLBACK_MEMORY, measured: false, gpu: false },
+        }
+    }
+
+    /// Where the nodes of `exp` train: the smallest memory of the GPUs `device:` may use when
+    /// CUDA runs here, else this machine's memory.
+    pub fn for_device(exp: &Experiment) -> MemoryLimit {
+        let cuda = crate::engine::device::cuda;
+        let gpus: Vec<u64> = match exp.device {
+            spec::Device::Cpu => Vec::new(),
+            _ if cuda().problem().is_some() => Vec::new(),
+            spec::Device::Cuda(Some(i)) => {
+                cuda().gpus.iter().filter(|g| g.index == i).map(|g| g.memory_bytes).collect()
+            }
+            spec::Device::Cuda(None) | spec::Device::Auto => {
+                cuda().gpus.iter().map(|g| g.memory_bytes).collect()
+            }
+        };
+        match gpus.into_iter().filter(|&b| b > 0).min() {
+            Some(bytes) => MemoryLimit { bytes, measured: true, gpu: true },
+            None => MemoryLimit::of_this_machine(),
         }
     }
 }
@@ -51,9 +73,35 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 /// dataset a node reads loads (`per_class` fits every class, an image folder has images); a
 /// training node's `batch_size` fits its data; a feature loss without a regressor compares
 /// features of one width; and each model a node trains fits this machine's memory
-/// ([`MemoryLimit::of_this_machine`]). Reported at validate/plan time, located at the setting.
+/// ([`MemoryLimit::for_device`]: the GPU's where nodes run on one). Reported at validate/plan time, located at the setting.
 pub fn data_checks(exp: &Experiment, cache: &FingerprintCache) -> Vec<Diagnostic> {
-    data_checks_within(exp, cache, MemoryLimit::of_this_machine())
+    data_checks_within(exp, cache, MemoryLimit::for_device(exp))
+}
+
+/// The experiment's `device:` against this binary and machine ([`crate::engine::device::cuda`]):
+/// `cuda` needs CUDA to run here (the driver, a GPU, NVRTC, the headers) and `cuda:N` GPU N too;
+/// `cpu` and `auto` (which falls back to the CPU) always pass. `validate` and `run` check it
+/// before anything starts; `plan` and `graph` do not touch a device and do not.
+pub fn device_checks(exp: &Experiment) -> Vec<Diagnostic> {
+    device_checks_with(exp, crate::engine::device::cuda())
+}
+
+/// [`device_checks`] against a given report of what the machine has.
+pub fn device_checks_with(exp: &Experiment, cuda: &crate::engine::device::CudaReport) -> Vec<Diagnostic> {
+    let problem = match exp.device {
+        spec::Device::Cpu | spec::Device::Auto => None,
+        spec::Device::Cuda(None) => cuda.problem(),
+        spec::Device::Cuda(Some(i)) => cuda.check_index(i).err(),
+    };
+    let Some(problem) = problem else { return Vec::new() };
+    // The problem's own text says what to do; the help says how to see the whole picture.
+    let d = Diagnostic::new(
+        Code::Device,
+        "device",
+        format!("device `{}` cannot run here: {problem}", exp.device),
+    )
+    .with_help("`distillery doctor` shows what this binary and machine have for CUDA".to_string());
+    vec![d.at(exp.locate_value("device"))]
 }
 
 /// [`data_checks`] against a given memory limit.
@@ -350,6 +398,7 @@ impl<'a> Checks<'a> {
             return;
         }
         let machine = match (self.limit.measured, self.exp.device) {
+            _ if self.limit.gpu => format!("the GPU has {}", gib(self.limit.bytes.into())),
             (true, spec::Device::Cpu) => format!("this machine has {}", gib(self.limit.bytes.into())),
             (false, spec::Device::Cpu) => {
                 format!(

@@ -87,12 +87,14 @@ impl Node {
     }
 }
 
-/// Where nodes run: `cpu`, `cuda:N` or `auto` (CUDA when built with it and a GPU is present).
+/// Where nodes run: `cpu`, `cuda` (every GPU given by `run --gpus`, or all visible), `cuda:N`
+/// (that GPU only) or `auto` (CUDA when built with it and a GPU is present, else the CPU).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
     #[default]
     Cpu,
-    Cuda(u32),
+    /// `Some(n)`: `cuda:n`; `None`: `cuda`, nodes spread over the GPUs.
+    Cuda(Option<u32>),
     Auto,
 }
 
@@ -101,8 +103,8 @@ impl Device {
         match s {
             "cpu" => Some(Device::Cpu),
             "auto" => Some(Device::Auto),
-            "cuda" => Some(Device::Cuda(0)),
-            _ => s.strip_prefix("cuda:")?.parse().ok().map(Device::Cuda),
+            "cuda" => Some(Device::Cuda(None)),
+            _ => s.strip_prefix("cuda:")?.parse().ok().map(|i| Device::Cuda(Some(i))),
         }
     }
 }
@@ -112,7 +114,8 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => f.write_str("cpu"),
             Device::Auto => f.write_str("auto"),
-            Device::Cuda(i) => write!(f, "cuda:{i}"),
+            Device::Cuda(None) => f.write_str("cuda"),
+            Device::Cuda(Some(i)) => write!(f, "cuda:{i}"),
         }
     }
 }

@@ -8,7 +8,7 @@ fn exp(text: &str) -> Experiment {
 
 /// `(path, message)` of every diagnostic, against `limit` bytes of memory.
 fn check(text: &str, limit: u64) -> Vec<(String, String)> {
-    let limit = MemoryLimit { bytes: limit, measured: true };
+    let limit = MemoryLimit { bytes: limit, measured: true, gpu: false };
     data_checks_within(&exp(text), &FingerprintCache::in_memory(), limit)
         .into_iter()
         .map(|d| {
