@@ -44,6 +44,8 @@ pub enum Event {
     Started {
         node: String,
         key: String,
+        /// Where it runs (`cpu`, `cuda:1`): the device it was placed on.
+        device: String,
     },
     Progress {
         node: String,
@@ -164,8 +166,14 @@ pub struct RunOptions {
     /// Nodes run at once (at least 1).
     pub jobs: usize,
     /// Nodes that use the device (train, finetune, distill, evaluate, teacher outputs) run at
-    /// most this many at once; 0 means `jobs`. Reports without `eval` only need a job slot.
+    /// most this many at once on each device; 0 means `jobs`. Reports without `eval` only need a
+    /// job slot.
     pub device_slots: usize,
+    /// The devices (`cpu`, or `cuda:0`, `cuda:1` ...) that jobs using one are spread over: each
+    /// such job runs on the one with the fewest of them running, and its `device` is set to it
+    /// (the device is not part of a key). Empty: each job keeps its own device, and
+    /// `device_slots` bounds them all together.
+    pub devices: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -223,7 +231,9 @@ pub fn run(
     let mut running = 0usize;
     let mut in_flight: HashSet<NodeIndex> = HashSet::new();
     let slots = if opts.device_slots == 0 { opts.jobs.max(1) } else { opts.device_slots };
-    let mut on_device = 0usize;
+    // Jobs running on each device (one shared count when no devices are given).
+    let mut on_device = vec![0usize; opts.devices.len().max(1)];
+    let mut placed: HashMap<NodeIndex, usize> = HashMap::new();
     let uses_device = |ix: NodeIndex| graph.job(ix).work.uses_device();
     let jobs = opts.jobs.max(1);
     let (tx, rx) = mpsc::channel::<(NodeIndex, Result<(Entry, Option<f64>), NodeError>)>();
@@ -302,18 +312,36 @@ pub fn run(
                         launched_or_settled = true;
                         continue;
                     }
-                    if running >= jobs || (uses_device(ix) && on_device >= slots) {
+                    if running >= jobs {
                         continue;
                     }
+                    // The device with the fewest jobs on it (the first of equals), if one is free.
+                    let device = if uses_device(ix) {
+                        let (d, n) =
+                            on_device.iter().enumerate().min_by_key(|&(_, n)| *n).expect("one device");
+                        if *n >= slots {
+                            continue;
+                        }
+                        Some(d)
+                    } else {
+                        None
+                    };
                     // Launch.
                     running += 1;
-                    on_device += uses_device(ix) as usize;
+                    if let Some(d) = device {
+                        on_device[d] += 1;
+                        placed.insert(ix, d);
+                    }
                     in_flight.insert(ix);
                     let tx = tx.clone();
                     let force =
                         matches!(st, Status::Run { reasons } if reasons.iter().any(Reason::is_forced));
-                    let job = graph.job(ix);
+                    let mut job = graph.job(ix).clone();
+                    if let Some(name) = device.and_then(|d| opts.devices.get(d)) {
+                        job.device = name.clone();
+                    }
                     scope.spawn(move || {
+                        let job = &job;
                         // A panic anywhere in the node (its runner, a rayon task inside it, the
                         // store) is that node's failure: the worker always answers, so the
                         // scheduler never waits for a result that cannot come, and the panicking
@@ -339,7 +367,9 @@ pub fn run(
             running -= 1;
             in_flight.remove(&ix);
             let name = graph.dag[ix].name().to_string();
-            on_device -= uses_device(ix) as usize;
+            if let Some(d) = placed.remove(&ix) {
+                on_device[d] -= 1;
+            }
             match r {
                 Ok((entry, seconds)) => {
                     entries.insert(ix, entry);
@@ -402,7 +432,7 @@ pub fn compute(
         }
     }
     let pending = if force { store.begin(&key)?.replacing() } else { store.begin(&key)? };
-    events.event(Event::Started { node: job.name.clone(), key: key.hex() });
+    events.event(Event::Started { node: job.name.clone(), key: key.hex(), device: job.device.clone() });
     let t0 = Instant::now();
     let task = Task { job, entries, out_dir: pending.dir().to_path_buf(), cancel, events };
     let out = runner.run(&task)?;

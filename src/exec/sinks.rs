@@ -54,8 +54,10 @@ impl Terminal {
 impl EventSink for Terminal {
     fn event(&self, e: Event) {
         match e {
-            Event::Started { node, key } => {
-                self.line(&format!("  start   {node}  ({})", &key[..12]));
+            Event::Started { node, key, device } => {
+                // The device only where it says something (which GPU); CPU runs stay as they were.
+                let on = if device == "cpu" { String::new() } else { format!(" on {device}") };
+                self.line(&format!("  start   {node}  ({}){on}", &key[..12]));
                 if let Some((m, bars)) = &self.bars {
                     let style = indicatif::ProgressStyle::with_template(
                         "  {prefix:<24} [{bar:30}] {pos}/{len} steps  {msg}  eta {eta}",
@@ -121,6 +123,8 @@ pub struct Tracking<'a> {
     runs: Mutex<HashMap<String, RunId>>,
     /// Each instance's declared name and kind (looked up once per event).
     nodes: HashMap<&'a str, (&'a str, &'static str)>,
+    /// A device's model name by its spelling (`cuda:1` -> `NVIDIA H200`), for the runs' tags.
+    device_names: HashMap<String, String>,
 }
 
 impl<'a> Tracking<'a> {
@@ -132,7 +136,15 @@ impl<'a> Tracking<'a> {
         parent: RunId,
     ) -> Tracking<'a> {
         let nodes = exp.nodes.iter().map(|n| (n.name.as_str(), (n.base.as_str(), n.kind.name()))).collect();
-        Tracking { tracker, store, exp, graph, parent, runs: Mutex::new(HashMap::new()), nodes }
+        let device_names = HashMap::new();
+        Tracking { tracker, store, exp, graph, parent, runs: Mutex::new(HashMap::new()), nodes, device_names }
+    }
+
+    /// Name the devices nodes may run on (`cuda:1` -> `NVIDIA H200`): a run on one is tagged
+    /// `distillery.gpu` with its name.
+    pub fn with_device_names(mut self, names: HashMap<String, String>) -> Self {
+        self.device_names = names;
+        self
     }
 
     /// The result's files people open (checkpoint, model info, metrics, history, tables).
@@ -146,13 +158,18 @@ impl<'a> Tracking<'a> {
         }
     }
 
-    fn node_run<R>(&self, node: &str, f: impl FnOnce(&NodeRun<'_>) -> R) -> Option<R> {
+    /// `device`: where it ran (`cuda:1`); `None` for a cached node (the experiment's setting).
+    fn node_run<R>(&self, node: &str, device: Option<&str>, f: impl FnOnce(&NodeRun<'_>) -> R) -> Option<R> {
         let ix = self.graph.get(node)?;
         // Node instances only (a teacher's outputs are not a run of their own).
         let (base, kind) = self.nodes.get(node)?;
         let key = self.graph.key(ix).hex();
-        let device = self.exp.device.to_string();
-        let tags = vec![("distillery.base".to_string(), base.to_string())];
+        let device = device.map_or_else(|| self.exp.device.to_string(), str::to_string);
+        let mut tags = vec![("distillery.base".to_string(), base.to_string())];
+        // Which GPU: its name beside the index (`distillery.device` is `cuda:1`).
+        if let Some(name) = self.device_names.get(&device) {
+            tags.push(("distillery.gpu".to_string(), name.clone()));
+        }
         Some(f(&NodeRun {
             node_name: node,
             kind,
@@ -173,8 +190,8 @@ impl<'a> Tracking<'a> {
 impl EventSink for Tracking<'_> {
     fn event(&self, e: Event) {
         match e {
-            Event::Started { node, .. } => {
-                match self.node_run(&node, |r| self.tracker.start_node_run(&self.parent, r)) {
+            Event::Started { node, device, .. } => {
+                match self.node_run(&node, Some(&device), |r| self.tracker.start_node_run(&self.parent, r)) {
                     Some(Ok(id)) => {
                         self.runs.lock().expect("lock").insert(node, id);
                     }
@@ -194,8 +211,8 @@ impl EventSink for Tracking<'_> {
                 if outcome == Outcome::Cached {
                     let key = self.graph.get(&node).map(|ix| self.graph.key(ix).hex()).unwrap_or_default();
                     if let Ok(Some(original)) = self.tracker.find_run_by_cache_key(&key) {
-                        if let Some(Err(e)) =
-                            self.node_run(&node, |r| self.tracker.log_cached(&self.parent, r, &original))
+                        if let Some(Err(e)) = self
+                            .node_run(&node, None, |r| self.tracker.log_cached(&self.parent, r, &original))
                         {
                             self.warn("log cached run", e);
                         }

@@ -1,6 +1,7 @@
 //! The scheduler against a small runner of our own that writes files, can fail, and can block
 //! until cancelled — so ordering, caching, failure containment and resume are tested exactly.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ struct Toy {
     hold: Option<Duration>,
     running: std::sync::atomic::AtomicUsize,
     peak: std::sync::atomic::AtomicUsize,
+    /// Each run's (node, device), and the most runs one device had at once.
+    devices: Mutex<Vec<(String, String)>>,
+    on_device: Mutex<HashMap<String, usize>>,
+    device_peak: std::sync::atomic::AtomicUsize,
 }
 
 impl NodeRunner for Toy {
@@ -38,11 +43,20 @@ impl NodeRunner for Toy {
         let job = task;
         let name = &task.job.name;
         self.ran.lock().unwrap().push(name.clone());
+        self.devices.lock().unwrap().push((name.clone(), task.job.device.clone()));
         if let Some(d) = self.hold {
             use std::sync::atomic::Ordering::SeqCst;
             let now = self.running.fetch_add(1, SeqCst) + 1;
             self.peak.fetch_max(now, SeqCst);
+            let here = {
+                let mut m = self.on_device.lock().unwrap();
+                let n = m.entry(task.job.device.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            self.device_peak.fetch_max(here, SeqCst);
             std::thread::sleep(d);
+            *self.on_device.lock().unwrap().get_mut(&task.job.device).unwrap() -= 1;
             self.running.fetch_sub(1, SeqCst);
         }
         if self.panic.contains(name) {
@@ -274,4 +288,43 @@ fn jobs_run_independent_nodes_at_once_within_device_slots() {
     let one_slot = RunOptions { jobs: 2, device_slots: 1, ..RunOptions::default() };
     assert!(go(&exp, &g, &store, &toy, &one_slot, &Log::default(), &Cancel::default()).ok());
     assert_eq!(toy.peak.load(SeqCst), 1);
+}
+
+/// `--gpus 0,1`: independent nodes run one per GPU at once, never two on one GPU (a slot each),
+/// each job's device is the GPU it was placed on, and `Started` says so (the MLflow run's tag).
+#[test]
+fn nodes_spread_over_devices_one_slot_each() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (_d, exp, g, store) = setup();
+    let toy = Toy { hold: Some(Duration::from_millis(150)), ..Toy::default() };
+    let two_gpus = RunOptions { jobs: 4, device_slots: 1, devices: vec!["cuda:0".into(), "cuda:1".into()] };
+    let log = Log::default();
+    assert!(go(&exp, &g, &store, &toy, &two_gpus, &log, &Cancel::default()).ok());
+    assert_eq!(toy.peak.load(SeqCst), 2, "a and x (then b and y) overlap, one per GPU");
+    assert_eq!(toy.device_peak.load(SeqCst), 1, "never two nodes on one GPU");
+    let seen = toy.devices.lock().unwrap().clone();
+    assert_eq!(seen.len(), 5);
+    assert!(seen.iter().all(|(_, d)| d == "cuda:0" || d == "cuda:1"), "{seen:?}");
+    assert!(seen.iter().any(|(_, d)| d == "cuda:1"), "the second GPU is used: {seen:?}");
+    let started: Vec<(String, String)> = log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Started { node, device, .. } => Some((node.clone(), device.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut a = started.clone();
+    let mut b = seen.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "Started names the device each node ran on");
+    // Two slots a GPU: four nodes may share two GPUs, two on each at most.
+    let (_d, exp, g, store) = setup();
+    let toy = Toy { hold: Some(Duration::from_millis(100)), ..Toy::default() };
+    let opts = RunOptions { jobs: 4, device_slots: 2, devices: vec!["cuda:0".into(), "cuda:1".into()] };
+    assert!(go(&exp, &g, &store, &toy, &opts, &Log::default(), &Cancel::default()).ok());
+    assert!(toy.device_peak.load(SeqCst) <= 2);
 }

@@ -457,6 +457,8 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
         "final_train_accuracy": last["train_accuracy"],
         // Which vector level ran (results are bit-identical only at the same one: docs/engine.md).
         "cpu_isa": engine::isa_summary(),
+        // Where it trained (`cpu`, `cuda:1`): the device is not in the key, so the entry says it.
+        "device": task.job.device,
     });
     if let Some(b) = best_val {
         metrics["best_val_accuracy"] = json!(b);
