@@ -16,3 +16,6 @@ pub mod resolve;
 pub mod spec;
 pub mod store;
 pub mod track;
+
+#[cfg(all(test, feature = "cuda"))]
+mod gpu_tests;
