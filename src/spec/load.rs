@@ -85,6 +85,13 @@ pub(super) struct Loader {
     kind_defaults: IndexMap<String, Value>,
     /// Declared models with a `pretrained:` file (they start from weights, like an `init:`).
     pretrained_models: HashSet<String>,
+    /// Settings of `defaults:` (by kind, relative to the kind body) that failed to type in one
+    /// node: reported there once, at the defaults, and left out of every later node that takes
+    /// them, so a bad default costs its diagnostic once, not once per node (a 64 KB value in the
+    /// defaults of 40,000 instances took seconds to re-report).
+    bad_defaults: HashMap<String, Vec<String>>,
+    /// The keys the last typed node body lost to errors (`typed_lenient`'s removals).
+    last_removed: Vec<String>,
 }
 
 /// What a spec may ask for (docs/spec.md, "Limits"): the process must never abort on an
@@ -112,6 +119,42 @@ pub(super) mod limits {
     /// anchor's whole value). serde_yaml expands them one value at a time and stops only after
     /// 100 alias jumps per event of the file: a 188 KB file of nested aliases took it 18 s.
     pub const MAX_ALIAS_NODES: u64 = 1_000_000;
+    /// What the nodes' settings weigh once `defaults:` are copied into every node and every
+    /// matrix instance has its own copy ([`super::settings_weight`]: bytes of strings, plus 32 a
+    /// value). A 64 KB default in 40,000 instances is 2.6 GB of copies; a real spec of 100,000
+    /// nodes weighs tens of MB.
+    pub const MAX_SETTINGS_WEIGHT: u64 = 128 << 20;
+}
+
+/// What a value weighs when copied: its strings' bytes, plus 32 for each value (scalar, list,
+/// mapping). Iterative: a value's nesting is bounded, but no walk here uses the stack for it.
+pub(super) fn settings_weight(v: &Value) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        total = total.saturating_add(32);
+        match v {
+            Value::String(s) => total = total.saturating_add(s.len() as u64),
+            Value::Sequence(items) => stack.extend(items.iter()),
+            Value::Mapping(m) => {
+                for (k, v) in m {
+                    stack.push(k);
+                    stack.push(v);
+                }
+            }
+            Value::Tagged(t) => {
+                total = total.saturating_add(t.tag.to_string().len() as u64);
+                stack.push(&t.value);
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+/// The settings-weight error (see [`limits::MAX_SETTINGS_WEIGHT`]), at `path`.
+pub(super) fn too_heavy(what: &str) -> String {
+    format!("the nodes' settings come to more than {} MiB once {what}", limits::MAX_SETTINGS_WEIGHT >> 20)
 }
 
 fn too_large(n: u64) -> String {
@@ -529,8 +572,35 @@ impl Loader {
         node: Option<&str>,
         rename: &dyn Fn(&str) -> String,
     ) -> Option<(T, bool)> {
+        self.typed_lenient_from(v, path, node, rename, Vec::new())
+    }
+
+    /// [`Loader::typed_lenient`] of a value from which `removed` (already reported) were taken
+    /// out: they count as removed (the result is not clean, and a required one missing is not
+    /// news). What was removed in the end is left in `last_removed`.
+    fn typed_lenient_from<T: DeserializeOwned>(
+        &mut self,
+        v: &Value,
+        path: &str,
+        node: Option<&str>,
+        rename: &dyn Fn(&str) -> String,
+        removed: Vec<String>,
+    ) -> Option<(T, bool)> {
+        let mut removed = removed;
+        let r = self.typed_lenient_inner(v, path, node, rename, &mut removed);
+        self.last_removed = removed;
+        r
+    }
+
+    fn typed_lenient_inner<T: DeserializeOwned>(
+        &mut self,
+        v: &Value,
+        path: &str,
+        node: Option<&str>,
+        rename: &dyn Fn(&str) -> String,
+        removed: &mut Vec<String>,
+    ) -> Option<(T, bool)> {
         let mut v = std::borrow::Cow::Borrowed(v);
-        let mut removed: Vec<String> = Vec::new();
         // Keys an unknown key was taken for (`dpeth` -> `depth`): their absence is no news.
         let mut meant: Vec<String> = Vec::new();
         // Each round removes one key, so this ends; the bound keeps a pathological value cheap.
@@ -869,6 +939,8 @@ impl Loader {
                     .at(at),
             );
         }
+        // Each node gets its own copy of its kind's defaults: bounded (see MAX_SETTINGS_WEIGHT).
+        let mut weight = 0u64;
         for (name, v) in declared {
             let p = format!("nodes.{name}");
             if !self.check_name(&name, &p) {
@@ -880,7 +952,19 @@ impl Loader {
                     Some("rename one of them: references must be unambiguous".to_string());
             }
             match self.raw_node(&name, v, &defaults) {
-                Some(raw) => raws.push(raw),
+                Some(raw) => {
+                    weight = weight.saturating_add(settings_weight(&raw.body));
+                    if weight > limits::MAX_SETTINGS_WEIGHT {
+                        let at = if defaults.is_empty() { "nodes" } else { "defaults" };
+                        self.err(Code::Matrix, at, too_heavy("`defaults:` are copied into each node")).help = Some(
+                            "keep large values out of `defaults:` (long strings are not settings), or declare fewer nodes"
+                                .to_string(),
+                        );
+                        raws.clear();
+                        break;
+                    }
+                    raws.push(raw)
+                }
                 None => {
                     self.invalid.insert(name);
                 }
@@ -1140,8 +1224,23 @@ impl Loader {
         from_matrix: &[(String, String)],
     ) -> Option<NodeKind> {
         let before = self.diags.len();
-        let kind = self.parse_kind_here(raw, body, instance);
+        self.last_removed.clear();
+        let kind = self.parse_kind_here(raw, body, instance, from_matrix);
         self.relocate(raw, before, from_matrix);
+        // A key that failed to type and that this node took from `defaults:` fails the same way
+        // in every node that takes it: left out of those from now on (see `bad_defaults`).
+        if let (Some(own), Some(dflt)) = (&raw.own, self.kind_defaults.get(&raw.kind)) {
+            let bad: Vec<String> = std::mem::take(&mut self.last_removed)
+                .into_iter()
+                .filter(|rel| from_defaults(own, dflt, from_matrix, rel))
+                .collect();
+            let known = self.bad_defaults.entry(raw.kind.clone()).or_default();
+            for rel in bad {
+                if !known.contains(&rel) {
+                    known.push(rel);
+                }
+            }
+        }
         kind
     }
 
@@ -1180,7 +1279,13 @@ impl Loader {
         }
     }
 
-    fn parse_kind_here(&mut self, raw: &RawNode, body: Value, instance: &str) -> Option<NodeKind> {
+    fn parse_kind_here(
+        &mut self,
+        raw: &RawNode,
+        body: Value,
+        instance: &str,
+        from_matrix: &[(String, String)],
+    ) -> Option<NodeKind> {
         let path = format!("nodes.{}.{}", raw.base, raw.kind);
         // Before typing, so a node whose settings do not parse is told too; the declared node's
         // name, so its instances give one diagnostic (`dedupe`).
@@ -1204,14 +1309,31 @@ impl Loader {
             rel.to_string()
         };
         let node = Some(instance);
+        // Defaults already reported bad in another node: left out here (see `bad_defaults`).
+        let mut skipped = Vec::new();
+        let mut body = std::borrow::Cow::Borrowed(body);
+        let dflt = self.kind_defaults.get(&raw.kind);
+        if let (Some(own), Some(dflt), Some(bad)) = (&raw.own, dflt, self.bad_defaults.get(&raw.kind)) {
+            for rel in bad {
+                if from_defaults(own, dflt, from_matrix, rel) && remove_at(body.to_mut(), rel) {
+                    skipped.push(rel.clone());
+                }
+            }
+        }
+        let body = &*body;
+        macro_rules! typed {
+            () => {
+                self.typed_lenient_from(body, &path, node, &rename, skipped)?.0
+            };
+        }
         let kind = match raw.kind.as_str() {
-            "train" => NodeKind::Train(self.typed_lenient(body, &path, node, &rename)?.0),
-            "finetune" => NodeKind::Finetune(self.typed_lenient(body, &path, node, &rename)?.0),
-            "distill" => NodeKind::Distill(self.typed_lenient(body, &path, node, &rename)?.0),
-            "generate" => NodeKind::Generate(self.typed_lenient(body, &path, node, &rename)?.0),
-            "evaluate" => NodeKind::Evaluate(self.typed_lenient(body, &path, node, &rename)?.0),
-            "report" => NodeKind::Report(self.typed_lenient(body, &path, node, &rename)?.0),
-            "plugin" => NodeKind::Plugin(self.typed_lenient(body, &path, node, &rename)?.0),
+            "train" => NodeKind::Train(typed!()),
+            "finetune" => NodeKind::Finetune(typed!()),
+            "distill" => NodeKind::Distill(typed!()),
+            "generate" => NodeKind::Generate(typed!()),
+            "evaluate" => NodeKind::Evaluate(typed!()),
+            "report" => NodeKind::Report(typed!()),
+            "plugin" => NodeKind::Plugin(typed!()),
             other => unreachable!("kind `{other}` was checked against NODE_KINDS"),
         };
         let ctx = NodeContext { loss_names: &loss_names, pretrained_models: &self.pretrained_models };
@@ -1316,6 +1438,13 @@ pub(super) fn tidy(p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Whether setting `rel` of a node instance comes from `defaults:` (`dflt`): not its own
+/// (`own`), not a matrix value.
+fn from_defaults(own: &Value, dflt: &Value, from_matrix: &[(String, String)], rel: &str) -> bool {
+    let by_matrix = from_matrix.iter().any(|(k, _)| rel == k || rel.starts_with(&format!("{k}.")));
+    !by_matrix && value_at(own, rel).is_none() && value_at(dflt, rel).is_some()
 }
 
 fn value_at<'a>(root: &'a Value, rel: &str) -> Option<&'a Value> {
@@ -1432,6 +1561,42 @@ mod tests {
         assert_eq!(too_deep_at(&format!("# x\r{}1", "- ".repeat(129))), Some((1, 261)));
         assert_eq!(too_deep_at(&format!("# x\r\n{}1", "- ".repeat(129))), Some((2, 257)));
         assert_eq!(too_deep_at(&format!("{}1", "- ".repeat(128))), None);
+    }
+
+    /// The fuzzer's hang (seed 1): a 64 KB string in `defaults.distill` reached 14,856 distill
+    /// nodes x 3 seeds; each instance copied it and re-reported it, 8 s and 1.2 GB for a 1.9 MB
+    /// file. A bad default is now typed once (`bad_defaults`), and copies are bounded
+    /// (`MAX_SETTINGS_WEIGHT`): one `matrix` error, at once.
+    #[test]
+    fn a_large_default_copied_into_many_instances_is_bounded() {
+        let mut spec = format!(
+            "datasets: {{ d: {{ source: builtin/digits }} }}\nmodels: {{ m: {{ arch: mlp, hidden: [8] }} }}\n\
+             defaults: {{ distill: {{ epochs: {} }} }}\nnodes:\n  t: {{ train: {{ model: m, data: d }} }}\n",
+            "a".repeat(65_000)
+        );
+        for i in 0..3000 {
+            spec += &format!("  n{i}: {{ distill: {{ student: m, teacher: t, data: d, losses: kd }} }}\n");
+        }
+        spec += "matrix: { seed: [0, 1, 2] }\n";
+        let t0 = Instant::now();
+        let got = codes(load_str(Path::new("t.yaml"), &spec));
+        assert!(t0.elapsed() < FAST, "{:?}", t0.elapsed());
+        assert!(got.iter().any(|(c, _, m)| *c == Code::Matrix && m.contains("MiB")), "{got:?}");
+        // Below the bound, a bad default is reported once, at the defaults, whatever its size.
+        let mut spec = format!(
+            "datasets: {{ d: {{ source: builtin/digits }} }}\nmodels: {{ m: {{ arch: mlp, hidden: [8] }} }}\n\
+             defaults: {{ distill: {{ epochs: {} }} }}\nnodes:\n  t: {{ train: {{ model: m, data: d }} }}\n",
+            "a".repeat(10_000)
+        );
+        for i in 0..200 {
+            spec += &format!("  n{i}: {{ distill: {{ student: m, teacher: t, data: d, losses: kd }} }}\n");
+        }
+        spec += "  own: { distill: { student: m, teacher: t, data: d, losses: kd, epochs: x } }\nmatrix: { seed: [0, 1, 2] }\n";
+        let got = codes(load_str(Path::new("t.yaml"), &spec));
+        let at = |p: &str| got.iter().filter(|(_, path, _)| path == p).count();
+        assert_eq!(at("defaults.distill.epochs"), 1, "{got:?}");
+        assert_eq!(at("nodes.own.distill.epochs"), 1, "a node's own bad value is its own: {got:?}");
+        assert_eq!(got.len(), 2, "{got:?}");
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub(super) fn same_value_key(v: &Value) -> String {
 
 type Assignment = Vec<(String, Value)>;
 
+fn heavy(l: &mut Loader) {
+    let m = super::load::too_heavy("every matrix instance has its own copy");
+    l.diags_push(Code::Matrix, "matrix", m).help =
+        Some("use fewer matrix values, or keep large values (long strings) out of the settings".to_string());
+}
+
 struct Instance {
     assignment: Assignment,
     kind: NodeKind,
@@ -90,6 +96,14 @@ pub(super) fn expand(
     let mut total = counts.iter().fold(0u64, |a, &c| a.saturating_add(c));
     if total > limits::MAX_INSTANCES || counts.iter().any(|&c| c > limits::MAX_NODE_INSTANCES) {
         too_many_instances(l, &raws, &own_d, &counts, total);
+        return Vec::new();
+    }
+    // Each instance has its own copy of its node's settings: bounded before any is made.
+    let weights: Vec<u64> = raws.iter().map(|r| super::load::settings_weight(&r.body)).collect();
+    let mut weight =
+        weights.iter().zip(&counts).fold(0u64, |a, (&w, &c)| a.saturating_add(w.saturating_mul(c)));
+    if weight > limits::MAX_SETTINGS_WEIGHT {
+        heavy(l);
         return Vec::new();
     }
 
@@ -195,6 +209,11 @@ pub(super) fn expand(
             l.invalid.insert(raw.base.clone());
             finals[i] = Some(Vec::new());
             continue;
+        }
+        weight = weight.saturating_add(extra.saturating_mul(weights[i]));
+        if weight > limits::MAX_SETTINGS_WEIGHT {
+            heavy(l);
+            return Vec::new();
         }
         total += extra;
         let inherited_dims: Vec<Dim> = inherited
