@@ -86,7 +86,7 @@ fn main() {
     println!("{:<24} {:>12} {:>14} {:>12}", "case", "ms/batch", "pytorch ms", "torch/ours");
     let mut ours = Vec::new();
     for (name, t, reps) in &cases {
-        let loader = Loader::new(data.clone(), LoaderConfig::train(BATCH, 0, t.clone())).unwrap();
+        let loader = Loader::new(data.clone(), LoaderConfig::train(BATCH, true, 0, t.clone())).unwrap();
         let ms = batch_ms(&loader, *reps);
         let pt = torch.as_ref().and_then(|v| v.iter().find(|(n, _)| n == name).map(|(_, m)| *m));
         match pt {
@@ -98,14 +98,15 @@ fn main() {
     // Single-thread cost: the CPU time a batch takes away from training on a busy machine.
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let one = pool.install(|| {
-        let loader = Loader::new(data.clone(), LoaderConfig::train(BATCH, 0, cases[1].1.clone())).unwrap();
+        let loader =
+            Loader::new(data.clone(), LoaderConfig::train(BATCH, true, 0, cases[1].1.clone())).unwrap();
         batch_ms(&loader, 200)
     });
     println!("cifar_train_32+dsa_m on 1 thread: {one:.3} ms/batch (CPU time per batch)");
 
     // Steady state: consume epochs through the background iterator as fast as possible.
     for (name, t, _) in &cases[..2] {
-        let loader = Loader::new(data.clone(), LoaderConfig::train(BATCH, 0, t.clone())).unwrap();
+        let loader = Loader::new(data.clone(), LoaderConfig::train(BATCH, true, 0, t.clone())).unwrap();
         let start = Instant::now();
         let mut n = 0usize;
         for epoch in 0..10 {

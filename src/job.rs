@@ -125,6 +125,9 @@ impl Work {
 pub struct LoopSettings {
     pub trainer: engine::TrainerConfig,
     pub batch_size: usize,
+    /// Drop each epoch's last incomplete batch; else every image is used (a last batch of one
+    /// joins the batch before).
+    pub drop_last: bool,
     pub label_smoothing: f64,
     /// Per-image transforms and batch augmentation of the training images; `normalize` is the
     /// dataset's own statistics unless the spec gives values.

@@ -223,7 +223,11 @@ pub fn trainer_config(
     warmup_epochs: u32,
     grad_clip: Option<f64>,
 ) -> crate::engine::TrainerConfig {
-    use crate::engine::{OptimizerConfig, ScheduleConfig, TrainerConfig};
+    use crate::engine::{Anneal, OptimizerConfig, ScheduleConfig, StepEvery, TrainerConfig};
+    let every = |s: &spec::StepEvery| match s {
+        spec::StepEvery::Epoch => StepEvery::Epoch,
+        spec::StepEvery::Step => StepEvery::Step,
+    };
     let optimizer = match *optimizer {
         spec::OptimizerSpec::Sgd { lr, momentum, nesterov, weight_decay } => {
             OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay }
@@ -232,14 +236,48 @@ pub fn trainer_config(
             OptimizerConfig::AdamW { lr, betas: (beta1, beta2), eps, weight_decay }
         }
     };
+    let lr = optimizer.lr();
     let mut cfg = TrainerConfig::new(optimizer);
-    cfg.schedule = match schedule {
-        spec::ScheduleSpec::None => ScheduleConfig::None,
-        spec::ScheduleSpec::Cosine {} => ScheduleConfig::Cosine,
-        spec::ScheduleSpec::Multistep { milestones, gamma } => ScheduleConfig::MultiStep {
-            milestones: milestones.iter().map(|&m| m as usize).collect(),
-            gamma: *gamma,
-        },
+    (cfg.schedule, cfg.step_every) = match schedule {
+        spec::ScheduleSpec::None => (ScheduleConfig::None, StepEvery::Epoch),
+        spec::ScheduleSpec::Cosine { step_every } => (ScheduleConfig::Cosine, every(step_every)),
+        spec::ScheduleSpec::Multistep { milestones, gamma } => (
+            ScheduleConfig::MultiStep {
+                milestones: milestones.iter().map(|&m| m as usize).collect(),
+                gamma: *gamma,
+            },
+            StepEvery::Epoch,
+        ),
+        spec::ScheduleSpec::Linear { end_factor, step_every } => {
+            (ScheduleConfig::Linear { end_factor: *end_factor }, every(step_every))
+        }
+        spec::ScheduleSpec::Exponential { gamma, step_every } => {
+            (ScheduleConfig::Exponential { gamma: *gamma }, every(step_every))
+        }
+        spec::ScheduleSpec::Onecycle {
+            max_lr,
+            pct_start,
+            anneal_strategy,
+            div_factor,
+            final_div_factor,
+            cycle_momentum,
+            base_momentum,
+            max_momentum,
+            step_every,
+        } => (
+            ScheduleConfig::OneCycle {
+                max_lr: max_lr.unwrap_or(lr),
+                pct_start: *pct_start,
+                div_factor: *div_factor,
+                final_div_factor: *final_div_factor,
+                anneal: match anneal_strategy {
+                    spec::AnnealStrategy::Cos => Anneal::Cos,
+                    spec::AnnealStrategy::Linear => Anneal::Linear,
+                },
+                momentum: cycle_momentum.then_some((*base_momentum, *max_momentum)),
+            },
+            every(step_every),
+        ),
     };
     cfg.epochs = epochs as usize;
     cfg.warmup_epochs = warmup_epochs as usize;

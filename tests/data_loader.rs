@@ -15,7 +15,7 @@ fn digits(split: Split) -> Arc<Dataset> {
 }
 
 fn loader(d: &Arc<Dataset>, batch: usize, seed: u64, t: TransformConfig) -> Loader {
-    Loader::new(d.clone(), LoaderConfig::train(batch, seed, t)).unwrap()
+    Loader::new(d.clone(), LoaderConfig::train(batch, true, seed, t)).unwrap()
 }
 
 #[test]
@@ -55,12 +55,12 @@ fn an_epoch_covers_every_image_once_with_its_label() {
         LoaderConfig {
             shuffle: true,
             drop_last: false,
-            ..LoaderConfig::train(50, 0, TransformConfig::eval())
+            ..LoaderConfig::train(50, true, 0, TransformConfig::eval())
         },
     )
     .unwrap();
     let batches: Vec<_> = l.epoch(0).map(Result::unwrap).collect();
-    assert_eq!(batches.len(), d.len().div_ceil(50));
+    assert_eq!(batches.len(), l.n_batches());
     let mut seen: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
     for b in &batches {
         assert_eq!(b.shape[1..], [1, 8, 8]);
@@ -74,6 +74,36 @@ fn an_epoch_covers_every_image_once_with_its_label() {
     // drop_last: only full batches.
     let l = loader(&d, 50, 0, TransformConfig::eval());
     assert!(l.epoch(0).all(|b| b.unwrap().shape[0] == 50));
+}
+
+/// `drop_last: false` (the default, as PyTorch's): every image is used; a last batch of a single
+/// image joins the one before (batch norm cannot normalise one image), any other remainder is
+/// its own smaller batch. `drop_last: true`: full batches only.
+#[test]
+fn every_image_is_used_and_a_lone_last_image_joins_the_batch_before() {
+    let d = digits(Split::Test);
+    let n = d.len();
+    let keep =
+        |b: usize| Loader::new(d.clone(), LoaderConfig::train(b, false, 3, TransformConfig::eval())).unwrap();
+    let sizes = |l: &Loader| l.epoch(1).map(|b| b.unwrap().shape[0]).collect::<Vec<_>>();
+    // A batch size leaving one image over, with at least two batches.
+    let b = (2..n / 2).find(|b| n % b == 1).expect("some batch size leaves one image");
+    let l = keep(b);
+    let s = sizes(&l);
+    assert_eq!(s.len(), n / b);
+    assert_eq!(s.len(), l.n_batches());
+    assert_eq!(*s.last().unwrap(), b + 1, "the lone image joined the last batch");
+    assert_eq!(s.iter().sum::<usize>(), n);
+    assert!(l.merges_last_image());
+    // A larger remainder is a batch of its own.
+    let b = (2..n / 2).find(|b| n % b > 1).unwrap();
+    let s = sizes(&keep(b));
+    assert_eq!((s.len(), *s.last().unwrap()), (n.div_ceil(b), n % b));
+    assert_eq!(s.iter().sum::<usize>(), n);
+    // drop_last: n / b full batches, the rest unseen this epoch.
+    let l = Loader::new(d.clone(), LoaderConfig::train(b, true, 3, TransformConfig::eval())).unwrap();
+    let s = sizes(&l);
+    assert!(s.len() == n / b && s.iter().all(|&x| x == b));
 }
 
 #[test]
@@ -162,10 +192,10 @@ fn test_split_normalised_with_train_statistics() {
 fn bad_transforms_are_config_errors() {
     let d = digits(Split::Train);
     let t = TransformConfig { center_crop: Some(9), ..T::default() };
-    let e = Loader::new(d.clone(), LoaderConfig::train(4, 0, t)).err().unwrap().to_string();
+    let e = Loader::new(d.clone(), LoaderConfig::train(4, true, 0, t)).err().unwrap().to_string();
     assert_eq!(e, "transform.center_crop: 9 does not fit images of 8x8");
     let t = TransformConfig { normalize: Some(Normalize::ImageNet), ..T::default() };
-    let e = Loader::new(d, LoaderConfig::train(4, 0, t)).err().unwrap().to_string();
+    let e = Loader::new(d, LoaderConfig::train(4, true, 0, t)).err().unwrap().to_string();
     assert_eq!(e, "transform.normalize: 3 means and 3 stds for images with 1 channels");
 }
 

@@ -19,8 +19,12 @@ use super::{DataError, Dataset, TransformConfig};
 pub struct LoaderConfig {
     pub batch_size: usize,
     pub shuffle: bool,
-    /// Drop the last incomplete batch (training); keep it for evaluation.
+    /// Drop the last incomplete batch.
     pub drop_last: bool,
+    /// When the last batch is kept and would hold a single image, that image joins the batch
+    /// before (training: a batch-norm layer in training mode cannot normalise one image, and
+    /// PyTorch refuses it), so no image is left out. Evaluation keeps a batch of one.
+    pub join_lone_last: bool,
     pub seed: u64,
     pub transform: TransformConfig,
     /// Batches prepared ahead of the consumer.
@@ -28,12 +32,20 @@ pub struct LoaderConfig {
 }
 
 impl LoaderConfig {
-    pub fn train(batch_size: usize, seed: u64, transform: TransformConfig) -> Self {
-        Self { batch_size, shuffle: true, drop_last: true, seed, transform, prefetch: 2 }
+    pub fn train(batch_size: usize, drop_last: bool, seed: u64, transform: TransformConfig) -> Self {
+        Self { batch_size, shuffle: true, drop_last, join_lone_last: true, seed, transform, prefetch: 2 }
     }
 
     pub fn eval(batch_size: usize, transform: TransformConfig) -> Self {
-        Self { batch_size, shuffle: false, drop_last: false, seed: 0, transform, prefetch: 2 }
+        Self {
+            batch_size,
+            shuffle: false,
+            drop_last: false,
+            join_lone_last: false,
+            seed: 0,
+            transform,
+            prefetch: 2,
+        }
     }
 }
 
@@ -86,7 +98,19 @@ impl Loader {
 
     pub fn n_batches(&self) -> usize {
         let (n, b) = (self.dataset.len(), self.cfg.batch_size);
-        if self.cfg.drop_last { (n / b).max(1) } else { n.div_ceil(b) }
+        if self.cfg.drop_last {
+            (n / b).max(1)
+        } else if self.merges_last_image() {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    /// Whether the epoch's last batch has an extra image (a lone last image joined it).
+    pub fn merges_last_image(&self) -> bool {
+        let (n, b) = (self.dataset.len(), self.cfg.batch_size);
+        !self.cfg.drop_last && self.cfg.join_lone_last && n > b && n % b == 1
     }
 
     /// Dataset indices in the order of `epoch`.
@@ -105,8 +129,14 @@ impl Loader {
 
     fn batch_from_order(&self, order: &[usize], epoch: u64, b: usize) -> Batch {
         let start = b * self.cfg.batch_size;
-        // With drop_last and a dataset smaller than one batch, still yield what there is.
-        let end = (start + self.cfg.batch_size).min(order.len());
+        // With drop_last and a dataset smaller than one batch, still yield what there is; the
+        // last batch takes a lone last image (see `LoaderConfig::drop_last`).
+        let last = b + 1 == self.n_batches();
+        let end = if last && self.merges_last_image() {
+            order.len()
+        } else {
+            (start + self.cfg.batch_size).min(order.len())
+        };
         let indices = order[start..end].to_vec();
         let per = self.pipeline.out_len();
         let family = self

@@ -164,6 +164,66 @@ fn schedules_match_torch() {
     }
 }
 
+/// Per-step and the newer schedules (linear, exponential, one-cycle with its momentum) against
+/// torch's schedulers, value by value over each run: the lr (and SGD momentum / AdamW beta1) each
+/// optimizer step uses, as `Trainer::set_position` gives it before the step
+/// (tests/fixtures/engine/schedules_steps.json, tools/fixtures_schedules.py).
+#[test]
+fn schedules_per_step_and_one_cycle_match_torch() {
+    use super::schedule::{Anneal, StepEvery};
+    let text = std::fs::read_to_string(fixture_dir().join("schedules_steps.json")).unwrap();
+    let want: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let sgd = OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 0.0 };
+    let adamw = OptimizerConfig::AdamW { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 };
+    let one = |max_lr, pct_start, anneal, div_factor, final_div_factor, momentum| ScheduleConfig::OneCycle {
+        max_lr,
+        pct_start,
+        div_factor,
+        final_div_factor,
+        anneal,
+        momentum,
+    };
+    let cases: Vec<(&str, ScheduleConfig, &OptimizerConfig)> = vec![
+        ("cosine_step_e4_s5_w1", ScheduleConfig::Cosine, &sgd),
+        ("cosine_step_e3_s4_w0", ScheduleConfig::Cosine, &sgd),
+        ("none_step_e3_s4_w1", ScheduleConfig::None, &sgd),
+        ("multistep_step_e6_s3_w0", ScheduleConfig::MultiStep { milestones: vec![2, 4], gamma: 0.1 }, &sgd),
+        ("linear_epoch_e10_w0", ScheduleConfig::Linear { end_factor: 0.1 }, &sgd),
+        ("linear_epoch_e10_w2", ScheduleConfig::Linear { end_factor: 0.0 }, &sgd),
+        ("linear_step_e3_s5_w1", ScheduleConfig::Linear { end_factor: 0.0 }, &sgd),
+        ("exponential_epoch_e8_w0", ScheduleConfig::Exponential { gamma: 0.8 }, &sgd),
+        ("exponential_step_e3_s4_w1", ScheduleConfig::Exponential { gamma: 0.95 }, &sgd),
+        ("onecycle_sgd_e4_s5", one(0.1, 0.3, Anneal::Cos, 25.0, 1e4, Some((0.85, 0.95))), &sgd),
+        ("onecycle_sgd_linear_e4_s5", one(0.2, 0.25, Anneal::Linear, 10.0, 100.0, Some((0.8, 0.9))), &sgd),
+        ("onecycle_adamw_e3_s7", one(0.05, 0.3, Anneal::Cos, 25.0, 1e4, Some((0.85, 0.95))), &adamw),
+        ("onecycle_nomomentum_epoch_e10", one(0.1, 0.3, Anneal::Cos, 25.0, 1e4, None), &sgd),
+    ];
+    assert_eq!(cases.len(), want.len(), "every fixture case is checked");
+    for (name, schedule, optimizer) in cases {
+        let w = &want[name];
+        let n = |k: &str| w[k].as_u64().unwrap() as usize;
+        let (epochs, spe, warmup) = (n("epochs"), n("steps_per_epoch"), n("warmup_epochs"));
+        let mut tc = TrainerConfig::new(optimizer.clone());
+        tc.schedule = schedule;
+        tc.epochs = epochs;
+        tc.warmup_epochs = warmup;
+        tc.step_every = if w["step_every"] == "step" { StepEvery::Step } else { StepEvery::Epoch };
+        let mut trainer = Trainer::new(tc).unwrap();
+        let lrs: Vec<f64> = serde_json::from_value(w["lr"].clone()).unwrap();
+        let moms: Vec<f64> = serde_json::from_value(w["momentum"].clone()).unwrap();
+        assert_eq!(lrs.len(), epochs * spe);
+        for (i, (&lr, &m)) in lrs.iter().zip(&moms).enumerate() {
+            trainer.set_position(i / spe, i % spe, spe);
+            let (ours, our_m) = (trainer.lr(), trainer.momentum());
+            assert!(
+                (ours - lr).abs() <= 1e-9 * lr.abs().max(1e-6),
+                "{name} step {i}: lr {ours} vs torch {lr}"
+            );
+            assert!((our_m - m).abs() <= 1e-9, "{name} step {i}: momentum {our_m} vs torch {m}");
+        }
+    }
+}
+
 #[derive(Module, Debug)]
 struct Distilled {
     student: Model,

@@ -24,7 +24,7 @@ pub use error::EngineError;
 pub use eval::{EvalMetrics, cross_entropy, evaluate_batches};
 pub use models::{Arch, Model, ModelConfig, Stem, VitPreset};
 pub use optim::{OptimizerConfig, ParamRule, StepInfo, Trainer, TrainerConfig};
-pub use schedule::{ScheduleConfig, lr_at_epoch};
+pub use schedule::{Anneal, ScheduleConfig, StepEvery, lr_at, lr_at_epoch, momentum_at};
 
 pub use layers::freeze_batch_norm;
 

@@ -15,7 +15,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
 use crate::engine::error::EngineError;
-use crate::engine::schedule::{ScheduleConfig, lr_at_epoch};
+use crate::engine::schedule::{ScheduleConfig, StepEvery, lr_at, momentum_at};
 
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub enum OptimizerConfig {
@@ -62,6 +62,10 @@ impl ParamRule {
 pub struct TrainerConfig {
     pub optimizer: OptimizerConfig,
     pub schedule: ScheduleConfig,
+    /// When the schedule (and its warm-up) advances. Left out of the serialised form at its
+    /// default, so that keys made before it existed still mean the same.
+    #[serde(default, skip_serializing_if = "StepEvery::is_epoch")]
+    pub step_every: StepEvery,
     pub warmup_epochs: usize,
     /// Total epochs (the cosine period counts the epochs after warm-up).
     pub epochs: usize,
@@ -75,6 +79,7 @@ impl TrainerConfig {
         TrainerConfig {
             optimizer,
             schedule: ScheduleConfig::None,
+            step_every: StepEvery::Epoch,
             warmup_epochs: 0,
             epochs: 1,
             grad_clip: None,
@@ -125,6 +130,12 @@ impl TrainerConfig {
                 self.epochs, self.warmup_epochs
             ));
         }
+        if self.warmup_epochs > 0 && !self.schedule.takes_warmup() {
+            return bad(
+                "warmup_epochs: onecycle has its own warm-up phase (pct_start); leave warmup_epochs at 0"
+                    .into(),
+            );
+        }
         for r in &self.rules {
             if !r.frozen && !(r.lr_mult >= 0.0 && r.lr_mult.is_finite()) {
                 return bad(format!("lr multiplier for {:?}: expected >= 0, got {}", r.prefix, r.lr_mult));
@@ -142,11 +153,14 @@ enum State {
 }
 
 /// Optimizer + schedule + parameter rules, with its state. One `step` per batch; call
-/// [`Trainer::set_epoch`] at the start of each epoch to advance the schedule.
+/// [`Trainer::set_position`] before each step (or [`Trainer::set_epoch`] at the start of each
+/// epoch) to advance the schedule.
 pub struct Trainer {
     config: TrainerConfig,
     states: HashMap<ParamId, State>,
     lr: f64,
+    /// One-cycle's momentum (SGD momentum / AdamW beta1) for the next step, when it cycles it.
+    momentum: Option<f64>,
     steps: u64,
 }
 
@@ -164,18 +178,40 @@ pub struct StepInfo {
 impl Trainer {
     pub fn new(config: TrainerConfig) -> Result<Self, EngineError> {
         config.validate()?;
-        let lr = lr_at_epoch(&config.schedule, config.optimizer.lr(), 0, config.epochs, config.warmup_epochs);
-        Ok(Trainer { config, states: HashMap::new(), lr, steps: 0 })
+        let mut t = Trainer { config, states: HashMap::new(), lr: 0.0, momentum: None, steps: 0 };
+        t.set_position(0, 0, 1);
+        Ok(t)
     }
 
     pub fn config(&self) -> &TrainerConfig {
         &self.config
     }
 
-    /// Set the schedule's epoch (0-based).
+    /// Set the schedule's epoch (0-based) when it advances per epoch (for a per-step schedule,
+    /// use [`Trainer::set_position`], which knows the steps an epoch has).
     pub fn set_epoch(&mut self, epoch: usize) {
+        self.set_position(epoch, 0, 1);
+    }
+
+    /// Set the schedule to step `step` (0-based) of epoch `epoch`, of `steps_per_epoch`: per
+    /// epoch it reads the epoch only, per step the step of the whole run.
+    pub fn set_position(&mut self, epoch: usize, step: usize, steps_per_epoch: usize) {
         let c = &self.config;
-        self.lr = lr_at_epoch(&c.schedule, c.optimizer.lr(), epoch, c.epochs, c.warmup_epochs);
+        let (t, per) = match c.step_every {
+            StepEvery::Epoch => (epoch, 1),
+            StepEvery::Step => (epoch * steps_per_epoch.max(1) + step, steps_per_epoch.max(1)),
+        };
+        let (total, warmup) = (c.epochs * per, c.warmup_epochs * per);
+        self.lr = lr_at(&c.schedule, c.optimizer.lr(), t, total, warmup, per);
+        self.momentum = momentum_at(&c.schedule, t, total);
+    }
+
+    /// The momentum (SGD) or beta1 (AdamW) of the next step.
+    pub fn momentum(&self) -> f64 {
+        self.momentum.unwrap_or(match self.config.optimizer {
+            OptimizerConfig::Sgd { momentum, .. } => momentum,
+            OptimizerConfig::AdamW { betas, .. } => betas.0,
+        })
     }
 
     /// The current base learning rate.
@@ -210,10 +246,19 @@ impl Trainer {
             scale = (max_norm / (norm + 1e-6)).min(1.0);
             grad_norm = Some(norm);
         }
+        // One-cycle's momentum replaces the configured one for this step, as torch writes it
+        // into the param group before each step.
+        let mut optimizer = self.config.optimizer.clone();
+        if let Some(m) = self.momentum {
+            match &mut optimizer {
+                OptimizerConfig::Sgd { momentum, .. } => *momentum = m,
+                OptimizerConfig::AdamW { betas, .. } => betas.0 = m,
+            }
+        }
         let mut mapper = StepMapper {
             path: PathTracker::default(),
             trainer_rules: &self.config.rules,
-            optimizer: &self.config.optimizer,
+            optimizer: &optimizer,
             states: &mut self.states,
             grads: &mut grads,
             lr: self.lr,

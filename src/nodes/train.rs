@@ -71,7 +71,7 @@ fn train_data(runner: &Runner, task: &Task<'_>, s: &LoopSettings) -> Result<Trai
     let (name, ds) = dataset(runner, task, "data")?;
     let transform = s.transform.clone();
     let seed = task.job.seed.unwrap_or(0);
-    let cfg = data::LoaderConfig::train(s.batch_size, seed, transform.clone());
+    let cfg = data::LoaderConfig::train(s.batch_size, s.drop_last, seed, transform.clone());
     let loader = data::Loader::new(ds.clone(), cfg)
         .map_err(|e| task.fail_at("data", format!("dataset `{name}`: {e}")))?;
     Ok(TrainData { name, ds, transform, loader })
@@ -288,7 +288,10 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
     let (mut images, mut step) = (0u64, 0u64);
     let (mut best_val, mut best_epoch, mut last): (Option<f64>, u32, Value) = (None, 0, Value::Null);
     for epoch in 0..epochs {
-        trainer.set_epoch(epoch as usize);
+        // The learning rate of the epoch's first step (its history row's `lr`; a per-step
+        // schedule changes it within the epoch).
+        trainer.set_position(epoch as usize, 0, steps_per_epoch as usize);
+        let epoch_lr = trainer.lr();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut term_sums: Vec<(String, f64)> = Vec::new();
         let te = Instant::now();
@@ -346,6 +349,8 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
                 .try_to_vec::<i64>()
                 .map_err(|e| failed(format!("{e:?}")))?;
             correct += pred.iter().zip(&b.labels).filter(|(p, l)| **p == **l as i64).count();
+            // Per step, the schedule's value at this step of the run; per epoch, the epoch's.
+            trainer.set_position(epoch as usize, epoch_steps as usize, steps_per_epoch as usize);
             trained = match trained {
                 Trained::Plain(m) => Trained::Plain(trainer.step(m, loss).0),
                 Trained::Distill(d, t) => Trained::Distill(trainer.step(d, loss).0, t),
@@ -388,7 +393,7 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
             "epoch": epoch + 1,
             "loss": loss_sum / seen.max(1) as f64,
             "train_accuracy": correct as f64 / seen.max(1) as f64,
-            "lr": trainer.lr(),
+            "lr": epoch_lr,
             "epoch_seconds": te.elapsed().as_secs_f64(),
         });
         for (name, sum) in &term_sums {
@@ -450,6 +455,9 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
         "images_per_second": images as f64 / train_seconds.max(1e-9),
         "epochs": epochs,
         "steps": step,
+        "steps_per_epoch": steps_per_epoch,
+        // `drop_last: false` and one image over: it joined the last batch (docs/spec.md).
+        "last_batch_joined_lone_image": loader.merges_last_image(),
         "params": model.num_params(),
         "flops": flops,
         "forward_flops_per_image": student_fwd,

@@ -141,6 +141,7 @@ pub fn data_checks_within(exp: &Experiment, cache: &FingerprintCache, limit: Mem
 struct Training<'a> {
     data: &'a str,
     batch_size: u32,
+    drop_last: bool,
     optimizer: &'a spec::OptimizerSpec,
     augment: &'a spec::AugmentSpec,
     /// `None` for a finetune `from` another node: the model is that node's.
@@ -154,6 +155,7 @@ fn training(node: &Node) -> Option<Training<'_>> {
         NodeKind::Train(s) => Training {
             data: &s.data.0,
             batch_size: s.batch_size,
+            drop_last: s.drop_last,
             optimizer: &s.optimizer,
             augment: &s.augment,
             model: Some(&s.model.0),
@@ -162,6 +164,7 @@ fn training(node: &Node) -> Option<Training<'_>> {
         NodeKind::Finetune(s) => Training {
             data: &s.data.0,
             batch_size: s.batch_size,
+            drop_last: s.drop_last,
             optimizer: &s.optimizer,
             augment: &s.augment,
             model: if s.from.is_some() { None } else { s.model.as_ref().map(|m| m.0.as_str()) },
@@ -170,6 +173,7 @@ fn training(node: &Node) -> Option<Training<'_>> {
         NodeKind::Distill(s) => Training {
             data: &s.data.0,
             batch_size: s.batch_size,
+            drop_last: s.drop_last,
             optimizer: &s.optimizer,
             augment: &s.augment,
             model: Some(&s.student.0),
@@ -277,19 +281,19 @@ impl<'a> Checks<'a> {
     fn training_node(&mut self, node: &'a Node, t: &Training<'_>) {
         let Some(ds) = self.dataset(t.data) else { return };
         let kind = node.spec_path();
-        if !t.synthetic && ds.len() < t.batch_size as usize {
+        if !t.synthetic && t.drop_last && ds.len() < t.batch_size as usize {
             // Training drops the last incomplete batch: no step would run.
             self.push(
                 Code::OutOfRange,
                 &format!("{kind}.batch_size"),
                 &node.name,
                 format!(
-                    "batch_size {} is larger than dataset `{}`: {} images, and training drops the last incomplete batch",
+                    "batch_size {} is larger than dataset `{}`: {} images, and `drop_last: true` drops the last incomplete batch",
                     t.batch_size,
                     t.data,
                     ds.len()
                 ),
-                format!("use batch_size {} or less, or select more images", ds.len()),
+                format!("use batch_size {} or less, leave `drop_last` at false, or select more images", ds.len()),
             );
         }
         let Some(student) = self.sized(node) else { return };
@@ -315,7 +319,7 @@ impl<'a> Checks<'a> {
         let ds = self.dataset(t.data)?;
         let dspec = &self.exp.datasets[t.data];
         let transform = super::train_transform(dspec, t.augment, data::Normalize::Dataset).ok()?;
-        let cfg = data::LoaderConfig::train(t.batch_size as usize, node.seed, transform);
+        let cfg = data::LoaderConfig::train(t.batch_size as usize, t.drop_last, node.seed, transform);
         let shape = match data::Loader::new(ds.clone(), cfg) {
             Ok(l) => l.image_shape(),
             Err(e) => {

@@ -279,16 +279,100 @@ impl OptimizerSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ScheduleSpec {
+    /// A constant lr (after the warm-up, if any).
     #[default]
     None,
-    /// Cosine annealing from the optimizer's lr to 0 over the epochs after warm-up.
-    Cosine {},
-    /// Multiply the lr by `gamma` at each milestone epoch.
+    /// Cosine annealing from the optimizer's lr to 0 over the epochs (or steps) after warm-up:
+    /// torch `CosineAnnealingLR(T_max)`, eta_min 0.
+    Cosine {
+        /// When the schedule and its warm-up advance: `epoch` (default) or `step` (each batch).
+        #[serde(default)]
+        step_every: StepEvery,
+    },
+    /// Multiply the lr by `gamma` at each milestone epoch: torch `MultiStepLR`.
     Multistep {
         milestones: Vec<u32>,
         #[serde(default = "tenth")]
         gamma: f64,
     },
+    /// From the optimizer's lr linearly to `lr x end_factor` over the epochs (or steps) after
+    /// warm-up: torch `LinearLR(start_factor=1, end_factor, total_iters)`.
+    Linear {
+        #[serde(default)]
+        end_factor: f64,
+        #[serde(default)]
+        step_every: StepEvery,
+    },
+    /// Multiply the lr by `gamma` every epoch (or step): torch `ExponentialLR(gamma)`.
+    Exponential {
+        gamma: f64,
+        #[serde(default)]
+        step_every: StepEvery,
+    },
+    /// torch `OneCycleLR(max_lr, total_steps, pct_start, anneal_strategy, div_factor,
+    /// final_div_factor, cycle_momentum, base_momentum, max_momentum)`, per step by default.
+    Onecycle {
+        /// The peak lr (default: the optimizer's `lr`).
+        #[serde(default)]
+        max_lr: Option<f64>,
+        #[serde(default = "pct_start")]
+        pct_start: f64,
+        #[serde(default)]
+        anneal_strategy: AnnealStrategy,
+        #[serde(default = "div_factor")]
+        div_factor: f64,
+        #[serde(default = "final_div_factor")]
+        final_div_factor: f64,
+        /// Cycle SGD's momentum (AdamW's beta1) inversely to the lr, between these two.
+        #[serde(default = "yes")]
+        cycle_momentum: bool,
+        #[serde(default = "base_momentum")]
+        base_momentum: f64,
+        #[serde(default = "max_momentum")]
+        max_momentum: f64,
+        #[serde(default = "every_step")]
+        step_every: StepEvery,
+    },
+}
+
+/// When a schedule advances: once an epoch or once an optimizer step (after each batch).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StepEvery {
+    #[default]
+    Epoch,
+    Step,
+}
+
+/// One-cycle's annealing (torch `anneal_strategy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnealStrategy {
+    #[default]
+    Cos,
+    Linear,
+}
+
+fn yes() -> bool {
+    true
+}
+fn pct_start() -> f64 {
+    0.3
+}
+fn div_factor() -> f64 {
+    25.0
+}
+fn final_div_factor() -> f64 {
+    1e4
+}
+fn base_momentum() -> f64 {
+    0.85
+}
+fn max_momentum() -> f64 {
+    0.95
+}
+fn every_step() -> StepEvery {
+    StepEvery::Step
 }
 
 /// Batch-level augmentation (`augment: dsa` is short for `augment: { type: dsa }`).
@@ -339,6 +423,10 @@ pub struct TrainSpec {
     pub epochs: u32,
     #[serde(default = "batch_size")]
     pub batch_size: u32,
+    /// Drop the last incomplete batch of each epoch (PyTorch `DataLoader(drop_last=True)`);
+    /// by default every image is used, a last batch of one image joining the batch before.
+    #[serde(default)]
+    pub drop_last: bool,
     /// Default: AdamW, lr 1e-3, weight decay 0.01 (the paper's from-scratch recipe).
     #[serde(default = "train_optimizer")]
     pub optimizer: OptimizerSpec,
@@ -381,6 +469,10 @@ pub struct FinetuneSpec {
     pub epochs: u32,
     #[serde(default = "batch_size")]
     pub batch_size: u32,
+    /// Drop the last incomplete batch of each epoch (PyTorch `DataLoader(drop_last=True)`);
+    /// by default every image is used, a last batch of one image joining the batch before.
+    #[serde(default)]
+    pub drop_last: bool,
     /// Default: AdamW, lr 1e-4 on the body, weight decay 5e-4 (the paper's FT recipe).
     #[serde(default = "finetune_optimizer")]
     pub optimizer: OptimizerSpec,
@@ -423,6 +515,10 @@ pub struct DistillSpec {
     pub epochs: u32,
     #[serde(default = "batch_size")]
     pub batch_size: u32,
+    /// Drop the last incomplete batch of each epoch (PyTorch `DataLoader(drop_last=True)`);
+    /// by default every image is used, a last batch of one image joining the batch before.
+    #[serde(default)]
+    pub drop_last: bool,
     /// Default: AdamW at its defaults (lr 1e-3, weight decay 0.01), as in the paper.
     #[serde(default = "train_optimizer")]
     pub optimizer: OptimizerSpec,

@@ -447,9 +447,57 @@ impl<'a> Check<'a> {
         if let Some(c) = grad_clip {
             self.positive(&join(p, "grad_clip"), c);
         }
+        let sp = |k: &str| format!("{p}.schedule.{k}");
         match schedule {
-            ScheduleSpec::None => {}
-            ScheduleSpec::Cosine {} => {}
+            ScheduleSpec::None | ScheduleSpec::Cosine { .. } => {}
+            ScheduleSpec::Linear { end_factor, .. } => {
+                self.within(&sp("end_factor"), *end_factor, 0.0, 1.0, true)
+            }
+            ScheduleSpec::Exponential { gamma, .. } => {
+                self.within_open_closed(&sp("gamma"), *gamma, 0.0, 1.0)
+            }
+            ScheduleSpec::Onecycle {
+                max_lr,
+                pct_start,
+                div_factor,
+                final_div_factor,
+                cycle_momentum,
+                base_momentum,
+                max_momentum,
+                ..
+            } => {
+                if let Some(m) = max_lr {
+                    self.positive(&sp("max_lr"), *m);
+                }
+                // (0, 1): the rising phase and the falling one both have steps.
+                if *pct_start > 0.0 {
+                    self.within(&sp("pct_start"), *pct_start, 0.0, 1.0, false);
+                } else {
+                    self.positive(&sp("pct_start"), *pct_start);
+                }
+                self.positive(&sp("div_factor"), *div_factor);
+                self.positive(&sp("final_div_factor"), *final_div_factor);
+                if *cycle_momentum {
+                    self.within(&sp("base_momentum"), *base_momentum, 0.0, 1.0, false);
+                    self.within(&sp("max_momentum"), *max_momentum, 0.0, 1.0, false);
+                    if base_momentum > max_momentum {
+                        self.err(
+                            Code::OutOfRange,
+                            &sp("base_momentum"),
+                            format!("base_momentum {base_momentum} is above max_momentum {max_momentum}"),
+                            "the momentum cycles between base_momentum (at the peak lr) and max_momentum",
+                        );
+                    }
+                }
+                if warmup > 0 {
+                    self.err(
+                        Code::Conflict,
+                        &join(p, "warmup_epochs"),
+                        "onecycle has its own warm-up phase (the first pct_start of the run)".to_string(),
+                        "leave warmup_epochs out with schedule: onecycle, and set pct_start instead",
+                    );
+                }
+            }
             ScheduleSpec::Multistep { milestones, gamma } => {
                 let mp = format!("{p}.schedule.milestones");
                 if milestones.is_empty() {
