@@ -55,6 +55,26 @@ def adamw(p):
     return torch.optim.AdamW(p, lr=0.1, betas=(0.9, 0.999))
 
 
+def params_case(make_opt, steps):
+    """A 2x3 linear layer (no bias) trained `steps` steps on a fixed batch, loss = mean(y^2) / 2,
+    under OneCycleLR(max_lr=0.1, total_steps=steps) with its momentum cycle: the weights after
+    each step, so the cycled momentum (beta1) is checked in the update, not only its value."""
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2, bias=False)
+    w0 = lin.weight.detach().clone()
+    x = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.8, -1.2], [-0.7, 0.1, 2.0], [1.5, 1.0, -0.4]])
+    opt = make_opt(lin.parameters())
+    sched = S.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
+    after = []
+    for _ in range(steps):
+        opt.zero_grad()
+        (lin(x).pow(2).mean() / 2).backward()
+        opt.step()
+        sched.step()
+        after.append(lin.weight.detach().flatten().tolist())
+    return {"w0": w0.flatten().tolist(), "x": x.flatten().tolist(), "after": after}
+
+
 def main():
     import warnings
     warnings.filterwarnings("ignore")
@@ -76,6 +96,9 @@ def main():
         "onecycle_nomomentum_epoch_e10": run(sgd, lambda o, n, t: S.OneCycleLR(
             o, max_lr=0.1, total_steps=t, cycle_momentum=False), 10, 3, "epoch", 0),
     }
+    out["params_onecycle_sgd_nesterov"] = params_case(
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3), 8)
+    out["params_onecycle_adamw"] = params_case(lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0.01), 8)
     with open(OUT, "w") as fh:
         json.dump(out, fh, indent=1)
     print("torch", torch.__version__, "->", os.path.normpath(OUT), len(out), "cases")
