@@ -12,11 +12,11 @@
 //! distillery columns are still printed, with the reason.
 
 use std::process::Command;
-use std::time::Instant;
 
-use burn::module::Module;
-use burn::tensor::{Device, Distribution, Int, Tensor};
-use distillery::engine::{Arch, ModelConfig, OptimizerConfig, Stem, Trainer, TrainerConfig, cross_entropy};
+mod common;
+
+use burn::tensor::Device;
+use distillery::engine::{Arch, ModelConfig, Stem};
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -36,46 +36,10 @@ fn models() -> Vec<(&'static str, Arch)> {
     ]
 }
 
-/// Seconds per batch for training steps and inference passes.
+/// Seconds per batch for training steps and inference passes (batch 64, 3x32x32, 10 classes).
 fn bench_ours(arch: Arch, warmup: usize, iters: usize) -> (Vec<f64>, Vec<f64>) {
     let cfg = ModelConfig { arch, in_channels: 3, image_size: 32, num_classes: 10 };
-    let ad = Device::flex().autodiff();
-    let mut model = cfg.init(&ad).unwrap();
-    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd {
-        lr: 0.01,
-        momentum: 0.9,
-        nesterov: false,
-        weight_decay: 5e-4,
-    });
-    tc.epochs = 1;
-    let mut trainer = Trainer::new(tc).unwrap();
-    let x = Tensor::<4>::random([64, 3, 32, 32], Distribution::Normal(0.0, 1.0), &ad);
-    let y = Tensor::<1, Int>::random([64], Distribution::Uniform(0.0, 10.0), &ad);
-    let mut train = Vec::new();
-    for i in 0..warmup + iters {
-        let t = Instant::now();
-        let (_, z) = model.forward(x.clone());
-        let loss = cross_entropy(z, y.clone());
-        model = trainer.step(model, loss).0;
-        ad.sync().unwrap();
-        if i >= warmup {
-            train.push(t.elapsed().as_secs_f64());
-        }
-    }
-    let device = Device::flex();
-    let eval = model.valid();
-    let x = x.without_autodiff();
-    let mut infer = Vec::new();
-    for i in 0..warmup + iters {
-        let t = Instant::now();
-        let z = eval.forward(x.clone()).1;
-        let _ = z.into_data();
-        device.sync().unwrap();
-        if i >= warmup {
-            infer.push(t.elapsed().as_secs_f64());
-        }
-    }
-    (train, infer)
+    common::train_and_infer_seconds(&Device::flex(), cfg, 64, warmup, iters)
 }
 
 fn bench_torch(

@@ -12,13 +12,11 @@
 //! compile and autotune kernels), `BENCH_ONLY` (one model name), `BENCH_NO_TORCH`.
 
 use std::process::Command;
-use std::time::Instant;
 
-use burn::module::Module;
-use burn::tensor::{Device, Distribution, Int, Tensor};
-use distillery::engine::{
-    Arch, ModelConfig, OptimizerConfig, Stem, Trainer, TrainerConfig, VitPreset, cross_entropy,
-};
+mod common;
+
+use burn::tensor::Device;
+use distillery::engine::{Arch, ModelConfig, Stem, VitPreset};
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -56,43 +54,7 @@ fn bench_ours(
     iters: usize,
 ) -> (Vec<f64>, Vec<f64>) {
     let cfg = ModelConfig { arch: arch(name, px), in_channels: 3, image_size: px, num_classes: 10 };
-    let ad = device.clone().autodiff();
-    let mut model = cfg.init(&ad).unwrap();
-    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd {
-        lr: 0.01,
-        momentum: 0.9,
-        nesterov: false,
-        weight_decay: 5e-4,
-    });
-    tc.epochs = 1;
-    let mut trainer = Trainer::new(tc).unwrap();
-    let x = Tensor::<4>::random([batch, 3, px, px], Distribution::Normal(0.0, 1.0), &ad);
-    let y = Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, 10.0), &ad);
-    ad.sync().unwrap();
-    let mut train = Vec::new();
-    for i in 0..warmup + iters {
-        let t = Instant::now();
-        let (_, z) = model.forward(x.clone());
-        let loss = cross_entropy(z, y.clone());
-        model = trainer.step(model, loss).0;
-        ad.sync().unwrap();
-        if i >= warmup {
-            train.push(t.elapsed().as_secs_f64());
-        }
-    }
-    let eval = model.valid();
-    let x = x.without_autodiff();
-    let mut infer = Vec::new();
-    for i in 0..warmup + iters {
-        let t = Instant::now();
-        let z = eval.forward(x.clone()).1;
-        device.sync().unwrap();
-        drop(z);
-        if i >= warmup {
-            infer.push(t.elapsed().as_secs_f64());
-        }
-    }
-    (train, infer)
+    common::train_and_infer_seconds(device, cfg, batch, warmup, iters)
 }
 
 fn bench_torch(

@@ -27,3 +27,59 @@ pub fn torch_medians(script: &str, args: &[String]) -> Option<Vec<(String, f64)>
             .collect(),
     )
 }
+
+/// Seconds per batch of `warmup + iters` training steps (forward, cross-entropy, backward, SGD
+/// momentum 0.9 and weight decay 5e-4) and as many inference passes (eval mode), the warm-up
+/// left out, for `cfg` on `device` at `batch` images; each timed to a `device.sync()`. The engine
+/// and GPU benches both measure this.
+#[allow(dead_code)]
+pub fn train_and_infer_seconds(
+    device: &burn::tensor::Device,
+    cfg: distillery::engine::ModelConfig,
+    batch: usize,
+    warmup: usize,
+    iters: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    use burn::module::Module;
+    use burn::tensor::{Distribution, Int, Tensor};
+    use distillery::engine::{OptimizerConfig, Trainer, TrainerConfig, cross_entropy};
+    use std::time::Instant;
+    let ad = device.clone().autodiff();
+    let mut model = cfg.init(&ad).unwrap();
+    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd {
+        lr: 0.01,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 5e-4,
+    });
+    tc.epochs = 1;
+    let mut trainer = Trainer::new(tc).unwrap();
+    let (c, px, classes) = (cfg.in_channels, cfg.image_size, cfg.num_classes);
+    let x = Tensor::<4>::random([batch, c, px, px], Distribution::Normal(0.0, 1.0), &ad);
+    let y = Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, classes as f64), &ad);
+    ad.sync().unwrap();
+    let mut train = Vec::new();
+    for i in 0..warmup + iters {
+        let t = Instant::now();
+        let (_, z) = model.forward(x.clone());
+        let loss = cross_entropy(z, y.clone());
+        model = trainer.step(model, loss).0;
+        ad.sync().unwrap();
+        if i >= warmup {
+            train.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let eval = model.valid();
+    let x = x.without_autodiff();
+    let mut infer = Vec::new();
+    for i in 0..warmup + iters {
+        let t = Instant::now();
+        let z = eval.forward(x.clone()).1;
+        let _ = z.into_data();
+        device.sync().unwrap();
+        if i >= warmup {
+            infer.push(t.elapsed().as_secs_f64());
+        }
+    }
+    (train, infer)
+}

@@ -1569,30 +1569,26 @@ mod tests {
     /// (`MAX_SETTINGS_WEIGHT`): one `matrix` error, at once.
     #[test]
     fn a_large_default_copied_into_many_instances_is_bounded() {
-        let mut spec = format!(
-            "datasets: {{ d: {{ source: builtin/digits }} }}\nmodels: {{ m: {{ arch: mlp, hidden: [8] }} }}\n\
-             defaults: {{ distill: {{ epochs: {} }} }}\nnodes:\n  t: {{ train: {{ model: m, data: d }} }}\n",
-            "a".repeat(65_000)
-        );
-        for i in 0..3000 {
-            spec += &format!("  n{i}: {{ distill: {{ student: m, teacher: t, data: d, losses: kd }} }}\n");
-        }
-        spec += "matrix: { seed: [0, 1, 2] }\n";
+        // `nodes` distill nodes whose defaults set `epochs` to a string of `len` bytes.
+        let spec = |len: usize, nodes: usize, more: &str| {
+            let mut s = format!(
+                "datasets: {{ d: {{ source: builtin/digits }} }}\nmodels: {{ m: {{ arch: mlp, hidden: [8] }} }}\n\
+                 defaults: {{ distill: {{ epochs: {} }} }}\nnodes:\n  t: {{ train: {{ model: m, data: d }} }}\n",
+                "a".repeat(len)
+            );
+            for i in 0..nodes {
+                s += &format!("  n{i}: {{ distill: {{ student: m, teacher: t, data: d, losses: kd }} }}\n");
+            }
+            s + more + "matrix: { seed: [0, 1, 2] }\n"
+        };
+        let spec_big = spec(65_000, 3000, "");
         let t0 = Instant::now();
-        let got = codes(load_str(Path::new("t.yaml"), &spec));
+        let got = codes(load_str(Path::new("t.yaml"), &spec_big));
         assert!(t0.elapsed() < FAST, "{:?}", t0.elapsed());
         assert!(got.iter().any(|(c, _, m)| *c == Code::Matrix && m.contains("MiB")), "{got:?}");
         // Below the bound, a bad default is reported once, at the defaults, whatever its size.
-        let mut spec = format!(
-            "datasets: {{ d: {{ source: builtin/digits }} }}\nmodels: {{ m: {{ arch: mlp, hidden: [8] }} }}\n\
-             defaults: {{ distill: {{ epochs: {} }} }}\nnodes:\n  t: {{ train: {{ model: m, data: d }} }}\n",
-            "a".repeat(10_000)
-        );
-        for i in 0..200 {
-            spec += &format!("  n{i}: {{ distill: {{ student: m, teacher: t, data: d, losses: kd }} }}\n");
-        }
-        spec += "  own: { distill: { student: m, teacher: t, data: d, losses: kd, epochs: x } }\nmatrix: { seed: [0, 1, 2] }\n";
-        let got = codes(load_str(Path::new("t.yaml"), &spec));
+        let own = "  own: { distill: { student: m, teacher: t, data: d, losses: kd, epochs: x } }\n";
+        let got = codes(load_str(Path::new("t.yaml"), &spec(10_000, 200, own)));
         let at = |p: &str| got.iter().filter(|(_, path, _)| path == p).count();
         assert_eq!(at("defaults.distill.epochs"), 1, "{got:?}");
         assert_eq!(at("nodes.own.distill.epochs"), 1, "a node's own bad value is its own: {got:?}");
