@@ -153,8 +153,7 @@ enum State {
 }
 
 /// Optimizer + schedule + parameter rules, with its state. One `step` per batch; call
-/// [`Trainer::set_position`] before each step (or [`Trainer::set_epoch`] at the start of each
-/// epoch) to advance the schedule.
+/// [`Trainer::set_position`] before each step to advance the schedule.
 pub struct Trainer {
     config: TrainerConfig,
     states: HashMap<ParamId, State>,
@@ -185,12 +184,6 @@ impl Trainer {
 
     pub fn config(&self) -> &TrainerConfig {
         &self.config
-    }
-
-    /// Set the schedule's epoch (0-based) when it advances per epoch (for a per-step schedule,
-    /// use [`Trainer::set_position`], which knows the steps an epoch has).
-    pub fn set_epoch(&mut self, epoch: usize) {
-        self.set_position(epoch, 0, 1);
     }
 
     /// Set the schedule to step `step` (0-based) of epoch `epoch`, of `steps_per_epoch`: per
