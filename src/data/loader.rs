@@ -113,6 +113,17 @@ impl Loader {
         !self.cfg.drop_last && self.cfg.join_lone_last && n > b && n % b == 1
     }
 
+    /// The images of batch `b` of an epoch (every epoch has the same sizes).
+    pub fn batch_len(&self, b: usize) -> usize {
+        let (n, size) = (self.dataset.len(), self.cfg.batch_size);
+        let start = (b * size).min(n);
+        if b + 1 == self.n_batches() && self.merges_last_image() {
+            n - start
+        } else {
+            (start + size).min(n) - start
+        }
+    }
+
     /// Dataset indices in the order of `epoch`.
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();

@@ -169,6 +169,13 @@ pub fn load_with_cache(
     sources::load(cfg, base_dir, cache)
 }
 
+/// The class names of a selection in label order, read without decoding any image (the
+/// source's names, in the order of `classes:` when given).
+pub fn class_names(cfg: &DatasetConfig, base_dir: &Path) -> Result<Vec<String>, DataError> {
+    select::validate(cfg)?;
+    sources::class_names(cfg, base_dir)
+}
+
 pub(crate) fn resolve(base_dir: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) }
 }

@@ -40,20 +40,26 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, bool)>, DataError> {
     Ok(out)
 }
 
+/// The class sub-directories of an image folder, sorted (its labels' order).
+pub(crate) fn class_names(root: &Path) -> Result<Vec<String>, DataError> {
+    require_dir(root, "an image folder with one sub-directory per class")?;
+    let names: Vec<String> = sorted_entries(root)?.into_iter().filter(|e| e.1).map(|e| e.0).collect();
+    if names.is_empty() {
+        return Err(DataError::Format {
+            path: root.to_path_buf(),
+            detail: "no class sub-directories; expected root/<class>/<image>.png".into(),
+        });
+    }
+    Ok(names)
+}
+
 fn list(cfg: &DatasetConfig, base_dir: &Path) -> Result<(Listing, usize), DataError> {
     let Source::ImageFolder { root, split, image_size } = &cfg.source else { unreachable!("folder source") };
     if *image_size == 0 {
         return Err(DataError::config("image_size", "expected > 0, got 0"));
     }
     let root = crate::data::resolve(base_dir, root);
-    require_dir(&root, "an image folder with one sub-directory per class")?;
-    let class_names: Vec<String> = sorted_entries(&root)?.into_iter().filter(|e| e.1).map(|e| e.0).collect();
-    if class_names.is_empty() {
-        return Err(DataError::Format {
-            path: root,
-            detail: "no class sub-directories; expected root/<class>/<image>.png".into(),
-        });
-    }
+    let class_names = class_names(&root)?;
     let mut files = Vec::new();
     for (c, name) in class_names.iter().enumerate() {
         for (f, is_dir) in sorted_entries(&root.join(name))? {

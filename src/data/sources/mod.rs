@@ -111,6 +111,29 @@ pub(crate) fn fingerprint(
     Ok(b.finish())
 }
 
+/// The class names of a selection, in label order (its `classes:` order, else the source's),
+/// without reading any image: what `head: auto` compares at resolve time.
+pub(crate) fn class_names(cfg: &DatasetConfig, base_dir: &Path) -> Result<Vec<String>, DataError> {
+    let digit_names = || (0..10).map(|i| i.to_string()).collect::<Vec<String>>();
+    let names = match &cfg.source {
+        Source::BuiltinDigits | Source::MnistJson { .. } => digit_names(),
+        Source::Idx { flavor: super::IdxFlavor::Mnist, .. } => digit_names(),
+        Source::Idx { flavor: super::IdxFlavor::FashionMnist, .. } => {
+            FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()
+        }
+        Source::Cifar10 { path } => {
+            cifar::class_names_cifar10(&cifar::files_cifar10(&super::resolve(base_dir, path), cfg.split)?)?
+        }
+        Source::Cifar100 { path, labels } => cifar::class_names_cifar100(
+            &cifar::files_cifar100(&super::resolve(base_dir, path), cfg.split)?,
+            *labels,
+        )?,
+        Source::ImageFolder { root, .. } => folder::class_names(&super::resolve(base_dir, root))?,
+    };
+    let order = super::select::resolve_classes(cfg.classes.as_deref(), &names)?;
+    Ok(order.iter().map(|&i| names[i as usize].clone()).collect())
+}
+
 /// Reads a file, gunzipping it when it starts with the gzip magic bytes.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
