@@ -9,6 +9,7 @@ pub mod conv;
 mod cpu;
 pub(crate) use cpu::isa_summary;
 pub mod device;
+pub mod ema;
 pub mod error;
 pub mod eval;
 pub mod layers;
@@ -20,6 +21,7 @@ pub mod schedule;
 
 pub use checkpoint::{LoadOptions, load, load_into, save, torch_state_names};
 pub use device::parse_device;
+pub use ema::{Ema, EmaConfig};
 pub use error::EngineError;
 pub use eval::{EvalMetrics, cross_entropy, evaluate_batches};
 pub use models::{Arch, Model, ModelConfig, Stem, VitPreset};
@@ -32,6 +34,8 @@ pub use layers::freeze_batch_norm;
 mod engine_tests;
 #[cfg(test)]
 mod parity_tests;
+#[cfg(test)]
+mod recipe_tests;
 
 /// Keep freed tensor buffers in the process heap instead of returning them to the kernel.
 ///

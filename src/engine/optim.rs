@@ -161,6 +161,8 @@ pub struct Trainer {
     /// One-cycle's momentum (SGD momentum / AdamW beta1) for the next step, when it cycles it.
     momentum: Option<f64>,
     steps: u64,
+    /// Gradients summed by [`Trainer::accumulate`] and not yet stepped with.
+    pending: Option<GradientsParams>,
 }
 
 /// Statistics of one step, for logging.
@@ -177,7 +179,8 @@ pub struct StepInfo {
 impl Trainer {
     pub fn new(config: TrainerConfig) -> Result<Self, EngineError> {
         config.validate()?;
-        let mut t = Trainer { config, states: HashMap::new(), lr: 0.0, momentum: None, steps: 0 };
+        let mut t =
+            Trainer { config, states: HashMap::new(), lr: 0.0, momentum: None, steps: 0, pending: None };
         t.set_position(0, 0, 1);
         Ok(t)
     }
@@ -214,6 +217,27 @@ impl Trainer {
 
     pub fn steps(&self) -> u64 {
         self.steps
+    }
+
+    /// Adds the gradients of `loss x weight` to the pending group ([`Trainer::step_accumulated`]
+    /// steps with their sum): gradient accumulation, a batch's `weight` being its share of the
+    /// group's images.
+    pub fn accumulate<M: Module>(&mut self, module: &M, loss: Tensor<1>, weight: f64) {
+        let loss = if weight == 1.0 { loss } else { loss.mul_scalar(weight) };
+        let grads = GradientsParams::from_grads(loss.backward(), module);
+        match self.pending.take() {
+            None => self.pending = Some(grads),
+            Some(mut sum) => {
+                module.visit(&mut AddGrads { sum: &mut sum, add: grads });
+                self.pending = Some(sum);
+            }
+        }
+    }
+
+    /// Updates `module` with the summed gradients of the pending group, and empties it.
+    pub fn step_accumulated<M: Module>(&mut self, module: M) -> (M, StepInfo) {
+        let grads = self.pending.take().unwrap_or_default();
+        self.step_with_grads(module, grads)
     }
 
     /// Backpropagate `loss` (a scalar on an autodiff device) and update `module`.
@@ -314,6 +338,24 @@ impl ModuleVisitor for NormVisitor<'_> {
                 Some(acc) => acc + s,
                 None => s,
             });
+        }
+    }
+}
+
+/// Adds `add`'s gradient of each parameter to `sum`'s.
+struct AddGrads<'a> {
+    sum: &'a mut GradientsParams,
+    add: GradientsParams,
+}
+
+impl ModuleVisitor for AddGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.add.remove::<D>(param.id) {
+            let total = match self.sum.remove::<D>(param.id) {
+                Some(s) => s + g,
+                None => g,
+            };
+            self.sum.register::<D>(param.id, total);
         }
     }
 }

@@ -52,12 +52,12 @@ pub(crate) fn config(case: &str) -> ModelConfig {
     ModelConfig { arch, in_channels: 3, image_size, num_classes: 5 }
 }
 
-fn read(path: &Path) -> BTreeMap<String, Entry> {
+pub(crate) fn read(path: &Path) -> BTreeMap<String, Entry> {
     safetensors::read(path)
         .unwrap_or_else(|e| panic!("{e}; regenerate with `python tools/fixtures_engine.py`"))
 }
 
-fn floats(io: &BTreeMap<String, Entry>, key: &str) -> (Vec<f32>, Vec<usize>) {
+pub(crate) fn floats(io: &BTreeMap<String, Entry>, key: &str) -> (Vec<f32>, Vec<usize>) {
     match io.get(key) {
         Some(Entry { shape, data: Data::F32(v) }) => (v.clone(), shape.clone()),
         _ => panic!("fixture has no float tensor {key}"),
@@ -72,11 +72,11 @@ fn input(io: &BTreeMap<String, Entry>, device: &Device) -> (Tensor<4>, Tensor<1,
     (x, y)
 }
 
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
@@ -86,7 +86,7 @@ fn assert_close_abs(what: &str, ours: &[f32], torch: &[f32], tol: f32) {
     assert!(d <= tol, "{what}: max abs error {d:e} > {tol:e}");
 }
 
-fn rel_error(what: &str, ours: &[f32], torch: &[f32], tol: f32) -> Option<String> {
+pub(crate) fn rel_error(what: &str, ours: &[f32], torch: &[f32], tol: f32) -> Option<String> {
     let d = max_abs_diff(ours, torch);
     let scale = torch.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
     (d > tol * scale).then(|| format!("{what}: max abs error {d:e} > {tol:e} x max |torch| {scale:e}"))
