@@ -188,7 +188,54 @@ pub struct DistillLosses {
     pub dims: [usize; 4],
 }
 
+/// `2 x d_in x d_out`: a linear layer's multiply-adds per row.
+fn linear_flops(l: &Linear) -> u64 {
+    let [d_in, d_out] = l.weight.val().dims();
+    2 * d_in as u64 * d_out as u64
+}
+
+fn seq_flops(net: &Sequential) -> u64 {
+    net.layers.iter().map(|l| if let Layer::Linear(lin) = l { linear_flops(lin) } else { 0 }).sum()
+}
+
+fn out_dim(net: &Sequential) -> usize {
+    net.layers
+        .iter()
+        .rev()
+        .find_map(|l| match l {
+            Layer::Linear(lin) => Some(lin.weight.val().dims()[1]),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 impl DistillLosses {
+    /// Forward FLOPs per training image of the losses beyond the two models: every linear layer
+    /// of the heads (projectors, connectors, regressors, SRRL's pass through the teacher's
+    /// classifier), CRD's products with `nce_k + 1` memory-bank rows in both directions, and
+    /// align/uniform's pairwise distances within a batch of `batch` images (both sides).
+    /// Element-wise work (normalisation, softmax, the bank update) is left out, as it is for
+    /// the models.
+    pub fn forward_flops_per_image(&self, batch: usize) -> u64 {
+        let b = batch as u64;
+        self.entries
+            .iter()
+            .map(|e| match &e.head {
+                LossHead::Ce(_) | LossHead::Kd(_) => 0,
+                LossHead::AlignUniform(a) => {
+                    let d = out_dim(&a.proj_s.net) as u64;
+                    seq_flops(&a.proj_s.net) + seq_flops(&a.proj_t.net) + 2 * 2 * b * d
+                }
+                LossHead::Crd(c) => {
+                    let d = out_dim(&c.embed_s.net) as u64;
+                    seq_flops(&c.embed_s.net) + seq_flops(&c.embed_t.net) + 2 * 2 * (c.nce_k as u64 + 1) * d
+                }
+                LossHead::Srrl(h) => seq_flops(&h.connector) + linear_flops(&h.teacher_classifier),
+                LossHead::Feature(f) => f.regressor.as_ref().map_or(0, linear_flops),
+            })
+            .sum()
+    }
+
     /// Validates every loss, then builds the heads on `device`.
     ///
     /// `teacher_classifier` is the teacher's final `Linear` (`[teacher_dim, num_classes]`),

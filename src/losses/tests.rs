@@ -825,3 +825,40 @@ fn heads_train_with_a_burn_optimizer() {
         }
     }
 }
+
+/// The FLOPs a node's cost adds for its loss heads, counted by hand for each head kind.
+#[test]
+fn head_flops_count_every_linear_layer_and_the_bank_and_batch_products() {
+    let dims = LossDims { student_dim: 16, teacher_dim: 32, num_classes: 10, n_data: 100 };
+    let build = |l: LossConfig| {
+        DistillLosses::new(
+            &[WeightedLoss::new(1.0, l)],
+            dims,
+            Some(LinearConfig::new(32, 10).init(&device())),
+            &device(),
+        )
+        .unwrap()
+    };
+    let lin = |i: u64, o: u64| 2 * i * o;
+    // KD and CE own no trainable head.
+    assert_eq!(build(LossConfig::Kd(KdConfig::default())).forward_flops_per_image(64), 0);
+    // align/uniform, mocov2 to 8: both projectors, then the pairwise distances of a batch of 64.
+    let au = AlignUniformConfig { projector: ProjectorKind::MocoV2, dim: 8, ..AlignUniformConfig::default() };
+    let want = lin(16, 16) + lin(16, 8) + lin(32, 32) + lin(32, 8) + 2 * 2 * 64 * 8;
+    assert_eq!(build(LossConfig::AlignUniform(au.clone())).forward_flops_per_image(64), want);
+    // The uniformity term grows with the batch; nothing else does.
+    assert_eq!(build(LossConfig::AlignUniform(au)).forward_flops_per_image(128), want + 2 * 2 * 64 * 8);
+    // CRD, linear embeddings to 8 with 20 negatives: the embeddings and 21 bank rows each way
+    // (the memory banks themselves are buffers, not layers).
+    let crd = CrdConfig { projector: ProjectorKind::Linear, feat_dim: 8, nce_k: 20, ..CrdConfig::default() };
+    assert_eq!(
+        build(LossConfig::Crd(crd)).forward_flops_per_image(64),
+        lin(16, 8) + lin(32, 8) + 2 * 2 * 21 * 8
+    );
+    // SRRL, mlp2 connector 16 -> 24 -> 32, then the teacher's classifier.
+    let srrl = SrrlConfig { connector: ConnectorKind::Mlp2, ..SrrlConfig::default() };
+    assert_eq!(
+        build(LossConfig::Srrl(srrl)).forward_flops_per_image(64),
+        lin(16, 24) + lin(24, 32) + lin(32, 10)
+    );
+}
