@@ -825,6 +825,9 @@ pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
         };
         let key = e.key.get(..12).unwrap_or(&e.key);
         let _ = writeln!(s, "  {word:<6}  {:<width$}  {:<kind_width$}  {key}  {why}", e.node, e.kind);
+        for n in &e.notes {
+            let _ = writeln!(s, "          {n}");
+        }
     }
     s
 }
@@ -1060,6 +1063,7 @@ mod tests {
             kind: "train",
             key: key.to_string(),
             status: Status::Cached,
+            notes: Vec::new(),
         };
         let long = "n".repeat(100_000);
         let text = render_plan(

@@ -138,6 +138,21 @@ pub struct LoopSettings {
     pub head_lr_mult: f64,
     /// Measure accuracy on the `val` input after each epoch.
     pub validate: bool,
+    /// Batches an optimizer step sums the gradients of (left out of the key at 1, so keys made
+    /// before it existed still mean the same).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub accumulate: usize,
+    /// An exponential moving average of the trained weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<engine::EmaConfig>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// How a model's architecture is known and where its first weights come from.
@@ -153,6 +168,26 @@ pub struct ModelSetup {
     /// Or from a safetensors file (a model's `pretrained:`, a finetune's `weights:`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<WeightsFile>,
+    /// What becomes of the starting weights' classifier head (set whenever `init` or `weights`
+    /// is), decided at resolve time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadPlan>,
+}
+
+/// The head a model starting from other weights gets, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadPlan {
+    /// Load the starting weights' head; else a freshly initialised one.
+    pub keep: bool,
+    /// Why, for people (`plan`, model.json); not part of the key.
+    pub why: String,
+}
+
+impl HeadPlan {
+    pub fn word(&self) -> &'static str {
+        if self.keep { "keep" } else { "new" }
+    }
 }
 
 /// A file of weights: its content's hash is in the key, its path is not.
@@ -291,6 +326,16 @@ pub enum TableFormat {
 }
 
 impl Job {
+    /// What resolving decided that the spec does not spell out, a line each (`plan` shows them).
+    pub fn notes(&self) -> Vec<String> {
+        let setup = match &self.work {
+            Work::Train(w) => &w.model,
+            Work::Distill(w) => &w.student,
+            _ => return Vec::new(),
+        };
+        setup.head.iter().map(|h| format!("head: {}: {}", h.word(), h.why)).collect()
+    }
+
     /// What the key hashes: the format version, the kind, the work with its defaults, the seed,
     /// and each input's key by role — no names, paths, device or locations.
     pub fn key_value(&self) -> Value {
@@ -352,6 +397,10 @@ fn strip_paths(v: &mut Value) {
     match v {
         Value::Object(m) => {
             m.remove("file_path");
+            // A head plan's reason is for people; `keep` is what changes the result.
+            if let Some(Value::Object(h)) = m.get_mut("head") {
+                h.remove("why");
+            }
             m.values_mut().for_each(strip_paths);
         }
         Value::Array(a) => a.iter_mut().for_each(strip_paths),

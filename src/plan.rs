@@ -111,6 +111,9 @@ pub struct PlanEntry {
     pub key: String,
     #[serde(flatten)]
     pub status: Status,
+    /// What resolving decided that the spec does not spell out (`head: new: ...`), for people.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Plans every node of `graph` in topological order for `sel`: `run` executes exactly this.
@@ -162,7 +165,8 @@ pub fn plan(graph: &Graph, store: &dyn StoreIndex, sel: &Selection) -> Vec<PlanE
             };
             Status::Run { reasons }
         };
-        out.push(PlanEntry { node: name.clone(), kind, key: key.hex(), status });
+        let notes = graph.jobs.get(&ix).map(|j| j.notes()).unwrap_or_default();
+        out.push(PlanEntry { node: name.clone(), kind, key: key.hex(), status, notes });
     }
     out
 }

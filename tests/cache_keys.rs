@@ -6,6 +6,8 @@
 //! of a node that reads it to change. The settings deliberately left out of keys are listed in
 //! `NEUTRAL`, each with its reason.
 
+#![recursion_limit = "256"]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -88,14 +90,15 @@ fn base_spec() -> Value {
         "nodes": {
             "t": { "description": "teacher", "seed": 1, "train": {
                 "model": "r", "data": "a", "epochs": 6, "batch_size": 8, "drop_last": true, "warmup_epochs": 1,
-                "grad_clip": 1.5, "label_smoothing": 0.1, "val": "b",
+                "grad_clip": 1.5, "label_smoothing": 0.1, "val": "b", "accumulate": 2,
+                "ema": { "decay": 0.9, "output": true },
                 "optimizer": { "type": "sgd", "lr": 0.05, "momentum": 0.8, "nesterov": true, "weight_decay": 0.001 },
                 "schedule": { "type": "multistep", "milestones": [2, 4], "gamma": 0.5 },
                 "augment": { "type": "dsa", "strategy": "flip_color", "mode": "M" } } },
-            "lp": { "train": { "model": "r", "data": "a", "init": "t", "freeze": "backbone", "batch_size": 8,
+            "lp": { "train": { "model": "r", "data": "a", "init": "t", "freeze": "backbone", "batch_size": 8, "head": "new",
                 "optimizer": { "type": "adamw", "lr": 0.002, "beta1": 0.8, "beta2": 0.99, "eps": 1e-7, "weight_decay": 0.02 },
                 "schedule": { "type": "cosine", "step_every": "step" } } },
-            "ft": { "finetune": { "from": "t", "data": "a", "head_lr_mult": 5, "epochs": 2, "batch_size": 8,
+            "ft": { "finetune": { "from": "t", "data": "a", "head_lr_mult": 5, "epochs": 2, "batch_size": 8, "head": "keep", "accumulate": 3,
                 "warmup_epochs": 1, "grad_clip": 2.0, "label_smoothing": 0.1, "freeze": "backbone",
                 "augment": "dsa", "val": "b", "optimizer": "sgd",
                 "schedule": { "type": "linear", "end_factor": 0.1, "step_every": "step" } } },
@@ -103,7 +106,7 @@ fn base_spec() -> Value {
                 "schedule": { "type": "onecycle", "max_lr": 0.2, "pct_start": 0.25, "anneal_strategy": "linear",
                               "div_factor": 10, "final_div_factor": 100, "cycle_momentum": true,
                               "base_momentum": 0.3, "max_momentum": 0.6, "step_every": "step" } } },
-            "s": { "distill": { "teacher": "ft", "student": "c", "data": "a", "student_init": "lp",
+            "s": { "distill": { "teacher": "ft", "student": "c", "data": "a", "student_init": "lp", "head": "new", "ema": 0.99, "accumulate": 2,
                 "epochs": 2, "batch_size": 8, "warmup_epochs": 1,
                 "grad_clip": 1.0, "val": "b", "teacher_cache": "off", "augment": "dsa",
                 "optimizer": "adamw", "schedule": "cosine",

@@ -71,6 +71,13 @@ pub struct ModelInfo {
     /// The deterministic part of training's preprocessing, applied before normalising whenever
     /// the model is fed afterwards (evaluation, reports, teacher outputs).
     pub preprocess: Preprocess,
+    /// Where the classifier head came from, when the model started from other weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<crate::job::HeadPlan>,
+    /// The weights are an exponential moving average of the trained ones, with this decay
+    /// (`ema: { output: true }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f64>,
 }
 
 /// Grey-to-RGB, resize and centre crop as training prepared its images, without its random
@@ -109,6 +116,8 @@ impl ModelInfo {
                 resize: eval.resize,
                 center_crop: eval.center_crop,
             },
+            head: None,
+            ema_decay: None,
         }
     }
 

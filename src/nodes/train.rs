@@ -101,25 +101,33 @@ fn build_model(
         }
         (None, None) => return Err(failed("the job names no architecture and no model to start from")),
     };
-    let info = td.info(config);
+    let mut info = td.info(config);
+    // Decided at resolve time (`head:`, or whether the class names match).
+    info.head = setup.head.clone();
+    let keep = setup.head.as_ref().is_some_and(|h| h.keep);
     let model = match (&from, &setup.weights) {
-        (Some((dir, from)), _) => init_from(dir, from, &info, ad)?,
+        (Some((dir, from)), _) => init_from(dir, from, &info, keep, ad)?,
         (None, Some(w)) => {
             let fresh = info.config().init(ad).map_err(|e| task.fail_at("model", e))?;
-            // Hub weights carry their own head (ImageNet's 1000 classes): keep ours.
-            engine::load_into(fresh, &w.file_path, &LoadOptions { skip_head: true })
-                .map_err(|e| task.fail_at(&w.setting, e))?
+            // Hub weights carry their own head (ImageNet's 1000 classes): a new one unless
+            // `head: keep`.
+            engine::load_into(fresh, &w.file_path, &LoadOptions { skip_head: !keep }).map_err(|e| {
+                let hint =
+                    if keep { " (`head: keep` loads the file's head too: use `head: new`?)" } else { "" };
+                task.fail_at(&w.setting, format!("{e}{hint}"))
+            })?
         }
         (None, None) => info.config().init(ad).map_err(|e| task.fail_at("model", e))?,
     };
     Ok((info, model))
 }
 
-/// Loads `dir`'s weights into a fresh model for `info`; a new head when the class count changed.
+/// Loads `dir`'s weights into a fresh model for `info`, with their head when `keep_head`.
 fn init_from(
     dir: &std::path::Path,
     from: &ModelInfo,
     info: &ModelInfo,
+    keep_head: bool,
     device: &Device,
 ) -> Result<Model, NodeError> {
     let same_shape =
@@ -130,9 +138,15 @@ fn init_from(
             from.model.arch, from.image_shape, info.model.arch, info.image_shape
         )));
     }
+    if keep_head && from.num_classes != info.num_classes {
+        return Err(failed(format!(
+            "head: keep, but the initial weights' head has {} classes and this node's data {}",
+            from.num_classes, info.num_classes
+        )));
+    }
     let model = info.config().init(device).map_err(failed)?;
-    let skip_head = from.num_classes != info.num_classes;
-    engine::load_into(model, &dir.join("model.safetensors"), &LoadOptions { skip_head }).map_err(failed)
+    engine::load_into(model, &dir.join("model.safetensors"), &LoadOptions { skip_head: !keep_head })
+        .map_err(failed)
 }
 
 /// What a training job trains: a model on its own, or a student through distillation losses.
@@ -254,7 +268,7 @@ fn to_device(t: Tensor<2>, device: &Device) -> Tensor<2> {
 pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Result<NodeOutput, NodeError> {
     let plain = device(task)?;
     let ad = plain.clone().autodiff();
-    let Setup { mut trained, info, trainer, data_name, data, loader } = {
+    let Setup { mut trained, mut info, trainer, data_name, data, loader } = {
         // burn's CPU backend seeds one process-wide generator: build every randomly initialised
         // tensor of this node (model, loss heads) under a lock, right after seeding it with the
         // node's seed, so results are the same whatever runs beside it.
@@ -282,11 +296,22 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
         true => Some(dataset(runner, task, "val")?.1),
         false => None,
     };
+    let mut ema = s.ema.as_ref().map(|e| engine::Ema::<Model>::new(e.decay));
     let mut history = std::fs::File::create(task.out_dir.join("history.jsonl")).map_err(failed)?;
     let t0 = Instant::now();
-    let steps_per_epoch = loader.n_batches() as u64;
-    let (mut images, mut step) = (0u64, 0u64);
+    // `accumulate` batches make one optimizer step; the schedule counts optimizer steps.
+    let accumulate = s.accumulate.max(1);
+    let batches_per_epoch = loader.n_batches() as u64;
+    let steps_per_epoch = batches_per_epoch.div_ceil(accumulate as u64);
+    // Each batch's loss is weighted by its share of its group's images, so a step is one of the
+    // group's mean loss (docs/spec.md, `accumulate`).
+    let group_images = |g: usize| -> usize {
+        let first = g * accumulate;
+        (first..(first + accumulate).min(batches_per_epoch as usize)).map(|b| loader.batch_len(b)).sum()
+    };
+    let (mut images, mut batches, mut step) = (0u64, 0u64, 0u64);
     let (mut best_val, mut best_epoch, mut last): (Option<f64>, u32, Value) = (None, 0, Value::Null);
+    let mut best_ema_val: Option<f64> = None;
     for epoch in 0..epochs {
         // The learning rate of the epoch's first step (its history row's `lr`; a per-step
         // schedule changes it within the epoch).
@@ -295,7 +320,7 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut term_sums: Vec<(String, f64)> = Vec::new();
         let te = Instant::now();
-        let mut epoch_steps = 0u64;
+        let (mut epoch_batches, mut epoch_steps) = (0u64, 0u64);
         for b in loader.epoch(epoch as u64) {
             let mut b = b.map_err(|e| failed(format!("epoch {}: {e}", epoch + 1)))?;
             task.cancel.check()?;
@@ -349,12 +374,28 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
                 .try_to_vec::<i64>()
                 .map_err(|e| failed(format!("{e:?}")))?;
             correct += pred.iter().zip(&b.labels).filter(|(p, l)| **p == **l as i64).count();
-            // Per step, the schedule's value at this step of the run; per epoch, the epoch's.
-            trainer.set_position(epoch as usize, epoch_steps as usize, steps_per_epoch as usize);
-            trained = match trained {
-                Trained::Plain(m) => Trained::Plain(trainer.step(m, loss).0),
-                Trained::Distill(d, t) => Trained::Distill(trainer.step(d, loss).0, t),
-            };
+            let group = epoch_batches as usize / accumulate;
+            let weight = n as f64 / group_images(group) as f64;
+            match &trained {
+                Trained::Plain(m) => trainer.accumulate(m, loss, weight),
+                Trained::Distill(d, _) => trainer.accumulate(d, loss, weight),
+            }
+            epoch_batches += 1;
+            batches += 1;
+            // The group's last batch: one optimizer step with the summed gradients.
+            if (epoch_batches as usize).is_multiple_of(accumulate) || epoch_batches == batches_per_epoch {
+                // Per step, the schedule's value at this step of the run; per epoch, the epoch's.
+                trainer.set_position(epoch as usize, epoch_steps as usize, steps_per_epoch as usize);
+                trained = match trained {
+                    Trained::Plain(m) => Trained::Plain(trainer.step_accumulated(m).0),
+                    Trained::Distill(d, t) => Trained::Distill(trainer.step_accumulated(d).0, t),
+                };
+                epoch_steps += 1;
+                step += 1;
+                if let Some(e) = &mut ema {
+                    e.update(&student(&trained).valid());
+                }
+            }
             for (name, v) in terms {
                 match term_sums.iter_mut().find(|(k, _)| *k == name) {
                     Some(e) => e.1 += v * n as f64,
@@ -364,31 +405,26 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
             loss_sum += lv * n as f64;
             seen += n;
             images += n as u64;
-            step += 1;
-            epoch_steps += 1;
             let secs = t0.elapsed().as_secs_f64();
             task.events.event(Event::Progress {
                 node: task.job.name.clone(),
                 epoch: epoch + 1,
                 epochs,
-                step: step - epoch as u64 * steps_per_epoch,
-                steps: steps_per_epoch,
+                step: epoch_batches,
+                steps: batches_per_epoch,
                 loss: lv,
                 images_per_second: images as f64 / secs.max(1e-9),
             });
         }
         // A short epoch is a failure, never a result (the loader reports its own failures;
         // this holds whatever else ends an epoch early).
-        if epoch_steps != steps_per_epoch {
+        if epoch_batches != batches_per_epoch || epoch_steps != steps_per_epoch {
             return Err(failed(format!(
-                "epoch {} trained {epoch_steps} of its {steps_per_epoch} steps; nothing of this node was saved",
+                "epoch {} trained {epoch_batches} of its {batches_per_epoch} batches; nothing of this node was saved",
                 epoch + 1
             )));
         }
-        let model = match &trained {
-            Trained::Plain(m) => m,
-            Trained::Distill(d, _) => &d.student,
-        };
+        let model = student(&trained);
         let mut row = json!({
             "epoch": epoch + 1,
             "loss": loss_sum / seen.max(1) as f64,
@@ -409,6 +445,13 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
                 best_val = Some(acc);
                 best_epoch = epoch + 1;
             }
+            // The average, evaluated alongside.
+            if let Some(avg) = ema.as_ref().and_then(|e| e.average()) {
+                let m = eval_model(avg, &info, v, 256, &plain)?;
+                let acc = m["accuracy"].as_f64().unwrap_or(0.0);
+                row["ema_val_accuracy"] = json!(acc);
+                best_ema_val = Some(best_ema_val.map_or(acc, |b: f64| b.max(acc)));
+            }
         }
         for (k, v) in row.as_object().expect("object") {
             if let Some(x) = v.as_f64() {
@@ -423,39 +466,72 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
         writeln!(history, "{row}").map_err(failed)?;
         last = row;
     }
-    if step != epochs as u64 * steps_per_epoch || step == 0 {
+    if batches != epochs as u64 * batches_per_epoch || step != epochs as u64 * steps_per_epoch || step == 0 {
         return Err(failed(format!(
             "trained {step} of {} steps; nothing of this node was saved",
             epochs as u64 * steps_per_epoch
         )));
     }
-    let train_seconds = t0.elapsed().as_secs_f64();
-    let teacher_cost = match &trained {
-        Trained::Distill(_, t) => Some((t.model.forward_flops(info.image_shape, &plain), t.cached.is_some())),
-        Trained::Plain(_) => None,
+    let loop_seconds = t0.elapsed().as_secs_f64();
+    // A cached teacher pass ran as its own node before this one: part of this node's cost.
+    let teacher_pass_seconds = match &trained {
+        Trained::Distill(_, t) if t.cached.is_some() => task
+            .entry("teacher_outputs")
+            .and_then(|e| e.manifest.metrics.get("seconds").and_then(Value::as_f64))
+            .unwrap_or(0.0),
+        _ => 0.0,
     };
-    let model = match trained {
+    let train_seconds = loop_seconds + teacher_pass_seconds;
+    let (teacher_cost, head_fwd) = match &trained {
+        Trained::Distill(d, t) => (
+            Some((t.model.forward_flops(info.image_shape, &plain), t.cached.is_some())),
+            d.heads.forward_flops_per_image(batch_size),
+        ),
+        Trained::Plain(_) => (None, 0),
+    };
+    let trained_model = match trained {
         Trained::Plain(m) => m,
         Trained::Distill(d, _) => d.student,
     };
-    let model = model.valid();
-    // Training costs about 3 forward passes an image (forward + backward); a distill node adds
-    // its teacher's forward passes: one an image trained, or one an image of the set if cached.
-    let student_fwd = model.forward_flops(info.image_shape, &plain);
+    let trained_model = trained_model.valid();
+    // Training costs about 3 forward passes an image (forward + backward), for the model and the
+    // losses' heads alike; a distill node adds its teacher's forward passes: one an image
+    // trained, or one an image of the set if cached.
+    let student_fwd = trained_model.forward_flops(info.image_shape, &plain);
     let teacher_flops = match &teacher_cost {
         Some((fwd, true)) => fwd * data.len() as u64,
         Some((fwd, false)) => fwd * images,
         None => 0,
     };
-    let flops = 3 * student_fwd * images + teacher_flops;
-    engine::save(&model, &task.out_dir.join("model.safetensors")).map_err(failed)?;
+    let head_flops = 3 * head_fwd * images;
+    let flops = 3 * student_fwd * images + head_flops + teacher_flops;
+    // The node's model: the trained weights, or their average (`ema: { output: true }`), the
+    // other kept beside it.
+    let average = ema.as_ref().and_then(|e| e.average());
+    let model = match (average, &s.ema) {
+        (Some(avg), Some(e)) if e.output => {
+            engine::save(&trained_model, &task.out_dir.join("trained.safetensors")).map_err(failed)?;
+            info.ema_decay = Some(e.decay);
+            avg
+        }
+        (Some(avg), _) => {
+            engine::save(avg, &task.out_dir.join("ema.safetensors")).map_err(failed)?;
+            &trained_model
+        }
+        (None, _) => &trained_model,
+    };
+    engine::save(model, &task.out_dir.join("model.safetensors")).map_err(failed)?;
     info.write(&task.out_dir)?;
     let mut metrics = json!({
+        // The node's whole training cost: its loop and, for a distill node whose teacher outputs
+        // were computed once, that pass.
         "train_seconds": train_seconds,
-        "images_per_second": images as f64 / train_seconds.max(1e-9),
+        "loop_seconds": loop_seconds,
+        "images_per_second": images as f64 / loop_seconds.max(1e-9),
         "epochs": epochs,
         "steps": step,
         "steps_per_epoch": steps_per_epoch,
+        "batches_per_epoch": batches_per_epoch,
         // `drop_last: false` and one image over: it joined the last batch (docs/spec.md).
         "last_batch_joined_lone_image": loader.merges_last_image(),
         "params": model.num_params(),
@@ -468,13 +544,35 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
         // Where it trained (`cpu`, `cuda:1`): the device is not in the key, so the entry says it.
         "device": task.job.device,
     });
+    if let Some((_, cached)) = teacher_cost {
+        metrics["teacher_flops"] = json!(teacher_flops);
+        metrics["loss_head_flops"] = json!(head_flops);
+        if cached {
+            metrics["teacher_pass_seconds"] = json!(teacher_pass_seconds);
+        }
+    }
+    if let Some(h) = &info.head {
+        metrics["head"] = json!(h.word());
+    }
     if let Some(b) = best_val {
         metrics["best_val_accuracy"] = json!(b);
         metrics["best_epoch"] = json!(best_epoch);
         metrics["final_val_accuracy"] = last["val_accuracy"].clone();
     }
+    if let Some(b) = best_ema_val {
+        metrics["best_ema_val_accuracy"] = json!(b);
+        metrics["final_ema_val_accuracy"] = last["ema_val_accuracy"].clone();
+    }
     write_json(&task.out_dir.join("metrics.json"), &metrics)?;
     Ok(NodeOutput { metrics })
+}
+
+/// The model a node trains (a distill node's student).
+fn student(t: &Trained) -> &Model {
+    match t {
+        Trained::Plain(m) => m,
+        Trained::Distill(d, _) => &d.student,
+    }
 }
 
 impl Teacher {

@@ -10,7 +10,7 @@ use crate::data::Normalize;
 use crate::diag::{Code, Diagnostic};
 use crate::graph::{CacheKey, Graph, Vertex};
 use crate::job::{
-    Column, DistillWork, EvaluateWork, InputSource, Job, JobInput, LoopSettings, ModelSetup, Place,
+    Column, DistillWork, EvaluateWork, HeadPlan, InputSource, Job, JobInput, LoopSettings, ModelSetup, Place,
     ReportRow, ReportWork, TableFormat, TeacherOutputsWork, TrainWork, WeightsFile, Work,
 };
 use crate::spec::{self, Experiment, NodeKind};
@@ -135,7 +135,7 @@ fn model_setup(
         }
         _ => None,
     };
-    ModelSetup { arch: Some(model_template(m)), init: init_role.map(str::to_string), weights }
+    ModelSetup { arch: Some(model_template(m)), init: init_role.map(str::to_string), weights, head: None }
 }
 
 fn weights_file(
@@ -170,6 +170,7 @@ fn loop_settings(
     (epochs, warmup_epochs, grad_clip, batch_size, drop_last): (u32, u32, Option<f64>, u32, bool),
     augment: &spec::AugmentSpec,
     (label_smoothing, freeze_backbone, head_lr_mult, validate): (f64, bool, f64, bool),
+    (accumulate, ema): (u32, Option<&spec::EmaSpec>),
     diags: &mut Vec<Diagnostic>,
 ) -> LoopSettings {
     let transform = train_transform(&exp.datasets[data], augment, Normalize::Dataset).unwrap_or_else(|e| {
@@ -188,6 +189,8 @@ fn loop_settings(
         freeze_backbone,
         head_lr_mult,
         validate,
+        accumulate: accumulate as usize,
+        ema: ema.map(|e| crate::engine::EmaConfig { decay: e.decay, output: e.output }),
     }
 }
 
@@ -212,6 +215,7 @@ fn node_job(
                 ($s.epochs, $s.warmup_epochs, $s.grad_clip, $s.batch_size, $s.drop_last),
                 &$s.augment,
                 ($label_smoothing, $freeze, $head_lr_mult, $validate),
+                ($s.accumulate, $s.ema.as_ref()),
                 &mut diags,
             )
         };
@@ -220,7 +224,8 @@ fn node_job(
         NodeKind::Train(s) => {
             settings.insert("data".into(), place(exp, format!("datasets.{}", s.data.0)));
             let init = s.init.as_ref().map(|_| "init");
-            let model = model_setup(exp, &s.model.0, init, digest, &mut settings, &mut diags);
+            let mut model = model_setup(exp, &s.model.0, init, digest, &mut settings, &mut diags);
+            model.head = head_plan(exp, node, s.head, &model, inputs, &s.data.0, &mut diags);
             let freeze = s.freeze == spec::Freeze::Backbone;
             Work::Train(TrainWork {
                 model,
@@ -230,7 +235,9 @@ fn node_job(
         NodeKind::Finetune(s) => {
             settings.insert("data".into(), place(exp, format!("datasets.{}", s.data.0)));
             let model = match (&s.from, &s.weights, &s.model) {
-                (Some(_), _, _) => ModelSetup { arch: None, init: Some("from".into()), weights: None },
+                (Some(_), _, _) => {
+                    ModelSetup { arch: None, init: Some("from".into()), weights: None, head: None }
+                }
                 (None, Some(w), Some(m)) => {
                     let mut setup =
                         model_setup(exp, &m.0, Some("weights"), digest, &mut settings, &mut diags);
@@ -252,9 +259,11 @@ fn node_job(
                         .with_node(&node.name)
                         .at(exp.locate_value(&path)),
                     );
-                    ModelSetup { arch: None, init: None, weights: None }
+                    ModelSetup { arch: None, init: None, weights: None, head: None }
                 }
             };
+            let mut model = model;
+            model.head = head_plan(exp, node, s.head, &model, inputs, &s.data.0, &mut diags);
             let freeze = s.freeze == spec::Freeze::Backbone;
             Work::Train(TrainWork {
                 model,
@@ -266,7 +275,8 @@ fn node_job(
             settings.insert("teacher".into(), place(exp, format!("{}.teacher", node.spec_path())));
             settings.insert("losses".into(), place(exp, format!("{}.losses", node.spec_path())));
             let init = s.student_init.as_ref().map(|_| "student_init");
-            let student = model_setup(exp, &s.student.0, init, digest, &mut settings, &mut diags);
+            let mut student = model_setup(exp, &s.student.0, init, digest, &mut settings, &mut diags);
+            student.head = head_plan(exp, node, s.head, &student, inputs, &s.data.0, &mut diags);
             Work::Distill(DistillWork {
                 student,
                 losses: losses(&s.losses, node.seed),
@@ -335,6 +345,121 @@ fn node_job(
     let mut job = skeleton(exp, &node.name, node.kind.name(), place(exp, node.spec_path()), seed, work);
     job.settings = settings;
     Ok(job)
+}
+
+/// The head of a model that starts from other weights (`None` for a fresh model): `head:` as
+/// given, else `keep` when the starting weights were trained on the same class names as this
+/// node's data, and `new` otherwise (a weights file's classes are not known: `new`).
+fn head_plan(
+    exp: &Experiment,
+    node: &spec::Node,
+    given: Option<spec::Head>,
+    setup: &ModelSetup,
+    inputs: &[JobInput],
+    data: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<HeadPlan> {
+    let path = format!("{}.head", node.spec_path());
+    let source = match (&setup.init, &setup.weights) {
+        (Some(role), _) => inputs.iter().find(|i| &i.role == role).map(|i| i.name.as_str()),
+        (None, Some(_)) => None,
+        (None, None) => return None,
+    };
+    let Some(source) = source else {
+        // A weights file: safetensors hold no class names.
+        let setting = setup.weights.as_ref().map_or("weights", |w| w.setting.as_str());
+        return Some(match given {
+            Some(spec::Head::Keep) => HeadPlan {
+                keep: true,
+                why: format!(
+                    "set in the spec (the `{setting}` file's head, which must fit this data's classes)"
+                ),
+            },
+            _ => HeadPlan {
+                keep: false,
+                why: match given {
+                    Some(_) => "set in the spec".to_string(),
+                    None => format!(
+                        "the `{setting}` file says nothing of its classes (head: keep to load its head)"
+                    ),
+                },
+            },
+        });
+    };
+    let names = |dataset: &str| -> Result<Vec<String>, Box<Diagnostic>> {
+        let d = &exp.datasets[dataset];
+        crate::data::class_names(&super::dataset_config(d, exp.seed), exp.base_dir()).map_err(|e| {
+            let at = format!("datasets.{dataset}");
+            Diagnostic::new(
+                Code::Data,
+                &at,
+                format!("cannot read the class names of dataset `{dataset}`: {e}"),
+            )
+            .with_node(&node.name)
+            .with_help("they decide whether the starting weights' head is kept; or set `head: new | keep`")
+            .at(exp.locate_value(&at))
+            .into()
+        })
+    };
+    let from_data = exp.node(source).and_then(|n| n.kind.data()).map(|d| d.to_string());
+    let (ours, theirs) = match (&from_data, given) {
+        // An explicit `new` needs no class names.
+        (_, Some(spec::Head::New)) => return Some(HeadPlan { keep: false, why: "set in the spec".into() }),
+        (Some(fd), _) => match (names(data), names(fd)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                diags.push(*e);
+                return None;
+            }
+        },
+        (None, _) => {
+            diags.push(
+                Diagnostic::new(
+                    Code::Conflict,
+                    &path,
+                    format!("`{source}` trained no model with a head to keep"),
+                )
+                .with_node(&node.name)
+                .at(exp.locate_value(&path)),
+            );
+            return None;
+        }
+    };
+    let list = |v: &[String]| {
+        if v.len() <= 6 { v.join(", ") } else { format!("{}, ... ({} classes)", v[..4].join(", "), v.len()) }
+    };
+    Some(match given {
+        Some(_) if ours.len() != theirs.len() => {
+            diags.push(
+                Diagnostic::new(
+                    Code::Conflict,
+                    &path,
+                    format!(
+                        "head: keep, but `{source}` was trained on {} classes and this node's data has {}",
+                        theirs.len(),
+                        ours.len()
+                    ),
+                )
+                .with_node(&node.name)
+                .with_help("use `head: new` (a fresh head for these classes), or train on the same classes")
+                .at(exp.locate_value(&path)),
+            );
+            return None;
+        }
+        Some(_) => HeadPlan { keep: true, why: "set in the spec".into() },
+        None if ours == theirs => HeadPlan {
+            keep: true,
+            why: format!("`{source}` was trained on the same classes ({})", list(&ours)),
+        },
+        None => HeadPlan {
+            keep: false,
+            why: format!(
+                "`{source}` was trained on other classes ({}; this node: {})",
+                list(&theirs),
+                list(&ours)
+            ),
+        },
+    })
 }
 
 fn column(c: spec::Column) -> Column {

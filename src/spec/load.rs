@@ -1144,6 +1144,12 @@ impl Loader {
                 m.insert(key.into(), Value::Mapping(t));
             }
         }
+        // `ema: 0.999` is short for `ema: { decay: 0.999 }`.
+        if let Some(v @ Value::Number(_)) = m.get("ema") {
+            let mut t = Mapping::new();
+            t.insert("decay".into(), v.clone());
+            m.insert("ema".into(), Value::Mapping(t));
+        }
         if let Some(losses) = m.remove("losses") {
             let lp = join(path, "losses");
             let entries = match losses {

@@ -410,6 +410,30 @@ pub enum Freeze {
     Backbone,
 }
 
+/// What becomes of the classifier head when a model starts from other weights (`init`, `from`,
+/// `student_init`, `weights`, a model's `pretrained`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    /// A freshly initialised head (PyTorch: replacing `model.fc`).
+    New,
+    /// The starting weights' head (same class count needed).
+    Keep,
+}
+
+/// An exponential moving average of the trained model's weights (`ema: 0.999` is short for
+/// `ema: { decay: 0.999 }`): torch `AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay),
+/// use_buffers=True)`, updated after every optimizer step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmaSpec {
+    pub decay: f64,
+    /// The average is the node's model (what evaluate, report and later nodes read); else the
+    /// trained weights are, and the average is evaluated alongside and kept as `ema.safetensors`.
+    #[serde(default)]
+    pub output: bool,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Nodes
 
@@ -427,6 +451,17 @@ pub struct TrainSpec {
     /// by default every image is used, a last batch of one image joining the batch before.
     #[serde(default)]
     pub drop_last: bool,
+    /// Optimizer steps every this many batches, their gradients summed (each batch's loss
+    /// weighted by its share of the group's images): one step of `accumulate x batch_size`.
+    #[serde(default = "one_u32", skip_serializing_if = "is_one_u32")]
+    pub accumulate: u32,
+    /// Keep an exponential moving average of the weights, evaluated alongside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaSpec>,
+    /// `new` or `keep` the starting weights' classifier head; by default `keep` only when they
+    /// were trained on the same class names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Head>,
     /// Default: AdamW, lr 1e-3, weight decay 0.01 (the paper's from-scratch recipe).
     #[serde(default = "train_optimizer")]
     pub optimizer: OptimizerSpec,
@@ -473,6 +508,17 @@ pub struct FinetuneSpec {
     /// by default every image is used, a last batch of one image joining the batch before.
     #[serde(default)]
     pub drop_last: bool,
+    /// Optimizer steps every this many batches, their gradients summed (each batch's loss
+    /// weighted by its share of the group's images): one step of `accumulate x batch_size`.
+    #[serde(default = "one_u32", skip_serializing_if = "is_one_u32")]
+    pub accumulate: u32,
+    /// Keep an exponential moving average of the weights, evaluated alongside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaSpec>,
+    /// `new` or `keep` the starting weights' classifier head; by default `keep` only when they
+    /// were trained on the same class names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Head>,
     /// Default: AdamW, lr 1e-4 on the body, weight decay 5e-4 (the paper's FT recipe).
     #[serde(default = "finetune_optimizer")]
     pub optimizer: OptimizerSpec,
@@ -519,6 +565,17 @@ pub struct DistillSpec {
     /// by default every image is used, a last batch of one image joining the batch before.
     #[serde(default)]
     pub drop_last: bool,
+    /// Optimizer steps every this many batches, their gradients summed (each batch's loss
+    /// weighted by its share of the group's images): one step of `accumulate x batch_size`.
+    #[serde(default = "one_u32", skip_serializing_if = "is_one_u32")]
+    pub accumulate: u32,
+    /// Keep an exponential moving average of the weights, evaluated alongside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaSpec>,
+    /// `new` or `keep` the starting weights' classifier head; by default `keep` only when they
+    /// were trained on the same class names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Head>,
     /// Default: AdamW at its defaults (lr 1e-3, weight decay 0.01), as in the paper.
     #[serde(default = "train_optimizer")]
     pub optimizer: OptimizerSpec,
@@ -686,6 +743,16 @@ pub const NODE_KINDS: [&str; 7] =
     ["train", "finetune", "distill", "generate", "evaluate", "report", "plugin"];
 
 impl NodeKind {
+    /// The dataset a training kind trains on.
+    pub fn data(&self) -> Option<&str> {
+        match self {
+            NodeKind::Train(s) => Some(&s.data.0),
+            NodeKind::Finetune(s) => Some(&s.data.0),
+            NodeKind::Distill(s) => Some(&s.data.0),
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             NodeKind::Train(_) => "train",
@@ -921,6 +988,14 @@ pub use crate::losses::{LOSS_NAMES, WeightedLoss as Loss};
 
 // ---------------------------------------------------------------------------------------------
 // Defaults (named functions: serde needs paths; the values are documented in docs/spec.md)
+
+fn one_u32() -> u32 {
+    1
+}
+
+fn is_one_u32(n: &u32) -> bool {
+    *n == 1
+}
 
 fn one() -> f64 {
     1.0

@@ -56,6 +56,8 @@ pub(super) struct NodeContext<'a> {
 pub(super) mod max {
     /// Pixels of a side: dataset `image_size`, transform `size`, generate `image_size`, ViT `patch_size`.
     pub const IMAGE_SIDE: u64 = 4096;
+    /// Batches a gradient-accumulation group sums (`accumulate`).
+    pub const ACCUMULATE: u64 = 65536;
     /// Pixels of `pad_crop` padding.
     pub const PADDING: u64 = 1024;
     /// Images a class kept by `per_class`.
@@ -577,6 +579,14 @@ impl<'a> Check<'a> {
                 );
                 self.within(&join(p, "label_smoothing"), s.label_smoothing, 0.0, 1.0, false);
                 let has_weights = s.init.is_some() || ctx.pretrained_models.contains(&s.model.0);
+                self.recipe(
+                    p,
+                    s.accumulate,
+                    s.ema.as_ref(),
+                    s.head,
+                    has_weights,
+                    "`init: <node>` or the model's `pretrained: <file>`",
+                );
                 if s.freeze == Freeze::Backbone && !has_weights {
                     self.err(
                         Code::Conflict,
@@ -599,6 +609,7 @@ impl<'a> Check<'a> {
                 );
                 self.within(&join(p, "label_smoothing"), s.label_smoothing, 0.0, 1.0, false);
                 self.positive(&join(p, "head_lr_mult"), s.head_lr_mult);
+                self.recipe(p, s.accumulate, s.ema.as_ref(), s.head, true, "");
                 match (&s.from, &s.weights, &s.model) {
                     (Some(_), None, None) | (None, Some(_), Some(_)) => {}
                     (None, None, _) => self.err(
@@ -635,6 +646,15 @@ impl<'a> Check<'a> {
                 if let Some(m) = &s.synthetic {
                     self.positive_at_most(&format!("{p}.synthetic.ratio"), m.ratio, max::RATIO);
                 }
+                let has_weights = s.student_init.is_some() || ctx.pretrained_models.contains(&s.student.0);
+                self.recipe(
+                    p,
+                    s.accumulate,
+                    s.ema.as_ref(),
+                    s.head,
+                    has_weights,
+                    "`student_init: <node>` or the student model's `pretrained: <file>`",
+                );
                 self.losses(&join(p, "losses"), &s.losses, ctx.loss_names);
             }
             NodeKind::Generate(s) => {
@@ -690,6 +710,39 @@ impl<'a> Check<'a> {
                     );
                 }
             }
+        }
+    }
+
+    /// `accumulate`, `ema` and `head` of a training node; `has_weights`: the model starts from
+    /// other weights (`head` means nothing otherwise), `weights_help` says how to give some.
+    fn recipe(
+        &mut self,
+        p: &str,
+        accumulate: u32,
+        ema: Option<&EmaSpec>,
+        head: Option<Head>,
+        has_weights: bool,
+        weights_help: &str,
+    ) {
+        self.count(&join(p, "accumulate"), accumulate.into(), 1, max::ACCUMULATE);
+        if let Some(e) = ema {
+            // (0, 1): 0 is no average, 1 would never move from the first weights.
+            if !(e.decay > 0.0 && e.decay < 1.0) {
+                self.err(
+                    Code::OutOfRange,
+                    &format!("{p}.ema.decay"),
+                    format!("expected a value in (0, 1), got {}", fmt_num(e.decay)),
+                    "the share of the average kept at each step, e.g. 0.999",
+                );
+            }
+        }
+        if head.is_some() && !has_weights {
+            self.err(
+                Code::Conflict,
+                &join(p, "head"),
+                "`head` with a randomly initialised model (there is no head to keep or replace)".to_string(),
+                &format!("start from other weights ({weights_help}), or remove `head`"),
+            );
         }
     }
 
