@@ -136,6 +136,22 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write a trained node's weights (torchvision names), model.json and a PyTorch loader
+    /// (load.py) into a folder.
+    Export {
+        file: PathBuf,
+        /// The node (one instance: `kd[seed=1]` for a node with a matrix).
+        node: String,
+        /// The folder to write (created; existing files are never overwritten).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// The final weights, or the best on the node's `val:` set.
+        #[arg(long, value_enum, default_value_t = ExportWeights::Final)]
+        weights: ExportWeights,
+        /// The artifact store (default: .distillery beside the experiment file).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
     /// Remove stored results that none of the given experiment files references.
     Gc {
         #[arg(required = true)]
@@ -144,6 +160,12 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportWeights {
+    Final,
+    Best,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -398,6 +420,62 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             writeln!(out, "{}", serde_json::to_string_pretty(&s).expect("schema serialises"))?;
         }
         Command::Worker { job, store, force } => worker(&job, &store, force, out)?,
+        Command::Export { file, node, to, weights, store } => {
+            let store_dir = store.unwrap_or_else(|| default_store(&file));
+            let (exp, g) = load_graph(&file, Some(&store_dir))?;
+            let [names] = select_all(&exp, [("export", &vec![node.clone()])])?;
+            let name = match names.as_slice() {
+                [one] => one.clone(),
+                many => {
+                    let shown: Vec<&str> = many.iter().take(5).map(String::as_str).collect();
+                    return Err(Failure::Invalid(format!(
+                        "error: export {node}: {} instances match ({}{})
+  = help: name one, e.g. `{}`
+",
+                        many.len(),
+                        shown.join(", "),
+                        if many.len() > 5 { ", ..." } else { "" },
+                        many[0]
+                    )));
+                }
+            };
+            let ix = g.get(&name).expect("a selected instance is a vertex");
+            let st = Store::open_existing(&store_dir).map_err(store_failure)?;
+            let entry = match st.get(g.key(ix)).map_err(store_failure)? {
+                crate::store::Lookup::Hit(e) => e,
+                _ => {
+                    return Err(Failure::Invalid(format!(
+                        "error: export {name}: no stored result for this node's current settings
+  = help: run it first: `distillery run {} --only '{name}'`
+",
+                        file.display()
+                    )));
+                }
+            };
+            let which = match weights {
+                ExportWeights::Final => crate::job::Weights::Final,
+                ExportWeights::Best => crate::job::Weights::Best,
+            };
+            let files = crate::export::export(&entry.dir, which, &to)
+                .map_err(|e| Failure::Invalid(format!("error: export {name}: {e}
+")))?;
+            let how = match which {
+                crate::job::Weights::Final => "final weights".to_string(),
+                crate::job::Weights::Best => format!(
+                    "best weights, epoch {}",
+                    entry.manifest.metrics.get("best_epoch").map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+                ),
+            };
+            writeln!(out, "exported `{name}` ({how}, key {}) to {}:", &g.key(ix).hex()[..12], to.display())?;
+            for f in &files {
+                writeln!(out, "  {}", f.display())?;
+            }
+            writeln!(
+                out,
+                "load it in PyTorch: python {0}/load.py, or `sys.path.insert(0, \"{0}\"); from load import load; model = load(\"{0}\")`",
+                to.display()
+            )?;
+        }
         Command::Gc { files, store } => {
             let store_dir = store.unwrap_or_else(|| default_store(&files[0]));
             // A store that is not there has nothing to remove; gc never creates one.

@@ -271,6 +271,10 @@ pub struct DistillWork {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateWork {
+    /// The model input's final weights, or its best on validation (left out of the key when
+    /// final, so keys made before it existed still mean the same).
+    #[serde(default, skip_serializing_if = "Weights::is_final")]
+    pub weights: Weights,
     pub batch_size: usize,
     /// What to report, sorted (`accuracy`, `loss`, `per_class`, `top5`); `n` always.
     pub metrics: Vec<String>,
@@ -294,6 +298,33 @@ pub struct ReportWork {
     pub format: TableFormat,
     /// Evaluate every row's model on the `eval` input (its name).
     pub eval: Option<String>,
+    /// Which weights of the rows' models `eval` evaluates.
+    #[serde(default, skip_serializing_if = "Weights::is_final")]
+    pub weights: Weights,
+}
+
+/// A trained node's weights: its last epoch's (`model.safetensors`), or those of its epoch with
+/// the best accuracy on its `val` input (`best.safetensors`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weights {
+    #[default]
+    Final,
+    Best,
+}
+
+impl Weights {
+    pub fn is_final(&self) -> bool {
+        *self == Weights::Final
+    }
+
+    /// The entry's file holding them.
+    pub fn file(self) -> &'static str {
+        match self {
+            Weights::Final => "model.safetensors",
+            Weights::Best => "best.safetensors",
+        }
+    }
 }
 
 /// A row: its label and the role of its inputs (`rows/0`; a labelled row's are `rows/0/node`):

@@ -7,6 +7,7 @@ pub mod data;
 pub mod diag;
 pub mod engine;
 pub mod exec;
+pub mod export;
 pub mod graph;
 pub mod job;
 pub mod losses;

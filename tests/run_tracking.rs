@@ -79,3 +79,55 @@ fn every_node_is_a_nested_mlflow_run_and_cached_nodes_point_to_the_original() {
         "the cached train node points to its original run"
     );
 }
+
+/// A run whose process was killed stays RUNNING nowhere: the next command that uses the store
+/// ends it as FAILED with the reason, locally and on the server.
+#[test]
+fn a_killed_run_is_marked_failed_with_its_reason_the_next_time_the_store_is_used() {
+    let Some(mlflow) = mlflow_executable() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = MlflowServer::start(&mlflow, &dir.path().join("mlflow"), false);
+    let spec = dir.path().join("k.yaml");
+    std::fs::write(&spec, SPEC.replace("epochs: 3, batch_size: 20", "epochs: 100000, batch_size: 20"))
+        .unwrap();
+    let log = dir.path().join("run.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distillery"))
+        .args(["run", spec.to_str().unwrap(), "--tracking", &server.uri])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed once the node has logged a few epochs (and they reached the server).
+    let t0 = std::time::Instant::now();
+    let client = server.client();
+    let node_run = loop {
+        assert!(t0.elapsed().as_secs() < 120, "no epochs logged: {}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let Ok(Some(exp)) = client.get_experiment_by_name("e2e-tracking") else { continue };
+        let runs = client.search_runs(&[&exp.experiment_id], "").unwrap();
+        if let Some(r) = runs.iter().find(|r| r.param("kind") == Some("train"))
+            && client.get_metric_history(&r.info.run_id, "loss").unwrap().len() >= 3
+        {
+            break r.info.run_id.clone();
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(client.get_run(&node_run).unwrap().info.status, "RUNNING", "nothing ended it yet");
+    // The next use of the store: `runs` ends it locally, `sync` pushes that.
+    let runs = Command::new(env!("CARGO_BIN_EXE_distillery"))
+        .args(["runs", spec.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&runs.stdout);
+    assert!(!listed.contains("\"RUNNING\"") && !listed.contains("\"running\""), "{listed}");
+    let out = Command::new(env!("CARGO_BIN_EXE_distillery"))
+        .args(["sync", "--to", &server.uri, spec.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = client.get_run(&node_run).unwrap();
+    assert_eq!(run.info.status, "FAILED");
+    let reason = run.tag("distillery.end_reason").expect("the reason is tagged");
+    assert!(reason.contains("ended without finishing it: killed, crashed"), "{reason}");
+    assert!(reason.contains(&format!("pid {}", child.id())), "{reason}");
+}

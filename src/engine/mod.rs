@@ -33,7 +33,7 @@ pub use layers::freeze_batch_norm;
 #[cfg(test)]
 mod engine_tests;
 #[cfg(test)]
-mod parity_tests;
+pub(crate) mod parity_tests;
 #[cfg(test)]
 mod recipe_tests;
 

@@ -155,8 +155,24 @@ impl ModelInfo {
 
 /// A trained model of an input node: its info and weights on `device` (inference mode).
 pub(crate) fn load_model(entry_dir: &Path, device: &Device) -> Result<(ModelInfo, Model), NodeError> {
+    load_weights(entry_dir, crate::job::Weights::Final, device)
+}
+
+/// A trained model of an input node with its final or its best-on-validation weights.
+pub(crate) fn load_weights(
+    entry_dir: &Path,
+    which: crate::job::Weights,
+    device: &Device,
+) -> Result<(ModelInfo, Model), NodeError> {
     let info = ModelInfo::read(entry_dir)?;
-    let model = engine::load(&info.config(), &entry_dir.join("model.safetensors"), device).map_err(failed)?;
+    let file = entry_dir.join(which.file());
+    if !file.is_file() && which == crate::job::Weights::Best {
+        return Err(failed(format!(
+            "{} holds no best weights (its node evaluated no `val:` set)",
+            entry_dir.display()
+        )));
+    }
+    let model = engine::load(&info.config(), &file, device).map_err(failed)?;
     Ok((info, model))
 }
 
@@ -249,11 +265,17 @@ pub(crate) fn eval_model(
 
 fn evaluate(runner: &Runner, task: &Task<'_>, e: &crate::job::EvaluateWork) -> Result<NodeOutput, NodeError> {
     let device = device(task)?;
-    let (info, model) = load_model(node_input(task, "model")?, &device)?;
+    let (info, model) = load_weights(node_input(task, "model")?, e.weights, &device)?;
     let (_, ds) = dataset(runner, task, "data")?;
     let mut metrics = eval_model(&model, &info, &ds, e.batch_size, &device)?;
     // Only what the node asks for (and the image count).
     metrics.as_object_mut().expect("object").retain(|k, _| k == "n" || e.metrics.iter().any(|m| m == k));
+    // Which weights were evaluated, said in the result: best-on-validation ones name their epoch.
+    if e.weights == crate::job::Weights::Best {
+        metrics["weights"] = json!("best");
+        let trained = task.entry("model").map(|en| &en.manifest.metrics);
+        metrics["best_epoch"] = trained.and_then(|m| m.get("best_epoch").cloned()).unwrap_or(Value::Null);
+    }
     write_json(&task.out_dir.join("metrics.json"), &metrics)?;
     Ok(NodeOutput { metrics })
 }

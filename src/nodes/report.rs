@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use super::{Runner, dataset, device, eval_model, failed, load_model, write_json};
+use super::{Runner, dataset, device, eval_model, failed, load_weights, write_json};
 use crate::exec::{NodeError, NodeOutput, Task};
 use crate::job::{Column, InputSource, ReportWork, TableFormat};
 
@@ -88,7 +88,7 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, r: &ReportWork) -> Result<No
                 .ok_or_else(|| failed(format!("no stored result for row input `{}`", input.name)))?;
             let mut metrics = entry.manifest.metrics.clone();
             if let (Some(ds), true) = (&eval, *yields_model) {
-                let (info, model) = load_model(&entry.dir, &device)?;
+                let (info, model) = load_weights(&entry.dir, r.weights, &device)?;
                 let m = eval_model(&model, &info, ds, 256, &device)?;
                 for k in ["accuracy", "top5", "loss"] {
                     metrics[k] = m[k].clone();
@@ -109,7 +109,12 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, r: &ReportWork) -> Result<No
     }
 
     let mut header: Vec<String> = vec!["".into()];
-    header.extend(r.columns.iter().map(|c| column_name(*c).to_string()));
+    // Best-on-validation weights are said in the columns they change, never silently.
+    let best = r.weights == crate::job::Weights::Best;
+    header.extend(r.columns.iter().map(|c| match c {
+        Column::Accuracy | Column::Top5 | Column::Loss if best => format!("{}, best on val", column_name(*c)),
+        _ => column_name(*c).to_string(),
+    }));
     header.push("seeds".into());
     let mut cells: Vec<Vec<String>> = Vec::new();
     let mut data = Vec::new();

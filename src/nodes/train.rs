@@ -297,6 +297,7 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
         false => None,
     };
     let mut ema = s.ema.as_ref().map(|e| engine::Ema::<Model>::new(e.decay));
+    let ema_output = s.ema.as_ref().is_some_and(|e| e.output);
     let mut history = std::fs::File::create(task.out_dir.join("history.jsonl")).map_err(failed)?;
     let t0 = Instant::now();
     // `accumulate` batches make one optimizer step; the schedule counts optimizer steps.
@@ -438,19 +439,30 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
             }
         }
         if let Some(v) = &val {
-            let m = eval_model(&model.valid(), &info, v, 256, &plain)?;
+            let trained_model = model.valid();
+            let m = eval_model(&trained_model, &info, v, 256, &plain)?;
             let acc = m["accuracy"].as_f64().unwrap_or(0.0);
             row["val_accuracy"] = json!(acc);
-            if best_val.is_none_or(|b| acc > b) {
-                best_val = Some(acc);
-                best_epoch = epoch + 1;
-            }
             // The average, evaluated alongside.
+            let mut ema_acc = None;
             if let Some(avg) = ema.as_ref().and_then(|e| e.average()) {
                 let m = eval_model(avg, &info, v, 256, &plain)?;
-                let acc = m["accuracy"].as_f64().unwrap_or(0.0);
-                row["ema_val_accuracy"] = json!(acc);
-                best_ema_val = Some(best_ema_val.map_or(acc, |b: f64| b.max(acc)));
+                let a = m["accuracy"].as_f64().unwrap_or(0.0);
+                row["ema_val_accuracy"] = json!(a);
+                best_ema_val = Some(best_ema_val.map_or(a, |b: f64| b.max(a)));
+                ema_acc = Some(a);
+            }
+            // The best epoch of the node's model (the average with `ema: { output: true }`): its
+            // weights are kept as `best.safetensors` (`weights: best` reads them), the first such
+            // epoch on a tie.
+            let (node_acc, node_model) = match (ema_output, ema_acc, ema.as_ref().and_then(|e| e.average())) {
+                (true, Some(a), Some(avg)) => (a, avg),
+                _ => (acc, &trained_model),
+            };
+            if best_val.is_none_or(|b| node_acc > b) {
+                best_val = Some(node_acc);
+                best_epoch = epoch + 1;
+                engine::save(node_model, &task.out_dir.join("best.safetensors")).map_err(failed)?;
             }
         }
         for (k, v) in row.as_object().expect("object") {
@@ -554,10 +566,12 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
     if let Some(h) = &info.head {
         metrics["head"] = json!(h.word());
     }
+    // Of the node's model: the trained weights, or their average with `ema: { output: true }`.
     if let Some(b) = best_val {
         metrics["best_val_accuracy"] = json!(b);
         metrics["best_epoch"] = json!(best_epoch);
-        metrics["final_val_accuracy"] = last["val_accuracy"].clone();
+        let key = if ema_output { "ema_val_accuracy" } else { "val_accuracy" };
+        metrics["final_val_accuracy"] = last[key].clone();
     }
     if let Some(b) = best_ema_val {
         metrics["best_ema_val_accuracy"] = json!(b);

@@ -11,7 +11,7 @@ use crate::diag::{Code, Diagnostic};
 use crate::graph::{CacheKey, Graph, Vertex};
 use crate::job::{
     Column, DistillWork, EvaluateWork, HeadPlan, InputSource, Job, JobInput, LoopSettings, ModelSetup, Place,
-    ReportRow, ReportWork, TableFormat, TeacherOutputsWork, TrainWork, WeightsFile, Work,
+    ReportRow, ReportWork, TableFormat, TeacherOutputsWork, TrainWork, Weights, WeightsFile, Work,
 };
 use crate::spec::{self, Experiment, NodeKind};
 
@@ -300,9 +300,35 @@ fn node_job(
                 .collect();
             metrics.sort();
             metrics.dedup();
-            Work::Evaluate(EvaluateWork { batch_size: e.batch_size as usize, metrics })
+            let weights = weights_choice(e.weights);
+            if weights == Weights::Best {
+                let path = format!("{}.weights", node.spec_path());
+                best_kept(exp, node, &path, inputs.iter().filter(|i| i.role == "model"), &mut diags);
+            }
+            Work::Evaluate(EvaluateWork { weights, batch_size: e.batch_size as usize, metrics })
         }
-        NodeKind::Report(r) => Work::Report(ReportWork {
+        NodeKind::Report(r) => Work::Report({
+            let weights = weights_choice(r.weights);
+            if weights == Weights::Best {
+                let path = format!("{}.weights", node.spec_path());
+                if r.eval.is_none() {
+                    diags.push(
+                        Diagnostic::new(
+                            Code::Conflict,
+                            &path,
+                            "`weights: best` without `eval:` (it chooses the weights `eval` evaluates)",
+                        )
+                        .with_node(&node.name)
+                        .with_help("add `eval: <dataset>`, or remove `weights`")
+                        .at(exp.locate_value(&path)),
+                    );
+                }
+                let models = inputs.iter().filter(|i| {
+                    i.role.starts_with("rows/") && matches!(i.source, InputSource::Entry { model: true, .. })
+                });
+                best_kept(exp, node, &path, models, &mut diags);
+            }
+            ReportWork {
             title: r.title.clone(),
             rows: r
                 .rows
@@ -323,6 +349,8 @@ fn node_job(
                 spec::TableFormat::Latex => TableFormat::Latex,
             },
             eval: r.eval.as_ref().map(|d| d.0.clone()),
+            weights,
+        }
         }),
         NodeKind::Generate(_) | NodeKind::Plugin(_) => {
             let path = node.spec_path();
@@ -460,6 +488,44 @@ fn head_plan(
             ),
         },
     })
+}
+
+fn weights_choice(w: spec::WhichWeights) -> Weights {
+    match w {
+        spec::WhichWeights::Final => Weights::Final,
+        spec::WhichWeights::Best => Weights::Best,
+    }
+}
+
+/// `weights: best` (at `path`) reads the best-on-validation weights of each of `models`: a node
+/// without `val:` keeps none, a located error.
+fn best_kept<'a>(
+    exp: &Experiment,
+    node: &spec::Node,
+    path: &str,
+    models: impl Iterator<Item = &'a JobInput>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut seen = std::collections::HashSet::new();
+    for i in models {
+        let Some(n) = exp.node(&i.name) else { continue };
+        if n.kind.validates() || !seen.insert(n.base.clone()) {
+            continue;
+        }
+        diags.push(
+            Diagnostic::new(
+                Code::Conflict,
+                path,
+                format!("`weights: best`, but `{}` keeps no best weights (it has no `val:` set)", n.base),
+            )
+            .with_node(&node.name)
+            .with_help(format!(
+                "give `{}` a `val: <dataset>` to choose its best epoch on, or use `weights: final`",
+                n.base
+            ))
+            .at(exp.locate_value(path)),
+        );
+    }
 }
 
 fn column(c: spec::Column) -> Column {

@@ -651,6 +651,9 @@ pub enum Metric {
 pub struct EvaluateSpec {
     pub model: NodeRef,
     pub data: DatasetRef,
+    /// The model node's `final` weights, or its `best` on its `val:` set.
+    #[serde(default, skip_serializing_if = "WhichWeights::is_final")]
+    pub weights: WhichWeights,
     #[serde(default = "default_metrics")]
     pub metrics: Vec<Metric>,
     #[serde(default = "eval_batch_size")]
@@ -708,6 +711,25 @@ pub struct ReportSpec {
     pub title: Option<String>,
     #[serde(default)]
     pub format: TableFormat,
+    /// Which weights of each row's model `eval` evaluates: `final`, or `best` on its `val:` set.
+    #[serde(default, skip_serializing_if = "WhichWeights::is_final")]
+    pub weights: WhichWeights,
+}
+
+/// Which weights of a trained node are used: those of its last epoch, or of its epoch with the
+/// best accuracy on its `val:` set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WhichWeights {
+    #[default]
+    Final,
+    Best,
+}
+
+impl WhichWeights {
+    pub fn is_final(&self) -> bool {
+        *self == WhichWeights::Final
+    }
 }
 
 /// Run an external program that speaks distillery's plugin protocol.
@@ -743,6 +765,16 @@ pub const NODE_KINDS: [&str; 7] =
     ["train", "finetune", "distill", "generate", "evaluate", "report", "plugin"];
 
 impl NodeKind {
+    /// Whether a training kind evaluates on a `val:` set each epoch (and so keeps best weights).
+    pub fn validates(&self) -> bool {
+        match self {
+            NodeKind::Train(s) => s.val.is_some(),
+            NodeKind::Finetune(s) => s.val.is_some(),
+            NodeKind::Distill(s) => s.val.is_some(),
+            _ => false,
+        }
+    }
+
     /// The dataset a training kind trains on.
     pub fn data(&self) -> Option<&str> {
         match self {

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 /// Version of the on-disk layout, written into every meta.json.
 const FORMAT: u32 = 1;
 
+/// Held (an exclusive file lock) by the process recording a run, while the run is open.
+const OWNER_LOCK: &str = "owner.lock";
+
 /// One metric point. `value` may be NaN or infinite; `timestamp_ms` is milliseconds since the
 /// Unix epoch (MLflow's unit).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +67,10 @@ pub struct RunMeta {
     pub status: RunStatus,
     pub start_ms: i64,
     pub end_ms: Option<i64>,
+    /// Why a run ended as it did when its own process could not say (it was killed or crashed,
+    /// and a later command found it abandoned): pushed to MLflow as tag `distillery.end_reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
 }
 
 /// Access to a store directory (`.distillery/` beside the spec by default).
@@ -127,14 +134,88 @@ impl LocalStore {
         params: &[(String, String)],
         tags: &BTreeMap<String, String>,
     ) -> Result<(), TrackError> {
+        self.create_run_inner(meta, params, tags, false).map(|_| ())
+    }
+
+    /// [`LocalStore::create_run`] for a run this process goes on recording: it holds the run's
+    /// `owner.lock` (an exclusive lock, taken before meta.json exists) until the returned file is
+    /// dropped, so a later command can tell a run whose process died ([`Self::reap_abandoned`]).
+    pub(crate) fn create_owned_run(
+        &self,
+        meta: &RunMeta,
+        params: &[(String, String)],
+        tags: &BTreeMap<String, String>,
+    ) -> Result<File, TrackError> {
+        Ok(self.create_run_inner(meta, params, tags, true)?.expect("an owned run has an owner lock"))
+    }
+
+    fn create_run_inner(
+        &self,
+        meta: &RunMeta,
+        params: &[(String, String)],
+        tags: &BTreeMap<String, String>,
+        owned: bool,
+    ) -> Result<Option<File>, TrackError> {
         let dir = self.run_dir(&meta.run_id);
         fs::create_dir_all(&dir).map_err(TrackError::io(&dir))?;
+        let owner = if owned {
+            let p = dir.join(OWNER_LOCK);
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&p)
+                .map_err(TrackError::io(&p))?;
+            f.try_lock()
+                .map_err(|e| TrackError::io(&p)(std::io::Error::other(format!("cannot lock: {e}"))))?;
+            writeln!(f, "pid {} on {}", std::process::id(), super::tracker::host_name())
+                .map_err(TrackError::io(&p))?;
+            Some(f)
+        } else {
+            None
+        };
         write_json_atomic(&dir.join("params.json"), &params)?;
         write_json_atomic(&dir.join("tags.json"), tags)?;
         let metrics = self.metrics_path(&meta.run_id);
         File::create(&metrics).map_err(TrackError::io(&metrics))?;
         // meta.json last: a run directory without it is an interrupted creation and is ignored.
-        write_json_atomic(&dir.join("meta.json"), meta)
+        write_json_atomic(&dir.join("meta.json"), meta)?;
+        Ok(owner)
+    }
+
+    /// Ends every run still RUNNING whose process is gone (its `owner.lock` is free: killed,
+    /// crashed, or the machine went down): status FAILED, ended at its last metric (or its
+    /// start), with the reason in `end_reason`. A run of a live process (its lock held) and a run
+    /// recorded before owner locks existed are left alone. Returns the runs it ended.
+    pub fn reap_abandoned(&self) -> Result<Vec<RunId>, TrackError> {
+        let mut ended = Vec::new();
+        for run_id in self.run_ids()? {
+            let meta = self.read_meta(&run_id)?;
+            let p = self.run_dir(&run_id).join(OWNER_LOCK);
+            if meta.status != RunStatus::Running || !p.is_file() {
+                continue;
+            }
+            let Ok(f) = OpenOptions::new().read(true).write(true).open(&p) else { continue };
+            if f.try_lock().is_err() {
+                continue; // its process is alive (or another command is ending it right now)
+            }
+            // Re-read under the lock: another command may have ended it meanwhile.
+            let mut meta = self.read_meta(&run_id)?;
+            if meta.status != RunStatus::Running {
+                continue;
+            }
+            let owner = fs::read_to_string(&p).unwrap_or_default();
+            let last = self.read_metrics(&run_id)?.iter().map(|m| m.timestamp_ms).max();
+            meta.status = RunStatus::Failed;
+            meta.end_ms = Some(last.unwrap_or(meta.start_ms).max(meta.start_ms));
+            meta.end_reason = Some(format!(
+                "its process ({}) ended without finishing it: killed, crashed or the machine stopped",
+                owner.trim()
+            ));
+            self.write_meta(&meta)?;
+            ended.push(run_id);
+        }
+        Ok(ended)
     }
 
     pub fn read_meta(&self, run_id: &RunId) -> Result<RunMeta, TrackError> {
@@ -345,6 +426,7 @@ pub struct SyncedTo {
 /// ([`TrackError::NoStore`] otherwise): listing never creates one.
 pub fn list_runs(store: &Path) -> Result<Vec<RunSummary>, TrackError> {
     let store = LocalStore::open_existing(store)?;
+    store.reap_abandoned()?;
     let ledgers = super::sync::read_all_ledgers(&store)?;
     let mut out = Vec::new();
     for run_id in store.run_ids()? {
@@ -458,6 +540,7 @@ pub(crate) fn new_meta(
         status: RunStatus::Running,
         start_ms,
         end_ms: None,
+        end_reason: None,
     }
 }
 
@@ -474,6 +557,36 @@ mod tests {
         let tags = BTreeMap::from([("host".to_string(), "h".to_string())]);
         store.create_run(&meta, &params, &tags).unwrap();
         (dir, store, id)
+    }
+
+    #[test]
+    fn a_run_is_reaped_only_once_its_owner_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join(".distillery")).unwrap();
+        let id = RunId::generate(super::super::now_ms());
+        let meta = new_meta(id.clone(), RunKind::Node, None, "exp", "n", 5);
+        let owner = store.create_owned_run(&meta, &[], &BTreeMap::new()).unwrap();
+        let mut m = store.metrics_appender(&id).unwrap();
+        append_metrics(&mut m, &store.metrics_path(&id), &[Metric::new("loss", 1.0, 1, 40)]).unwrap();
+        // Its owner lives (the lock is held): left alone.
+        assert_eq!(store.reap_abandoned().unwrap(), Vec::<RunId>::new());
+        assert_eq!(store.read_meta(&id).unwrap().status, RunStatus::Running);
+        // The owner is gone (its lock released, as when a process dies): FAILED, at its last metric.
+        drop(owner);
+        assert_eq!(store.reap_abandoned().unwrap(), vec![id.clone()]);
+        let meta = store.read_meta(&id).unwrap();
+        assert_eq!((meta.status, meta.end_ms), (RunStatus::Failed, Some(40)));
+        let reason = meta.end_reason.unwrap();
+        assert!(
+            reason.contains(&format!("pid {}", std::process::id()))
+                && reason.contains("ended without finishing"),
+            "{reason}"
+        );
+        // Once ended it stays as it is; a run without an owner lock (an older store) is not touched.
+        assert!(store.reap_abandoned().unwrap().is_empty());
+        let (_d, old, old_id) = store_with_run();
+        assert!(old.reap_abandoned().unwrap().is_empty());
+        assert_eq!(old.read_meta(&old_id).unwrap().status, RunStatus::Running);
     }
 
     #[test]

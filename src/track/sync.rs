@@ -93,6 +93,8 @@ pub fn sync(store: &Path, uri: &str) -> Result<SyncReport, TrackError> {
 pub fn sync_with_client(store: &Path, client: &MlflowClient) -> Result<SyncReport, TrackError> {
     // The store must exist (TrackError::NoStore): a typo in --store never creates an empty one.
     let store = LocalStore::open_existing(store)?;
+    // A run whose process died is ended (FAILED, with the reason) before it is pushed.
+    store.reap_abandoned()?;
     let run_ids = store.run_ids()?;
     push_runs(&store, client, &run_ids)
 }
@@ -349,6 +351,10 @@ impl<'a> Pusher<'a> {
         }
 
         if meta.status.is_terminal() && self.ledger.runs[run_id].status != Some(meta.status) {
+            if let Some(reason) = &meta.end_reason {
+                let tag = [("distillery.end_reason".to_string(), reason.clone())];
+                self.client.log_batch(&mlflow_id, &[], &[], &tag)?;
+            }
             self.client.update_run(&mlflow_id, meta.status.as_mlflow(), meta.end_ms)?;
             self.entry(run_id).status = Some(meta.status);
             self.report.statuses_sent += 1;

@@ -97,6 +97,9 @@ struct OpenRun {
     meta: RunMeta,
     metrics: File,
     metrics_path: PathBuf,
+    /// The run's owner lock while this process records it (dropped when the run ends); `None`
+    /// for a run attached from another process, which holds it.
+    _owner: Option<File>,
 }
 
 struct PushHandle {
@@ -119,6 +122,8 @@ impl Tracker {
     /// A bad URI is an error here; an unreachable server is not (records wait in the store).
     pub fn open(config: TrackerConfig) -> Result<Tracker, TrackError> {
         let store = LocalStore::open(&config.store_dir)?;
+        // Runs left RUNNING by a process that died are ended first (and pushed as FAILED).
+        store.reap_abandoned()?;
         let push = match &config.tracking_uri {
             Some(uri) => {
                 Some(start_push(store.clone(), MlflowClient::new(uri, config.client.clone())?, &config)?)
@@ -224,7 +229,7 @@ impl Tracker {
         self.open
             .lock()
             .expect("tracker lock")
-            .insert(run_id.clone(), OpenRun { meta, metrics, metrics_path });
+            .insert(run_id.clone(), OpenRun { meta, metrics, metrics_path, _owner: None });
         self.send(Msg::Track(run_id.clone()));
         Ok(())
     }
@@ -326,13 +331,13 @@ impl Tracker {
         tags: &BTreeMap<String, String>,
     ) -> Result<(), TrackError> {
         let run_id = meta.run_id.clone();
-        self.store.create_run(&meta, params, tags)?;
+        let owner = self.store.create_owned_run(&meta, params, tags)?;
         let metrics = self.store.metrics_appender(&run_id)?;
         let metrics_path = self.store.metrics_path(&run_id);
         self.open
             .lock()
             .expect("tracker lock")
-            .insert(run_id.clone(), OpenRun { meta, metrics, metrics_path });
+            .insert(run_id.clone(), OpenRun { meta, metrics, metrics_path, _owner: Some(owner) });
         self.send(Msg::Track(run_id));
         Ok(())
     }
@@ -490,7 +495,7 @@ fn start_push(
     Ok(PushHandle { tx, nudge_pending, thread, state })
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_string())
