@@ -456,14 +456,22 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                 ExportWeights::Final => crate::job::Weights::Final,
                 ExportWeights::Best => crate::job::Weights::Best,
             };
-            let files = crate::export::export(&entry.dir, which, &to)
-                .map_err(|e| Failure::Invalid(format!("error: export {name}: {e}
-")))?;
+            let files = crate::export::export(&entry.dir, which, &to).map_err(|e| {
+                Failure::Invalid(format!(
+                    "error: export {name}: {e}
+"
+                ))
+            })?;
             let how = match which {
                 crate::job::Weights::Final => "final weights".to_string(),
                 crate::job::Weights::Best => format!(
                     "best weights, epoch {}",
-                    entry.manifest.metrics.get("best_epoch").map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+                    entry
+                        .manifest
+                        .metrics
+                        .get("best_epoch")
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "?".into())
                 ),
             };
             writeln!(out, "exported `{name}` ({how}, key {}) to {}:", &g.key(ix).hex()[..12], to.display())?;

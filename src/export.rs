@@ -27,24 +27,29 @@ pub fn export(entry: &Path, which: Weights, to: &Path) -> Result<Vec<PathBuf>, S
     }
     if !weights.is_file() {
         return Err(match which {
-            Weights::Best => "the node kept no best weights (it had no `val:` set); export `--weights final`".into(),
+            Weights::Best => {
+                "the node kept no best weights (it had no `val:` set); export `--weights final`".into()
+            }
             Weights::Final => format!("the entry has no {}", which.file()),
         });
     }
     let targets: Vec<PathBuf> = FILES.iter().map(|f| to.join(f)).collect();
     if let Some(t) = targets.iter().find(|t| t.exists()) {
-        return Err(format!("{} already exists; export into an empty folder (nothing is overwritten)", t.display()));
+        return Err(format!(
+            "{} already exists; export into an empty folder (nothing is overwritten)",
+            t.display()
+        ));
     }
     std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
-    let sources: [Box<dyn Fn(&Path) -> std::io::Result<()>>; 3] = [
-        Box::new(|t| std::fs::copy(&weights, t).map(|_| ())),
-        Box::new(|t| std::fs::copy(entry.join("model.json"), t).map(|_| ())),
-        Box::new(|t| std::fs::write(t, LOADER)),
-    ];
     // Each file under a temporary name, then renamed: a file there is whole.
-    for (write, target) in sources.iter().zip(&targets) {
+    for (i, target) in targets.iter().enumerate() {
         let tmp = target.with_extension("partial");
-        write(&tmp).and_then(|_| std::fs::rename(&tmp, target)).map_err(|e| {
+        let written = match i {
+            0 => std::fs::copy(&weights, &tmp).map(|_| ()),
+            1 => std::fs::copy(entry.join("model.json"), &tmp).map(|_| ()),
+            _ => std::fs::write(&tmp, LOADER),
+        };
+        written.and_then(|_| std::fs::rename(&tmp, target)).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             format!("cannot write {}: {e}", target.display())
         })?;
@@ -75,7 +80,8 @@ mod tests {
         let cases = v["cases"].as_object().unwrap();
         assert_eq!(cases.len(), 8);
         for (case, c) in cases {
-            let ours: serde_json::Value = serde_json::from_str(&serde_json::to_string(&config(case)).unwrap()).unwrap();
+            let ours: serde_json::Value =
+                serde_json::from_str(&serde_json::to_string(&config(case)).unwrap()).unwrap();
             assert_eq!(ours, c["model"], "{case}");
             assert!(c["max_abs_logit_error"].as_f64().unwrap() <= 1e-5, "{case}");
         }
@@ -104,6 +110,10 @@ mod tests {
         assert_eq!(std::fs::read(to.join("model.safetensors")).unwrap(), std::fs::read(&w).unwrap());
         // Not a model entry.
         let report = tempfile::tempdir().unwrap();
-        assert!(export(report.path(), Weights::Final, &out.path().join("x")).unwrap_err().contains("trained no model"));
+        assert!(
+            export(report.path(), Weights::Final, &out.path().join("x"))
+                .unwrap_err()
+                .contains("trained no model")
+        );
     }
 }

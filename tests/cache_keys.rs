@@ -121,10 +121,10 @@ fn base_spec() -> Value {
                 "schedule": { "type": "exponential", "gamma": 0.9, "step_every": "step" } } },
             "s3": { "distill": { "batch_size": 8, "teacher": "t", "student": "v", "data": "a", "losses": "srrl" } },
             "s4": { "distill": { "batch_size": 8, "teacher": "t", "student": "m", "data": "a", "losses": "align_uniform" } },
-            "e": { "evaluate": { "model": "s", "data": "b", "metrics": ["top1", "top5", "loss", "per_class"], "batch_size": 16 } },
+            "e": { "evaluate": { "model": "s", "data": "b", "metrics": ["top1", "top5", "loss", "per_class"], "batch_size": 16, "weights": "best" } },
             "rep": { "report": { "rows": ["t", { "node": "s", "label": "student" }, "e"], "eval": "b",
                 "columns": ["accuracy", "top5", "loss", "train_seconds", "images_per_second", "flops", "params"],
-                "title": "T", "format": "latex" } },
+                "title": "T", "format": "latex", "weights": "best" } },
         },
     })
 }

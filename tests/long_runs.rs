@@ -92,7 +92,9 @@ fn best_weights_of_a_node_without_val_or_a_report_without_eval_are_located_error
     let dir = tempfile::tempdir().unwrap();
     let spec = write(
         dir.path(),
-        &BEST.replace(", val: val, optimizer", ", optimizer").replace("eval: val, weights: best", "weights: best"),
+        &BEST
+            .replace(", val: val, optimizer", ", optimizer")
+            .replace("eval: val, weights: best", "weights: best"),
     );
     let out = cli(&["validate"], &spec);
     assert_eq!(out.status.code(), Some(1));
@@ -128,14 +130,20 @@ fn export_writes_the_chosen_weights_model_json_and_a_loader_and_refuses_what_it_
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let said = text(&out.stdout);
     assert!(said.contains(&format!("best weights, epoch {}", m["metrics"]["best_epoch"])), "{said}");
-    assert_eq!(std::fs::read(to.join("model.safetensors")).unwrap(), std::fs::read(t.join("best.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(to.join("model.safetensors")).unwrap(),
+        std::fs::read(t.join("best.safetensors")).unwrap()
+    );
     assert_eq!(std::fs::read(to.join("model.json")).unwrap(), std::fs::read(t.join("model.json")).unwrap());
     assert_eq!(std::fs::read_to_string(to.join("load.py")).unwrap(), distillery::export::LOADER);
     // Again into the same folder: refused, the first export kept.
     let out = export("t", &to, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("already exists"), "{}", text(&out.stderr));
-    assert_eq!(std::fs::read(to.join("model.safetensors")).unwrap(), std::fs::read(t.join("best.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(to.join("model.safetensors")).unwrap(),
+        std::fs::read(t.join("best.safetensors")).unwrap()
+    );
     // An evaluate node has no model; an unknown node is named with a suggestion.
     let e = text(&export("final", &dir.path().join("x"), &[]).stderr);
     assert!(e.contains("error: export final: the node trained no model"), "{e}");
@@ -144,6 +152,9 @@ fn export_writes_the_chosen_weights_model_json_and_a_loader_and_refuses_what_it_
     // A node whose current settings were never run.
     std::fs::write(&spec, BEST.replace("epochs: 8", "epochs: 7")).unwrap();
     let e = text(&export("t", &dir.path().join("x"), &[]).stderr);
-    assert!(e.contains("no stored result for this node's current settings") && e.contains("--only 't'"), "{e}");
+    assert!(
+        e.contains("no stored result for this node's current settings") && e.contains("--only 't'"),
+        "{e}"
+    );
     assert!(!dir.path().join("x").exists());
 }

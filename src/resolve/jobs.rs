@@ -329,28 +329,28 @@ fn node_job(
                 best_kept(exp, node, &path, models, &mut diags);
             }
             ReportWork {
-            title: r.title.clone(),
-            rows: r
-                .rows
-                .iter()
-                .enumerate()
-                .map(|(i, row)| ReportRow {
-                    label: match row {
-                        spec::RowSpec::Labelled { label, .. } => label.clone(),
-                        spec::RowSpec::Node(n) => n.0.clone(),
-                    },
-                    role: format!("rows/{i}"),
-                })
-                .collect(),
-            columns: r.columns.iter().map(|c| column(*c)).collect(),
-            format: match r.format {
-                spec::TableFormat::Md => TableFormat::Md,
-                spec::TableFormat::Csv => TableFormat::Csv,
-                spec::TableFormat::Latex => TableFormat::Latex,
-            },
-            eval: r.eval.as_ref().map(|d| d.0.clone()),
-            weights,
-        }
+                title: r.title.clone(),
+                rows: r
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| ReportRow {
+                        label: match row {
+                            spec::RowSpec::Labelled { label, .. } => label.clone(),
+                            spec::RowSpec::Node(n) => n.0.clone(),
+                        },
+                        role: format!("rows/{i}"),
+                    })
+                    .collect(),
+                columns: r.columns.iter().map(|c| column(*c)).collect(),
+                format: match r.format {
+                    spec::TableFormat::Md => TableFormat::Md,
+                    spec::TableFormat::Csv => TableFormat::Csv,
+                    spec::TableFormat::Latex => TableFormat::Latex,
+                },
+                eval: r.eval.as_ref().map(|d| d.0.clone()),
+                weights,
+            }
         }),
         NodeKind::Generate(_) | NodeKind::Plugin(_) => {
             let path = node.spec_path();
