@@ -18,6 +18,7 @@ pub mod norm;
 pub mod optim;
 pub mod safetensors;
 pub mod schedule;
+pub mod state;
 
 pub use checkpoint::{LoadOptions, load, load_into, save, torch_state_names};
 pub use device::parse_device;

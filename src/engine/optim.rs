@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
 use crate::engine::error::EngineError;
 use crate::engine::schedule::{ScheduleConfig, StepEvery, lr_at, momentum_at};
@@ -219,6 +219,101 @@ impl Trainer {
         self.steps
     }
 
+    /// The optimizer's per-parameter state, by the paths of `module`'s parameters (for a
+    /// checkpoint: [`crate::engine::state`]): `<path>#momentum` for SGD, `<path>#m`, `#v` and
+    /// `#step` for AdamW. With [`Trainer::steps`] it is everything [`Trainer::restore`] needs.
+    pub fn state_of<M: Module>(&self, module: &M) -> crate::engine::state::Tensors {
+        let flat = |t: &Tensor<1>| {
+            let v = t.clone().into_data().convert::<f32>().try_to_vec::<f32>().expect("float state");
+            (vec![v.len()], v)
+        };
+        let mut out = crate::engine::state::Tensors::default();
+        for (path, id) in param_paths(module) {
+            match self.states.get(&id) {
+                Some(State::Sgd { momentum }) => {
+                    out.0.insert(format!("{path}#momentum"), flat(momentum));
+                }
+                Some(State::Adam { m, v, step }) => {
+                    out.0.insert(format!("{path}#m"), flat(m));
+                    out.0.insert(format!("{path}#v"), flat(v));
+                    // Exact in f32 up to 2^24 steps.
+                    out.0.insert(format!("{path}#step"), (vec![1], vec![*step as f32]));
+                }
+                None => {}
+            }
+        }
+        out
+    }
+
+    /// Re-attaches a state [`Trainer::state_of`] took to `module`'s parameters (by path; the
+    /// module may be a rebuilt one with new parameter ids) and sets the step count. Every entry
+    /// must belong to a parameter of the module, of its size, and be of this optimizer's kind.
+    pub fn restore<M: Module>(
+        &mut self,
+        module: &M,
+        state: &crate::engine::state::Tensors,
+        steps: u64,
+        source: &std::path::Path,
+    ) -> Result<(), EngineError> {
+        let bad = |reason: String| EngineError::Checkpoint { path: source.into(), reason };
+        let ids: HashMap<String, ParamId> = param_paths(module).into_iter().collect();
+        let sizes = param_sizes(module);
+        let device = module_device(module);
+        let adam = matches!(self.config.optimizer, OptimizerConfig::AdamW { .. });
+        let mut states = HashMap::new();
+        let mut used = 0;
+        for (path, id) in &ids {
+            let get = |suffix: &str| state.0.get(&format!("{path}{suffix}"));
+            let tensor = |(shape, v): &(Vec<usize>, Vec<f32>)| -> Result<Tensor<1>, EngineError> {
+                if v.len() != sizes[path] {
+                    return Err(bad(format!(
+                        "optimizer state of {path:?} has {} values, the parameter {}",
+                        v.len(),
+                        sizes[path]
+                    )));
+                }
+                let _ = shape;
+                Ok(Tensor::from_data(
+                    TensorData::new(v.clone(), [v.len()]),
+                    device.as_ref().expect("a module with parameters has a device"),
+                ))
+            };
+            let entry = match (adam, get("#momentum"), get("#m"), get("#v"), get("#step")) {
+                (false, Some(b), None, None, None) => Some(State::Sgd { momentum: tensor(b)? }),
+                (true, None, Some(m), Some(v), Some(st)) => {
+                    Some(State::Adam { m: tensor(m)?, v: tensor(v)?, step: st.1[0] as i32 })
+                }
+                (_, None, None, None, None) => None,
+                _ => {
+                    return Err(bad(format!(
+                        "the optimizer state of {path:?} is not this optimizer's ({})",
+                        if adam { "adamw" } else { "sgd" }
+                    )));
+                }
+            };
+            if let Some(e) = entry {
+                used += match e {
+                    State::Sgd { .. } => 1,
+                    State::Adam { .. } => 3,
+                };
+                states.insert(*id, e);
+            }
+        }
+        if used != state.0.len() {
+            let extra = state
+                .0
+                .keys()
+                .find(|k| !ids.contains_key(k.split('#').next().unwrap_or("")))
+                .cloned()
+                .unwrap_or_default();
+            return Err(bad(format!("optimizer state {extra:?} belongs to no parameter of the module")));
+        }
+        self.states = states;
+        self.steps = steps;
+        self.pending = None;
+        Ok(())
+    }
+
     /// Adds the gradients of `loss x weight` to the pending group ([`Trainer::step_accumulated`]
     /// steps with their sum): gradient accumulation, a batch's `weight` being its share of the
     /// group's images.
@@ -308,6 +403,58 @@ impl PathTracker {
     pub(crate) fn path(&self) -> String {
         self.components().join(".")
     }
+}
+
+/// `(path, id)` of every float parameter of `module`, in visiting order.
+fn param_paths<M: Module>(module: &M) -> Vec<(String, ParamId)> {
+    struct V(PathTracker, Vec<(String, ParamId)>);
+    impl ModuleVisitor for V {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.0.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.0.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.1.push((self.0.path(), param.id));
+        }
+    }
+    let mut v = V(PathTracker::default(), Vec::new());
+    module.visit(&mut v);
+    v.1
+}
+
+fn param_sizes<M: Module>(module: &M) -> HashMap<String, usize> {
+    struct V(PathTracker, HashMap<String, usize>);
+    impl ModuleVisitor for V {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.0.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.0.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.1.insert(self.0.path(), param.val().shape().num_elements());
+        }
+    }
+    let mut v = V(PathTracker::default(), HashMap::new());
+    module.visit(&mut v);
+    v.1
+}
+
+/// The device of a module's first parameter (its optimizer state lives on the inner device).
+fn module_device<M: Module>(module: &M) -> Option<burn::tensor::Device> {
+    struct V(Option<burn::tensor::Device>);
+    impl ModuleVisitor for V {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.0.is_none() {
+                self.0 = Some(param.val().inner().device());
+            }
+        }
+    }
+    let mut v = V(None);
+    module.visit(&mut v);
+    v.0
 }
 
 fn rule_for<'a>(rules: &'a [ParamRule], path: &str) -> Option<&'a ParamRule> {

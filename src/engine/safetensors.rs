@@ -32,6 +32,25 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Entry>, EngineError> {
     parse(path, &bytes)
 }
 
+/// A file's tensors by name and its `__metadata__` strings.
+pub type WithMetadata = (BTreeMap<String, Entry>, BTreeMap<String, String>);
+
+/// Every tensor of a safetensors file and its `__metadata__` strings.
+pub fn read_with_metadata(path: &Path) -> Result<WithMetadata, EngineError> {
+    let bytes = std::fs::read(path).map_err(|source| EngineError::Io { path: path.to_path_buf(), source })?;
+    let tensors = parse(path, &bytes)?;
+    // parse checked the header's length and JSON.
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| ck(path, e.to_string()))?;
+    let meta = match header.get("__metadata__") {
+        Some(m) => serde_json::from_value(m.clone())
+            .map_err(|e| ck(path, format!("__metadata__ is not a map of strings: {e}")))?,
+        None => BTreeMap::new(),
+    };
+    Ok((tensors, meta))
+}
+
 fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Entry>, EngineError> {
     if bytes.len() < 8 {
         return Err(ck(path, "not a safetensors file (shorter than its 8-byte header length)"));
