@@ -11,22 +11,12 @@
 //! malloc thresholds, see `engine::tune_allocator`). Without a working PyTorch the
 //! distillery columns are still printed, with the reason.
 
-use std::process::Command;
-
 mod common;
 
 use burn::tensor::Device;
 use distillery::engine::{Arch, ModelConfig, Stem};
 
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
+use common::{env_usize, median};
 
 fn models() -> Vec<(&'static str, Arch)> {
     vec![
@@ -50,19 +40,8 @@ fn bench_torch(
 ) -> Result<serde_json::Value, String> {
     let python = std::env::var("DISTILLERY_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/engine_torch.py");
-    let out = Command::new(&python)
-        .args([script, &threads.to_string(), &warmup.to_string(), &iters.to_string(), model])
-        .output()
-        .map_err(|e| {
-            format!("cannot run {python}: {e} (set DISTILLERY_TORCH_PYTHON to a python with torch)")
-        })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("{python} {script} failed: {}", err.lines().last().unwrap_or("")));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or(""))
-        .map_err(|e| format!("bad output from {script}: {e}"))
+    let args = [threads.to_string(), warmup.to_string(), iters.to_string(), model.to_string()];
+    common::torch_json(&python, script, &args)
 }
 
 fn main() {

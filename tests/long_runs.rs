@@ -1,43 +1,16 @@
 //! Long runs (issue 15) end to end on the built-in digits: a node with `val:` keeps its final
 //! and its best-on-validation weights, and `evaluate` and reports choose between them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod e2e_support;
 
+use std::path::Path;
+use std::process::Command;
+
+use e2e_support::{cli, entry, text};
 use serde_json::Value;
 
-fn cli(args: &[&str], spec: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distillery"))
-        .args(args)
-        .arg(spec)
-        .env_remove("MLFLOW_TRACKING_URI")
-        .output()
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn write(dir: &Path, body: &str) -> PathBuf {
-    let p = dir.join("l.yaml");
-    std::fs::write(&p, body).unwrap();
-    p
-}
-
-/// The store entry of node `node`: its folder and its manifest.
-fn entry(dir: &Path, node: &str) -> (PathBuf, Value) {
-    for shard in std::fs::read_dir(dir.join(".distillery/objects")).unwrap() {
-        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let p = e.unwrap().path();
-            let m: Value =
-                serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap()).unwrap();
-            if m["node"] == node {
-                return (p, m);
-            }
-        }
-    }
-    panic!("no entry for {node}")
+fn write(dir: &Path, body: &str) -> std::path::PathBuf {
+    e2e_support::write(dir, "l.yaml", body)
 }
 
 const BEST: &str = r#"

@@ -3,46 +3,15 @@
 //! accumulation and the weight EMA through a real run, and costs that count the loss heads and
 //! the teacher pass.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod e2e_support;
 
+use std::path::Path;
+
+use e2e_support::{cli, entry, json, text};
 use serde_json::Value;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_distillery"))
-}
-
-fn cli(args: &[&str], spec: &Path) -> Output {
-    bin().args(args).arg(spec).env_remove("MLFLOW_TRACKING_URI").output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn write(dir: &Path, body: &str) -> PathBuf {
-    let p = dir.join("r.yaml");
-    std::fs::write(&p, body).unwrap();
-    p
-}
-
-/// Every store entry of node `node`: its folder and its manifest.
-fn entry(dir: &Path, node: &str) -> (PathBuf, Value) {
-    for shard in std::fs::read_dir(dir.join(".distillery/objects")).unwrap() {
-        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let p = e.unwrap().path();
-            let m: Value =
-                serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap()).unwrap();
-            if m["node"] == node {
-                return (p, m);
-            }
-        }
-    }
-    panic!("no entry for {node}")
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+fn write(dir: &Path, body: &str) -> std::path::PathBuf {
+    e2e_support::write(dir, "r.yaml", body)
 }
 
 fn first_epoch_loss(entry: &Path) -> f64 {

@@ -22,6 +22,7 @@ ema: AdamW (lr 1e-2, weight decay 0.01), one step per batch of 5 images, 3 epoch
   `ema.step<i>.<name>` (i = 1..6), batch-norm running statistics included.
 """
 import os
+import sys
 
 import torch
 import torch.nn as nn
@@ -29,29 +30,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "export"))
+from load import Cnn  # noqa: E402  (the exported loader's Cnn: one definition)
+
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "engine")
 torch.manual_seed(11)
 # Binds on steps 2 and 4 only (norms 2.18, 3.70, 1.18, 2.95), so a wrong weighting shows either way.
 CLIP = 2.5
 torch.use_deterministic_algorithms(True)
-
-
-class Cnn(nn.Module):
-    """tools/fixtures_engine.py's Cnn."""
-
-    def __init__(self, cin, channels, classes):
-        super().__init__()
-        cs = [cin] + channels
-        self.convs = nn.ModuleList([nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in zip(cs, cs[1:])])
-        self.bns = nn.ModuleList([nn.BatchNorm2d(b) for b in channels])
-        self.head = nn.Linear(cs[-1], classes)
-
-    def forward(self, x):
-        for c, b in zip(self.convs, self.bns):
-            x = F.relu(b(c(x)))
-            if x.shape[2] >= 2 and x.shape[3] >= 2:
-                x = F.max_pool2d(x, 2, 2)
-        return self.head(x.mean((2, 3)))
 
 
 def model():

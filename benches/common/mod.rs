@@ -42,18 +42,11 @@ pub fn train_and_infer_seconds(
 ) -> (Vec<f64>, Vec<f64>) {
     use burn::module::Module;
     use burn::tensor::{Distribution, Int, Tensor};
-    use distillery::engine::{OptimizerConfig, Trainer, TrainerConfig, cross_entropy};
+    use distillery::engine::cross_entropy;
     use std::time::Instant;
     let ad = device.clone().autodiff();
     let mut model = cfg.init(&ad).unwrap();
-    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd {
-        lr: 0.01,
-        momentum: 0.9,
-        nesterov: false,
-        weight_decay: 5e-4,
-    });
-    tc.epochs = 1;
-    let mut trainer = Trainer::new(tc).unwrap();
+    let mut trainer = sgd_trainer();
     let (c, px, classes) = (cfg.in_channels, cfg.image_size, cfg.num_classes);
     let x = Tensor::<4>::random([batch, c, px, px], Distribution::Normal(0.0, 1.0), &ad);
     let y = Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, classes as f64), &ad);
@@ -82,4 +75,47 @@ pub fn train_and_infer_seconds(
         }
     }
     (train, infer)
+}
+
+/// The benches' optimizer: SGD, lr 0.01, momentum 0.9, weight decay 5e-4, one epoch.
+#[allow(dead_code)]
+pub fn sgd_trainer() -> distillery::engine::Trainer {
+    use distillery::engine::{OptimizerConfig, Trainer, TrainerConfig};
+    let mut tc = TrainerConfig::new(OptimizerConfig::Sgd {
+        lr: 0.01,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 5e-4,
+    });
+    tc.epochs = 1;
+    Trainer::new(tc).unwrap()
+}
+
+/// Runs `python script args...` and reads the JSON of its last stdout line; the reason when
+/// there is no such Python or the script fails.
+#[allow(dead_code)]
+pub fn torch_json(python: &str, script: &str, args: &[String]) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new(python).arg(script).args(args).output().map_err(|e| {
+        format!("cannot run {python}: {e} (set DISTILLERY_TORCH_PYTHON to a python with torch)")
+    })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("{python} {script} failed: {}", err.lines().last().unwrap_or("")));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or(""))
+        .map_err(|e| format!("bad output from {script}: {e}"))
+}
+
+/// A `usize` from the environment, or `default`.
+#[allow(dead_code)]
+pub fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[allow(dead_code)]
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }

@@ -174,18 +174,25 @@ impl Loader {
     /// one of its rayon tasks) ends the epoch with `Err` carrying the panic's message, never with
     /// a silently short epoch.
     pub fn epoch(&self, epoch: u64) -> Epoch {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on (a run resumed mid-epoch): the same batches
+    /// [`Loader::epoch`] yields there, the ones before never built.
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> Epoch {
         let (tx, rx) = sync_channel(self.cfg.prefetch.max(1));
         let loader = self.clone();
         let n = self.n_batches();
+        let first = first.min(n);
         let handle = std::thread::spawn(move || {
             let order = loader.order(epoch);
-            for b in 0..n {
+            for b in first..n {
                 if tx.send(loader.batch_from_order(&order, epoch, b)).is_err() {
                     break; // the consumer stopped early
                 }
             }
         });
-        Epoch { rx: Some(rx), handle: Some(handle), remaining: n }
+        Epoch { rx: Some(rx), handle: Some(handle), remaining: n - first }
     }
 }
 
@@ -263,6 +270,20 @@ mod tests {
         let l = Loader::new(tiny(10), LoaderConfig::eval(3, TransformConfig::eval())).unwrap();
         let got: Vec<Batch> = l.epoch(0).collect::<Result<_, _>>().unwrap();
         assert_eq!(got.iter().map(|b| b.labels.len()).collect::<Vec<_>>(), [3, 3, 3, 1]);
+    }
+
+    /// A resumed epoch yields the same batches from where it stopped (shuffled, augmented).
+    #[test]
+    fn an_epoch_from_a_batch_on_is_the_rest_of_the_epoch() {
+        let t = TransformConfig { hflip: true, ..TransformConfig::eval() };
+        let l = Loader::new(tiny(10), LoaderConfig::train(3, false, 5, t)).unwrap();
+        let all: Vec<Batch> = l.epoch(2).collect::<Result<_, _>>().unwrap();
+        let rest: Vec<Batch> = l.epoch_from(2, 2).collect::<Result<_, _>>().unwrap();
+        assert_eq!(rest.len(), all.len() - 2);
+        for (a, b) in all[2..].iter().zip(&rest) {
+            assert!(a.indices == b.indices && a.images == b.images && a.labels == b.labels);
+        }
+        assert_eq!(l.epoch_from(2, 99).count(), 0);
     }
 
     /// Regression: a panic while building a batch (seen with an absurd `resize`) ended the epoch

@@ -10,12 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::engine::error::EngineError;
 use crate::engine::models::{ArchKind, Model, ModelConfig};
-use crate::engine::optim::PathTracker;
+use crate::engine::optim::{PathTracker, float_params};
 use crate::engine::safetensors::{self, Data, Entry};
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -64,42 +64,15 @@ pub(crate) fn torch_name(kind: ArchKind, comps: &[&str]) -> String {
     c.join(".")
 }
 
-struct Collect {
-    kind: ArchKind,
-    path: PathTracker,
-    head: String,
-    out: Vec<(String, String, Vec<usize>, Option<Vec<f32>>)>,
-    with_data: bool,
-}
-
-impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let t = param.val();
-        let shape = t.dims().to_vec();
-        let data = self.with_data.then(|| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap());
-        let comps = self.path.components();
-        let name = torch_name(self.kind, &comps);
-        self.out.push((self.path.path(), name, shape, data));
-    }
-}
-
 fn collect(model: &Model, with_data: bool) -> Vec<(String, String, Vec<usize>, Option<Vec<f32>>)> {
-    let mut c = Collect {
-        kind: model.kind(),
-        path: PathTracker::default(),
-        head: model.head_path().to_string(),
-        out: Vec::new(),
-        with_data,
-    };
-    model.visit(&mut c);
-    let _ = &c.head;
-    c.out
+    let kind = model.kind();
+    float_params(model, with_data)
+        .into_iter()
+        .map(|p| {
+            let comps: Vec<&str> = p.components.iter().map(String::as_str).collect();
+            (p.path, torch_name(kind, &comps), p.shape, p.values)
+        })
+        .collect()
 }
 
 /// `(torchvision name, shape)` of every tensor a checkpoint of `model` holds (buffers too,

@@ -53,6 +53,11 @@ impl<M: Module + Clone> Ema<M> {
     pub fn updates(&self) -> u64 {
         self.updates
     }
+
+    /// An average taken up to `updates` steps, as a checkpoint kept it.
+    pub fn resumed(decay: f64, average: Option<M>, updates: u64) -> Self {
+        Ema { decay, average, updates }
+    }
 }
 
 struct Gather(Vec<Tensor<1>>);

@@ -263,3 +263,88 @@ pub fn freeze_batch_norm<M: Module>(module: M) -> M {
     }
     module.map(&mut Off)
 }
+
+thread_local! {
+    /// The dropout stream of this thread: `(seed, masks drawn)`; see [`seed_dropout`].
+    static DROPOUT: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Seeds this thread's dropout masks. The training loop calls it before each batch with a seed
+/// of the node's seed and the batch's position, so a batch's masks depend on nothing else:
+/// not on other nodes training on other threads (burn's generator is one per process), and
+/// not on where a resumed run started.
+pub fn seed_dropout(seed: u64) {
+    DROPOUT.with(|d| d.set((seed, 0)));
+}
+
+/// `nn.Dropout` in training (a kept element scaled by `1 / (1 - p)`), with masks from this
+/// thread's stream ([`seed_dropout`]); the identity in evaluation, as burn's `Dropout`: when
+/// the layer is frozen, the device has no autodiff, or `p` is 0.
+pub fn dropout<const D: usize>(layer: &burn::nn::Dropout, x: Tensor<D>) -> Tensor<D> {
+    if !layer.training.is_enabled() || !x.device().is_autodiff() || layer.prob == 0.0 {
+        return x;
+    }
+    let (seed, n) = DROPOUT.with(|d| {
+        let (s, n) = d.get();
+        d.set((s, n + 1));
+        (s, n)
+    });
+    let keep = 1.0 - layer.prob;
+    let scale = (1.0 / keep) as f32;
+    let dims = x.dims();
+    let count: usize = dims.iter().product();
+    // A keyed hash per element (SplitMix64's finaliser): uniform in [0, 1) with 53 bits.
+    let stream = seed ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mask: Vec<f32> = (0..count as u64)
+        .map(|i| {
+            let mut z = stream.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            if ((z >> 11) as f64 / (1u64 << 53) as f64) < keep { scale } else { 0.0 }
+        })
+        .collect();
+    let device = x.device();
+    x * Tensor::<D>::from_data(burn::tensor::TensorData::new(mask, dims), &device)
+}
+
+#[cfg(test)]
+mod dropout_tests {
+    use burn::nn::DropoutConfig;
+    use burn::tensor::{Device, Tensor};
+
+    use super::*;
+
+    fn draw(seed: u64) -> Vec<f32> {
+        let device = Device::default().autodiff();
+        seed_dropout(seed);
+        let x = Tensor::<2>::ones([64, 250], &device);
+        dropout(&DropoutConfig::new(0.2).init(), x).into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    /// Masks are a function of the seed and the draw's rank: the same seed draws the same mask,
+    /// another seed another; about p of the elements are dropped, the rest scaled by 1/(1-p).
+    #[test]
+    fn masks_follow_the_seed_and_keep_one_minus_p() {
+        let (a, b, c) = (draw(7), draw(7), draw(8));
+        assert!(a == b, "same seed, same mask");
+        assert!(a != c, "another seed, another mask");
+        let dropped = a.iter().filter(|v| **v == 0.0).count() as f64 / a.len() as f64;
+        assert!((dropped - 0.2).abs() < 0.02, "dropped {dropped}");
+        assert!(a.iter().all(|v| *v == 0.0 || (*v - 1.25).abs() < 1e-6));
+        // The second mask of a stream differs from the first.
+        let device = Device::default().autodiff();
+        seed_dropout(7);
+        let layer = DropoutConfig::new(0.2).init();
+        let first =
+            dropout(&layer, Tensor::<2>::ones([64, 250], &device)).into_data().try_to_vec::<f32>().unwrap();
+        let second =
+            dropout(&layer, Tensor::<2>::ones([64, 250], &device)).into_data().try_to_vec::<f32>().unwrap();
+        assert!(first == a && second != first);
+        // Evaluation (no autodiff): the identity.
+        let plain = Device::default();
+        let x = Tensor::<2>::ones([4, 4], &plain);
+        let y = dropout(&layer, x).into_data().try_to_vec::<f32>().unwrap();
+        assert!(y.iter().all(|v| *v == 1.0));
+    }
+}

@@ -29,7 +29,7 @@ pub use models::{Arch, Model, ModelConfig, Stem, VitPreset};
 pub use optim::{OptimizerConfig, ParamRule, StepInfo, Trainer, TrainerConfig};
 pub use schedule::{Anneal, ScheduleConfig, StepEvery, lr_at, lr_at_epoch, momentum_at};
 
-pub use layers::freeze_batch_norm;
+pub use layers::{freeze_batch_norm, seed_dropout};
 
 #[cfg(test)]
 mod engine_tests;

@@ -405,9 +405,21 @@ impl PathTracker {
     }
 }
 
-/// `(path, id)` of every float parameter of `module`, in visiting order.
-fn param_paths<M: Module>(module: &M) -> Vec<(String, ParamId)> {
-    struct V(PathTracker, Vec<(String, ParamId)>);
+/// A float tensor of a module (a parameter or a running statistic), as [`float_params`] lists it.
+pub(crate) struct FloatParam {
+    /// Field names and indices joined by `.`, enum variants left out.
+    pub path: String,
+    /// The path's components (for torchvision names).
+    pub components: Vec<String>,
+    pub id: ParamId,
+    pub shape: Vec<usize>,
+    /// The values as f32, when asked for.
+    pub values: Option<Vec<f32>>,
+}
+
+/// Every float tensor of `module`, in visiting order (with their values if `with_values`).
+pub(crate) fn float_params<M: Module>(module: &M, with_values: bool) -> Vec<FloatParam> {
+    struct V(PathTracker, bool, Vec<FloatParam>);
     impl ModuleVisitor for V {
         fn enter_module(&mut self, name: &str, container_type: &str) {
             self.0.enter(name, container_type);
@@ -416,30 +428,26 @@ fn param_paths<M: Module>(module: &M) -> Vec<(String, ParamId)> {
             self.0.exit();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.1.push((self.0.path(), param.id));
+            let t = param.val();
+            let shape = t.dims().to_vec();
+            let values =
+                self.1.then(|| t.into_data().convert::<f32>().try_to_vec::<f32>().expect("float data"));
+            let components = self.0.components().into_iter().map(String::from).collect();
+            self.2.push(FloatParam { path: self.0.path(), components, id: param.id, shape, values });
         }
     }
-    let mut v = V(PathTracker::default(), Vec::new());
+    let mut v = V(PathTracker::default(), with_values, Vec::new());
     module.visit(&mut v);
-    v.1
+    v.2
+}
+
+/// `(path, id)` of every float parameter of `module`, in visiting order.
+fn param_paths<M: Module>(module: &M) -> Vec<(String, ParamId)> {
+    float_params(module, false).into_iter().map(|p| (p.path, p.id)).collect()
 }
 
 fn param_sizes<M: Module>(module: &M) -> HashMap<String, usize> {
-    struct V(PathTracker, HashMap<String, usize>);
-    impl ModuleVisitor for V {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.0.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.0.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.1.insert(self.0.path(), param.val().shape().num_elements());
-        }
-    }
-    let mut v = V(PathTracker::default(), HashMap::new());
-    module.visit(&mut v);
-    v.1
+    float_params(module, false).into_iter().map(|p| (p.path, p.shape.iter().product())).collect()
 }
 
 /// The device of a module's first parameter (its optimizer state lives on the inner device).

@@ -11,11 +11,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::engine::error::EngineError;
-use crate::engine::optim::PathTracker;
+use crate::engine::optim::{PathTracker, float_params};
 use crate::engine::safetensors::{self, Data, Entry};
 
 /// Float tensors by path: `(shape, values)`.
@@ -24,62 +24,24 @@ pub struct Tensors(pub BTreeMap<String, (Vec<usize>, Vec<f32>)>);
 
 /// Every float tensor of `module` (values as f32), by path.
 pub fn tensors_of<M: Module>(module: &M) -> Tensors {
-    struct Collect {
-        path: PathTracker,
-        out: Tensors,
-    }
-    impl ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let t = param.val();
-            let shape = t.dims().to_vec();
-            let values = t.into_data().convert::<f32>().try_to_vec::<f32>().expect("float tensor data");
-            self.out.0.insert(self.path.path(), (shape, values));
-        }
-    }
-    let mut c = Collect { path: PathTracker::default(), out: Tensors::default() };
     // `valid()` first: it folds running statistics' pending per-thread updates into their values
     // (a plain visit reads them one update behind), as the next training step would.
-    module.valid().visit(&mut c);
-    c.out
+    Tensors(
+        float_params(&module.valid(), true)
+            .into_iter()
+            .map(|p| (p.path, (p.shape, p.values.expect("asked for values"))))
+            .collect(),
+    )
 }
 
 /// `module` with every float tensor replaced by the one of `tensors` at its path (dtype, device,
 /// parameter id and `require_grad` kept). Every tensor of the module must be there with its
 /// shape, and nothing else: else an error naming the first tensor at fault, and nothing changed.
+///
+/// Running statistics are buffers shared between a module and its clones, and are replaced in
+/// place: pass a module of its own (`valid()` makes one), not a clone of one still in use.
 pub fn with_tensors<M: Module>(module: M, tensors: &Tensors, source: &Path) -> Result<M, EngineError> {
-    let expected = tensors_shapes(&module);
-    for (path, shape) in &expected {
-        match tensors.0.get(path) {
-            None => {
-                return Err(EngineError::MissingTensor {
-                    path: source.into(),
-                    name: path.clone(),
-                    expected: shape.clone(),
-                });
-            }
-            Some((s, _)) if s != shape => {
-                return Err(EngineError::ShapeMismatch {
-                    path: source.into(),
-                    name: path.clone(),
-                    expected: shape.clone(),
-                    found: s.clone(),
-                });
-            }
-            Some(_) => {}
-        }
-    }
-    if let Some(extra) = tensors.0.keys().find(|k| !expected.contains_key(*k)) {
-        return Err(EngineError::Checkpoint {
-            path: source.into(),
-            reason: format!("tensor {extra:?} is not part of the module (a state of another model?)"),
-        });
-    }
+    check_tensors(&module, tensors, source)?;
     struct Apply<'a> {
         path: PathTracker,
         tensors: &'a Tensors,
@@ -106,25 +68,41 @@ pub fn with_tensors<M: Module>(module: M, tensors: &Tensors, source: &Path) -> R
     Ok(module.map(&mut Apply { path: PathTracker::default(), tensors }))
 }
 
+/// Whether [`with_tensors`] would take `tensors` for `module` (the same error if not), changing
+/// nothing.
+pub fn check_tensors<M: Module>(module: &M, tensors: &Tensors, source: &Path) -> Result<(), EngineError> {
+    let expected = tensors_shapes(module);
+    for (path, shape) in &expected {
+        match tensors.0.get(path) {
+            None => {
+                return Err(EngineError::MissingTensor {
+                    path: source.into(),
+                    name: path.clone(),
+                    expected: shape.clone(),
+                });
+            }
+            Some((s, _)) if s != shape => {
+                return Err(EngineError::ShapeMismatch {
+                    path: source.into(),
+                    name: path.clone(),
+                    expected: shape.clone(),
+                    found: s.clone(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = tensors.0.keys().find(|k| !expected.contains_key(*k)) {
+        return Err(EngineError::Checkpoint {
+            path: source.into(),
+            reason: format!("tensor {extra:?} is not part of the module (a state of another model?)"),
+        });
+    }
+    Ok(())
+}
+
 fn tensors_shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
-    struct Shapes {
-        path: PathTracker,
-        out: BTreeMap<String, Vec<usize>>,
-    }
-    impl ModuleVisitor for Shapes {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.out.insert(self.path.path(), param.val().dims().to_vec());
-        }
-    }
-    let mut s = Shapes { path: PathTracker::default(), out: BTreeMap::new() };
-    module.visit(&mut s);
-    s.out
+    float_params(module, false).into_iter().map(|p| (p.path, p.shape)).collect()
 }
 
 /// A state file: named sections of tensors and string metadata, written atomically (a

@@ -25,6 +25,17 @@ use super::heads::{Projector, ProjectorKind};
 pub trait NegativeSampler: Send + std::fmt::Debug {
     /// For each positive index, `k` negative indices in `0..n_data`.
     fn sample(&mut self, positives: &[usize], k: usize, n_data: usize) -> Vec<Vec<usize>>;
+
+    /// The sampler's position in its stream, for a checkpoint (`None`: it cannot be resumed,
+    /// and a run with it keeps no checkpoint).
+    fn state(&self) -> Option<u64> {
+        None
+    }
+
+    /// Continues from a position [`NegativeSampler::state`] returned.
+    fn set_state(&mut self, state: u64) {
+        let _ = state;
+    }
 }
 
 /// The default sampler: SplitMix64 seeded from the spec, uniform over the other indices.
@@ -59,6 +70,14 @@ impl UniformNegatives {
 }
 
 impl NegativeSampler for UniformNegatives {
+    fn state(&self) -> Option<u64> {
+        Some(self.state)
+    }
+
+    fn set_state(&mut self, state: u64) {
+        self.state = state;
+    }
+
     fn sample(&mut self, positives: &[usize], k: usize, n_data: usize) -> Vec<Vec<usize>> {
         positives
             .iter()

@@ -210,6 +210,35 @@ fn out_dim(net: &Sequential) -> usize {
 }
 
 impl DistillLosses {
+    /// Each CRD head's negative-sampler position, in loss order (for a checkpoint); `None` when
+    /// one of them cannot say (a test's sampler).
+    pub fn sampler_states(&self) -> Option<Vec<u64>> {
+        let mut out = Vec::new();
+        for e in &self.entries {
+            if let LossHead::Crd(c) = &e.head {
+                out.push(c.sampler.0.lock().unwrap_or_else(|p| p.into_inner()).state()?);
+            }
+        }
+        Some(out)
+    }
+
+    /// Continues each CRD head's sampler from `states` ([`DistillLosses::sampler_states`]);
+    /// false (nothing changed) when their number is not the heads'.
+    pub fn set_sampler_states(&self, states: &[u64]) -> bool {
+        let heads: Vec<&Crd> = self
+            .entries
+            .iter()
+            .filter_map(|e| if let LossHead::Crd(c) = &e.head { Some(c) } else { None })
+            .collect();
+        if heads.len() != states.len() {
+            return false;
+        }
+        for (c, s) in heads.iter().zip(states) {
+            c.sampler.0.lock().unwrap_or_else(|p| p.into_inner()).set_state(*s);
+        }
+        true
+    }
+
     /// Forward FLOPs per training image of the losses beyond the two models: every linear layer
     /// of the heads (projectors, connectors, regressors, SRRL's pass through the teacher's
     /// classifier), CRD's products with `nce_k + 1` memory-bank rows in both directions, and

@@ -8,6 +8,7 @@
 //! it to the store. A non-finite loss stops the node with an error naming the loss term and the
 //! step, before any optimizer update or file of that step is written.
 
+mod checkpoint;
 mod report;
 mod train;
 
@@ -46,6 +47,15 @@ impl NodeRunner for Runner {
             Work::TeacherOutputs(w) => train::teacher_outputs(self, task, w),
             Work::Evaluate(e) => evaluate(self, task, e),
             Work::Report(r) => report::run(self, task, r),
+        }
+    }
+
+    fn resuming(&self, job: &crate::job::Job, checkpoint: &Path) -> Option<String> {
+        match &job.work {
+            Work::Train(_) | Work::Distill(_) => {
+                checkpoint::read(checkpoint, &job.key).ok().flatten().map(|s| s.progress.place())
+            }
+            _ => None,
         }
     }
 }
@@ -275,6 +285,10 @@ fn evaluate(runner: &Runner, task: &Task<'_>, e: &crate::job::EvaluateWork) -> R
         metrics["weights"] = json!("best");
         let trained = task.entry("model").map(|en| &en.manifest.metrics);
         metrics["best_epoch"] = trained.and_then(|m| m.get("best_epoch").cloned()).unwrap_or(Value::Null);
+    }
+    // What the evaluated model cost (a report row may be this node).
+    if let Some(c) = task.entry("model").and_then(|en| en.manifest.metrics.get("cost")) {
+        metrics["cost"] = c.clone();
     }
     write_json(&task.out_dir.join("metrics.json"), &metrics)?;
     Ok(NodeOutput { metrics })

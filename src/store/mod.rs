@@ -188,6 +188,23 @@ impl Store {
         &self.root
     }
 
+    /// Where the running job of `key` keeps its checkpoint: `checkpoints/<key>.safetensors`,
+    /// outside every entry (a checkpoint is progress, never a result). The folder is made here.
+    pub fn checkpoint_path(&self, key: &CacheKey) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("checkpoints");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(dir.join(format!("{}.safetensors", key.hex())))
+    }
+
+    /// Removes the checkpoint of `key`, if there is one.
+    pub fn remove_checkpoint(&self, key: &CacheKey) -> Result<(), StoreError> {
+        let p = self.checkpoint_path(key)?;
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&p)(e)),
+            _ => Ok(()),
+        }
+    }
+
     fn entry_dir(&self, key: &CacheKey) -> PathBuf {
         let hex = key.hex();
         self.root.join("objects").join(&hex[..2]).join(hex)
@@ -286,6 +303,21 @@ impl Store {
                 bytes += files.iter().filter_map(|(_, p)| p.metadata().ok()).map(|m| m.len()).sum::<u64>();
                 fs::remove_dir_all(&e).map_err(io_err(&e))?;
                 n += 1;
+            }
+        }
+        // Checkpoints of keys no experiment references any more (a live key's is kept: its
+        // node resumes from it).
+        let checkpoints = self.root.join("checkpoints");
+        if checkpoints.is_dir() {
+            for e in fs::read_dir(&checkpoints).map_err(io_err(&checkpoints))? {
+                let p = e.map_err(io_err(&checkpoints))?.path();
+                let name = p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let key = name.split('.').next().unwrap_or_default();
+                if !live_hex.contains(key) {
+                    bytes += p.metadata().map(|m| m.len()).unwrap_or(0);
+                    fs::remove_file(&p).map_err(io_err(&p))?;
+                    n += 1;
+                }
             }
         }
         // Interrupted writes of any age are garbage too.
@@ -507,9 +539,18 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         put(&s, &key(3), "a");
         put(&s, &key(4), "b");
+        // A checkpoint of a live key stays (its node resumes from it), another key's goes.
+        fs::write(s.checkpoint_path(&key(3)).unwrap(), "live").unwrap();
+        fs::write(s.checkpoint_path(&key(5)).unwrap(), "stale").unwrap();
         let (n, _) = s.gc(&HashSet::from([key(3)])).unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(n, 2);
         assert!(s.contains(&key(3)) && !s.contains(&key(4)));
+        assert!(
+            s.checkpoint_path(&key(3)).unwrap().is_file() && !s.checkpoint_path(&key(5)).unwrap().exists()
+        );
+        s.remove_checkpoint(&key(3)).unwrap();
+        s.remove_checkpoint(&key(3)).unwrap();
+        assert!(!s.checkpoint_path(&key(3)).unwrap().exists(), "removed, and removing none is fine");
     }
 
     #[test]

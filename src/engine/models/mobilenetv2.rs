@@ -132,7 +132,7 @@ impl MobileNetV2 {
     }
 
     pub fn logits_from_features(&self, f: Tensor<2>) -> Tensor<2> {
-        self.classifier.linear.forward(self.classifier.dropout.forward(f))
+        self.classifier.linear.forward(crate::engine::layers::dropout(&self.classifier.dropout, f))
     }
 
     pub fn feature_dim(&self) -> usize {
