@@ -115,6 +115,19 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
         format: GraphFormat,
     },
+    /// Render every report of an experiment from the store, running nothing: a row whose node
+    /// has not run is shown as missing.
+    Report {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
+        /// Write each report to DIR/<report>.<ext> instead of printing it.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The artifact store (default: .distillery beside the experiment file).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
     /// Print the JSON Schema of experiment files (for editor completion and checks).
     Schema,
     /// Say what this binary and machine have: the build's features, the CPU's vector level, and
@@ -166,6 +179,28 @@ pub enum Command {
 pub enum ExportWeights {
     Final,
     Best,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Csv,
+    Latex,
+    Json,
+    Html,
+}
+
+impl ReportFormat {
+    fn format(self) -> crate::report::Format {
+        use crate::report::Format as F;
+        match self {
+            ReportFormat::Md => F::Md,
+            ReportFormat::Csv => F::Csv,
+            ReportFormat::Latex => F::Latex,
+            ReportFormat::Json => F::Json,
+            ReportFormat::Html => F::Html,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -415,6 +450,68 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                 return Err(Failure::Invalid("error: some records were not pushed; run sync again\n".into()));
             }
         }
+        Command::Report { file, format, out: dir, store } => {
+            let store_dir = store.unwrap_or_else(|| default_store(&file));
+            let (exp, g) = load_graph(&file, Some(&store_dir))?;
+            let st = Store::open_existing(&store_dir).ok();
+            if st.is_none() {
+                note!(
+                    "note: no store at {}: every row is missing (run the experiment first)",
+                    store_dir.display()
+                );
+            }
+            let tables = report_tables(&g, st.as_ref()).map_err(store_failure)?;
+            if tables.is_empty() {
+                note!("note: {} declares no report node", file.display());
+            }
+            let f = format.format();
+            for t in &tables {
+                if let Some(n) = &t.note {
+                    note!("note: {}: {n}", t.name);
+                }
+            }
+            let page = || experiment_page(&exp, &g, st.as_ref(), &store_dir, &tables);
+            match (dir, f) {
+                (Some(dir), f) => {
+                    std::fs::create_dir_all(&dir).map_err(|e| io_failure("cannot create", &dir, &e, ""))?;
+                    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+                    if f == crate::report::Format::Html {
+                        files.push((dir.join(format!("{}.html", file_stem(&exp.name))), page().into_bytes()));
+                    } else {
+                        for t in &tables {
+                            let stem = file_stem(&t.name);
+                            let text = crate::report::render(&t.table, f);
+                            files.push((dir.join(format!("{stem}.{}", f.extension())), text.into_bytes()));
+                            for (plot, p) in crate::report::plots(&t.work, &t.rows).unwrap_or_default() {
+                                files.push((dir.join(format!("{stem}.{plot}.svg")), p.svg.into_bytes()));
+                                files.push((dir.join(format!("{stem}.{plot}.png")), p.png));
+                            }
+                        }
+                    }
+                    for (path, bytes) in files {
+                        std::fs::write(&path, bytes)
+                            .map_err(|e| io_failure("cannot write", &path, &e, ""))?;
+                        writeln!(out, "{}", path.display())?;
+                    }
+                }
+                (None, crate::report::Format::Json) => {
+                    let all: Vec<serde_json::Value> = tables
+                        .iter()
+                        .map(|t| serde_json::json!({ "report": t.name, "ran": t.ran, "table": t.table }))
+                        .collect();
+                    writeln!(out, "{}", serde_json::to_string_pretty(&all).expect("json"))?;
+                }
+                (None, crate::report::Format::Html) => write!(out, "{}", page())?,
+                (None, f) => {
+                    for (i, t) in tables.iter().enumerate() {
+                        if i > 0 {
+                            writeln!(out)?;
+                        }
+                        write!(out, "{}", crate::report::render(&t.table, f))?;
+                    }
+                }
+            }
+        }
         Command::Schema => {
             let s = spec::json_schema();
             writeln!(out, "{}", serde_json::to_string_pretty(&s).expect("schema serialises"))?;
@@ -659,7 +756,8 @@ fn worker(file: &Path, store_dir: &Path, force: bool, out: &mut dyn Write) -> Re
     );
     let runner = crate::nodes::Runner::new(fingerprints);
     let terminal = exec::sinks::Terminal::new(std::time::Duration::from_secs(2));
-    let cancel = Cancel::default();
+    // Slurm pre-empts and ends a job at its time limit with SIGTERM: checkpoint, then stop.
+    let cancel = stop_on_signals();
     match exec::compute(&job, entries, &store, &runner, &terminal, &cancel, force) {
         Ok((entry, seconds)) => {
             let how = match seconds {
@@ -920,6 +1018,24 @@ pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
 
 /// Runs a loaded experiment: Ctrl-C stops it cleanly (a second Ctrl-C exits at once), every node
 /// is recorded as a run, and the report tables are printed at the end.
+/// A flag that Ctrl-C, SIGTERM and SIGHUP set: running training nodes keep a checkpoint at
+/// their next step's boundary and stop, nothing half-written committed. A second signal while
+/// stopping exits at once (the last checkpoint stays).
+fn stop_on_signals() -> Cancel {
+    let cancel = Cancel::default();
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if c.is_cancelled() {
+            std::process::exit(130);
+        }
+        note!(
+            "\n  interrupt: keeping a checkpoint of each training node and stopping; Ctrl-C again to exit now"
+        );
+        c.cancel();
+    });
+    cancel
+}
+
 fn run_experiment(
     exp: &Experiment,
     g: &Graph,
@@ -931,18 +1047,7 @@ fn run_experiment(
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     crate::engine::tune_allocator();
-    let cancel = Cancel::default();
-    {
-        let c = cancel.clone();
-        // A second Ctrl-C while stopping exits immediately (nothing half-written is ever committed).
-        let _ = ctrlc::set_handler(move || {
-            if c.is_cancelled() {
-                std::process::exit(130);
-            }
-            note!("\n  interrupt: finishing nothing half-way; Ctrl-C again to exit now");
-            c.cancel();
-        });
-    }
+    let cancel = stop_on_signals();
     let store = Store::open(store_dir).map_err(store_failure)?;
     let uri = track::resolve_tracking_uri(tracking);
     let tracker = track::Tracker::open(track::TrackerConfig::new(store_dir, uri)).map_err(track_failure)?;
@@ -986,6 +1091,13 @@ fn run_experiment(
                 "  tracking: not everything reached the server yet; `distillery sync --to URI` pushes the rest"
             );
         }
+        // Where to look, once: the invocation's page, its node runs nested under it.
+        let url = track::LocalStore::open_existing(store_dir)
+            .ok()
+            .and_then(|s| track::run_url(&s, &report.uri, &parent));
+        if let Some(url) = url {
+            note!("  tracking: {url}");
+        }
     }
     // Tables of the report nodes that finished.
     for (name, outcome) in &summary.outcomes {
@@ -993,7 +1105,7 @@ fn run_experiment(
         if !matches!(outcome, exec::Outcome::Done { .. } | exec::Outcome::Cached) {
             continue;
         }
-        if exp.node(name).is_some_and(|n| matches!(n.kind, spec::NodeKind::Report(_))) {
+        if g.job(ix).kind == "report" {
             if let Ok(crate::store::Lookup::Hit(e)) = store.get(g.key(ix)) {
                 if let Some(t) = e.manifest.metrics.get("table").and_then(|v| v.as_str()) {
                     writeln!(out, "\n{t}")?;
@@ -1179,4 +1291,153 @@ mod tests {
             StoreError::Io { path: PathBuf::from("/x"), source: io::Error::from(io::ErrorKind::InvalidData) };
         assert!(matches!(store_failure(e), Failure::Internal(_)));
     }
+}
+
+/// A report of the experiment as the store has it.
+struct ReportTable {
+    name: String,
+    work: crate::job::ReportWork,
+    rows: Vec<crate::report::RowData>,
+    /// Whether the report node's own result is stored (its rows' evaluation on `eval`).
+    ran: bool,
+    table: crate::report::Table,
+    /// What is missing, for people.
+    note: Option<String>,
+}
+
+/// Every report node's table, from the stored results: the report's own entry when it ran
+/// (its rows as it evaluated them), else each row instance's entry, or missing.
+fn report_tables(g: &Graph, store: Option<&Store>) -> Result<Vec<ReportTable>, StoreError> {
+    use crate::report::{self, Instance, RowData};
+    let hit = |ix| -> Result<Option<crate::store::Entry>, StoreError> {
+        match store {
+            Some(st) => Ok(match st.get(g.key(ix))? {
+                crate::store::Lookup::Hit(e) => Some(e),
+                _ => None,
+            }),
+            None => Ok(None),
+        }
+    };
+    let mut out = Vec::new();
+    for ix in g.node_order() {
+        let Some(job) = g.jobs.get(&ix) else { continue };
+        let crate::job::Work::Report(r) = &job.work else { continue };
+        let own = hit(ix)?;
+        let stored: Option<Vec<RowData>> = own
+            .as_ref()
+            .and_then(|e| std::fs::read(e.file(report::ROWS_FILE)).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let ran = stored.is_some();
+        let (rows, note) = match stored {
+            Some(rows) => (rows, None),
+            None => {
+                let mut missing = 0;
+                let mut rows = Vec::new();
+                for row in &r.rows {
+                    let mut instances = Vec::new();
+                    for i in report::row_inputs(&job.inputs, &row.role) {
+                        let crate::job::InputSource::Entry { dims, seed, model } = &i.source else {
+                            continue;
+                        };
+                        let metrics = match g.get(&i.name) {
+                            Some(t) => hit(t)?.map(|e| {
+                                let mut m = e.manifest.metrics;
+                                // A model's own metrics are not its evaluation on `eval`.
+                                if r.eval.is_some() && *model {
+                                    if let Some(o) = m.as_object_mut() {
+                                        for k in ["accuracy", "top5", "loss"] {
+                                            o.remove(k);
+                                        }
+                                    }
+                                }
+                                m
+                            }),
+                            None => None,
+                        };
+                        missing += usize::from(metrics.is_none());
+                        instances.push(Instance {
+                            name: i.name.clone(),
+                            key: i.key.clone(),
+                            dims: dims.clone(),
+                            seed: *seed,
+                            metrics,
+                        });
+                    }
+                    rows.push(RowData { label: row.label.clone(), instances });
+                }
+                let mut why = Vec::new();
+                if missing > 0 {
+                    why.push(format!("{missing} row instance(s) have no stored result"));
+                }
+                if let Some(e) = &r.eval {
+                    why.push(format!("the report has not run, so its rows are not evaluated on `{e}` yet"));
+                }
+                let note =
+                    (!why.is_empty()).then(|| format!("{} (`distillery run` fills them in)", why.join("; ")));
+                (rows, note)
+            }
+        };
+        out.push(ReportTable {
+            name: job.name.clone(),
+            work: r.clone(),
+            table: report::build(r, &rows),
+            rows,
+            ran,
+            note,
+        });
+    }
+    Ok(out)
+}
+
+/// A node name as a file name: `table[seed=0]` -> `table_seed=0_`.
+fn file_stem(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_=.".contains(c) { c } else { '_' }).collect()
+}
+
+/// The experiment's page (`crate::page`): its reports with their plots, the graph, and every
+/// node's settings, key, stored result and MLflow runs (from the local run store's ledgers).
+fn experiment_page(
+    exp: &Experiment,
+    g: &Graph,
+    store: Option<&Store>,
+    store_dir: &Path,
+    tables: &[ReportTable],
+) -> String {
+    let reports: Vec<crate::page::PageReport> = tables
+        .iter()
+        .map(|t| {
+            let (plots, problem) = match crate::report::plots(&t.work, &t.rows) {
+                Ok(p) => (p, None),
+                Err(e) => (Vec::new(), Some(format!("plots not drawn: {e}"))),
+            };
+            let note = match (&t.note, problem) {
+                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                (a, b) => a.clone().or(b),
+            };
+            crate::page::PageReport { name: t.name.clone(), note, table: t.table.clone(), plots }
+        })
+        .collect();
+    let urls = track::LocalStore::open_existing(store_dir)
+        .ok()
+        .and_then(|s| track::node_run_urls(&s).ok())
+        .unwrap_or_default();
+    let nodes: Vec<crate::page::PageNode> = g
+        .node_order()
+        .filter_map(|ix| {
+            let job = g.jobs.get(&ix)?;
+            let names: Vec<(String, String)> =
+                job.inputs.iter().map(|i| (i.role.clone(), i.name.clone())).collect();
+            let stored =
+                store.is_some_and(|st| matches!(st.get(g.key(ix)), Ok(crate::store::Lookup::Hit(_))));
+            Some(crate::page::PageNode {
+                name: job.name.clone(),
+                kind: job.kind.clone(),
+                key: job.key.clone(),
+                stored,
+                params: track::flatten_params(&track::readable(&g.canonical[&ix], &names)),
+                runs: urls.get(&job.key).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    crate::page::experiment_page(&exp.name, &reports, &crate::graph::to_svg(g, 400), &nodes)
 }

@@ -89,6 +89,9 @@ pub enum InputSource {
     Entry {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         dims: Vec<(String, String)>,
+        /// The instance's seed (a report pairs rows' seeds).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed: Option<u64>,
         model: bool,
     },
     /// A dataset selection, read through the data layer.
@@ -145,6 +148,10 @@ pub struct LoopSettings {
     /// An exponential moving average of the trained weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<engine::EmaConfig>,
+    /// Epochs between checkpoints; `None`: when one costs under 2% of the time since the last
+    /// (docs/running.md). Left out of the key: it changes no result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u32>,
 }
 
 fn one() -> usize {
@@ -301,6 +308,33 @@ pub struct ReportWork {
     /// Which weights of the rows' models `eval` evaluates.
     #[serde(default, skip_serializing_if = "Weights::is_final")]
     pub weights: Weights,
+    /// Columns for each value of this matrix key; rows grouped by the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pivot: Option<String>,
+    /// Teachers' cost: shown apart, or divided among their students and added to each row.
+    #[serde(default, skip_serializing_if = "TeacherCostMode::is_separate")]
+    pub teacher_cost: TeacherCostMode,
+    /// How many distill instances of the experiment read each teacher (by the teacher's key).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub students_per_teacher: BTreeMap<String, usize>,
+    /// The row (index) every other row is compared with: compute saved, accuracy gained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_to: Option<usize>,
+}
+
+/// Whether a report adds each teacher's cost to its students' rows, divided among them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherCostMode {
+    #[default]
+    Separate,
+    Amortised,
+}
+
+impl TeacherCostMode {
+    pub fn is_separate(&self) -> bool {
+        *self == TeacherCostMode::Separate
+    }
 }
 
 /// A trained node's weights: its last epoch's (`model.safetensors`), or those of its epoch with
@@ -346,6 +380,12 @@ pub enum Column {
     ImagesPerSecond,
     Flops,
     Params,
+    CostSeconds,
+    CostFlops,
+    CpuHours,
+    GpuHours,
+    TeacherSeconds,
+    TeacherFlops,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,6 +468,8 @@ fn strip_paths(v: &mut Value) {
     match v {
         Value::Object(m) => {
             m.remove("file_path");
+            // How often progress is saved changes no result.
+            m.remove("checkpoint_every");
             // A head plan's reason is for people; `keep` is what changes the result.
             if let Some(Value::Object(h)) = m.get_mut("head") {
                 h.remove("why");

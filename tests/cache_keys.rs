@@ -23,6 +23,10 @@ const NEUTRAL: &[(&str, &str)] = &[
     ("/device", "the device runs the same computation; CPU and CUDA results are one experiment"),
     ("/datasets/*/path", "the content it points at is hashed instead: moving data keeps the key"),
     (
+        "/nodes/*/*/checkpoint_every",
+        "how often progress is saved; a resumed run ends bit for bit as an uninterrupted one (tests/resume.rs)",
+    ),
+    (
         "/nodes/s/distill/teacher_cache",
         "`s` augments its batches, so its teacher's outputs cannot be kept either way; where they can, `auto` adds a teacher_outputs input and `off` does not (tests/run.rs)",
     ),
@@ -41,6 +45,7 @@ const NOT_EXERCISED: &[(&str, &str)] = &[
     ("test_list", "as train_list"),
     ("loss", "a loss's tag, written as its key under `losses:` (each loss's settings are walked)"),
     ("matrix", "expands nodes into instances named by their values; tests/determinism.rs covers it"),
+    ("pivot", "a report's matrix key: needs a matrix, as `matrix`; part of ReportWork, so of the key"),
     ("defaults", "merged into each node before typing; the nodes' own settings are what is walked"),
     ("include", "merged before typing, like defaults"),
     (
@@ -90,7 +95,7 @@ fn base_spec() -> Value {
         "nodes": {
             "t": { "description": "teacher", "seed": 1, "train": {
                 "model": "r", "data": "a", "epochs": 6, "batch_size": 8, "drop_last": true, "warmup_epochs": 1,
-                "grad_clip": 1.5, "label_smoothing": 0.1, "val": "b", "accumulate": 2,
+                "grad_clip": 1.5, "label_smoothing": 0.1, "val": "b", "accumulate": 2, "checkpoint_every": 3,
                 "ema": { "decay": 0.9, "output": true },
                 "optimizer": { "type": "sgd", "lr": 0.05, "momentum": 0.8, "nesterov": true, "weight_decay": 0.001 },
                 "schedule": { "type": "multistep", "milestones": [2, 4], "gamma": 0.5 },
@@ -122,9 +127,9 @@ fn base_spec() -> Value {
             "s3": { "distill": { "batch_size": 8, "teacher": "t", "student": "v", "data": "a", "losses": "srrl" } },
             "s4": { "distill": { "batch_size": 8, "teacher": "t", "student": "m", "data": "a", "losses": "align_uniform" } },
             "e": { "evaluate": { "model": "s", "data": "b", "metrics": ["top1", "top5", "loss", "per_class"], "batch_size": 16, "weights": "best" } },
-            "rep": { "report": { "rows": ["t", { "node": "s", "label": "student" }, "e"], "eval": "b",
+            "rep": { "report": { "rows": [{ "node": "e", "label": "e" }, "t", { "node": "s", "label": "student" }], "eval": "b",
                 "columns": ["accuracy", "top5", "loss", "train_seconds", "images_per_second", "flops", "params"],
-                "title": "T", "format": "latex", "weights": "best" } },
+                "title": "T", "format": "latex", "weights": "best", "teacher_cost": "amortised", "compare_to": "e" } },
         },
     })
 }

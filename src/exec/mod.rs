@@ -46,6 +46,9 @@ pub enum Event {
         key: String,
         /// Where it runs (`cpu`, `cuda:1`): the device it was placed on.
         device: String,
+        /// It continues from a checkpoint of an interrupted run of the same key: where that run
+        /// stopped (`epoch 3 of 10, batch 0`), as [`NodeRunner::resuming`] read it.
+        resume: Option<String>,
     },
     Progress {
         node: String,
@@ -87,6 +90,10 @@ pub struct Task<'a> {
     pub out_dir: PathBuf,
     pub cancel: &'a Cancel,
     pub events: &'a dyn EventSink,
+    /// Where the node may keep a checkpoint of its progress (in the store, beside, never inside,
+    /// the entry being written), to continue from if it is interrupted; removed once the entry
+    /// is committed.
+    pub checkpoint: PathBuf,
 }
 
 impl Task<'_> {
@@ -124,6 +131,13 @@ pub enum NodeError {
 /// Computes jobs of the kinds it knows, writing into the task's output folder.
 pub trait NodeRunner: Sync {
     fn run(&self, task: &Task<'_>) -> Result<NodeOutput, NodeError>;
+
+    /// Whether `run` will continue from the checkpoint at `checkpoint` (one of this job's key),
+    /// and where it stopped, in words; `None` when it will start over (no usable checkpoint).
+    fn resuming(&self, job: &Job, checkpoint: &std::path::Path) -> Option<String> {
+        let _ = (job, checkpoint);
+        None
+    }
 }
 
 /// Runs one resolved job to a committed store entry. `exec` schedules (what is ready, job and
@@ -261,6 +275,9 @@ pub fn run(
                         Status::Cached => match store.get(key) {
                             Ok(Lookup::Hit(e)) => {
                                 entries.insert(ix, e);
+                                // A process stopped between committing and removing its
+                                // checkpoint leaves one behind: the entry supersedes it.
+                                let _ = store.remove_checkpoint(key);
                                 settle(&mut outcome, events, ix, &name, Outcome::Cached);
                                 launched_or_settled = true;
                                 continue;
@@ -428,13 +445,25 @@ pub fn compute(
     let _lock = store.lock(&key)?;
     if !force {
         if let Lookup::Hit(e) = store.get(&key)? {
+            let _ = store.remove_checkpoint(&key);
             return Ok((e, None));
         }
     }
     let pending = if force { store.begin(&key)?.replacing() } else { store.begin(&key)? };
-    events.event(Event::Started { node: job.name.clone(), key: key.hex(), device: job.device.clone() });
+    let checkpoint = store.checkpoint_path(&key)?;
+    if force {
+        // Recompute means from the start.
+        store.remove_checkpoint(&key)?;
+    }
+    let resume = runner.resuming(job, &checkpoint);
+    events.event(Event::Started {
+        node: job.name.clone(),
+        key: key.hex(),
+        device: job.device.clone(),
+        resume,
+    });
     let t0 = Instant::now();
-    let task = Task { job, entries, out_dir: pending.dir().to_path_buf(), cancel, events };
+    let task = Task { job, entries, out_dir: pending.dir().to_path_buf(), cancel, events, checkpoint };
     let out = runner.run(&task)?;
     cancel.check()?;
     let seconds = t0.elapsed().as_secs_f64();
@@ -444,6 +473,9 @@ pub fn compute(
     }
     let entry = pending.commit(&job.name, &job.kind, canonical.clone(), metrics)?;
     store.record(&Store::index_name(&job.experiment, &job.name), &key, &canonical)?;
+    // Committed: the progress it kept is the entry now. (One that cannot be removed is
+    // harmless: a committed key never reads it, and the next lookup or `gc` tries again.)
+    let _ = store.remove_checkpoint(&key);
     Ok((entry, Some(seconds)))
 }
 

@@ -54,10 +54,11 @@ impl Terminal {
 impl EventSink for Terminal {
     fn event(&self, e: Event) {
         match e {
-            Event::Started { node, key, device } => {
+            Event::Started { node, key, device, resume } => {
                 // The device only where it says something (which GPU); CPU runs stay as they were.
                 let on = if device == "cpu" { String::new() } else { format!(" on {device}") };
-                self.line(&format!("  start   {node}  ({}){on}", &key[..12]));
+                let from = resume.map(|at| format!("  (resuming from {at})")).unwrap_or_default();
+                self.line(&format!("  start   {node}  ({}){on}{from}", &key[..12]));
                 if let Some((m, bars)) = &self.bars {
                     let style = indicatif::ProgressStyle::with_template(
                         "  {prefix:<24} [{bar:30}] {pos}/{len} steps  {msg}  eta {eta}",
@@ -147,10 +148,17 @@ impl<'a> Tracking<'a> {
         self
     }
 
+    /// The node's stored result (read, and so verified, once for its artifacts and metrics).
+    fn entry(&self, node: &str) -> Option<crate::store::Entry> {
+        let ix = self.graph.get(node)?;
+        match self.store.get(self.graph.key(ix)) {
+            Ok(crate::store::Lookup::Hit(entry)) => Some(entry),
+            _ => None,
+        }
+    }
+
     /// The result's files people open (checkpoint, model info, metrics, history, tables).
-    fn log_artifacts(&self, node: &str, run: &RunId) {
-        let Some(ix) = self.graph.get(node) else { return };
-        let Ok(crate::store::Lookup::Hit(entry)) = self.store.get(self.graph.key(ix)) else { return };
+    fn log_artifacts(&self, entry: &crate::store::Entry, run: &RunId) {
         for f in &entry.manifest.files {
             if let Err(e) = self.tracker.log_artifact(run, &entry.file(&f.path), &f.path) {
                 self.warn("log artifact", e);
@@ -164,6 +172,15 @@ impl<'a> Tracking<'a> {
         // Node instances only (a teacher's outputs are not a run of their own).
         let (base, kind) = self.nodes.get(node)?;
         let key = self.graph.key(ix).hex();
+        // Params as people read them: the work's settings by their spec names, inputs by name
+        // beside their keys.
+        let names: Vec<(String, String)> = self
+            .graph
+            .jobs
+            .get(&ix)
+            .map(|j| j.inputs.iter().map(|i| (i.role.clone(), i.name.clone())).collect())
+            .unwrap_or_default();
+        let config = crate::track::readable(&self.graph.canonical[&ix], &names);
         let device = device.map_or_else(|| self.exp.device.to_string(), str::to_string);
         let mut tags = vec![("distillery.base".to_string(), base.to_string())];
         // Which GPU: its name beside the index (`distillery.device` is `cuda:1`).
@@ -174,10 +191,21 @@ impl<'a> Tracking<'a> {
             node_name: node,
             kind,
             cache_key: &key,
-            config: &self.graph.canonical[&ix],
+            config: &config,
             device: &device,
             tags: &tags,
         }))
+    }
+
+    /// The stored result's final metrics (accuracy, costs, what a report evaluated), as metric
+    /// points of the node's run.
+    fn final_metrics(entry: Option<&crate::store::Entry>) -> Vec<Metric> {
+        let Some(entry) = entry else { return Vec::new() };
+        let t = now_ms();
+        crate::track::final_metrics(&entry.manifest.metrics)
+            .into_iter()
+            .map(|(key, value)| Metric { key, value, step: 0, timestamp_ms: t })
+            .collect()
     }
 
     fn warn(&self, what: &str, e: impl std::fmt::Display) {
@@ -190,7 +218,21 @@ impl<'a> Tracking<'a> {
 impl EventSink for Tracking<'_> {
     fn event(&self, e: Event) {
         match e {
-            Event::Started { node, device, .. } => {
+            Event::Started { node, key, device, resume } => {
+                // Continuing from a checkpoint: the interrupted run of this key goes on (the same
+                // MLflow run), when there is one; otherwise a new run, as for a fresh start.
+                if let Some(at) = resume
+                    && self.nodes.contains_key(node.as_str())
+                {
+                    match self.tracker.resume_node_run(&key, &at) {
+                        Ok(Some(id)) => {
+                            self.runs.lock().expect("lock").insert(node, id);
+                            return;
+                        }
+                        Ok(None) => {}
+                        Err(e) => self.warn("resume run", e),
+                    }
+                }
                 match self.node_run(&node, Some(&device), |r| self.tracker.start_node_run(&self.parent, r)) {
                     Some(Ok(id)) => {
                         self.runs.lock().expect("lock").insert(node, id);
@@ -211,9 +253,10 @@ impl EventSink for Tracking<'_> {
                 if outcome == Outcome::Cached {
                     let key = self.graph.get(&node).map(|ix| self.graph.key(ix).hex()).unwrap_or_default();
                     if let Ok(Some(original)) = self.tracker.find_run_by_cache_key(&key) {
-                        if let Some(Err(e)) = self
-                            .node_run(&node, None, |r| self.tracker.log_cached(&self.parent, r, &original))
-                        {
+                        let metrics = Self::final_metrics(self.entry(&node).as_ref());
+                        if let Some(Err(e)) = self.node_run(&node, None, |r| {
+                            self.tracker.log_cached(&self.parent, r, &original, &metrics)
+                        }) {
                             self.warn("log cached run", e);
                         }
                     }
@@ -221,7 +264,14 @@ impl EventSink for Tracking<'_> {
                 }
                 let Some(id) = self.runs.lock().expect("lock").remove(&node) else { return };
                 if matches!(outcome, Outcome::Done { .. }) {
-                    self.log_artifacts(&node, &id);
+                    let entry = self.entry(&node);
+                    if let Some(e) = &entry {
+                        self.log_artifacts(e, &id);
+                    }
+                    let metrics = Self::final_metrics(entry.as_ref());
+                    if let Err(e) = self.tracker.log_metrics(&id, &metrics) {
+                        self.warn("log final metrics", e);
+                    }
                 }
                 let status = match outcome {
                     Outcome::Done { .. } => RunStatus::Finished,

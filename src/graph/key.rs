@@ -19,7 +19,9 @@ use crate::spec::DatasetSpec;
 /// the preprocessing training applied; a short epoch is a failure.
 /// 3: keys hash resolved jobs (defaults included); `model.json` records the engine's model
 /// config; teacher outputs are vertices of their own.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: a trained entry's metrics record its cost and its lineage's (`report::cost`), which reports
+/// add up; entries without it would show a fine-tuned student without its pre-training.
+pub const FORMAT_VERSION: u32 = 4;
 
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey(pub [u8; 32]);

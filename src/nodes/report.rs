@@ -1,84 +1,25 @@
-//! report: a table of the rows' metrics; instances that differ only in seed are one row,
-//! shown as mean ± std over seeds.
+//! report: the rows' results (evaluated on `eval` when asked), tabled by `crate::report`.
 
-use std::fmt::Write as _;
-
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{Runner, dataset, device, eval_model, failed, load_weights, write_json};
 use crate::exec::{NodeError, NodeOutput, Task};
-use crate::job::{Column, InputSource, ReportWork, TableFormat};
+use crate::job::{InputSource, ReportWork};
+use crate::report::{self, Format, Instance, RowData};
 
-struct Row {
-    label: String,
-    /// One metrics object per seed.
-    samples: Vec<Value>,
-}
-
-fn column_name(c: Column) -> &'static str {
-    match c {
-        Column::Accuracy => "accuracy (%)",
-        Column::Top5 => "top-5 (%)",
-        Column::Loss => "loss",
-        Column::TrainSeconds => "train s",
-        Column::ImagesPerSecond => "images/s",
-        Column::Flops => "GFLOPs",
-        Column::Params => "params",
-    }
-}
-
-fn value(c: Column, m: &Value) -> Option<f64> {
-    let get = |k: &str| m.get(k).and_then(Value::as_f64);
-    match c {
-        Column::Accuracy => get("accuracy").map(|a| a * 100.0),
-        Column::Top5 => get("top5").map(|a| a * 100.0),
-        Column::Loss => get("loss"),
-        Column::TrainSeconds => get("train_seconds"),
-        Column::ImagesPerSecond => get("images_per_second"),
-        Column::Flops => get("flops").map(|f| f / 1e9),
-        Column::Params => get("params"),
-    }
-}
-
-/// `mean ± std` (sample std) over seeds, or the value alone.
-fn cell(c: Column, samples: &[Value]) -> (String, Value) {
-    let xs: Vec<f64> = samples.iter().filter_map(|m| value(c, m)).collect();
-    if xs.is_empty() {
-        return ("–".into(), Value::Null);
-    }
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let digits = match c {
-        Column::Params | Column::ImagesPerSecond => 0,
-        Column::Flops => 2,
-        Column::Loss => 3,
-        _ => 1,
-    };
-    if xs.len() == 1 {
-        return (format!("{mean:.digits$}"), json!({ "mean": mean, "n": 1 }));
-    }
-    let std = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    (format!("{mean:.digits$} ± {std:.digits$}"), json!({ "mean": mean, "std": std, "n": xs.len() }))
-}
-
-pub(super) fn run(runner: &Runner, task: &Task<'_>, r: &ReportWork) -> Result<NodeOutput, NodeError> {
+/// The rows' instances with what they recorded, `eval`'s metrics merged in when the report
+/// evaluates (every instance has a result: exec runs a report after its rows).
+fn rows(runner: &Runner, task: &Task<'_>, r: &ReportWork) -> Result<Vec<RowData>, NodeError> {
     let device = device(task)?;
     let eval = match &r.eval {
         Some(_) => Some(dataset(runner, task, "eval")?.1),
         None => None,
     };
-    let mut rows: Vec<Row> = Vec::new();
+    let mut out = Vec::new();
     for spec_row in &r.rows {
-        let prefix = &spec_row.role;
-        let base_label = spec_row.label.clone();
-        // Instances of this row, grouped by their matrix values other than the seed.
-        let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
-        for input in &task.job.inputs {
-            let InputSource::Entry { dims, model: yields_model } = &input.source else { continue };
-            let role = &input.role;
-            if role != prefix && !role.starts_with(&format!("{prefix}/")) {
-                continue;
-            }
+        let mut instances = Vec::new();
+        for input in report::row_inputs(&task.job.inputs, &spec_row.role) {
+            let InputSource::Entry { dims, seed, model: yields_model } = &input.source else { continue };
             // A row's instances share its role: their entries are told apart by key.
             let entry = task
                 .entries
@@ -94,119 +35,45 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, r: &ReportWork) -> Result<No
                     metrics[k] = m[k].clone();
                 }
             }
-            let dims: Vec<String> = dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let label = if dims.is_empty() {
-                base_label.clone()
-            } else {
-                format!("{base_label} [{}]", dims.join(", "))
-            };
-            match groups.iter_mut().find(|(l, _)| *l == label) {
-                Some(g) => g.1.push(metrics),
-                None => groups.push((label, vec![metrics])),
-            }
+            instances.push(Instance {
+                name: input.name.clone(),
+                key: input.key.clone(),
+                dims: dims.clone(),
+                seed: *seed,
+                metrics: Some(metrics),
+            });
         }
-        rows.extend(groups.into_iter().map(|(label, samples)| Row { label, samples }));
+        out.push(RowData { label: spec_row.label.clone(), instances });
     }
-
-    let mut header: Vec<String> = vec!["".into()];
-    // Best-on-validation weights are said in the columns they change, never silently.
-    let best = r.weights == crate::job::Weights::Best;
-    header.extend(r.columns.iter().map(|c| match c {
-        Column::Accuracy | Column::Top5 | Column::Loss if best => format!("{}, best on val", column_name(*c)),
-        _ => column_name(*c).to_string(),
-    }));
-    header.push("seeds".into());
-    let mut cells: Vec<Vec<String>> = Vec::new();
-    let mut data = Vec::new();
-    for row in &rows {
-        let mut line = vec![row.label.clone()];
-        let mut obj = serde_json::Map::new();
-        for c in &r.columns {
-            let (text, v) = cell(*c, &row.samples);
-            line.push(text);
-            obj.insert(column_name(*c).into(), v);
-        }
-        line.push(row.samples.len().to_string());
-        cells.push(line);
-        data.push(json!({ "row": row.label, "values": obj }));
-    }
-    let md = markdown(r.title.as_deref(), &header, &cells);
-    std::fs::write(task.out_dir.join("table.md"), &md).map_err(failed)?;
-    std::fs::write(task.out_dir.join("table.csv"), csv(&header, &cells)).map_err(failed)?;
-    std::fs::write(task.out_dir.join("table.tex"), latex(r.title.as_deref(), &header, &cells))
-        .map_err(failed)?;
-    let rendered = match r.format {
-        TableFormat::Md => md,
-        TableFormat::Csv => csv(&header, &cells),
-        TableFormat::Latex => latex(r.title.as_deref(), &header, &cells),
-    };
-    let metrics = json!({ "rows": data, "table": rendered });
-    write_json(&task.out_dir.join("table.json"), &metrics)?;
-    Ok(NodeOutput { metrics })
+    Ok(out)
 }
 
-fn markdown(title: Option<&str>, header: &[String], cells: &[Vec<String>]) -> String {
-    let mut s = String::new();
-    if let Some(t) = title {
-        let _ = writeln!(s, "### {t}\n");
+pub(super) fn run(runner: &Runner, task: &Task<'_>, r: &ReportWork) -> Result<NodeOutput, NodeError> {
+    let data = rows(runner, task, r)?;
+    let table = report::build(r, &data);
+    for f in [Format::Md, Format::Csv, Format::Latex, Format::Json, Format::Html] {
+        let text = report::render(&table, f);
+        std::fs::write(task.out_dir.join(format!("table.{}", f.extension())), text).map_err(failed)?;
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            cells
+    write_json(&task.out_dir.join(report::ROWS_FILE), &serde_json::to_value(&data).expect("rows serialise"))?;
+    for (stem, p) in report::plots(r, &data).map_err(|e| failed(format!("plot: {e}")))? {
+        std::fs::write(task.out_dir.join(format!("{stem}.svg")), &p.svg).map_err(failed)?;
+        std::fs::write(task.out_dir.join(format!("{stem}.png")), &p.png).map_err(failed)?;
+    }
+    let rendered = report::render(&table, report::format(r.format));
+    let mut metrics = json!({ "table": rendered });
+    // What the report evaluated, by instance: metrics of its MLflow run.
+    if r.eval.is_some() {
+        let mut evaluated = serde_json::Map::new();
+        for i in data.iter().flat_map(|row| &row.instances) {
+            let Some(m) = &i.metrics else { continue };
+            let picked: serde_json::Map<String, serde_json::Value> = ["accuracy", "top5", "loss"]
                 .iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].chars().count()])
-                .max()
-                .unwrap_or(1)
-                .max(3)
-        })
-        .collect();
-    let line = |r: &[String]| {
-        let parts: Vec<String> =
-            r.iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    if i == 0 { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) }
-                })
+                .filter_map(|k| Some((k.to_string(), m.get(*k)?.clone())))
                 .collect();
-        format!("| {} |", parts.join(" | "))
-    };
-    let _ = writeln!(s, "{}", line(header));
-    let rule: Vec<String> = widths
-        .iter()
-        .enumerate()
-        .map(|(i, w)| if i == 0 { "-".repeat(*w) } else { format!("{}:", "-".repeat(w - 1)) })
-        .collect();
-    let _ = writeln!(s, "| {} |", rule.join(" | "));
-    for r in cells {
-        let _ = writeln!(s, "{}", line(r));
+            evaluated.insert(i.name.clone(), serde_json::Value::Object(picked));
+        }
+        metrics["evaluated"] = serde_json::Value::Object(evaluated);
     }
-    s
-}
-
-fn csv(header: &[String], cells: &[Vec<String>]) -> String {
-    let q = |c: &str| {
-        if c.contains([',', '"']) { format!("\"{}\"", c.replace('"', "\"\"")) } else { c.to_string() }
-    };
-    let mut s = String::new();
-    for r in std::iter::once(header).chain(cells.iter().map(Vec::as_slice)) {
-        let _ = writeln!(s, "{}", r.iter().map(|c| q(c)).collect::<Vec<_>>().join(","));
-    }
-    s
-}
-
-fn latex(title: Option<&str>, header: &[String], cells: &[Vec<String>]) -> String {
-    let esc = |c: &str| c.replace('%', "\\%").replace('±', "$\\pm$").replace('_', "\\_");
-    let mut s = String::new();
-    let _ = writeln!(s, "\\begin{{table}}\n\\centering");
-    if let Some(t) = title {
-        let _ = writeln!(s, "\\caption{{{}}}", esc(t));
-    }
-    let _ = writeln!(s, "\\begin{{tabular}}{{l{}}}\n\\toprule", "r".repeat(header.len() - 1));
-    let _ = writeln!(s, "{} \\\\\n\\midrule", header.iter().map(|h| esc(h)).collect::<Vec<_>>().join(" & "));
-    for r in cells {
-        let _ = writeln!(s, "{} \\\\", r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" & "));
-    }
-    let _ = writeln!(s, "\\bottomrule\n\\end{{tabular}}\n\\end{{table}}");
-    s
+    Ok(NodeOutput { metrics })
 }

@@ -8,14 +8,16 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde_json::{Value, json};
 
+use super::checkpoint::{self, Progress};
 use super::{
     ModelInfo, Runner, batch_tensors, dataset, device, eval_model, failed, load_model, node_input, write_json,
 };
 use crate::data::{self, Dataset};
-use crate::engine::{self, LoadOptions, Model, ModelConfig, ParamRule, Trainer};
+use crate::engine::{self, LoadOptions, Model, ModelConfig, ParamRule, Trainer, state};
 use crate::exec::{Event, NodeError, NodeOutput, Task};
 use crate::job::{DistillWork, LoopSettings, ModelSetup, TeacherOutputsWork, TrainWork};
 use crate::losses::{DistillInputs, DistillLosses, LossDims};
+use crate::report::cost::{Cost, Lineage};
 
 /// The student and every trainable loss head, stepped by one optimizer.
 #[derive(Module, Debug)]
@@ -157,6 +159,14 @@ pub(super) enum Training<'a> {
 }
 
 impl<'a> Training<'a> {
+    /// How the trained model starts: a node's weights, a file's, or fresh.
+    fn model(self) -> &'a crate::job::ModelSetup {
+        match self {
+            Training::Plain(w) => &w.model,
+            Training::Distill(w) => &w.student,
+        }
+    }
+
     /// The loop's settings, whichever it trains.
     fn settings(self) -> &'a LoopSettings {
         match self {
@@ -298,8 +308,6 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
     };
     let mut ema = s.ema.as_ref().map(|e| engine::Ema::<Model>::new(e.decay));
     let ema_output = s.ema.as_ref().is_some_and(|e| e.output);
-    let mut history = std::fs::File::create(task.out_dir.join("history.jsonl")).map_err(failed)?;
-    let t0 = Instant::now();
     // `accumulate` batches make one optimizer step; the schedule counts optimizer steps.
     let accumulate = s.accumulate.max(1);
     let batches_per_epoch = loader.n_batches() as u64;
@@ -310,21 +318,99 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
         let first = g * accumulate;
         (first..(first + accumulate).min(batches_per_epoch as usize)).map(|b| loader.batch_len(b)).sum()
     };
-    let (mut images, mut batches, mut step) = (0u64, 0u64, 0u64);
-    let (mut best_val, mut best_epoch, mut last): (Option<f64>, u32, Value) = (None, 0, Value::Null);
-    let mut best_ema_val: Option<f64> = None;
-    for epoch in 0..epochs {
+    let seed = task.job.seed.unwrap_or(0);
+    // The best-on-validation weights so far (kept as `best.safetensors`, and in checkpoints).
+    let mut best_model: Option<Model> = None;
+    // Continue from the checkpoint of an interrupted run of this key, if there is a usable one.
+    let mut p = Progress { epochs, batches_per_epoch, ..Progress::default() };
+    match checkpoint::read(&task.checkpoint, &task.job.key) {
+        Ok(None) => {}
+        Ok(Some(saved)) => match resume(saved, &mut trained, &mut trainer, &mut ema, s, &task.checkpoint) {
+            Ok((progress, best)) => {
+                p = progress;
+                best_model = best;
+            }
+            Err(why) => ignore_checkpoint(task, &why),
+        },
+        Err(why) => ignore_checkpoint(task, &why),
+    }
+    if let Some(b) = &best_model {
+        engine::save(b, &task.out_dir.join("best.safetensors")).map_err(failed)?;
+    }
+    let mut history = std::fs::File::create(task.out_dir.join("history.jsonl")).map_err(failed)?;
+    for row in &p.history {
+        writeln!(history, "{row}").map_err(failed)?;
+    }
+    // A checkpoint needs every random state; a test's CRD sampler may not give its own.
+    let can_checkpoint = match &trained {
+        Trained::Distill(d, _) => d.heads.sampler_states().is_some(),
+        Trained::Plain(_) => true,
+    };
+    let t0 = Instant::now();
+    let (loop_before, images_before) = (p.loop_seconds, p.images);
+    // When the last checkpoint was written, and how long it took.
+    let since_checkpoint = std::cell::Cell::new(Instant::now());
+    let last_write = std::cell::Cell::new(0.0f64);
+    let save_checkpoint = |p: &mut Progress,
+                           trained: &Trained,
+                           trainer: &Trainer,
+                           ema: &Option<engine::Ema<Model>>,
+                           best: &Option<Model>,
+                           epoch_started: Option<Instant>|
+     -> Result<(), NodeError> {
+        if !can_checkpoint {
+            return Ok(());
+        }
+        let tw = Instant::now();
+        p.loop_seconds = loop_before + t0.elapsed().as_secs_f64();
+        if let Some(te) = epoch_started {
+            p.epoch_seconds += te.elapsed().as_secs_f64();
+        }
+        p.trainer_steps = trainer.steps();
+        p.ema_updates = ema.as_ref().map_or(0, |e| e.updates());
+        let (model, optimizer, samplers) = match trained {
+            Trained::Plain(m) => (state::tensors_of(m), trainer.state_of(m), Vec::new()),
+            Trained::Distill(d, _) => {
+                (state::tensors_of(d), trainer.state_of(d), d.heads.sampler_states().unwrap_or_default())
+            }
+        };
+        p.samplers = samplers;
+        let avg = ema.as_ref().and_then(|e| e.average()).map(state::tensors_of);
+        let best = best.as_ref().map(state::tensors_of);
+        let mut sections = vec![("model", &model), ("optimizer", &optimizer)];
+        if let Some(a) = &avg {
+            sections.push(("ema", a));
+        }
+        if let Some(b) = &best {
+            sections.push(("best", b));
+        }
+        checkpoint::write(&task.checkpoint, &task.job.key, p, &sections)
+            .map_err(|e| failed(format!("writing the checkpoint {}: {e}", task.checkpoint.display())))?;
+        last_write.set(tw.elapsed().as_secs_f64());
+        since_checkpoint.set(Instant::now());
+        Ok(())
+    };
+    for epoch in p.epoch..epochs {
         // The learning rate of the epoch's first step (its history row's `lr`; a per-step
         // schedule changes it within the epoch).
         trainer.set_position(epoch as usize, 0, steps_per_epoch as usize);
         let epoch_lr = trainer.lr();
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        let mut term_sums: Vec<(String, f64)> = Vec::new();
         let te = Instant::now();
-        let (mut epoch_batches, mut epoch_steps) = (0u64, 0u64);
-        for b in loader.epoch(epoch as u64) {
+        let mut epoch_steps = p.batch / accumulate as u64;
+        for b in loader.epoch_from(epoch as u64, p.batch as usize) {
             let mut b = b.map_err(|e| failed(format!("epoch {}: {e}", epoch + 1)))?;
-            task.cancel.check()?;
+            // Stopped (Ctrl-C, SIGTERM): at the next step's boundary, keep a checkpoint to
+            // continue from, then stop.
+            if task.cancel.is_cancelled() && p.batch.is_multiple_of(accumulate as u64) {
+                if let Err(e) = save_checkpoint(&mut p, &trained, &trainer, &ema, &best_model, Some(te)) {
+                    checkpoint_failed(task, &e);
+                }
+                return Err(NodeError::Cancelled);
+            }
+            // A batch's dropout masks are a function of the seed and the batch's place.
+            engine::seed_dropout(
+                data::rng::Rng::derive(&[seed, TAG_DROPOUT, epoch as u64, p.batch]).next_u64(),
+            );
             // The teacher's inputs are the same images on the plain device (when it runs live).
             let teacher_images = match &trained {
                 Trained::Distill(_, t) if t.cached.is_none() => Some(b.images.clone()),
@@ -332,6 +418,7 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
             };
             let (x, y) = batch_tensors(&mut b, &ad);
             let n = b.labels.len();
+            let step = p.step;
             let (loss, logits, terms) = match &trained {
                 Trained::Plain(m) => {
                     let (_, z) = m.forward(x);
@@ -374,17 +461,17 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
                 .convert::<i64>()
                 .try_to_vec::<i64>()
                 .map_err(|e| failed(format!("{e:?}")))?;
-            correct += pred.iter().zip(&b.labels).filter(|(p, l)| **p == **l as i64).count();
-            let group = epoch_batches as usize / accumulate;
+            p.correct += pred.iter().zip(&b.labels).filter(|(p, l)| **p == **l as i64).count() as u64;
+            let group = p.batch as usize / accumulate;
             let weight = n as f64 / group_images(group) as f64;
             match &trained {
                 Trained::Plain(m) => trainer.accumulate(m, loss, weight),
                 Trained::Distill(d, _) => trainer.accumulate(d, loss, weight),
             }
-            epoch_batches += 1;
-            batches += 1;
+            p.batch += 1;
+            p.batches += 1;
             // The group's last batch: one optimizer step with the summed gradients.
-            if (epoch_batches as usize).is_multiple_of(accumulate) || epoch_batches == batches_per_epoch {
+            if (p.batch as usize).is_multiple_of(accumulate) || p.batch == batches_per_epoch {
                 // Per step, the schedule's value at this step of the run; per epoch, the epoch's.
                 trainer.set_position(epoch as usize, epoch_steps as usize, steps_per_epoch as usize);
                 trained = match trained {
@@ -392,50 +479,52 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
                     Trained::Distill(d, t) => Trained::Distill(trainer.step_accumulated(d).0, t),
                 };
                 epoch_steps += 1;
-                step += 1;
+                p.step += 1;
                 if let Some(e) = &mut ema {
                     e.update(&student(&trained).valid());
                 }
             }
             for (name, v) in terms {
-                match term_sums.iter_mut().find(|(k, _)| *k == name) {
+                match p.term_sums.iter_mut().find(|(k, _)| *k == name) {
                     Some(e) => e.1 += v * n as f64,
-                    None => term_sums.push((name, v * n as f64)),
+                    None => p.term_sums.push((name, v * n as f64)),
                 }
             }
-            loss_sum += lv * n as f64;
-            seen += n;
-            images += n as u64;
+            p.loss_sum += lv * n as f64;
+            p.seen += n as u64;
+            p.images += n as u64;
             let secs = t0.elapsed().as_secs_f64();
             task.events.event(Event::Progress {
                 node: task.job.name.clone(),
                 epoch: epoch + 1,
                 epochs,
-                step: epoch_batches,
+                step: p.batch,
                 steps: batches_per_epoch,
                 loss: lv,
-                images_per_second: images as f64 / secs.max(1e-9),
+                images_per_second: (p.images - images_before) as f64 / secs.max(1e-9),
             });
         }
         // A short epoch is a failure, never a result (the loader reports its own failures;
         // this holds whatever else ends an epoch early).
-        if epoch_batches != batches_per_epoch || epoch_steps != steps_per_epoch {
+        if p.batch != batches_per_epoch || epoch_steps != steps_per_epoch {
             return Err(failed(format!(
-                "epoch {} trained {epoch_batches} of its {batches_per_epoch} batches; nothing of this node was saved",
-                epoch + 1
+                "epoch {} trained {} of its {batches_per_epoch} batches; nothing of this node was saved",
+                epoch + 1,
+                p.batch
             )));
         }
         let model = student(&trained);
+        let seen = p.seen.max(1) as f64;
         let mut row = json!({
             "epoch": epoch + 1,
-            "loss": loss_sum / seen.max(1) as f64,
-            "train_accuracy": correct as f64 / seen.max(1) as f64,
+            "loss": p.loss_sum / seen,
+            "train_accuracy": p.correct as f64 / seen,
             "lr": epoch_lr,
-            "epoch_seconds": te.elapsed().as_secs_f64(),
+            "epoch_seconds": p.epoch_seconds + te.elapsed().as_secs_f64(),
         });
-        for (name, sum) in &term_sums {
+        for (name, sum) in &p.term_sums {
             if name != "total" {
-                row[format!("loss.{name}")] = json!(sum / seen.max(1) as f64);
+                row[format!("loss.{name}")] = json!(sum / seen);
             }
         }
         if let Some(v) = &val {
@@ -449,7 +538,7 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
                 let m = eval_model(avg, &info, v, 256, &plain)?;
                 let a = m["accuracy"].as_f64().unwrap_or(0.0);
                 row["ema_val_accuracy"] = json!(a);
-                best_ema_val = Some(best_ema_val.map_or(a, |b: f64| b.max(a)));
+                p.best_ema_val = Some(p.best_ema_val.map_or(a, |b: f64| b.max(a)));
                 ema_acc = Some(a);
             }
             // The best epoch of the node's model (the average with `ema: { output: true }`): its
@@ -459,10 +548,11 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
                 (true, Some(a), Some(avg)) => (a, avg),
                 _ => (acc, &trained_model),
             };
-            if best_val.is_none_or(|b| node_acc > b) {
-                best_val = Some(node_acc);
-                best_epoch = epoch + 1;
+            if p.best_val.is_none_or(|b| node_acc > b) {
+                p.best_val = Some(node_acc);
+                p.best_epoch = epoch + 1;
                 engine::save(node_model, &task.out_dir.join("best.safetensors")).map_err(failed)?;
+                best_model = Some(node_model.clone());
             }
         }
         for (k, v) in row.as_object().expect("object") {
@@ -476,7 +566,41 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
             }
         }
         writeln!(history, "{row}").map_err(failed)?;
-        last = row;
+        p.history.push(row);
+        // The next epoch starts from nothing.
+        p.epoch = epoch + 1;
+        p.batch = 0;
+        (p.loss_sum, p.correct, p.seen, p.epoch_seconds) = (0.0, 0, 0, 0.0);
+        p.term_sums.clear();
+        let due = match s.checkpoint_every {
+            Some(every) => (epoch + 1).is_multiple_of(every.max(1)),
+            // Under 2% of the time since the last one (at least a minute apart).
+            None => {
+                since_checkpoint.get().elapsed().as_secs_f64()
+                    >= (50.0 * last_write.get()).max(AUTO_MIN_SECONDS)
+            }
+        };
+        if task.cancel.is_cancelled() || (due && epoch + 1 < epochs) {
+            // A checkpoint that cannot be written (a full disk) costs the resume, not the run.
+            if let Err(e) = save_checkpoint(&mut p, &trained, &trainer, &ema, &best_model, None) {
+                checkpoint_failed(task, &e);
+            }
+            task.cancel.check()?;
+        }
+    }
+    let (images, step, batches) = (p.images, p.step, p.batches);
+    let (best_val, best_epoch, best_ema_val) = (p.best_val, p.best_epoch, p.best_ema_val);
+    let last = p.history.last().cloned().unwrap_or(Value::Null);
+    // Learning curves beside the history (a plot that cannot be drawn costs the plot only).
+    match crate::report::plot::learning_curves(&task.job.name, &p.history) {
+        Ok(plot) => {
+            std::fs::write(task.out_dir.join("curves.svg"), &plot.svg).map_err(failed)?;
+            std::fs::write(task.out_dir.join("curves.png"), &plot.png).map_err(failed)?;
+        }
+        Err(e) => task.events.event(Event::Warning {
+            node: task.job.name.clone(),
+            message: format!("learning curves not drawn: {e}"),
+        }),
     }
     if batches != epochs as u64 * batches_per_epoch || step != epochs as u64 * steps_per_epoch || step == 0 {
         return Err(failed(format!(
@@ -484,7 +608,7 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
             epochs as u64 * steps_per_epoch
         )));
     }
-    let loop_seconds = t0.elapsed().as_secs_f64();
+    let loop_seconds = loop_before + t0.elapsed().as_secs_f64();
     // A cached teacher pass ran as its own node before this one: part of this node's cost.
     let teacher_pass_seconds = match &trained {
         Trained::Distill(_, t) if t.cached.is_some() => task
@@ -566,6 +690,7 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
     if let Some(h) = &info.head {
         metrics["head"] = json!(h.word());
     }
+    metrics["cost"] = json!(lineage(task, what.model(), train_seconds, flops as f64));
     // Of the node's model: the trained weights, or their average with `ema: { output: true }`.
     if let Some(b) = best_val {
         metrics["best_val_accuracy"] = json!(b);
@@ -579,6 +704,93 @@ pub(super) fn run(runner: &Runner, task: &Task<'_>, what: Training<'_>) -> Resul
     }
     write_json(&task.out_dir.join("metrics.json"), &metrics)?;
     Ok(NodeOutput { metrics })
+}
+
+/// This node's cost and its lineage's (`report::cost`): its own training, the history of the
+/// weights it started from, and its teacher's whole cost.
+fn lineage(task: &Task<'_>, model: &crate::job::ModelSetup, seconds: f64, flops: f64) -> Lineage {
+    let own = Cost::of_node(&task.job.name, seconds, flops, &task.job.device, rayon::current_num_threads());
+    let recorded = |role: &str| task.entry(role).and_then(|e| Lineage::from_metrics(&e.manifest.metrics));
+    let init = model.init.as_deref().and_then(recorded);
+    let teacher = task.job.input("teacher").and_then(|t| Some((t, recorded("teacher")?)));
+    let mut l =
+        Lineage::of(own, init.as_ref(), teacher.as_ref().map(|(t, l)| (t.name.as_str(), t.key.as_str(), l)));
+    if let Some(w) = &model.weights {
+        let file = w.file_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        l.external.push(format!("`{}` ({file})", w.setting));
+    }
+    l
+}
+
+/// Keyed stream of a batch's dropout masks (`engine::seed_dropout`).
+const TAG_DROPOUT: u64 = 0x4452_4f50;
+/// `checkpoint_every: auto` writes no two checkpoints less than this many seconds apart.
+const AUTO_MIN_SECONDS: f64 = 60.0;
+
+/// Restores a checkpoint into the freshly built module, trainer and average (nothing changed
+/// on an error): the progress to continue from and the best weights so far.
+fn resume(
+    saved: checkpoint::Saved,
+    trained: &mut Trained,
+    trainer: &mut Trainer,
+    ema: &mut Option<engine::Ema<Model>>,
+    s: &LoopSettings,
+    file: &std::path::Path,
+) -> Result<(Progress, Option<Model>), String> {
+    let section = |name: &str| saved.section(name).ok_or_else(|| format!("it has no `{name}` section"));
+    let empty = state::Tensors::default();
+    let model = section("model")?;
+    let optimizer = saved.section("optimizer").unwrap_or(&empty);
+    let p = saved.progress.clone();
+    // Checked before anything changes; then taken. Running statistics are buffers shared by a
+    // module's clones and replaced in place, so the average and the best weights are built on
+    // modules of their own (`valid()`), and the trained module is changed last.
+    let like = student(trained).valid();
+    let as_model = |t: &state::Tensors| state::with_tensors(like.valid(), t, file).map_err(|e| e.to_string());
+    let average = match (s.ema.as_ref(), saved.section("ema")) {
+        (Some(e), Some(t)) => Some(engine::Ema::resumed(e.decay, Some(as_model(t)?), p.ema_updates)),
+        (Some(e), None) if p.ema_updates == 0 => Some(engine::Ema::new(e.decay)),
+        (Some(_), None) => return Err("it has no `ema` section".into()),
+        (None, _) => None,
+    };
+    let best = saved.section("best").map(as_model).transpose()?;
+    let err = |e: engine::EngineError| e.to_string();
+    match trained {
+        Trained::Plain(m) => {
+            state::check_tensors(m, model, file).map_err(err)?;
+            // Sets the optimizer's state only when all of it fits.
+            trainer.restore(m, optimizer, p.trainer_steps, file).map_err(err)?;
+            *m = state::with_tensors(m.clone(), model, file).map_err(err)?;
+        }
+        Trained::Distill(d, _) => {
+            state::check_tensors(d, model, file).map_err(err)?;
+            if d.heads.sampler_states().map(|v| v.len()) != Some(p.samplers.len()) {
+                return Err("its CRD sampler states do not match the losses".into());
+            }
+            trainer.restore(d, optimizer, p.trainer_steps, file).map_err(err)?;
+            *d = state::with_tensors(d.clone(), model, file).map_err(err)?;
+            d.heads.set_sampler_states(&p.samplers);
+        }
+    }
+    *ema = average;
+    Ok((p, best))
+}
+
+fn checkpoint_failed(task: &Task<'_>, e: &NodeError) {
+    task.events.event(Event::Warning {
+        node: task.job.name.clone(),
+        message: format!("{e}; no checkpoint kept this time (the run itself is not affected)"),
+    });
+}
+
+fn ignore_checkpoint(task: &Task<'_>, why: &str) {
+    task.events.event(Event::Warning {
+        node: task.job.name.clone(),
+        message: format!(
+            "the checkpoint {} is ignored ({why}); training from the first epoch",
+            task.checkpoint.display()
+        ),
+    });
 }
 
 /// The model a node trains (a distill node's student).

@@ -11,7 +11,8 @@ use crate::diag::{Code, Diagnostic};
 use crate::graph::{CacheKey, Graph, Vertex};
 use crate::job::{
     Column, DistillWork, EvaluateWork, HeadPlan, InputSource, Job, JobInput, LoopSettings, ModelSetup, Place,
-    ReportRow, ReportWork, TableFormat, TeacherOutputsWork, TrainWork, Weights, WeightsFile, Work,
+    ReportRow, ReportWork, TableFormat, TeacherCostMode, TeacherOutputsWork, TrainWork, Weights, WeightsFile,
+    Work,
 };
 use crate::spec::{self, Experiment, NodeKind};
 
@@ -28,7 +29,11 @@ pub fn path_digest(p: &Path) -> Result<String, String> {
 /// inputs need their keys first). Problems that can only be seen here (a weights file that
 /// cannot be read, a kind this build cannot run) are located diagnostics.
 pub fn resolve_jobs(exp: &Experiment, graph: &mut Graph, digest: Digest<'_>) -> Result<(), Vec<Diagnostic>> {
-    let nodes: HashMap<&str, &spec::Node> = exp.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let known = Known {
+        nodes: exp.nodes.iter().map(|n| (n.name.as_str(), n)).collect(),
+        class_names: Default::default(),
+    };
+    let nodes = &known.nodes;
     let mut diags = Vec::new();
     let order: Vec<NodeIndex> = graph.node_order().collect();
     // Each dataset's selection, made once (a dataset is read by many nodes).
@@ -36,15 +41,20 @@ pub fn resolve_jobs(exp: &Experiment, graph: &mut Graph, digest: Digest<'_>) -> 
         exp.datasets.iter().map(|(n, d)| (n.as_str(), dataset_config(d, exp.seed))).collect();
     for ix in order {
         let name = graph.dag[ix].name().to_string();
-        let inputs = job_inputs(graph, ix, &nodes, &selections);
+        let inputs = job_inputs(graph, ix, nodes, &selections);
         let resolved = match nodes.get(name.as_str()) {
-            Some(node) => node_job(exp, node, &inputs, digest),
+            Some(node) => node_job(exp, &known, node, &inputs, digest),
             // A derived vertex: a teacher's outputs on a dataset.
             None => teacher_outputs_job(exp, graph, ix, &name),
         };
         match resolved {
             Ok(mut job) => {
                 job.inputs = inputs;
+                if let Work::Report(r) = &mut job.work {
+                    if r.teacher_cost == TeacherCostMode::Amortised {
+                        r.students_per_teacher = students_per_teacher(exp, graph);
+                    }
+                }
                 let canonical = job.key_value();
                 let key = CacheKey::of(&canonical);
                 job.key = key.hex();
@@ -79,6 +89,7 @@ fn job_inputs(
                     dims: node
                         .map(|n| n.assignment.iter().filter(|(k, _)| k != "seed").cloned().collect())
                         .unwrap_or_default(),
+                    seed: node.map(|n| n.seed),
                     model: node.is_some_and(|n| n.kind.yields_model()),
                 }
             }
@@ -170,7 +181,7 @@ fn loop_settings(
     (epochs, warmup_epochs, grad_clip, batch_size, drop_last): (u32, u32, Option<f64>, u32, bool),
     augment: &spec::AugmentSpec,
     (label_smoothing, freeze_backbone, head_lr_mult, validate): (f64, bool, f64, bool),
-    (accumulate, ema): (u32, Option<&spec::EmaSpec>),
+    (accumulate, ema, checkpoint_every): (u32, Option<&spec::EmaSpec>, spec::CheckpointEvery),
     diags: &mut Vec<Diagnostic>,
 ) -> LoopSettings {
     let transform = train_transform(&exp.datasets[data], augment, Normalize::Dataset).unwrap_or_else(|e| {
@@ -191,11 +202,39 @@ fn loop_settings(
         validate,
         accumulate: accumulate as usize,
         ema: ema.map(|e| crate::engine::EmaConfig { decay: e.decay, output: e.output }),
+        checkpoint_every: match checkpoint_every {
+            spec::CheckpointEvery::Auto => None,
+            // validate bounds it to 10^6.
+            spec::CheckpointEvery::Epochs(n) => Some(n.min(u32::MAX as u64) as u32),
+        },
+    }
+}
+
+/// What resolving every node shares, so that no node's lookups scan the experiment: the
+/// instances by name, and each dataset's class names, read once.
+struct Known<'a> {
+    nodes: HashMap<&'a str, &'a spec::Node>,
+    class_names: std::cell::RefCell<HashMap<String, Result<std::rc::Rc<Vec<String>>, String>>>,
+}
+
+impl Known<'_> {
+    /// The class names of dataset `name` in label order (`data::class_names`), read once.
+    fn class_names(&self, exp: &Experiment, name: &str) -> Result<std::rc::Rc<Vec<String>>, String> {
+        if let Some(r) = self.class_names.borrow().get(name) {
+            return r.clone();
+        }
+        let d = &exp.datasets[name];
+        let r = crate::data::class_names(&super::dataset_config(d, exp.seed), exp.base_dir())
+            .map(std::rc::Rc::new)
+            .map_err(|e| e.to_string());
+        self.class_names.borrow_mut().insert(name.to_string(), r.clone());
+        r
     }
 }
 
 fn node_job(
     exp: &Experiment,
+    known: &Known<'_>,
     node: &spec::Node,
     inputs: &[JobInput],
     digest: Digest<'_>,
@@ -215,7 +254,7 @@ fn node_job(
                 ($s.epochs, $s.warmup_epochs, $s.grad_clip, $s.batch_size, $s.drop_last),
                 &$s.augment,
                 ($label_smoothing, $freeze, $head_lr_mult, $validate),
-                ($s.accumulate, $s.ema.as_ref()),
+                ($s.accumulate, $s.ema.as_ref(), $s.checkpoint_every),
                 &mut diags,
             )
         };
@@ -225,7 +264,7 @@ fn node_job(
             settings.insert("data".into(), place(exp, format!("datasets.{}", s.data.0)));
             let init = s.init.as_ref().map(|_| "init");
             let mut model = model_setup(exp, &s.model.0, init, digest, &mut settings, &mut diags);
-            model.head = head_plan(exp, node, s.head, &model, inputs, &s.data.0, &mut diags);
+            model.head = head_plan(exp, known, node, s.head, &model, inputs, &s.data.0, &mut diags);
             let freeze = s.freeze == spec::Freeze::Backbone;
             Work::Train(TrainWork {
                 model,
@@ -263,7 +302,7 @@ fn node_job(
                 }
             };
             let mut model = model;
-            model.head = head_plan(exp, node, s.head, &model, inputs, &s.data.0, &mut diags);
+            model.head = head_plan(exp, known, node, s.head, &model, inputs, &s.data.0, &mut diags);
             let freeze = s.freeze == spec::Freeze::Backbone;
             Work::Train(TrainWork {
                 model,
@@ -276,7 +315,7 @@ fn node_job(
             settings.insert("losses".into(), place(exp, format!("{}.losses", node.spec_path())));
             let init = s.student_init.as_ref().map(|_| "student_init");
             let mut student = model_setup(exp, &s.student.0, init, digest, &mut settings, &mut diags);
-            student.head = head_plan(exp, node, s.head, &student, inputs, &s.data.0, &mut diags);
+            student.head = head_plan(exp, known, node, s.head, &student, inputs, &s.data.0, &mut diags);
             Work::Distill(DistillWork {
                 student,
                 losses: losses(&s.losses, node.seed),
@@ -303,7 +342,7 @@ fn node_job(
             let weights = weights_choice(e.weights);
             if weights == Weights::Best {
                 let path = format!("{}.weights", node.spec_path());
-                best_kept(exp, node, &path, inputs.iter().filter(|i| i.role == "model"), &mut diags);
+                best_kept(exp, known, node, &path, inputs.iter().filter(|i| i.role == "model"), &mut diags);
             }
             Work::Evaluate(EvaluateWork { weights, batch_size: e.batch_size as usize, metrics })
         }
@@ -326,7 +365,7 @@ fn node_job(
                 let models = inputs.iter().filter(|i| {
                     i.role.starts_with("rows/") && matches!(i.source, InputSource::Entry { model: true, .. })
                 });
-                best_kept(exp, node, &path, models, &mut diags);
+                best_kept(exp, known, node, &path, models, &mut diags);
             }
             ReportWork {
                 title: r.title.clone(),
@@ -350,6 +389,14 @@ fn node_job(
                 },
                 eval: r.eval.as_ref().map(|d| d.0.clone()),
                 weights,
+                pivot: pivot_key(exp, node, r, inputs, &mut diags),
+                teacher_cost: match r.teacher_cost {
+                    spec::TeacherCost::Separate => TeacherCostMode::Separate,
+                    spec::TeacherCost::Amortised => TeacherCostMode::Amortised,
+                },
+                // Filled in by `resolve_jobs`, which sees the whole graph.
+                students_per_teacher: Default::default(),
+                compare_to: compare_row(exp, node, r, &mut diags),
             }
         }),
         NodeKind::Generate(_) | NodeKind::Plugin(_) => {
@@ -380,6 +427,7 @@ fn node_job(
 /// node's data, and `new` otherwise (a weights file's classes are not known: `new`).
 fn head_plan(
     exp: &Experiment,
+    known: &Known<'_>,
     node: &spec::Node,
     given: Option<spec::Head>,
     setup: &ModelSetup,
@@ -414,9 +462,8 @@ fn head_plan(
             },
         });
     };
-    let names = |dataset: &str| -> Result<Vec<String>, Box<Diagnostic>> {
-        let d = &exp.datasets[dataset];
-        crate::data::class_names(&super::dataset_config(d, exp.seed), exp.base_dir()).map_err(|e| {
+    let names = |dataset: &str| -> Result<std::rc::Rc<Vec<String>>, Box<Diagnostic>> {
+        known.class_names(exp, dataset).map_err(|e| {
             let at = format!("datasets.{dataset}");
             Diagnostic::new(
                 Code::Data,
@@ -429,7 +476,7 @@ fn head_plan(
             .into()
         })
     };
-    let from_data = exp.node(source).and_then(|n| n.kind.data()).map(|d| d.to_string());
+    let from_data = known.nodes.get(source).and_then(|n| n.kind.data()).map(|d| d.to_string());
     let (ours, theirs) = match (&from_data, given) {
         // An explicit `new` needs no class names.
         (_, Some(spec::Head::New)) => return Some(HeadPlan { keep: false, why: "set in the spec".into() }),
@@ -501,6 +548,7 @@ fn weights_choice(w: spec::WhichWeights) -> Weights {
 /// without `val:` keeps none, a located error.
 fn best_kept<'a>(
     exp: &Experiment,
+    known: &Known<'_>,
     node: &spec::Node,
     path: &str,
     models: impl Iterator<Item = &'a JobInput>,
@@ -508,7 +556,7 @@ fn best_kept<'a>(
 ) {
     let mut seen = std::collections::HashSet::new();
     for i in models {
-        let Some(n) = exp.node(&i.name) else { continue };
+        let Some(n) = known.nodes.get(i.name.as_str()) else { continue };
         if n.kind.validates() || !seen.insert(n.base.clone()) {
             continue;
         }
@@ -528,6 +576,93 @@ fn best_kept<'a>(
     }
 }
 
+/// A report's `pivot:`: a matrix key (not `seed`) that some row's instances have.
+fn pivot_key(
+    exp: &Experiment,
+    node: &spec::Node,
+    r: &spec::ReportSpec,
+    inputs: &[JobInput],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<String> {
+    let p = r.pivot.as_ref()?;
+    let mut keys: Vec<&str> = Vec::new();
+    for i in inputs.iter().filter(|i| i.role.starts_with("rows/")) {
+        if let InputSource::Entry { dims, .. } = &i.source {
+            for (k, _) in dims {
+                if !keys.contains(&k.as_str()) {
+                    keys.push(k);
+                }
+            }
+        }
+    }
+    if keys.contains(&p.as_str()) {
+        return Some(p.clone());
+    }
+    let path = format!("{}.pivot", node.spec_path());
+    let help = if keys.is_empty() {
+        "no row's node is expanded by a matrix key other than `seed`; remove `pivot`".to_string()
+    } else {
+        format!("use one of: {}", keys.join(", "))
+    };
+    diags.push(
+        Diagnostic::new(
+            Code::Conflict,
+            &path,
+            format!("`pivot: {p}`: no row's instances have that matrix key"),
+        )
+        .with_node(&node.name)
+        .with_help(help)
+        .at(exp.locate_value(&path)),
+    );
+    None
+}
+
+/// A report's `compare_to:`: the index of the row it names (by node or label).
+fn compare_row(
+    exp: &Experiment,
+    node: &spec::Node,
+    r: &spec::ReportSpec,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<usize> {
+    let want = r.compare_to.as_ref()?;
+    let label = |row: &spec::RowSpec| match row {
+        spec::RowSpec::Labelled { label, .. } => label.clone(),
+        spec::RowSpec::Node(n) => n.0.clone(),
+    };
+    // Row references point at instances after matrix expansion: compare declared names.
+    let base = |n: &str| n.split('[').next().unwrap_or(n).to_string();
+    let found = r.rows.iter().position(|row| label(row) == *want || base(&row.node().0) == *want);
+    if found.is_none() {
+        let path = format!("{}.compare_to", node.spec_path());
+        let rows: Vec<String> = r.rows.iter().map(label).collect();
+        diags.push(
+            Diagnostic::new(
+                Code::MissingReference,
+                &path,
+                format!("`compare_to: {want}` is not one of the report's rows"),
+            )
+            .with_node(&node.name)
+            .with_help(format!("use one of: {}", rows.join(", ")))
+            .at(exp.locate_value(&path)),
+        );
+    }
+    found
+}
+
+/// Distill instances of the experiment that read each teacher, by the teacher's key (teachers
+/// not yet keyed are left out: a report only asks about teachers upstream of its rows).
+fn students_per_teacher(exp: &Experiment, graph: &Graph) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for n in &exp.nodes {
+        if let NodeKind::Distill(d) = &n.kind {
+            if let Some(k) = graph.get(&d.teacher.0).and_then(|ix| graph.keys.get(&ix)) {
+                *out.entry(k.hex()).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
 fn column(c: spec::Column) -> Column {
     match c {
         spec::Column::Accuracy => Column::Accuracy,
@@ -537,6 +672,12 @@ fn column(c: spec::Column) -> Column {
         spec::Column::ImagesPerSecond => Column::ImagesPerSecond,
         spec::Column::Flops => Column::Flops,
         spec::Column::Params => Column::Params,
+        spec::Column::CostSeconds => Column::CostSeconds,
+        spec::Column::CostFlops => Column::CostFlops,
+        spec::Column::CpuHours => Column::CpuHours,
+        spec::Column::GpuHours => Column::GpuHours,
+        spec::Column::TeacherSeconds => Column::TeacherSeconds,
+        spec::Column::TeacherFlops => Column::TeacherFlops,
     }
 }
 

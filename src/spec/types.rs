@@ -462,6 +462,11 @@ pub struct TrainSpec {
     /// were trained on the same class names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<Head>,
+    /// Keep a checkpoint of the run every this many epochs (`auto`: when it costs under 2% of
+    /// the time since the last one); one is also written when the run is stopped (Ctrl-C,
+    /// SIGTERM). Never part of the key: it changes no result.
+    #[serde(default, skip_serializing_if = "CheckpointEvery::is_auto")]
+    pub checkpoint_every: CheckpointEvery,
     /// Default: AdamW, lr 1e-3, weight decay 0.01 (the paper's from-scratch recipe).
     #[serde(default = "train_optimizer")]
     pub optimizer: OptimizerSpec,
@@ -519,6 +524,11 @@ pub struct FinetuneSpec {
     /// were trained on the same class names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<Head>,
+    /// Keep a checkpoint of the run every this many epochs (`auto`: when it costs under 2% of
+    /// the time since the last one); one is also written when the run is stopped (Ctrl-C,
+    /// SIGTERM). Never part of the key: it changes no result.
+    #[serde(default, skip_serializing_if = "CheckpointEvery::is_auto")]
+    pub checkpoint_every: CheckpointEvery,
     /// Default: AdamW, lr 1e-4 on the body, weight decay 5e-4 (the paper's FT recipe).
     #[serde(default = "finetune_optimizer")]
     pub optimizer: OptimizerSpec,
@@ -576,6 +586,11 @@ pub struct DistillSpec {
     /// were trained on the same class names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<Head>,
+    /// Keep a checkpoint of the run every this many epochs (`auto`: when it costs under 2% of
+    /// the time since the last one); one is also written when the run is stopped (Ctrl-C,
+    /// SIGTERM). Never part of the key: it changes no result.
+    #[serde(default, skip_serializing_if = "CheckpointEvery::is_auto")]
+    pub checkpoint_every: CheckpointEvery,
     /// Default: AdamW at its defaults (lr 1e-3, weight decay 0.01), as in the paper.
     #[serde(default = "train_optimizer")]
     pub optimizer: OptimizerSpec,
@@ -670,6 +685,30 @@ pub enum Column {
     ImagesPerSecond,
     Flops,
     Params,
+    /// The model's training and its starting weights' (pre-training), wall seconds.
+    CostSeconds,
+    /// The same in estimated FLOPs (GFLOPs).
+    CostFlops,
+    CpuHours,
+    GpuHours,
+    /// The whole cost of the teachers upstream of the row's model.
+    TeacherSeconds,
+    TeacherFlops,
+}
+
+/// Whether a report adds each teacher's cost to its students' rows, divided among the students.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherCost {
+    #[default]
+    Separate,
+    Amortised,
+}
+
+impl TeacherCost {
+    pub fn is_separate(&self) -> bool {
+        *self == TeacherCost::Separate
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -714,6 +753,18 @@ pub struct ReportSpec {
     /// Which weights of each row's model `eval` evaluates: `final`, or `best` on its `val:` set.
     #[serde(default, skip_serializing_if = "WhichWeights::is_final")]
     pub weights: WhichWeights,
+    /// A matrix key whose values become columns (each metric per value); rows are grouped by
+    /// the other matrix keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pivot: Option<String>,
+    /// `separate`: teachers' cost in the `teacher_*` columns only; `amortised`: also divided
+    /// among the experiment's students of each teacher and added to their rows' cost.
+    #[serde(default, skip_serializing_if = "TeacherCost::is_separate")]
+    pub teacher_cost: TeacherCost,
+    /// A row (its node or label) every other row is compared with: compute saved, accuracy
+    /// gained (a paired interval over seeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_to: Option<String>,
 }
 
 /// Which weights of a trained node are used: those of its last epoch, or of its epoch with the
@@ -1020,6 +1071,73 @@ pub use crate::losses::{LOSS_NAMES, WeightedLoss as Loss};
 
 // ---------------------------------------------------------------------------------------------
 // Defaults (named functions: serde needs paths; the values are documented in docs/spec.md)
+
+/// `checkpoint_every:` a number of epochs, or `auto`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CheckpointEvery {
+    /// After an epoch, when the time since the last checkpoint is at least 50 times what the
+    /// last write took (and a minute): under 2% of the run's time.
+    #[default]
+    Auto,
+    /// As written (validate bounds it), so an error quotes the value itself.
+    Epochs(u64),
+}
+
+impl CheckpointEvery {
+    pub fn is_auto(&self) -> bool {
+        *self == CheckpointEvery::Auto
+    }
+}
+
+impl Serialize for CheckpointEvery {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CheckpointEvery::Auto => s.serialize_str("auto"),
+            CheckpointEvery::Epochs(n) => s.serialize_u64(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CheckpointEvery {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = CheckpointEvery;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of epochs or `auto`")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<CheckpointEvery, E> {
+                // Out of range is validate's (a located "expected <= ..."), not a type error.
+                Ok(CheckpointEvery::Epochs(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<CheckpointEvery, E> {
+                match u64::try_from(v) {
+                    Ok(v) => Ok(CheckpointEvery::Epochs(v)),
+                    Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CheckpointEvery, E> {
+                match v {
+                    "auto" => Ok(CheckpointEvery::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for CheckpointEvery {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CheckpointEvery".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Epochs between checkpoints, or `auto` (under 2% of the run's time).",
+            "oneOf": [{ "type": "integer", "minimum": 1 }, { "const": "auto" }]
+        })
+    }
+}
 
 fn one_u32() -> u32 {
     1

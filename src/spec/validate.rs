@@ -58,6 +58,8 @@ pub(super) mod max {
     pub const IMAGE_SIDE: u64 = 4096;
     /// Batches a gradient-accumulation group sums (`accumulate`).
     pub const ACCUMULATE: u64 = 65536;
+    /// Epochs between checkpoints (`checkpoint_every`).
+    pub const CHECKPOINT_EVERY: u64 = 1_000_000;
     /// Pixels of `pad_crop` padding.
     pub const PADDING: u64 = 1024;
     /// Images a class kept by `per_class`.
@@ -579,6 +581,7 @@ impl<'a> Check<'a> {
                 );
                 self.within(&join(p, "label_smoothing"), s.label_smoothing, 0.0, 1.0, false);
                 let has_weights = s.init.is_some() || ctx.pretrained_models.contains(&s.model.0);
+                self.checkpoint_every(p, s.checkpoint_every);
                 self.recipe(
                     p,
                     s.accumulate,
@@ -609,6 +612,7 @@ impl<'a> Check<'a> {
                 );
                 self.within(&join(p, "label_smoothing"), s.label_smoothing, 0.0, 1.0, false);
                 self.positive(&join(p, "head_lr_mult"), s.head_lr_mult);
+                self.checkpoint_every(p, s.checkpoint_every);
                 self.recipe(p, s.accumulate, s.ema.as_ref(), s.head, true, "");
                 match (&s.from, &s.weights, &s.model) {
                     (Some(_), None, None) | (None, Some(_), Some(_)) => {}
@@ -647,6 +651,7 @@ impl<'a> Check<'a> {
                     self.positive_at_most(&format!("{p}.synthetic.ratio"), m.ratio, max::RATIO);
                 }
                 let has_weights = s.student_init.is_some() || ctx.pretrained_models.contains(&s.student.0);
+                self.checkpoint_every(p, s.checkpoint_every);
                 self.recipe(
                     p,
                     s.accumulate,
@@ -710,6 +715,12 @@ impl<'a> Check<'a> {
                     );
                 }
             }
+        }
+    }
+
+    fn checkpoint_every(&mut self, p: &str, every: crate::spec::types::CheckpointEvery) {
+        if let crate::spec::types::CheckpointEvery::Epochs(n) = every {
+            self.count(&join(p, "checkpoint_every"), n, 1, max::CHECKPOINT_EVERY);
         }
     }
 
