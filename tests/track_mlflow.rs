@@ -106,7 +106,7 @@ fn live_push_round_trips_params_metrics_nesting_artifacts_and_cache_pointers() {
     tracker.log_artifact(&kd, &checkpoint, "checkpoints/final.safetensors").unwrap();
     tracker.end_run(&kd, RunStatus::Finished).unwrap();
     let again = NodeRun { node_name: "kd_cached", ..node };
-    let cached = tracker.log_cached(&inv, &again, &kd).unwrap();
+    let cached = tracker.log_cached(&inv, &again, &kd, &[]).unwrap();
     tracker.end_run(&inv, RunStatus::Failed).unwrap();
     let report = tracker.finish().expect("a tracking uri gives a report");
     assert!(report.is_complete(), "{report:?}");
@@ -324,7 +324,7 @@ fn a_cached_node_pushes_its_original_from_an_earlier_offline_invocation() {
     let inv2 = live.start_invocation("cached-original", None, &[]).unwrap();
     let original = live.find_run_by_cache_key("teacher-key").unwrap().unwrap();
     assert_eq!(original, trained);
-    let cached = live.log_cached(&inv2, &node, &original).unwrap();
+    let cached = live.log_cached(&inv2, &node, &original, &[]).unwrap();
     live.end_run(&inv2, RunStatus::Finished).unwrap();
     let report = live.finish().unwrap();
     assert!(report.is_complete(), "{report:?}");

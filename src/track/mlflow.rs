@@ -100,7 +100,21 @@ pub struct Experiment {
     pub lifecycle_stage: String,
     #[serde(default)]
     pub artifact_location: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<ExperimentTag>,
 }
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ExperimentTag {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// The experiment tag MLflow's UI reads to show an experiment as model training (runs, metrics,
+/// charts) rather than as a GenAI application (traces), which it guesses for an untagged one.
+pub const EXPERIMENT_KIND_TAG: &str = "mlflow.experimentKind";
+pub const EXPERIMENT_KIND: &str = "custom_model_development";
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct RunInfo {
@@ -152,6 +166,11 @@ impl Run {
 
     pub fn param(&self, key: &str) -> Option<&str> {
         self.data.params.iter().find(|t| t.key == key).map(|t| t.value.as_str())
+    }
+
+    /// The latest value of a metric.
+    pub fn metric(&self, key: &str) -> Option<f64> {
+        self.data.metrics.iter().find(|m| m.key == key).map(|m| m.value)
     }
 }
 
@@ -241,11 +260,19 @@ impl MlflowClient {
 
     /// Returns the id of the active experiment `name`, creating it if needed. Creating is
     /// idempotent: when another client created it first (RESOURCE_ALREADY_EXISTS), its id is used.
+    /// It is tagged as model training ([`EXPERIMENT_KIND_TAG`]) unless it already has a kind.
     pub fn ensure_experiment(&self, name: &str) -> Result<String, MlflowError> {
         if let Some(exp) = self.get_experiment_by_name(name)? {
-            return active_experiment(exp);
+            let kind_set = exp.tags.iter().any(|t| t.key == EXPERIMENT_KIND_TAG);
+            let id = active_experiment(exp)?;
+            if !kind_set {
+                self.set_experiment_tag(&id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)?;
+            }
+            return Ok(id);
         }
-        match self.api_post("experiments/create", &json!({ "name": name }), Retry::Idempotent) {
+        let body =
+            json!({ "name": name, "tags": [{ "key": EXPERIMENT_KIND_TAG, "value": EXPERIMENT_KIND }] });
+        match self.api_post("experiments/create", &body, Retry::Idempotent) {
             Ok(v) => id_field("experiments/create", &v, "experiment_id"),
             Err(e) if e.error_code() == Some("RESOURCE_ALREADY_EXISTS") => {
                 match self.get_experiment_by_name(name)? {
@@ -330,28 +357,44 @@ impl MlflowClient {
         let kv = |items: &[(String, String)]| -> Vec<Value> {
             items.iter().map(|(k, v)| json!({"key": k, "value": v})).collect()
         };
-        for chunk in params.chunks(MAX_PARAMS_PER_BATCH) {
-            self.api_post(
-                "runs/log-batch",
-                &json!({"run_id": run_id, "params": kv(chunk)}),
-                Retry::Idempotent,
-            )?;
-        }
-        for chunk in tags.chunks(MAX_TAGS_PER_BATCH) {
-            self.api_post(
-                "runs/log-batch",
-                &json!({"run_id": run_id, "tags": kv(chunk)}),
-                Retry::Idempotent,
-            )?;
-        }
-        for chunk in metrics.chunks(MAX_METRICS_PER_BATCH) {
-            let wire: Vec<WireMetric> = chunk.iter().map(WireMetric::from).collect();
-            self.api_post("runs/log-batch", &json!({"run_id": run_id, "metrics": wire}), Retry::Idempotent)?;
+        // As few requests as MLflow's limits allow: params, tags and metrics share a request (at
+        // most 1000 entities, 100 params and 100 tags each), and long params and tags that
+        // together could pass its 1 MB a request go alone.
+        let (mut p, mut t, mut m) = (params, tags, metrics);
+        while !(p.is_empty() && t.is_empty() && m.is_empty()) {
+            let np = p.len().min(MAX_PARAMS_PER_BATCH);
+            let text =
+                |items: &[(String, String)]| items.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            let nt = if text(&p[..np]) + text(&t[..t.len().min(MAX_TAGS_PER_BATCH)]) > 400_000 && np > 0 {
+                0
+            } else {
+                t.len().min(MAX_TAGS_PER_BATCH)
+            };
+            let nm = if np + nt > 0 && text(&p[..np]) + text(&t[..nt]) > 400_000 {
+                0
+            } else {
+                m.len().min(MAX_METRICS_PER_BATCH - np - nt)
+            };
+            let mut body = json!({ "run_id": run_id });
+            if np > 0 {
+                body["params"] = Value::from(kv(&p[..np]));
+            }
+            if nt > 0 {
+                body["tags"] = Value::from(kv(&t[..nt]));
+            }
+            if nm > 0 {
+                let wire: Vec<WireMetric> = m[..nm].iter().map(WireMetric::from).collect();
+                body["metrics"] = serde_json::to_value(wire).expect("metrics serialise");
+            }
+            self.api_post("runs/log-batch", &body, Retry::Idempotent)?;
+            (p, t, m) = (&p[np..], &t[nt..], &m[nm..]);
         }
         Ok(())
     }
 
-    /// Sets a run's status (`RUNNING`, `FINISHED`, `FAILED`, `KILLED`) and end time.
+    /// Sets a run's status (`RUNNING`, `FINISHED`, `FAILED`, `KILLED`) and end time. Without an
+    /// end time the server keeps the one it has (MLflow cannot clear it: setting an ended run
+    /// back to RUNNING leaves its old end time until the next end).
     pub fn update_run(
         &self,
         run_id: &str,
@@ -363,6 +406,21 @@ impl MlflowClient {
             body["end_time"] = json!(end);
         }
         self.api_post("runs/update", &body, Retry::Idempotent).map(|_| ())
+    }
+
+    /// Removes a tag from a run. A tag the run does not have (`RESOURCE_DOES_NOT_EXIST`: never
+    /// set, or removed by an earlier call whose reply was lost) is not an error.
+    pub fn set_experiment_tag(&self, experiment_id: &str, key: &str, value: &str) -> Result<(), MlflowError> {
+        let body = json!({ "experiment_id": experiment_id, "key": key, "value": value });
+        self.api_post("experiments/set-experiment-tag", &body, Retry::Idempotent).map(|_| ())
+    }
+
+    pub fn delete_tag(&self, run_id: &str, key: &str) -> Result<(), MlflowError> {
+        match self.api_post("runs/delete-tag", &json!({"run_id": run_id, "key": key}), Retry::Idempotent) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_code() == Some("RESOURCE_DOES_NOT_EXIST") => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every logged point of one metric, in the server's order.

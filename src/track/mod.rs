@@ -13,7 +13,7 @@
 //! ```text
 //! <store>/runs/<run_id>/meta.json       run kind, parent, status, times (rewritten atomically)
 //! <store>/runs/<run_id>/params.json     flattened params, written once
-//! <store>/runs/<run_id>/tags.json       tags, written once
+//! <store>/runs/<run_id>/tags.json       tags, written once (a reopened run gains one)
 //! <store>/runs/<run_id>/metrics.jsonl   one metric point per line, append only
 //! <store>/runs/<run_id>/artifacts/...   copies of logged files
 //! <store>/sync/<server>.json            what was pushed to one server (the ledger)
@@ -28,9 +28,16 @@ mod tracker;
 
 pub use error::TrackError;
 pub use mlflow::{ClientConfig, MlflowClient, MlflowError};
-pub use params::{InvalidEntity, MAX_KEY_LEN, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN, flatten_params};
-pub use store::{LocalStore, Metric, RunKind, RunMeta, RunSummary, SyncedTo, format_runs, list_runs};
-pub use sync::{CACHED_FROM_MLFLOW_TAG, LOCAL_RUN_ID_TAG, SyncReport, sync, sync_with_client};
+pub use params::{
+    InvalidEntity, MAX_KEY_LEN, MAX_PARAM_VALUE_LEN, MAX_TAG_VALUE_LEN, final_metrics, flatten_params,
+    metric_name, readable,
+};
+pub use store::{
+    LocalStore, Metric, RESUMED_TAG, RunKind, RunMeta, RunSummary, SyncedTo, format_runs, list_runs,
+};
+pub use sync::{
+    CACHED_FROM_MLFLOW_TAG, LOCAL_RUN_ID_TAG, SyncReport, node_run_urls, run_url, sync, sync_with_client,
+};
 pub use tracker::{NodeRun, PushState, Tracker, TrackerConfig, resolve_tracking_uri};
 
 use serde::{Deserialize, Serialize};

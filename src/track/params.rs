@@ -19,6 +19,131 @@ pub const MAX_PARAM_VALUE_LEN: usize = 6000;
 /// Longest tag value MLflow stores without truncating it.
 pub const MAX_TAG_VALUE_LEN: usize = 8000;
 
+/// A resolved job's key value (`Job::key_value`: `{format, kind, seed, inputs, work}`) as people
+/// read it, before [`flatten_params`]: the work's settings at the top (`loop.batch_size`, not
+/// `work.train.loop.batch_size`), each input as `{ key, name }` (`inputs.teacher.name`), a loss
+/// list by loss name (`losses.kd.temperature`), an enum written `{"AdamW": {..}}` as
+/// `{ type: adamw, .. }`, and the key's format as `cache_format`. `names` maps each input role
+/// to the names of its inputs.
+pub fn readable(key_value: &Value, names: &[(String, String)]) -> Value {
+    let mut out = serde_json::Map::new();
+    let Value::Object(top) = key_value else { return key_value.clone() };
+    for (k, v) in top {
+        match k.as_str() {
+            "format" => {
+                out.insert("cache_format".into(), v.clone());
+            }
+            "inputs" => {
+                let mut inputs = serde_json::Map::new();
+                for (role, key) in v.as_object().into_iter().flatten() {
+                    let mut of: Vec<&str> =
+                        names.iter().filter(|(r, _)| r == role).map(|(_, n)| n.as_str()).collect();
+                    of.sort();
+                    let name = match of.as_slice() {
+                        [one] => Value::String(one.to_string()),
+                        many => Value::from(many.to_vec()),
+                    };
+                    inputs.insert(role.clone(), serde_json::json!({ "key": key, "name": name }));
+                }
+                out.insert("inputs".into(), Value::Object(inputs));
+            }
+            "work" => match v {
+                Value::Object(w) if w.len() == 1 => {
+                    for (wk, wv) in w.values().next().and_then(Value::as_object).into_iter().flatten() {
+                        out.insert(wk.clone(), tidy(wv));
+                    }
+                }
+                other => {
+                    out.insert("work".into(), tidy(other));
+                }
+            },
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// Enums as `{ type, .. }`, loss lists by name, recursively.
+fn tidy(v: &Value) -> Value {
+    match v {
+        Value::Object(m) if m.len() == 1 => {
+            let (k, inner) = m.iter().next().expect("one entry");
+            match inner {
+                Value::Object(fields) if k.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                    let mut o = serde_json::Map::new();
+                    o.insert("type".into(), Value::String(k.to_ascii_lowercase()));
+                    for (fk, fv) in fields {
+                        o.insert(fk.clone(), tidy(fv));
+                    }
+                    Value::Object(o)
+                }
+                _ => Value::Object(m.iter().map(|(k, v)| (k.clone(), tidy(v))).collect()),
+            }
+        }
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), tidy(v))).collect()),
+        Value::Array(items)
+            if !items.is_empty() && items.iter().all(|i| i.get("loss").is_some_and(Value::is_string)) =>
+        {
+            let mut o = serde_json::Map::new();
+            for i in items {
+                let mut fields = i.as_object().expect("an object with `loss`").clone();
+                let name =
+                    fields.remove("loss").and_then(|n| n.as_str().map(String::from)).unwrap_or_default();
+                o.insert(name, tidy(&Value::Object(fields)));
+            }
+            Value::Object(o)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(tidy).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A node's final metrics (its stored result's `metrics`) as MLflow metric points: every number
+/// under a dotted key (`accuracy`, `cost.own.seconds`, `evaluated.kd/seed_0.accuracy`: each part
+/// through [`metric_name`]), booleans as 0 and 1; strings, lists and keys MLflow would still
+/// refuse (too long) are left out.
+pub fn final_metrics(m: &Value) -> Vec<(String, f64)> {
+    fn walk(v: &Value, prefix: String, out: &mut Vec<(String, f64)>) {
+        match v {
+            Value::Object(map) => {
+                for (k, c) in map {
+                    // An instance name as a key (a report's `evaluated`) in MLflow's alphabet.
+                    let k = metric_name(k);
+                    walk(c, if prefix.is_empty() { k } else { format!("{prefix}.{k}") }, out);
+                }
+            }
+            Value::Number(n) => {
+                if let Some(x) = n.as_f64() {
+                    out.push((prefix, x));
+                }
+            }
+            Value::Bool(b) => out.push((prefix, f64::from(u8::from(*b)))),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(m, String::new(), &mut out);
+    out.retain(|(k, _)| !k.is_empty() && check_key("metric", k).is_ok());
+    out
+}
+
+/// A node instance's name as part of a metric key: `kd[losses.kd.temperature=2,seed=0]` ->
+/// `kd/losses.kd.temperature_2/seed_0` (MLflow keys take no brackets, `=` or `,`).
+pub fn metric_name(instance: &str) -> String {
+    let mut s = String::with_capacity(instance.len());
+    for c in instance.chars() {
+        match c {
+            '[' | ',' => s.push('/'),
+            ']' => {}
+            c if c.is_ascii_alphanumeric() || "_-. :".contains(c) => s.push(c),
+            _ => s.push('_'),
+        }
+    }
+    s.trim_end_matches('/').to_string()
+}
+
 /// Flattens a resolved node config into MLflow params with dotted keys.
 ///
 /// Objects nest with `.`; an array of scalars stays one param (its JSON text, e.g. `[0,1,2]`,
@@ -118,6 +243,64 @@ mod tests {
         let want: Vec<(String, String)> =
             expect.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_key_value_reads_as_the_spec_does() {
+        let kv = json!({
+            "format": 4, "kind": "distill", "seed": 0,
+            "inputs": { "teacher": "abc", "data": "def", "rows/0": ["k1", "k2"] },
+            "work": { "distill": {
+                "losses": [{ "loss": "kd", "weight": 1, "temperature": 4.0 }, { "loss": "ce", "weight": 1 }],
+                "loop": { "trainer": { "optimizer": { "AdamW": { "lr": 0.001 } }, "schedule": "None" } },
+                "student": { "arch": { "arch": { "Cnn": { "channels": [8, 16] } } } } } },
+        });
+        let names: Vec<(String, String)> =
+            [("teacher", "t"), ("data", "task"), ("rows/0", "b[seed=1]"), ("rows/0", "b[seed=0]")]
+                .iter()
+                .map(|(r, n)| (r.to_string(), n.to_string()))
+                .collect();
+        check(
+            readable(&kv, &names),
+            &[
+                ("cache_format", "4"),
+                ("inputs.data.key", "def"),
+                ("inputs.data.name", "task"),
+                ("inputs.rows/0.key", r#"["k1","k2"]"#),
+                ("inputs.rows/0.name", r#"["b[seed=0]","b[seed=1]"]"#),
+                ("inputs.teacher.key", "abc"),
+                ("inputs.teacher.name", "t"),
+                ("kind", "distill"),
+                ("loop.trainer.optimizer.lr", "0.001"),
+                ("loop.trainer.optimizer.type", "adamw"),
+                ("loop.trainer.schedule", "None"),
+                ("losses.ce.weight", "1"),
+                ("losses.kd.temperature", "4.0"),
+                ("losses.kd.weight", "1"),
+                ("seed", "0"),
+                ("student.arch.arch.channels", "[8,16]"),
+                ("student.arch.arch.type", "cnn"),
+            ],
+        );
+    }
+
+    #[test]
+    fn final_metrics_are_the_numbers_under_dotted_keys() {
+        let m = json!({ "accuracy": 0.5, "table": "| a |", "cost": { "own": { "seconds": 2, "nodes": ["a"] } },
+                        "joined": true, "device": "cpu", "evaluated": { "kd[seed=0]": { "accuracy": 0.25 } } });
+        assert_eq!(
+            final_metrics(&m),
+            [
+                ("accuracy".to_string(), 0.5),
+                ("cost.own.seconds".into(), 2.0),
+                ("evaluated.kd/seed_0.accuracy".into(), 0.25),
+                ("joined".into(), 1.0)
+            ]
+        );
+        assert_eq!(metric_name("kd[losses.kd.temperature=2,seed=0]"), "kd/losses.kd.temperature_2/seed_0");
+        assert!(
+            check_key("metric", &format!("evaluated.{}.accuracy", metric_name("a[b=c d,seed=1]"))).is_ok()
+        );
     }
 
     #[test]

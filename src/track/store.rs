@@ -71,6 +71,29 @@ pub struct RunMeta {
     /// and a later command found it abandoned): pushed to MLflow as tag `distillery.end_reason`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// How many times the run was reopened to continue from a checkpoint after its process was
+    /// interrupted ([`LocalStore::reopen_run`]); the push compares it with its ledger to set the
+    /// server's run back to RUNNING.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Tag of a run reopened to continue from a checkpoint: where it continued (`epoch 3 of 10,
+/// batch 0`), each reopening appended after `"; "`.
+pub const RESUMED_TAG: &str = "distillery.resumed";
+
+/// A run [`LocalStore::reopen_run`] reopened for this process.
+pub(crate) struct Reopened {
+    pub meta: RunMeta,
+    /// Its owner lock, held by this process until dropped.
+    pub owner: File,
+    /// The highest step already logged for each metric key: points the continued node logs again
+    /// for those steps (epochs after its last checkpoint, trained again) are not appended.
+    pub logged_through: BTreeMap<String, i64>,
 }
 
 /// Access to a store directory (`.distillery/` beside the spec by default).
@@ -127,7 +150,8 @@ impl LocalStore {
         self.run_dir(run_id).join("artifacts")
     }
 
-    /// Creates a run directory with its meta, params and tags. Params and tags never change after.
+    /// Creates a run directory with its meta, params and tags. Params never change after; tags
+    /// only gain [`RESUMED_TAG`] when the run is reopened ([`Self::reopen_run`]).
     pub(crate) fn create_run(
         &self,
         meta: &RunMeta,
@@ -216,6 +240,98 @@ impl LocalStore {
             ended.push(run_id);
         }
         Ok(ended)
+    }
+
+    /// The run a node of `cache_key` continuing from a checkpoint belongs to: the latest trained
+    /// (not cached) node run of that key, unless it finished (then the checkpoint is not its: a
+    /// new run is started). FAILED, KILLED and RUNNING ones qualify; [`Self::reopen_run`] decides
+    /// whether a RUNNING one is abandoned.
+    pub(crate) fn resumable_run(&self, cache_key: &str) -> Result<Option<RunId>, TrackError> {
+        let mut latest = None;
+        for run_id in self.run_ids()? {
+            let meta = self.read_meta(&run_id)?;
+            if meta.kind == RunKind::Node
+                && meta.cache_key.as_deref() == Some(cache_key)
+                && meta.cached_from.is_none()
+            {
+                latest = Some(meta);
+            }
+        }
+        Ok(latest.filter(|m| m.status != RunStatus::Finished).map(|m| m.run_id))
+    }
+
+    /// Reopens an ended (FAILED, KILLED) or abandoned (RUNNING, its owner gone) run for this
+    /// process to go on recording: takes its `owner.lock` first and re-reads meta.json under it
+    /// (so [`Self::reap_abandoned`] in another command can neither end it meanwhile nor have
+    /// ended it unseen), cuts an unfinished last metric line (its process died mid-write), appends
+    /// `resume` to tag [`RESUMED_TAG`], and writes meta.json back as RUNNING (no end time, no end
+    /// reason, `resumed` + 1). `None` when the run cannot be reopened: it finished, it is a
+    /// cached run, or its owner is alive (a RUNNING run whose lock stays held, or one recorded
+    /// before owner locks existed).
+    pub(crate) fn reopen_run(&self, run_id: &RunId, resume: &str) -> Result<Option<Reopened>, TrackError> {
+        let meta = self.read_meta(run_id)?;
+        let p = self.run_dir(run_id).join(OWNER_LOCK);
+        let reopenable = |m: &RunMeta| {
+            m.kind == RunKind::Node && m.cached_from.is_none() && m.status != RunStatus::Finished
+        };
+        // A RUNNING run without a lock file predates owner locks: whether its process lives
+        // cannot be told.
+        if !reopenable(&meta) || (meta.status == RunStatus::Running && !p.is_file()) {
+            return Ok(None);
+        }
+        let mut owner = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .map_err(TrackError::io(&p))?;
+        // Another command reaping it holds the lock for a moment; a live owner holds it for good.
+        let mut tries = 0;
+        while owner.try_lock().is_err() {
+            tries += 1;
+            if tries == 40 {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Under the lock: what another command (a reap, another resume) made of it meanwhile.
+        let mut meta = self.read_meta(run_id)?;
+        if !reopenable(&meta) {
+            return Ok(None);
+        }
+        let mut tags = self.read_tags(run_id)?;
+        let value = match tags.get(RESUMED_TAG) {
+            Some(earlier) => format!("{earlier}; {resume}"),
+            None => resume.to_string(),
+        };
+        super::params::check_tag(RESUMED_TAG, &value)?;
+        // Complete lines only: a new line appended after half of one would corrupt both.
+        let metrics = self.metrics_path(run_id);
+        let bytes = fs::read(&metrics).map_err(TrackError::io(&metrics))?;
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if complete < bytes.len() {
+            let f = OpenOptions::new().write(true).open(&metrics).map_err(TrackError::io(&metrics))?;
+            f.set_len(complete as u64).map_err(TrackError::io(&metrics))?;
+        }
+        let mut logged_through = BTreeMap::new();
+        for m in self.read_metrics(run_id)? {
+            let step = logged_through.entry(m.key).or_insert(m.step);
+            *step = m.step.max(*step);
+        }
+        owner.set_len(0).map_err(TrackError::io(&p))?;
+        owner.seek(SeekFrom::Start(0)).map_err(TrackError::io(&p))?;
+        writeln!(owner, "pid {} on {}", std::process::id(), super::tracker::host_name())
+            .map_err(TrackError::io(&p))?;
+        tags.insert(RESUMED_TAG.to_string(), value);
+        // Tags before meta: a push that sees the reopened meta finds the new tag.
+        write_json_atomic(&self.run_dir(run_id).join("tags.json"), &tags)?;
+        meta.status = RunStatus::Running;
+        meta.end_ms = None;
+        meta.end_reason = None;
+        meta.resumed += 1;
+        self.write_meta(&meta)?;
+        Ok(Some(Reopened { meta, owner, logged_through }))
     }
 
     pub fn read_meta(&self, run_id: &RunId) -> Result<RunMeta, TrackError> {
@@ -541,6 +657,7 @@ pub(crate) fn new_meta(
         start_ms,
         end_ms: None,
         end_reason: None,
+        resumed: 0,
     }
 }
 
@@ -587,6 +704,96 @@ mod tests {
         let (_d, old, old_id) = store_with_run();
         assert!(old.reap_abandoned().unwrap().is_empty());
         assert_eq!(old.read_meta(&old_id).unwrap().status, RunStatus::Running);
+    }
+
+    #[test]
+    fn an_interrupted_run_is_reopened_running_under_its_owner_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join(".distillery")).unwrap();
+        let id = RunId::generate(super::super::now_ms());
+        let mut meta = new_meta(id.clone(), RunKind::Node, None, "exp", "n", 5);
+        meta.cache_key = Some("k".into());
+        let owner = store.create_owned_run(&meta, &[], &BTreeMap::new()).unwrap();
+        let path = store.metrics_path(&id);
+        let mut m = store.metrics_appender(&id).unwrap();
+        append_metrics(&mut m, &path, &[Metric::new("loss", 1.0, 1, 40), Metric::new("loss", 0.5, 2, 41)])
+            .unwrap();
+        m.write_all(br#"{"key":"loss","va"#).unwrap(); // the process died mid-write
+        assert_eq!(store.resumable_run("k").unwrap(), Some(id.clone()), "RUNNING qualifies");
+        assert_eq!(store.resumable_run("other").unwrap(), None);
+        // Its process is gone: reaped FAILED, then reopened by the process that resumes it.
+        drop(owner);
+        assert_eq!(store.reap_abandoned().unwrap(), vec![id.clone()]);
+        assert_eq!(store.resumable_run("k").unwrap(), Some(id.clone()), "FAILED qualifies");
+        let r = store.reopen_run(&id, "epoch 3 of 10, batch 0 of 5").unwrap().expect("reopened");
+        let read = store.read_meta(&id).unwrap();
+        assert_eq!(read, r.meta);
+        assert_eq!(
+            (read.status, read.end_ms, read.end_reason, read.resumed),
+            (RunStatus::Running, None, None, 1)
+        );
+        assert_eq!(store.read_tags(&id).unwrap()[RESUMED_TAG], "epoch 3 of 10, batch 0 of 5");
+        assert_eq!(r.logged_through, BTreeMap::from([("loss".to_string(), 2)]));
+        // The unfinished line is cut, so the next append starts a line of its own.
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("}\n") && text.lines().count() == 2, "{text:?}");
+        let lock = fs::read_to_string(store.run_dir(&id).join(OWNER_LOCK)).unwrap();
+        assert_eq!(
+            lock.trim(),
+            format!("pid {} on {}", std::process::id(), super::super::tracker::host_name())
+        );
+        // Held by its new owner: no reap ends it and nobody else reopens it.
+        assert!(store.reap_abandoned().unwrap().is_empty());
+        assert!(store.reopen_run(&id, "x").unwrap().is_none());
+        assert_eq!(store.read_meta(&id).unwrap().resumed, 1);
+        // Stopped again (Ctrl-C: KILLED), and reopened again: the places add up.
+        let mut killed = store.read_meta(&id).unwrap();
+        (killed.status, killed.end_ms) = (RunStatus::Killed, Some(60));
+        store.write_meta(&killed).unwrap();
+        drop(r.owner);
+        let again = store.reopen_run(&id, "epoch 7 of 10, batch 2 of 5").unwrap().expect("reopened");
+        assert_eq!((again.meta.status, again.meta.end_ms, again.meta.resumed), (RunStatus::Running, None, 2));
+        assert_eq!(
+            store.read_tags(&id).unwrap()[RESUMED_TAG],
+            "epoch 3 of 10, batch 0 of 5; epoch 7 of 10, batch 2 of 5"
+        );
+        // Finished: not reopened, and a later resume of the key starts a new run.
+        let mut done = store.read_meta(&id).unwrap();
+        (done.status, done.end_ms) = (RunStatus::Finished, Some(70));
+        store.write_meta(&done).unwrap();
+        drop(again.owner);
+        assert!(store.reopen_run(&id, "x").unwrap().is_none());
+        assert_eq!(store.resumable_run("k").unwrap(), None);
+        assert_eq!(store.read_meta(&id).unwrap().resumed, 2, "a meta.json with resumed: 2 reads back");
+    }
+
+    #[test]
+    fn cached_finished_and_ownerless_runs_are_not_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join(".distillery")).unwrap();
+        let node = |status: RunStatus, cached: bool| {
+            let id = RunId::generate(super::super::now_ms());
+            let mut meta = new_meta(id.clone(), RunKind::Node, None, "exp", "n", 5);
+            meta.cache_key = Some("k".into());
+            meta.status = status;
+            meta.cached_from = cached.then(|| RunId::new("orig"));
+            store.create_run(&meta, &[], &BTreeMap::new()).unwrap(); // no owner lock
+            id
+        };
+        let old_running = node(RunStatus::Running, false);
+        assert!(store.reopen_run(&old_running, "x").unwrap().is_none(), "its owner cannot be told");
+        let failed = node(RunStatus::Failed, false);
+        let cached = node(RunStatus::Finished, true);
+        assert!(store.reopen_run(&cached, "x").unwrap().is_none());
+        // The latest trained run of the key is the FAILED one (cached runs do not count)...
+        assert_eq!(store.resumable_run("k").unwrap(), Some(failed.clone()));
+        // ...and one recorded before owner locks existed gets one when reopened.
+        let r = store.reopen_run(&failed, "epoch 2 of 3, batch 0 of 1").unwrap().expect("reopened");
+        assert!(store.run_dir(&failed).join(OWNER_LOCK).is_file());
+        drop(r);
+        // A trained run that finished after it: nothing of the key to resume.
+        node(RunStatus::Finished, false);
+        assert_eq!(store.resumable_run("k").unwrap(), None);
     }
 
     #[test]

@@ -11,11 +11,11 @@
 //! by its `distillery.local_run_id` tag instead of being created twice.
 
 use super::mlflow::{MlflowClient, MlflowError, RunInfo};
-use super::store::{LocalStore, RunMeta, read_json, write_json_atomic};
+use super::store::{LocalStore, RunKind, RunMeta, read_json, write_json_atomic};
 use super::{ClientConfig, RunId, RunStatus, TrackError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 pub const LOCAL_RUN_ID_TAG: &str = "distillery.local_run_id";
 /// Tag on a cached node's run: the MLflow run id of the run that produced the result.
 pub const CACHED_FROM_MLFLOW_TAG: &str = "distillery.cached_from_mlflow_run";
+
+/// Tag saying why a run ended when its own process could not (meta's `end_reason`).
+const END_REASON_TAG: &str = "distillery.end_reason";
 
 const LEDGER_FORMAT: u32 = 1;
 
@@ -96,16 +99,20 @@ pub fn sync_with_client(store: &Path, client: &MlflowClient) -> Result<SyncRepor
     // A run whose process died is ended (FAILED, with the reason) before it is pushed.
     store.reap_abandoned()?;
     let run_ids = store.run_ids()?;
-    push_runs(&store, client, &run_ids)
+    push_runs(&store, client, &run_ids, &mut HashSet::new())
 }
 
 /// Pushes the given runs (and the runs they point to) under the ledger lock.
+/// `fresh`: runs this process created and has not tried to create on the server yet, so no
+/// server can have them: created without looking them up first (a run is taken out of it on its
+/// first try; a later one looks it up, since that try's reply may have been lost).
 pub(crate) fn push_runs(
     store: &LocalStore,
     client: &MlflowClient,
     run_ids: &[RunId],
+    fresh: &mut HashSet<RunId>,
 ) -> Result<SyncReport, TrackError> {
-    let mut pusher = Pusher::open(store, client)?;
+    let mut pusher = Pusher::open(store, client, fresh)?;
     for run_id in run_ids {
         pusher.report.runs_seen += 1;
         match pusher.push_run(run_id) {
@@ -141,8 +148,12 @@ pub(crate) struct RunSync {
     pub metric_bytes: u64,
     /// Uploaded artifacts and their sizes.
     pub artifacts: BTreeMap<String, u64>,
-    /// The terminal status the server has.
+    /// The terminal status the server has (`None` while it has the run RUNNING).
     pub status: Option<RunStatus>,
+    /// The reopenings of the run (meta's `resumed`) the server has seen: each set its run back
+    /// to RUNNING and its tags to be sent again (with `distillery.resumed`).
+    #[serde(default)]
+    pub resumed: u32,
 }
 
 impl RunSync {
@@ -156,7 +167,10 @@ impl RunSync {
             && self.tags_done
             && self.metric_bytes == metrics_len
             && artifacts.iter().all(|(p, _, size)| self.artifacts.get(p) == Some(size))
-            && (!meta.status.is_terminal() || self.status == Some(meta.status))
+            && self.resumed == meta.resumed
+            // A run reopened after its end was pushed is not complete until the server has it
+            // RUNNING again (and then its new end).
+            && self.status == meta.status.is_terminal().then_some(meta.status)
     }
 }
 
@@ -165,6 +179,43 @@ fn ledger_paths(store: &LocalStore, uri: &str) -> (PathBuf, PathBuf) {
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let dir = store.root().join("sync");
     (dir.join(format!("{hex}.json")), dir.join(format!("{hex}.lock")))
+}
+
+/// The MLflow UI's page of local run `run` on server `uri` (the normalised base URI a
+/// [`SyncReport`] names), once the run has been pushed there.
+pub fn run_url(store: &LocalStore, uri: &str, run: &RunId) -> Option<String> {
+    let (path, _) = ledger_paths(store, uri);
+    let ledger: Ledger = read_json(&path).ok()?;
+    let r = ledger.runs.get(run)?;
+    Some(format!("{uri}/#/experiments/{}/runs/{}", r.experiment_id, r.mlflow_run_id))
+}
+
+/// For each cache key, the MLflow pages of the latest node run that computed it (not one that
+/// found it cached), on every server it was pushed to. Reads the store only.
+pub fn node_run_urls(store: &LocalStore) -> Result<HashMap<String, Vec<String>>, TrackError> {
+    let ledgers = read_all_ledgers(store)?;
+    let mut latest: HashMap<String, RunId> = HashMap::new();
+    // Run ids sort by start time: the last one seen is the latest.
+    for run_id in store.run_ids()? {
+        let meta = store.read_meta(&run_id)?;
+        if let (RunKind::Node, Some(key), None) = (meta.kind, &meta.cache_key, &meta.cached_from) {
+            latest.insert(key.clone(), run_id);
+        }
+    }
+    let mut out = HashMap::new();
+    for (key, run) in latest {
+        let urls: Vec<String> = ledgers
+            .iter()
+            .filter_map(|l| {
+                let r = l.runs.get(&run)?;
+                Some(format!("{}/#/experiments/{}/runs/{}", l.uri, r.experiment_id, r.mlflow_run_id))
+            })
+            .collect();
+        if !urls.is_empty() {
+            out.insert(key, urls);
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn read_all_ledgers(store: &LocalStore) -> Result<Vec<Ledger>, TrackError> {
@@ -189,13 +240,18 @@ struct Pusher<'a> {
     ledger: Ledger,
     ledger_path: PathBuf,
     experiments: HashMap<String, String>,
+    fresh: &'a mut HashSet<RunId>,
     report: SyncReport,
     /// Held while pushing: a live push and a `sync` of the same store take turns.
     _lock: File,
 }
 
 impl<'a> Pusher<'a> {
-    fn open(store: &'a LocalStore, client: &'a MlflowClient) -> Result<Pusher<'a>, TrackError> {
+    fn open(
+        store: &'a LocalStore,
+        client: &'a MlflowClient,
+        fresh: &'a mut HashSet<RunId>,
+    ) -> Result<Pusher<'a>, TrackError> {
         let uri = client.base_uri().to_string();
         let (ledger_path, lock_path) = ledger_paths(store, &uri);
         let dir = ledger_path.parent().expect("ledger has a directory");
@@ -218,6 +274,7 @@ impl<'a> Pusher<'a> {
             ledger,
             ledger_path,
             experiments: HashMap::new(),
+            fresh,
             report: SyncReport { uri, ..SyncReport::default() },
             _lock: lock,
         })
@@ -253,8 +310,12 @@ impl<'a> Pusher<'a> {
             tags.push(("mlflow.parentRunId".to_string(), self.ledger.runs[parent].mlflow_run_id.clone()));
         }
         let experiment_id = self.experiment_id(&meta.experiment)?;
-        let filter = format!("tags.`{LOCAL_RUN_ID_TAG}` = '{}'", run_id.as_str().replace('\'', "\\'"));
-        let found = self.client.search_runs(&[&experiment_id], &filter)?;
+        let found = if self.fresh.remove(run_id) {
+            Vec::new()
+        } else {
+            let filter = format!("tags.`{LOCAL_RUN_ID_TAG}` = '{}'", run_id.as_str().replace('\'', "\\'"));
+            self.client.search_runs(&[&experiment_id], &filter)?
+        };
         let info: RunInfo = match found.into_iter().next() {
             Some(run) => {
                 self.report.runs_matched += 1;
@@ -293,40 +354,81 @@ impl<'a> Pusher<'a> {
         self.ensure_run(run_id, &meta)?;
         let mlflow_id = self.ledger.runs[run_id].mlflow_run_id.clone();
 
-        if !self.ledger.runs[run_id].params_done {
-            let params = self.store.read_params(run_id)?;
-            self.client.log_batch(&mlflow_id, &[], &params, &[])?;
-            self.report.params_sent += params.len();
-            self.entry(run_id).params_done = true;
-            self.save()?;
-        }
-
-        if !self.ledger.runs[run_id].tags_done {
-            let mut tags: Vec<(String, String)> = self.store.read_tags(run_id)?.into_iter().collect();
-            if let Some(original) = &meta.cached_from {
-                // Point at the original's MLflow run. It may belong to an earlier invocation that
-                // was never pushed: push all of it first, so the pointer leads to a full run.
-                if self.store.read_meta(original).is_ok() {
-                    self.push_run(original)?;
-                    tags.push((
-                        CACHED_FROM_MLFLOW_TAG.to_string(),
-                        self.ledger.runs[original].mlflow_run_id.clone(),
-                    ));
+        if self.ledger.runs[run_id].resumed < meta.resumed {
+            // Reopened to continue from a checkpoint: the same MLflow run goes on. If the server
+            // has its end, it is RUNNING again (MLflow keeps the old end time until the new end
+            // is sent: `runs/update` cannot clear it), without the old end's reason.
+            if self.ledger.runs[run_id].status.is_some() {
+                if meta.end_reason.is_none() {
+                    self.client.delete_tag(&mlflow_id, END_REASON_TAG)?;
+                }
+                if meta.status == RunStatus::Running {
+                    self.client.update_run(&mlflow_id, RunStatus::Running.as_mlflow(), None)?;
                 }
             }
-            self.client.log_batch(&mlflow_id, &[], &[], &tags)?;
-            self.report.tags_sent += tags.len();
-            self.entry(run_id).tags_done = true;
+            let entry = self.entry(run_id);
+            entry.status = None;
+            entry.tags_done = false; // distillery.resumed is new
+            entry.resumed = meta.resumed;
             self.save()?;
         }
 
+        // Params, tags and the first metrics together: a short run (a cached node's) is one
+        // request. Sending any of them again is harmless (the same params, tags overwritten,
+        // identical metric points dropped by the server), so a failed request is simply redone.
+        let params = match self.ledger.runs[run_id].params_done {
+            false => self.store.read_params(run_id)?,
+            true => Vec::new(),
+        };
+        let tags = match self.ledger.runs[run_id].tags_done {
+            false => {
+                let mut tags: Vec<(String, String)> = self.store.read_tags(run_id)?.into_iter().collect();
+                if let Some(original) = &meta.cached_from {
+                    // Point at the original's MLflow run. It may belong to an earlier invocation
+                    // that was never pushed: push all of it first, so the pointer leads to a full run.
+                    if self.store.read_meta(original).is_ok() {
+                        self.push_run(original)?;
+                        tags.push((
+                            CACHED_FROM_MLFLOW_TAG.to_string(),
+                            self.ledger.runs[original].mlflow_run_id.clone(),
+                        ));
+                    }
+                }
+                Some(tags)
+            }
+            true => None,
+        };
         let offset = self.ledger.runs[run_id].metric_bytes;
-        if offset < metrics_len {
-            let chunk = self.store.read_metrics_from(run_id, offset)?;
-            let batch = super::mlflow::MAX_METRICS_PER_BATCH;
-            for (i, metrics) in chunk.metrics.chunks(batch).enumerate() {
+        let chunk = match offset < metrics_len {
+            true => Some(self.store.read_metrics_from(run_id, offset)?),
+            false => None,
+        };
+        let batch = super::mlflow::MAX_METRICS_PER_BATCH;
+        let mut sent = 0;
+        if !self.ledger.runs[run_id].params_done || tags.is_some() {
+            let first = chunk.as_ref().map_or(&[][..], |c| &c.metrics[..c.metrics.len().min(batch)]);
+            let tags = tags.unwrap_or_default();
+            self.client.log_batch(&mlflow_id, first, &params, &tags)?;
+            self.report.params_sent += params.len();
+            self.report.tags_sent += tags.len();
+            let entry = self.entry(run_id);
+            entry.params_done = true;
+            entry.tags_done = true;
+            if let (Some(c), n) = (&chunk, first.len())
+                && n > 0
+            {
+                let entry = self.entry(run_id);
+                entry.metric_bytes = c.ends[n - 1];
+                entry.metric_lines += n as u64;
+                self.report.metrics_sent += n;
+            }
+            sent = first.len();
+            self.save()?;
+        }
+        if let Some(chunk) = chunk {
+            for (i, metrics) in chunk.metrics[sent..].chunks(batch).enumerate() {
                 self.client.log_batch(&mlflow_id, metrics, &[], &[])?;
-                let end = chunk.ends[i * batch + metrics.len() - 1];
+                let end = chunk.ends[sent + i * batch + metrics.len() - 1];
                 let entry = self.entry(run_id);
                 entry.metric_bytes = end;
                 entry.metric_lines += metrics.len() as u64;
@@ -352,7 +454,7 @@ impl<'a> Pusher<'a> {
 
         if meta.status.is_terminal() && self.ledger.runs[run_id].status != Some(meta.status) {
             if let Some(reason) = &meta.end_reason {
-                let tag = [("distillery.end_reason".to_string(), reason.clone())];
+                let tag = [(END_REASON_TAG.to_string(), reason.clone())];
                 self.client.log_batch(&mlflow_id, &[], &[], &tag)?;
             }
             self.client.update_run(&mlflow_id, meta.status.as_mlflow(), meta.end_ms)?;
@@ -404,6 +506,36 @@ mod tests {
              stopped early, the rest stays in the local store for the next sync: \
              POST runs/log-batch: cannot reach the server\n"
         );
+    }
+
+    #[test]
+    fn a_run_reopened_after_its_end_was_pushed_is_not_complete() {
+        let mut meta =
+            super::super::store::new_meta(RunId::new("r"), super::super::RunKind::Node, None, "e", "n", 1);
+        let mut entry = RunSync { params_done: true, tags_done: true, ..RunSync::default() };
+        assert!(entry.is_complete(&meta, 0, &[]), "running, nothing left");
+        (meta.status, meta.end_ms) = (RunStatus::Failed, Some(5));
+        assert!(!entry.is_complete(&meta, 0, &[]), "its end is not pushed");
+        entry.status = Some(RunStatus::Failed);
+        assert!(entry.is_complete(&meta, 0, &[]));
+        // Reopened: RUNNING again, which the server does not know yet.
+        (meta.status, meta.end_ms, meta.resumed) = (RunStatus::Running, None, 1);
+        assert!(!entry.is_complete(&meta, 0, &[]));
+        entry.resumed = 1; // as if the ledger had missed only the status
+        assert!(!entry.is_complete(&meta, 0, &[]), "the server still has it FAILED");
+        entry.status = None;
+        assert!(entry.is_complete(&meta, 0, &[]));
+        // Reopened and ended again before any push: the new end is still to send.
+        (meta.status, meta.end_ms, meta.resumed) = (RunStatus::Failed, Some(9), 2);
+        entry.status = Some(RunStatus::Failed);
+        assert!(!entry.is_complete(&meta, 0, &[]));
+        // A ledger written before reopenings existed reads as none seen.
+        let old: RunSync = serde_json::from_str(
+            r#"{"mlflow_run_id":"m","experiment_id":"1","artifact_uri":"a","params_done":true,
+                "tags_done":true,"metric_lines":0,"metric_bytes":0,"artifacts":{},"status":"FAILED"}"#,
+        )
+        .unwrap();
+        assert_eq!((old.resumed, old.status), (0, Some(RunStatus::Failed)));
     }
 
     #[test]

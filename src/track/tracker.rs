@@ -82,8 +82,18 @@ pub struct PushState {
 pub struct Tracker {
     store: LocalStore,
     open: Mutex<HashMap<RunId, OpenRun>>,
+    /// The latest finished run that computed each cache key (not one that found it cached),
+    /// and the runs read for it: each run's meta is read once (a lookup that misses reads only
+    /// runs made since, by another process), and `end_run` adds this process's.
+    originals: Mutex<Originals>,
     host: String,
     push: Option<PushHandle>,
+}
+
+#[derive(Default)]
+struct Originals {
+    by_key: HashMap<String, RunId>,
+    read: std::collections::HashSet<RunId>,
 }
 
 /// A node run's record before it is written.
@@ -100,6 +110,9 @@ struct OpenRun {
     /// The run's owner lock while this process records it (dropped when the run ends); `None`
     /// for a run attached from another process, which holds it.
     _owner: Option<File>,
+    /// A reopened run's highest step per metric key before it was reopened: points at or below
+    /// it are dropped (see [`Tracker::resume_node_run`]). Empty for every other run.
+    logged_through: BTreeMap<String, i64>,
 }
 
 struct PushHandle {
@@ -113,6 +126,8 @@ struct PushHandle {
 
 enum Msg {
     Track(RunId),
+    /// A run made by this process, which no server can have yet.
+    TrackNew(RunId),
     Nudge,
     Finish,
 }
@@ -130,7 +145,13 @@ impl Tracker {
             }
             None => None,
         };
-        Ok(Tracker { store, open: Mutex::new(HashMap::new()), host: host_name(), push })
+        Ok(Tracker {
+            store,
+            open: Mutex::new(HashMap::new()),
+            originals: Default::default(),
+            host: host_name(),
+            push,
+        })
     }
 
     pub fn store(&self) -> &LocalStore {
@@ -196,12 +217,17 @@ impl Tracker {
     /// Records a node whose result came from the cache: a finished run with the node's params
     /// that points to the run which produced the result (tag `distillery.cached_from`, and on
     /// MLflow `distillery.cached_from_mlflow_run`). Nothing is retrained or copied.
+    /// `metrics`: the result's final metrics (the original run's, which the result is).
     pub fn log_cached(
         &self,
         parent: &RunId,
         node: &NodeRun<'_>,
         original: &RunId,
+        metrics: &[Metric],
     ) -> Result<RunId, TrackError> {
+        for m in metrics {
+            check_key("metric", &m.key)?;
+        }
         self.store.read_meta(original)?;
         let NodeRecord { mut meta, params, mut tags } = self.node_record(parent, node)?;
         meta.cached_from = Some(original.clone());
@@ -211,7 +237,11 @@ impl Tracker {
         tags.insert("distillery.cached_from".to_string(), original.to_string());
         let run_id = meta.run_id.clone();
         self.store.create_run(&meta, &params, &tags)?;
-        self.send(Msg::Track(run_id.clone()));
+        if !metrics.is_empty() {
+            let mut f = self.store.metrics_appender(&run_id)?;
+            append_metrics(&mut f, &self.store.metrics_path(&run_id), metrics)?;
+        }
+        self.send(Msg::TrackNew(run_id.clone()));
         Ok(run_id)
     }
 
@@ -226,28 +256,66 @@ impl Tracker {
         }
         let metrics = self.store.metrics_appender(run_id)?;
         let metrics_path = self.store.metrics_path(run_id);
-        self.open
-            .lock()
-            .expect("tracker lock")
-            .insert(run_id.clone(), OpenRun { meta, metrics, metrics_path, _owner: None });
+        self.open.lock().expect("tracker lock").insert(
+            run_id.clone(),
+            OpenRun { meta, metrics, metrics_path, _owner: None, logged_through: BTreeMap::new() },
+        );
         self.send(Msg::Track(run_id.clone()));
         Ok(())
+    }
+
+    /// Reopens the run of a node that continues from a checkpoint (`resume` says where: `epoch 3
+    /// of 10, batch 0`) instead of starting a new one: the latest trained node run of
+    /// `cache_key`, when it did not finish (FAILED because its process died, KILLED by Ctrl-C,
+    /// or RUNNING with its owner gone). It is RUNNING again, owned by this process, with
+    /// `resume` appended to its tag `distillery.resumed`; the push sets the MLflow run back to
+    /// RUNNING (same MLflow run id), and ending it pushes the new status. Points logged again for
+    /// steps the run already has (the epochs after its last checkpoint are trained again) are
+    /// dropped, so each step is recorded once. `None` when there is no such run (the caller
+    /// starts a new one with [`Tracker::start_node_run`]).
+    pub fn resume_node_run(&self, cache_key: &str, resume: &str) -> Result<Option<RunId>, TrackError> {
+        let Some(run_id) = self.store.resumable_run(cache_key)? else { return Ok(None) };
+        if self.open.lock().expect("tracker lock").contains_key(&run_id) {
+            return Ok(None); // this process is recording it already
+        }
+        let Some(reopened) = self.store.reopen_run(&run_id, resume)? else { return Ok(None) };
+        let metrics = self.store.metrics_appender(&run_id)?;
+        let metrics_path = self.store.metrics_path(&run_id);
+        let run = OpenRun {
+            meta: reopened.meta,
+            metrics,
+            metrics_path,
+            _owner: Some(reopened.owner),
+            logged_through: reopened.logged_through,
+        };
+        self.open.lock().expect("tracker lock").insert(run_id.clone(), run);
+        self.send(Msg::Track(run_id.clone()));
+        Ok(Some(run_id))
     }
 
     /// The latest finished, trained (not cached) node run with this cache key: the run a cached
     /// node points to.
     pub fn find_run_by_cache_key(&self, cache_key: &str) -> Result<Option<RunId>, TrackError> {
-        let mut found = None;
+        let mut index = self.originals.lock().expect("tracker lock");
+        if let Some(id) = index.by_key.get(cache_key) {
+            return Ok(Some(id.clone()));
+        }
+        // Run ids sort by start time: the last one seen is the latest.
         for run_id in self.store.run_ids()? {
+            if index.read.contains(&run_id) {
+                continue;
+            }
             let meta = self.store.read_meta(&run_id)?;
-            if meta.cache_key.as_deref() == Some(cache_key)
-                && meta.cached_from.is_none()
-                && meta.status == RunStatus::Finished
+            // A run still going may finish later: read it again then.
+            if meta.status.is_terminal() {
+                index.read.insert(run_id.clone());
+            }
+            if let (Some(key), None, RunStatus::Finished) = (&meta.cache_key, &meta.cached_from, meta.status)
             {
-                found = Some(run_id);
+                index.by_key.insert(key.clone(), run_id);
             }
         }
-        Ok(found)
+        Ok(index.by_key.get(cache_key).cloned())
     }
 
     /// Appends metric points (NaN and infinities allowed). Returns once they are in the local
@@ -259,7 +327,19 @@ impl Tracker {
         {
             let mut open = self.open.lock().expect("tracker lock");
             let run = self.open_run(&mut open, run_id)?;
-            append_metrics(&mut run.metrics, &run.metrics_path, metrics)?;
+            if run.logged_through.is_empty() {
+                append_metrics(&mut run.metrics, &run.metrics_path, metrics)?;
+            } else {
+                // A reopened run: steps it has from before are not recorded twice.
+                let new: Vec<Metric> = metrics
+                    .iter()
+                    .filter(|m| run.logged_through.get(&m.key).is_none_or(|&last| m.step > last))
+                    .cloned()
+                    .collect();
+                if !new.is_empty() {
+                    append_metrics(&mut run.metrics, &run.metrics_path, &new)?;
+                }
+            }
         }
         self.send(Msg::Nudge);
         Ok(())
@@ -298,6 +378,13 @@ impl Tracker {
             // Written after the run's last metric line: a push that sees the final status has
             // all the metrics (see sync.rs).
             self.store.write_meta(&run.meta)?;
+            if let (Some(key), None, RunStatus::Finished) =
+                (&run.meta.cache_key, &run.meta.cached_from, status)
+            {
+                let mut index = self.originals.lock().expect("tracker lock");
+                index.by_key.insert(key.clone(), run_id.clone());
+                index.read.insert(run_id.clone());
+            }
         }
         self.send(Msg::Nudge);
         Ok(())
@@ -334,11 +421,11 @@ impl Tracker {
         let owner = self.store.create_owned_run(&meta, params, tags)?;
         let metrics = self.store.metrics_appender(&run_id)?;
         let metrics_path = self.store.metrics_path(&run_id);
-        self.open
-            .lock()
-            .expect("tracker lock")
-            .insert(run_id.clone(), OpenRun { meta, metrics, metrics_path, _owner: Some(owner) });
-        self.send(Msg::Track(run_id));
+        self.open.lock().expect("tracker lock").insert(
+            run_id.clone(),
+            OpenRun { meta, metrics, metrics_path, _owner: Some(owner), logged_through: BTreeMap::new() },
+        );
+        self.send(Msg::TrackNew(run_id));
         Ok(())
     }
 
@@ -437,12 +524,15 @@ fn start_push(
         .name("distillery-mlflow-push".into())
         .spawn(move || {
             let mut runs: Vec<RunId> = Vec::new();
+            let mut fresh: std::collections::HashSet<RunId> = std::collections::HashSet::new();
             let mut due: Option<Instant> = None;
             let mut retry_wait = interval;
-            let pass = |runs: &[RunId]| -> (bool, Option<SyncReport>) {
+            let pass = |runs: &[RunId],
+                        fresh: &mut std::collections::HashSet<RunId>|
+             -> (bool, Option<SyncReport>) {
                 // Cleared before reading the store: a record written after this point nudges again.
                 thread_nudge.store(false, Ordering::SeqCst);
-                let result = push_runs(&store, &client, runs);
+                let result = push_runs(&store, &client, runs, fresh);
                 let mut st = thread_state.lock().expect("push state lock");
                 st.passes += 1;
                 match result {
@@ -470,16 +560,21 @@ fn start_push(
                         runs.push(id);
                         due.get_or_insert_with(|| Instant::now() + interval);
                     }
+                    Ok(Msg::TrackNew(id)) => {
+                        fresh.insert(id.clone());
+                        runs.push(id);
+                        due.get_or_insert_with(|| Instant::now() + interval);
+                    }
                     Ok(Msg::Nudge) => {
                         due.get_or_insert_with(|| Instant::now() + interval);
                     }
-                    Ok(Msg::Finish) => return pass(&runs).1,
+                    Ok(Msg::Finish) => return pass(&runs, &mut fresh).1,
                     // Tracker dropped without finish(): leave the rest to `sync`.
                     Err(RecvTimeoutError::Disconnected) => return None,
                     Err(RecvTimeoutError::Timeout) => {}
                 }
                 if due.is_some_and(|d| Instant::now() >= d) {
-                    let (done, _) = pass(&runs);
+                    let (done, _) = pass(&runs, &mut fresh);
                     if done {
                         due = None;
                         retry_wait = interval;
@@ -520,6 +615,7 @@ fn git_commit(spec: &Path) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::RESUMED_TAG;
     use super::*;
     use serde_json::json;
 
@@ -542,7 +638,9 @@ mod tests {
         let kd = t.start_node_run(&inv, &node("kd", &config)).unwrap();
         t.log_metrics(&kd, &[Metric::new("loss", 1.0, 0, 1), Metric::new("loss", f64::NAN, 1, 2)]).unwrap();
         t.end_run(&kd, RunStatus::Finished).unwrap();
-        let cached = t.log_cached(&inv, &node("kd_again", &config), &kd).unwrap();
+        let cached = t
+            .log_cached(&inv, &node("kd_again", &config), &kd, &[Metric::new("accuracy", 0.5, 0, 3)])
+            .unwrap();
         t.end_run(&inv, RunStatus::Failed).unwrap();
         assert!(t.finish().is_none());
 
@@ -558,6 +656,8 @@ mod tests {
         assert!(kd_run.last_metrics["loss"].is_nan());
         assert!(kd_run.synced.is_empty());
         assert_eq!(by_id(&cached).meta.cached_from.as_ref(), Some(&kd));
+        // A cached run carries the result's metrics.
+        assert_eq!(by_id(&cached).last_metrics["accuracy"], 0.5);
         let table = super::super::format_runs(&runs);
         assert!(
             table.contains("  kd_again") && table.contains("cached") && table.contains("local only"),
@@ -601,7 +701,7 @@ mod tests {
         let first = t.start_node_run(&inv, &node("kd", &config)).unwrap();
         assert_eq!(t.find_run_by_cache_key("k1").unwrap(), None);
         t.end_run(&first, RunStatus::Finished).unwrap();
-        t.log_cached(&inv, &node("kd", &config), &first).unwrap();
+        t.log_cached(&inv, &node("kd", &config), &first, &[]).unwrap();
         assert_eq!(t.find_run_by_cache_key("k1").unwrap(), Some(first));
     }
 
@@ -622,6 +722,45 @@ mod tests {
         assert_eq!(main.store().read_meta(&run).unwrap().status, RunStatus::Finished);
         let err = tracker(dir.path()).attach_run(&run).unwrap_err().to_string();
         assert!(err.contains("already finished"), "{err}");
+    }
+
+    #[test]
+    fn a_resumed_node_goes_on_in_its_interrupted_run_and_logs_each_step_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = json!({"epochs": 5});
+        let (first, inv) = {
+            let t = tracker(dir.path());
+            let inv = t.start_invocation("e", None, &[]).unwrap();
+            let run = t.start_node_run(&inv, &node("kd", &config)).unwrap();
+            let points: Vec<Metric> = (1..=3).map(|s| Metric::new("loss", 1.0 / s as f64, s, s)).collect();
+            t.log_metrics(&run, &points).unwrap();
+            (run, inv) // the process dies: the tracker goes without ending the run
+        };
+        // Nothing to resume for another key; the next process reaps it (FAILED) on opening.
+        let t = tracker(dir.path());
+        assert_eq!(t.store().read_meta(&first).unwrap().status, RunStatus::Failed);
+        assert_eq!(t.resume_node_run("k2", "epoch 3 of 5, batch 0 of 1").unwrap(), None);
+        let resumed = t.resume_node_run("k1", "epoch 3 of 5, batch 0 of 1").unwrap();
+        assert_eq!(resumed.as_ref(), Some(&first), "the same run goes on");
+        assert_eq!(t.resume_node_run("k1", "again").unwrap(), None, "it is open here already");
+        // Its checkpoint was of epoch 2: epoch 3 is trained (and logged) again.
+        let again: Vec<Metric> = (3..=5).map(|s| Metric::new("loss", 1.0 / s as f64, s, 10 + s)).collect();
+        t.log_metrics(&first, &again[..1]).unwrap();
+        t.log_metrics(&first, &[again[1].clone(), Metric::new("acc", 0.5, 3, 14)]).unwrap();
+        t.log_metrics(&first, &again[2..]).unwrap();
+        t.end_run(&first, RunStatus::Finished).unwrap();
+        let steps: Vec<(String, i64)> =
+            t.store().read_metrics(&first).unwrap().into_iter().map(|m| (m.key, m.step)).collect();
+        let want = [("loss", 1), ("loss", 2), ("loss", 3), ("loss", 4), ("acc", 3), ("loss", 5)];
+        assert_eq!(steps, want.map(|(k, s)| (k.to_string(), s)));
+        let meta = t.store().read_meta(&first).unwrap();
+        assert_eq!((meta.status, meta.resumed, meta.end_reason), (RunStatus::Finished, 1, None));
+        assert_eq!(meta.parent, Some(inv), "still under the invocation that started it");
+        assert_eq!(t.store().read_tags(&first).unwrap()[RESUMED_TAG], "epoch 3 of 5, batch 0 of 1");
+        assert_eq!(t.find_run_by_cache_key("k1").unwrap(), Some(first.clone()));
+        // Finished: a later node of the key starts afresh.
+        assert_eq!(t.resume_node_run("k1", "epoch 2 of 5, batch 0 of 1").unwrap(), None);
+        assert_eq!(t.store().run_ids().unwrap().len(), 2);
     }
 
     #[test]

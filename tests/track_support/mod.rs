@@ -178,7 +178,20 @@ impl Drop for MlflowServer {
     }
 }
 
+/// A free port below Linux's ephemeral range (32768-60999): a port the kernel hands out for
+/// port 0 is also what it gives outgoing connections, so one could take it while the server is
+/// still starting ("port already in use" under load). Tried at random until one is free.
 fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0..200u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if port_is_free(port) {
+            return port;
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().unwrap().port()
 }
