@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 pub use key::{CacheKey, FORMAT_VERSION, canonical_json, spec_fingerprint};
-pub use render::{to_dot, to_mermaid};
+pub use render::{to_dot, to_mermaid, to_svg};
 
 use crate::diag::{Code, Diagnostic, did_you_mean};
 use crate::spec::{DatasetSpec, Experiment, Target, Want};
