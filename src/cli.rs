@@ -108,6 +108,9 @@ pub enum Command {
         /// The store (default: .distillery beside FILE; without FILE, ./.distillery).
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
+        /// Push only this run and, for an invocation, its node runs (`distillery runs` lists them).
+        #[arg(long, value_name = "RUN")]
+        run: Option<String>,
     },
     /// Print the experiment graph.
     Graph {
@@ -442,9 +445,13 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                 write!(out, "{}", track::format_runs(&runs))?;
             }
         }
-        Command::Sync { to, file, store } => {
+        Command::Sync { to, file, store, run } => {
             let store = store_for(file.as_deref(), store)?;
-            let report = track::sync(&store, &to).map_err(track_failure)?;
+            let report = match run {
+                Some(run) => track::sync_run(&store, &to, &track::RunId::new(run)),
+                None => track::sync(&store, &to),
+            }
+            .map_err(track_failure)?;
             writeln!(out, "{report}")?;
             if !report.is_complete() {
                 return Err(Failure::Invalid("error: some records were not pushed; run sync again\n".into()));
@@ -1021,6 +1028,36 @@ pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
 /// A flag that Ctrl-C, SIGTERM and SIGHUP set: running training nodes keep a checkpoint at
 /// their next step's boundary and stop, nothing half-written committed. A second signal while
 /// stopping exits at once (the last checkpoint stays).
+/// Starts `distillery sync --to URI --store DIR --run INVOCATION` detached from this process (its own process
+/// group, so a Ctrl-C at the terminal does not stop it; it outlives `run`), appending its output to
+/// `sync/background.log` in the store. It takes the ledger lock, so a `sync` started later waits
+/// for it and then finds nothing left. Returns the log's path.
+fn background_sync(store_dir: &Path, uri: &str, invocation: &track::RunId) -> std::io::Result<PathBuf> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let dir = store_dir.join("sync");
+    std::fs::create_dir_all(&dir)?;
+    let log_path = dir.join("background.log");
+    // Kept short: started over once it passes 1 MiB.
+    let long = std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 1 << 20);
+    let log =
+        std::fs::OpenOptions::new().create(true).append(!long).write(true).truncate(long).open(&log_path)?;
+    std::process::Command::new(exe)
+        .arg("sync")
+        .arg("--to")
+        .arg(uri)
+        .arg("--store")
+        .arg(store_dir)
+        .arg("--run")
+        .arg(invocation.as_str())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    Ok(log_path)
+}
+
 fn stop_on_signals() -> Cancel {
     let cancel = Cancel::default();
     let c = cancel.clone();
@@ -1050,7 +1087,11 @@ fn run_experiment(
     let cancel = stop_on_signals();
     let store = Store::open(store_dir).map_err(store_failure)?;
     let uri = track::resolve_tracking_uri(tracking);
-    let tracker = track::Tracker::open(track::TrackerConfig::new(store_dir, uri)).map_err(track_failure)?;
+    let mut config = track::TrackerConfig::new(store_dir, uri);
+    // A cached node's record (three requests, nothing computed) goes to the server after the run
+    // returns, from a background `sync`: a fully cached run returns as fast as an untracked one.
+    config.defer_cached_at_finish = true;
+    let tracker = track::Tracker::open(config).map_err(track_failure)?;
     let parent = tracker
         .start_invocation(
             &exp.name,
@@ -1086,7 +1127,20 @@ fn run_experiment(
     };
     let _ = tracker.end_run(&parent, status);
     if let Some(report) = tracker.finish() {
-        if !report.is_complete() {
+        if report.is_complete_but_deferred() && !report.deferred.is_empty() {
+            match background_sync(store_dir, &report.uri, &parent) {
+                Ok(log) => note!(
+                    "  tracking: {} cached node run(s) go to the server in the background (log: {})",
+                    report.deferred.len(),
+                    log.display()
+                ),
+                Err(e) => note!(
+                    "  tracking: {} cached node run(s) not pushed yet ({e}); `distillery sync --to {}` pushes them",
+                    report.deferred.len(),
+                    report.uri
+                ),
+            }
+        } else if !report.is_complete() {
             note!(
                 "  tracking: not everything reached the server yet; `distillery sync --to URI` pushes the rest"
             );

@@ -70,9 +70,28 @@ fn every_node_is_a_nested_mlflow_run_and_cached_nodes_point_to_the_original() {
     };
     let first = run();
     let second = run(); // everything cached
+    // The cached nodes' records go from a background `sync`, after `run` returned.
+    assert!(second.contains("2 cached node run(s) go to the server in the background"), "{second}");
+    assert!(!first.contains("in the background"), "nothing was cached the first time: {first}");
 
     let client = server.client();
     let exp = client.get_experiment_by_name("e2e-tracking").unwrap().expect("experiment from the spec");
+    let t0 = std::time::Instant::now();
+    while client.search_runs(&[&exp.experiment_id], "").unwrap().len() < 6 {
+        let log =
+            std::fs::read_to_string(dir.path().join(".distillery/sync/background.log")).unwrap_or_default();
+        assert!(t0.elapsed().as_secs() < 60, "the background push did not arrive; its log:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(dir.path().join(".distillery/sync/background.log")).unwrap();
+    assert!(log.contains("3 of 3 runs complete; sent 2 new runs"), "{log}");
+    // ... and a `sync` afterwards finds nothing left (it waits for a background push still going).
+    let out = Command::new(env!("CARGO_BIN_EXE_distillery"))
+        .args(["sync", "--to", &server.uri, spec.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("sent 0 new runs"), "{said}");
     // MLflow's UI shows it as model training, not as a GenAI app's traces.
     assert!(
         exp.tags.iter().any(|t| t.key == "mlflow.experimentKind" && t.value == "custom_model_development"),

@@ -36,7 +36,8 @@ pub use store::{
     LocalStore, Metric, RESUMED_TAG, RunKind, RunMeta, RunSummary, SyncedTo, format_runs, list_runs,
 };
 pub use sync::{
-    CACHED_FROM_MLFLOW_TAG, LOCAL_RUN_ID_TAG, SyncReport, node_run_urls, run_url, sync, sync_with_client,
+    CACHED_FROM_MLFLOW_TAG, LOCAL_RUN_ID_TAG, SyncReport, node_run_urls, run_url, sync, sync_run,
+    sync_with_client,
 };
 pub use tracker::{NodeRun, PushState, Tracker, TrackerConfig, resolve_tracking_uri};
 

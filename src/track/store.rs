@@ -336,7 +336,10 @@ impl LocalStore {
 
     pub fn read_meta(&self, run_id: &RunId) -> Result<RunMeta, TrackError> {
         let path = self.run_dir(run_id).join("meta.json");
-        if !path.exists() {
+        // An id typed by a user names a folder of runs/, never a path out of it.
+        let plain = !run_id.as_str().is_empty()
+            && run_id.as_str().chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !plain || !path.exists() {
             return Err(TrackError::UnknownRun { run_id: run_id.to_string(), store: self.root.clone() });
         }
         read_json(&path)

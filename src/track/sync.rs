@@ -48,12 +48,21 @@ pub struct SyncReport {
     pub statuses_sent: usize,
     pub failed: Vec<(RunId, String)>,
     pub aborted: Option<String>,
+    /// Records of cached nodes this push left for a later one (see [`push_runs`]'s `defer_cached`).
+    pub deferred: Vec<RunId>,
 }
 
 impl SyncReport {
     /// True when every run seen is fully on the server.
     pub fn is_complete(&self) -> bool {
         self.failed.is_empty() && self.aborted.is_none() && self.runs_complete == self.runs_seen
+    }
+
+    /// True when every run seen is fully on the server or was deferred on purpose.
+    pub fn is_complete_but_deferred(&self) -> bool {
+        self.failed.is_empty()
+            && self.aborted.is_none()
+            && self.runs_complete + self.deferred.len() == self.runs_seen
     }
 }
 
@@ -99,22 +108,79 @@ pub fn sync_with_client(store: &Path, client: &MlflowClient) -> Result<SyncRepor
     // A run whose process died is ended (FAILED, with the reason) before it is pushed.
     store.reap_abandoned()?;
     let run_ids = store.run_ids()?;
-    push_runs(&store, client, &run_ids, &mut HashSet::new())
+    push_runs(&store, client, &run_ids, &mut HashSet::new(), false)
+}
+
+/// Pushes one run of the store at `store` and, for an invocation, its node runs, to `uri`: what
+/// `run` starts in the background for the records it deferred. Each run is pushed in its own turn
+/// of the ledger lock, so a `run` starting meanwhile waits one run's push at most, not all of it.
+pub fn sync_run(store: &Path, uri: &str, run: &RunId) -> Result<SyncReport, TrackError> {
+    let client = MlflowClient::new(uri, ClientConfig::default())?;
+    let store = LocalStore::open_existing(store)?;
+    let meta = store.read_meta(run)?;
+    let mut ids = vec![run.clone()];
+    if meta.kind == RunKind::Invocation {
+        // Run ids sort by start time: its node runs come after it.
+        for id in store.run_ids()?.into_iter().filter(|id| id > run) {
+            if store.read_meta(&id).is_ok_and(|m| m.parent.as_ref() == Some(run)) {
+                ids.push(id);
+            }
+        }
+    }
+    let mut report = SyncReport { uri: client.base_uri().to_string(), ..SyncReport::default() };
+    for id in &ids {
+        let one = push_runs(&store, &client, std::slice::from_ref(id), &mut HashSet::new(), false)?;
+        report.add(one);
+        if report.aborted.is_some() {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+impl SyncReport {
+    fn add(&mut self, o: SyncReport) {
+        self.runs_seen += o.runs_seen;
+        self.runs_created += o.runs_created;
+        self.runs_matched += o.runs_matched;
+        self.runs_complete += o.runs_complete;
+        self.metrics_sent += o.metrics_sent;
+        self.params_sent += o.params_sent;
+        self.tags_sent += o.tags_sent;
+        self.artifacts_sent += o.artifacts_sent;
+        self.statuses_sent += o.statuses_sent;
+        self.failed.extend(o.failed);
+        self.aborted = self.aborted.take().or(o.aborted);
+        self.deferred.extend(o.deferred);
+    }
 }
 
 /// Pushes the given runs (and the runs they point to) under the ledger lock.
 /// `fresh`: runs this process created and has not tried to create on the server yet, so no
 /// server can have them: created without looking them up first (a run is taken out of it on its
 /// first try; a later one looks it up, since that try's reply may have been lost).
+/// `defer_cached`: leave the runs that record a cached node (they point to an original, and are
+/// three requests each with nothing computed) that are not on the server yet to a later push,
+/// listed in the report's `deferred` (what `run` hands to a background `sync`).
 pub(crate) fn push_runs(
     store: &LocalStore,
     client: &MlflowClient,
     run_ids: &[RunId],
     fresh: &mut HashSet<RunId>,
+    defer_cached: bool,
 ) -> Result<SyncReport, TrackError> {
     let mut pusher = Pusher::open(store, client, fresh)?;
     for run_id in run_ids {
         pusher.report.runs_seen += 1;
+        if defer_cached && !pusher.ledger.runs.contains_key(run_id) {
+            match store.read_meta(run_id) {
+                Ok(meta) if meta.cached_from.is_some() => {
+                    pusher.report.deferred.push(run_id.clone());
+                    continue;
+                }
+                _ => {}
+            }
+        }
         match pusher.push_run(run_id) {
             Ok(true) => pusher.report.runs_complete += 1,
             Ok(false) => {}

@@ -27,6 +27,9 @@ pub struct TrackerConfig {
     pub push_interval: Duration,
     /// Longest wait between retries while the server is unreachable.
     pub max_retry_interval: Duration,
+    /// [`Tracker::finish`] leaves the records of cached nodes it has not pushed yet to a later
+    /// push (its report's `deferred`), for a caller that hands them to a background `sync`.
+    pub defer_cached_at_finish: bool,
 }
 
 impl TrackerConfig {
@@ -37,6 +40,7 @@ impl TrackerConfig {
             client: ClientConfig::default(),
             push_interval: Duration::from_secs(1),
             max_retry_interval: Duration::from_secs(30),
+            defer_cached_at_finish: false,
         }
     }
 }
@@ -520,6 +524,7 @@ fn start_push(
     let thread_nudge = nudge_pending.clone();
     let interval = config.push_interval;
     let max_retry = config.max_retry_interval.max(interval);
+    let defer_at_finish = config.defer_cached_at_finish;
     let thread = std::thread::Builder::new()
         .name("distillery-mlflow-push".into())
         .spawn(move || {
@@ -528,11 +533,12 @@ fn start_push(
             let mut due: Option<Instant> = None;
             let mut retry_wait = interval;
             let pass = |runs: &[RunId],
-                        fresh: &mut std::collections::HashSet<RunId>|
+                        fresh: &mut std::collections::HashSet<RunId>,
+                        last: bool|
              -> (bool, Option<SyncReport>) {
                 // Cleared before reading the store: a record written after this point nudges again.
                 thread_nudge.store(false, Ordering::SeqCst);
-                let result = push_runs(&store, &client, runs, fresh);
+                let result = push_runs(&store, &client, runs, fresh, last && defer_at_finish);
                 let mut st = thread_state.lock().expect("push state lock");
                 st.passes += 1;
                 match result {
@@ -562,19 +568,21 @@ fn start_push(
                     }
                     Ok(Msg::TrackNew(id)) => {
                         fresh.insert(id.clone());
+                        // The first run (the invocation's) goes at once, overlapping the work.
+                        let wait = if runs.is_empty() { Duration::ZERO } else { interval };
                         runs.push(id);
-                        due.get_or_insert_with(|| Instant::now() + interval);
+                        due.get_or_insert_with(|| Instant::now() + wait);
                     }
                     Ok(Msg::Nudge) => {
                         due.get_or_insert_with(|| Instant::now() + interval);
                     }
-                    Ok(Msg::Finish) => return pass(&runs, &mut fresh).1,
+                    Ok(Msg::Finish) => return pass(&runs, &mut fresh, true).1,
                     // Tracker dropped without finish(): leave the rest to `sync`.
                     Err(RecvTimeoutError::Disconnected) => return None,
                     Err(RecvTimeoutError::Timeout) => {}
                 }
                 if due.is_some_and(|d| Instant::now() >= d) {
-                    let (done, _) = pass(&runs, &mut fresh);
+                    let (done, _) = pass(&runs, &mut fresh, false);
                     if done {
                         due = None;
                         retry_wait = interval;
