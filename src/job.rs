@@ -314,9 +314,10 @@ pub struct ReportWork {
     /// Teachers' cost: shown apart, or divided among their students and added to each row.
     #[serde(default, skip_serializing_if = "TeacherCostMode::is_separate")]
     pub teacher_cost: TeacherCostMode,
-    /// How many distill instances of the experiment read each teacher (by the teacher's key).
+    /// The distill instances of the experiment that read each teacher (by the teacher's key):
+    /// how many of each declared node, in the experiment's order.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub students_per_teacher: BTreeMap<String, usize>,
+    pub students_per_teacher: Sharing,
     /// The row (index) every other row is compared with: compute saved, accuracy gained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare_to: Option<usize>,
@@ -368,6 +369,18 @@ impl Weights {
 pub struct ReportRow {
     pub label: String,
     pub role: String,
+    /// The row's own `teacher_cost` (else the report's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_cost: Option<TeacherCostMode>,
+}
+
+/// Students that share each teacher, by the teacher's key: `(declared node, instances)` in the
+/// experiment's order. A teacher's cost is divided among all of them when a row amortises it.
+pub type Sharing = BTreeMap<String, Vec<(String, usize)>>;
+
+/// How many students share a teacher.
+pub fn students_of(sharing: &Sharing, teacher_key: &str) -> usize {
+    sharing.get(teacher_key).map_or(1, |s| s.iter().map(|(_, n)| n).sum::<usize>().max(1))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

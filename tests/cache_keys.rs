@@ -127,7 +127,7 @@ fn base_spec() -> Value {
             "s3": { "distill": { "batch_size": 8, "teacher": "t", "student": "v", "data": "a", "losses": "srrl" } },
             "s4": { "distill": { "batch_size": 8, "teacher": "t", "student": "m", "data": "a", "losses": "align_uniform" } },
             "e": { "evaluate": { "model": "s", "data": "b", "metrics": ["top1", "top5", "loss", "per_class"], "batch_size": 16, "weights": "best" } },
-            "rep": { "report": { "rows": [{ "node": "e", "label": "e" }, "t", { "node": "s", "label": "student" }], "eval": "b",
+            "rep": { "report": { "rows": [{ "node": "e", "label": "e" }, "t", { "node": "s", "label": "student", "teacher_cost": "separate" }], "eval": "b",
                 "columns": ["accuracy", "top5", "loss", "train_seconds", "images_per_second", "flops", "params"],
                 "title": "T", "format": "latex", "weights": "best", "teacher_cost": "amortised", "compare_to": "e" } },
         },

@@ -139,9 +139,13 @@ fn digits(c: Column) -> usize {
     }
 }
 
-/// Students that share each teacher, by the teacher's key: a teacher's cost divided among them
-/// when a report amortises it.
-pub type Sharing = BTreeMap<String, usize>;
+pub use crate::job::Sharing;
+use crate::job::students_of;
+
+/// Row `ri`'s teachers' cost: its own setting, else the report's.
+fn row_mode(r: &ReportWork, ri: usize) -> TeacherCostMode {
+    r.rows.get(ri).and_then(|row| row.teacher_cost).unwrap_or(r.teacher_cost)
+}
 
 /// The value of column `c` for one instance's metrics.
 fn value(c: Column, m: &Value, mode: TeacherCostMode, sharing: &Sharing) -> Option<f64> {
@@ -154,7 +158,7 @@ fn value(c: Column, m: &Value, mode: TeacherCostMode, sharing: &Sharing) -> Opti
         let mut c = l.student();
         if mode == TeacherCostMode::Amortised {
             for t in &l.teachers {
-                c.add(&t.cost.share(sharing.get(&t.key).copied().unwrap_or(1)));
+                c.add(&t.cost.share(students_of(sharing, &t.key)));
             }
         }
         Some(c)
@@ -276,13 +280,19 @@ fn accuracy_by_seed(instances: &[Instance]) -> BTreeMap<Option<u64>, f64> {
 
 /// "−63% compute, +1.2 pts [0.4, 2.0]": `row` against the reference `base`; compute by the cost
 /// FLOPs column's rule, accuracy paired by seed.
-fn compare_cell(row: &[Instance], base: &[Instance], mode: TeacherCostMode, sharing: &Sharing) -> Cell {
-    let mean_of = |is: &[Instance], c: Column| {
+fn compare_cell(
+    row: &[Instance],
+    base: &[Instance],
+    (row_mode, base_mode): (TeacherCostMode, TeacherCostMode),
+    sharing: &Sharing,
+) -> Cell {
+    let mean_of = |is: &[Instance], c: Column, mode: TeacherCostMode| {
         let xs: Vec<f64> = is.iter().filter_map(|i| value(c, i.metrics.as_ref()?, mode, sharing)).collect();
         (!xs.is_empty()).then(|| mean_std(&xs).0)
     };
     let mut parts = Vec::new();
-    if let (Some(a), Some(b)) = (mean_of(row, Column::CostFlops), mean_of(base, Column::CostFlops))
+    if let (Some(a), Some(b)) =
+        (mean_of(row, Column::CostFlops, row_mode), mean_of(base, Column::CostFlops, base_mode))
         && b > 0.0
     {
         let pct = (a - b) / b * 100.0;
@@ -352,9 +362,9 @@ pub fn build(r: &ReportWork, rows: &[RowData]) -> Table {
     }
     header.push("seeds".into());
     let sharing = &r.students_per_teacher;
-    let mode = r.teacher_cost;
     let mut out_rows = Vec::new();
     for (ri, gs) in grouped.iter().enumerate() {
+        let mode = row_mode(r, ri);
         for g in gs {
             let mut cells = Vec::new();
             let mut counts = Vec::new();
@@ -374,7 +384,9 @@ pub fn build(r: &ReportWork, rows: &[RowData]) -> Table {
                         .map(|(_, i)| i.as_slice());
                     cells.push(match base {
                         Some(_) if ri == rix => Cell { text: "(reference)".into(), ..Default::default() },
-                        Some(b) if !inst.is_empty() => compare_cell(inst, b, mode, sharing),
+                        Some(b) if !inst.is_empty() => {
+                            compare_cell(inst, b, (mode, row_mode(r, rix)), sharing)
+                        }
                         _ => Cell { text: "–".into(), ..Default::default() },
                     });
                 }
@@ -457,20 +469,39 @@ fn caption(r: &ReportWork, rows: &[RowData], best_weights: bool) -> Vec<String> 
             }
         }
         let mut line = "Cost: a row's own training and the training of the weights it starts from (pre-training, recursively)".to_string();
-        match r.teacher_cost {
-            TeacherCostMode::Separate => {
-                line.push_str("; a teacher's whole cost is not in it (`teacher` columns).")
-            }
-            TeacherCostMode::Amortised => {
-                let each: Vec<String> = teachers
-                    .iter()
-                    .map(|(k, n)| format!("{n} over {}", r.students_per_teacher.get(k).copied().unwrap_or(1)))
-                    .collect();
-                line.push_str(&format!(
-                    ", plus each teacher's whole cost divided among the students of the experiment that distil from it ({}).",
-                    if each.is_empty() { "none here".to_string() } else { each.join(", ") }
-                ));
-            }
+        let amortised: Vec<&str> = (0..rows.len())
+            .filter(|&ri| row_mode(r, ri) == TeacherCostMode::Amortised)
+            .map(|ri| rows[ri].label.as_str())
+            .collect();
+        // Which students each teacher's cost is divided among: "teacher over 6: kd ×3, au ×3".
+        let each: Vec<String> = teachers
+            .iter()
+            .map(|(k, n)| {
+                let students = r.students_per_teacher.get(k).map(Vec::as_slice).unwrap_or_default();
+                let who: Vec<String> = students.iter().map(|(s, c)| format!("{s} ×{c}")).collect();
+                match who.is_empty() {
+                    true => format!("{n} over 1"),
+                    false => {
+                        format!("{n} over {}: {}", students_of(&r.students_per_teacher, k), who.join(", "))
+                    }
+                }
+            })
+            .collect();
+        let each = if each.is_empty() { "none here".to_string() } else { each.join("; ") };
+        let share =
+            "each teacher's whole cost divided among the distill instances of the experiment that read it";
+        if amortised.is_empty() {
+            line.push_str("; a teacher's whole cost is not in it (`teacher` columns).");
+        } else if amortised.len() == rows.len() {
+            line.push_str(&format!(", plus {share}: {each}."));
+        } else {
+            let rows = match amortised.len() {
+                1 => format!("row {} also adds", amortised[0]),
+                _ => format!("rows {} also add", amortised.join(", ")),
+            };
+            line.push_str(&format!(
+                "; {rows} {share} ({each}); the other rows leave a teacher's whole cost to the `teacher` columns."
+            ));
         }
         lines.push(line);
         lines.push("Compute is estimated FLOPs (3 forward passes an image trained).".into());
@@ -499,10 +530,11 @@ fn caption(r: &ReportWork, rows: &[RowData], best_weights: bool) -> Vec<String> 
 /// and the cost breakdown (own training, pre-training, teachers). Only what the rows recorded:
 /// none without costs, no accuracy plot without accuracies.
 pub fn plots(r: &ReportWork, rows: &[RowData]) -> Result<Vec<(&'static str, plot::Plot)>, String> {
-    let (mode, sharing) = (r.teacher_cost, &r.students_per_teacher);
+    let sharing = &r.students_per_teacher;
     let mut points = Vec::new();
     let mut parts = Vec::new();
-    for row in rows {
+    for (ri, row) in rows.iter().enumerate() {
+        let mode = row_mode(r, ri);
         for g in groups(row, r.pivot.as_deref()) {
             for (p, inst) in &g.by_pivot {
                 let label = match (p, &r.pivot) {
@@ -522,11 +554,9 @@ pub fn plots(r: &ReportWork, rows: &[RowData]) -> Result<Vec<(&'static str, plot
                 };
                 let teacher = |l: &Lineage| match mode {
                     TeacherCostMode::Separate => l.teachers_total().flops,
-                    TeacherCostMode::Amortised => l
-                        .teachers
-                        .iter()
-                        .map(|t| t.cost.share(sharing.get(&t.key).copied().unwrap_or(1)).flops)
-                        .sum(),
+                    TeacherCostMode::Amortised => {
+                        l.teachers.iter().map(|t| t.cost.share(students_of(sharing, &t.key)).flops).sum()
+                    }
                 };
                 parts.push((
                     label.clone(),
@@ -554,9 +584,11 @@ pub fn plots(r: &ReportWork, rows: &[RowData]) -> Result<Vec<(&'static str, plot
         ));
     }
     if !parts.is_empty() {
-        let teacher = match mode {
-            TeacherCostMode::Separate => "teachers (whole)",
-            TeacherCostMode::Amortised => "teachers (amortised share)",
+        let amortised = (0..rows.len()).filter(|&ri| row_mode(r, ri) == TeacherCostMode::Amortised).count();
+        let teacher = match amortised {
+            0 => "teachers (whole)",
+            n if n == rows.len() => "teachers (amortised share)",
+            _ => "teachers (whole; amortised share where a row says so)",
         };
         out.push(("cost_breakdown", plot::cost_breakdown(&format!("{title}: cost"), &parts, teacher)?));
     }

@@ -14,7 +14,7 @@ fn work(columns: Vec<Column>) -> ReportWork {
         rows: ["scratch", "pt+ft", "kd", "teacher"]
             .iter()
             .enumerate()
-            .map(|(i, l)| ReportRow { label: l.to_string(), role: format!("rows/{i}") })
+            .map(|(i, l)| ReportRow { label: l.to_string(), role: format!("rows/{i}"), teacher_cost: None })
             .collect(),
         columns,
         format: TableFormat::Md,
@@ -85,10 +85,27 @@ fn pt_ft_cost_includes_its_pretraining_and_a_teacher_is_apart_or_amortised() {
     assert_eq!(cells(&t, 3)[..2], ["110.0", "550.00"]);
     // Amortised over the 5 students that read the teacher: 110 s / 5 = 22 s more a kd row.
     r.teacher_cost = TeacherCostMode::Amortised;
-    r.students_per_teacher.insert("tkey".into(), 5);
+    r.students_per_teacher.insert("tkey".into(), vec![("kd".into(), 3), ("au".into(), 2)]);
     let t = build(&r, &recorded());
     assert_eq!(cells(&t, 2)[..2], ["27.0", "122.00"]);
-    assert!(t.caption.iter().any(|c| c.contains("teacher over 5")), "{:?}", t.caption);
+    // The caption says over which students.
+    assert!(t.caption.iter().any(|c| c.contains("teacher over 5: kd ×3, au ×2")), "{:?}", t.caption);
+
+    // One row asks for it, the report does not: only that row's cost changes, and the caption
+    // names it.
+    r.teacher_cost = TeacherCostMode::Separate;
+    r.rows[2].teacher_cost = Some(TeacherCostMode::Amortised);
+    let t = build(&r, &recorded());
+    assert_eq!(cells(&t, 1), ["33.0", "66.00", "0.00", "3"]);
+    assert_eq!(cells(&t, 2)[..2], ["27.0", "122.00"]);
+    let caption = t.caption.join(" ");
+    assert!(caption.contains(&format!("row {} also adds", r.rows[2].label)), "{caption}");
+    assert!(caption.contains("the other rows leave a teacher's whole cost"), "{caption}");
+    // ... and a row may keep it apart in an amortised report.
+    r.teacher_cost = TeacherCostMode::Amortised;
+    r.rows[2].teacher_cost = Some(TeacherCostMode::Separate);
+    let t = build(&r, &recorded());
+    assert_eq!(cells(&t, 2)[..2], ["5.0", "12.00"]);
 }
 
 #[test]

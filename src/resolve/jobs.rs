@@ -51,7 +51,9 @@ pub fn resolve_jobs(exp: &Experiment, graph: &mut Graph, digest: Digest<'_>) -> 
             Ok(mut job) => {
                 job.inputs = inputs;
                 if let Work::Report(r) = &mut job.work {
-                    if r.teacher_cost == TeacherCostMode::Amortised {
+                    if r.teacher_cost == TeacherCostMode::Amortised
+                        || r.rows.iter().any(|row| row.teacher_cost == Some(TeacherCostMode::Amortised))
+                    {
                         r.students_per_teacher = students_per_teacher(exp, graph);
                     }
                 }
@@ -374,11 +376,9 @@ fn node_job(
                     .iter()
                     .enumerate()
                     .map(|(i, row)| ReportRow {
-                        label: match row {
-                            spec::RowSpec::Labelled { label, .. } => label.clone(),
-                            spec::RowSpec::Node(n) => n.0.clone(),
-                        },
+                        label: row.label().to_string(),
                         role: format!("rows/{i}"),
+                        teacher_cost: row.teacher_cost().map(teacher_cost_mode),
                     })
                     .collect(),
                 columns: r.columns.iter().map(|c| column(*c)).collect(),
@@ -390,10 +390,7 @@ fn node_job(
                 eval: r.eval.as_ref().map(|d| d.0.clone()),
                 weights,
                 pivot: pivot_key(exp, node, r, inputs, &mut diags),
-                teacher_cost: match r.teacher_cost {
-                    spec::TeacherCost::Separate => TeacherCostMode::Separate,
-                    spec::TeacherCost::Amortised => TeacherCostMode::Amortised,
-                },
+                teacher_cost: teacher_cost_mode(r.teacher_cost),
                 // Filled in by `resolve_jobs`, which sees the whole graph.
                 students_per_teacher: Default::default(),
                 compare_to: compare_row(exp, node, r, &mut diags),
@@ -625,10 +622,7 @@ fn compare_row(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<usize> {
     let want = r.compare_to.as_ref()?;
-    let label = |row: &spec::RowSpec| match row {
-        spec::RowSpec::Labelled { label, .. } => label.clone(),
-        spec::RowSpec::Node(n) => n.0.clone(),
-    };
+    let label = |row: &spec::RowSpec| row.label().to_string();
     // Row references point at instances after matrix expansion: compare declared names.
     let base = |n: &str| n.split('[').next().unwrap_or(n).to_string();
     let found = r.rows.iter().position(|row| label(row) == *want || base(&row.node().0) == *want);
@@ -649,18 +643,30 @@ fn compare_row(
     found
 }
 
-/// Distill instances of the experiment that read each teacher, by the teacher's key (teachers
-/// not yet keyed are left out: a report only asks about teachers upstream of its rows).
-fn students_per_teacher(exp: &Experiment, graph: &Graph) -> std::collections::BTreeMap<String, usize> {
-    let mut out = std::collections::BTreeMap::new();
+/// The distill instances of the experiment that read each teacher, by the teacher's key: how
+/// many of each declared node (teachers not yet keyed are left out: a report only asks about
+/// teachers upstream of its rows).
+fn students_per_teacher(exp: &Experiment, graph: &Graph) -> crate::job::Sharing {
+    let mut out = crate::job::Sharing::new();
     for n in &exp.nodes {
         if let NodeKind::Distill(d) = &n.kind {
             if let Some(k) = graph.get(&d.teacher.0).and_then(|ix| graph.keys.get(&ix)) {
-                *out.entry(k.hex()).or_insert(0) += 1;
+                let students: &mut Vec<(String, usize)> = out.entry(k.hex()).or_default();
+                match students.iter_mut().find(|(b, _)| *b == n.base) {
+                    Some((_, count)) => *count += 1,
+                    None => students.push((n.base.clone(), 1)),
+                }
             }
         }
     }
     out
+}
+
+fn teacher_cost_mode(t: spec::TeacherCost) -> TeacherCostMode {
+    match t {
+        spec::TeacherCost::Separate => TeacherCostMode::Separate,
+        spec::TeacherCost::Amortised => TeacherCostMode::Amortised,
+    }
 }
 
 fn column(c: spec::Column) -> Column {

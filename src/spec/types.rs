@@ -720,19 +720,68 @@ pub enum TableFormat {
     Latex,
 }
 
-/// A report row: a node name, or `{ node, label }`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A report row: a node name, or `{ node, label, teacher_cost }`.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RowSpec {
     Node(NodeRef),
-    Labelled { node: NodeRef, label: String },
+    Entry(RowEntry),
+}
+
+/// A report row with settings of its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RowEntry {
+    pub node: NodeRef,
+    /// What the row is called in the table (default: the node's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// This row's teachers' cost, over the report's `teacher_cost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_cost: Option<TeacherCost>,
 }
 
 impl RowSpec {
     pub fn node(&self) -> &NodeRef {
         match self {
-            RowSpec::Node(n) | RowSpec::Labelled { node: n, .. } => n,
+            RowSpec::Node(n) | RowSpec::Entry(RowEntry { node: n, .. }) => n,
         }
+    }
+
+    /// The row's name in the table: its label, else its node's name.
+    pub fn label(&self) -> &str {
+        match self {
+            RowSpec::Entry(RowEntry { label: Some(l), .. }) => l,
+            _ => &self.node().0,
+        }
+    }
+
+    pub fn teacher_cost(&self) -> Option<TeacherCost> {
+        match self {
+            RowSpec::Entry(e) => e.teacher_cost,
+            RowSpec::Node(_) => None,
+        }
+    }
+}
+
+// By hand, not untagged: a mapping's own error (an unknown key, a wrong type) is reported at
+// its key, not as "the wrong shape" of the whole row.
+impl<'de> Deserialize<'de> for RowSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RowSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a node name or a mapping with `node`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RowSpec, E> {
+                Ok(RowSpec::Node(NodeRef(v.to_string())))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RowSpec, A::Error> {
+                RowEntry::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RowSpec::Entry)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -892,7 +941,7 @@ impl NodeKind {
                 for (i, r) in s.rows.iter().enumerate() {
                     let p = match r {
                         RowSpec::Node(_) => format!("/rows/{i}"),
-                        RowSpec::Labelled { .. } => format!("/rows/{i}/node"),
+                        RowSpec::Entry(_) => format!("/rows/{i}/node"),
                     };
                     node(&p, r.node(), Want::Row);
                 }
