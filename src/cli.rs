@@ -1035,6 +1035,11 @@ pub fn render_plan(exp: &Experiment, entries: &[plan::PlanEntry]) -> String {
 fn background_sync(store_dir: &Path, uri: &str, invocation: &track::RunId) -> std::io::Result<PathBuf> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()?;
+    // Only our own binary: the library's CLI run from another program (a test harness) must not
+    // start that program with `sync` arguments.
+    if !exe.file_name().is_some_and(|n| n.to_string_lossy().starts_with("distillery")) {
+        return Err(std::io::Error::other(format!("{} is not the distillery binary", exe.display())));
+    }
     let dir = store_dir.join("sync");
     std::fs::create_dir_all(&dir)?;
     let log_path = dir.join("background.log");

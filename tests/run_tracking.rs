@@ -76,14 +76,17 @@ fn every_node_is_a_nested_mlflow_run_and_cached_nodes_point_to_the_original() {
 
     let client = server.client();
     let exp = client.get_experiment_by_name("e2e-tracking").unwrap().expect("experiment from the spec");
+    // Its report is the log's last line, written once it is done.
     let t0 = std::time::Instant::now();
-    while client.search_runs(&[&exp.experiment_id], "").unwrap().len() < 6 {
+    let log = loop {
         let log =
             std::fs::read_to_string(dir.path().join(".distillery/sync/background.log")).unwrap_or_default();
-        assert!(t0.elapsed().as_secs() < 60, "the background push did not arrive; its log:\n{log}");
+        if log.contains("runs complete") {
+            break log;
+        }
+        assert!(t0.elapsed().as_secs() < 60, "the background push did not finish; its log:\n{log}");
         std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let log = std::fs::read_to_string(dir.path().join(".distillery/sync/background.log")).unwrap();
+    };
     assert!(log.contains("3 of 3 runs complete; sent 2 new runs"), "{log}");
     // ... and a `sync` afterwards finds nothing left (it waits for a background push still going).
     let out = Command::new(env!("CARGO_BIN_EXE_distillery"))
