@@ -113,12 +113,26 @@ pub enum Work {
     /// A teacher's features and logits for every image of the `data` input, kept in the store
     /// so every student distilled from this teacher on this data reuses them.
     TeacherOutputs(TeacherOutputsWork),
+    /// distillery's built-in class-conditional generator, trained on the `data` input.
+    Generator(GeneratorWork),
+    /// A labelled synthetic image set for the `data` input's classes.
+    Generate(GenerateWork),
+    /// An external program run through the plugin protocol.
+    Plugin(PluginWork),
 }
 
 impl Work {
     /// Whether the job uses the device (and so one of `run --device-slots`).
     pub fn uses_device(&self) -> bool {
-        !matches!(self, Work::Report(r) if r.eval.is_none())
+        match self {
+            Work::Report(r) => r.eval.is_some(),
+            Work::Plugin(p) => p.plugin.gpu,
+            Work::Generate(g) => match &g.generator {
+                GeneratorSource::Node => true,
+                GeneratorSource::Plugin { plugin, .. } => plugin.gpu,
+            },
+            _ => true,
+        }
     }
 }
 
@@ -152,6 +166,10 @@ pub struct LoopSettings {
     /// (docs/running.md). Left out of the key: it changes no result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<u32>,
+    /// The `synthetic/from` input's images are added to the data, this many times the real
+    /// images of each class (`data::merge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<f64>,
 }
 
 fn one() -> usize {
@@ -294,6 +312,84 @@ pub struct TeacherOutputsWork {
     /// statistics when run).
     pub transform: data::TransformConfig,
     pub batch_size: usize,
+    /// The `synthetic/from` input's images merged into the data at this ratio (as the students
+    /// see it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<f64>,
+}
+
+/// The built-in generator's training (a conditional VAE, `engine::cvae`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorWork {
+    pub model: engine::CvaeConfig,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub beta: f64,
+}
+
+/// A synthetic image set: how many a class, the prompts, and the generator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateWork {
+    pub generator: GeneratorSource,
+    /// `{c}` is replaced by each class name.
+    pub prompt: String,
+    pub count: GenerateCount,
+    /// Images a class in `preview.png`.
+    pub preview: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum GeneratorSource {
+    /// The `generator/node` input (a trained built-in generator).
+    Node,
+    /// A plugin that produces images.
+    Plugin {
+        plugin: PluginRef,
+        params: serde_json::Map<String, Value>,
+        /// Seconds before it is stopped (not in the key: it changes no result that is kept).
+        timeout_s: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum GenerateCount {
+    /// Times the real images of each class (rounded).
+    Ratio(f64),
+    PerClass(usize),
+}
+
+/// A plugin node: the plugin, its settings and inputs (by role, `inputs/<role>`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginWork {
+    pub plugin: PluginRef,
+    pub params: serde_json::Map<String, Value>,
+    /// Seconds before it is stopped (not in the key).
+    pub timeout_s: u64,
+}
+
+/// A plugin as resolved: its manifest and a hash of its files are in the key, its place is not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    pub name: String,
+    /// The program and its arguments (from the manifest; a PATH plugin: its executable).
+    pub command: Vec<String>,
+    pub protocol: u32,
+    /// What the manifest says it produces (`files`, `images`).
+    pub produces: String,
+    pub gpu: bool,
+    /// The manifest as read (`null` for a PATH plugin).
+    pub manifest: Value,
+    /// sha256 over the plugin's files (relative path and content), or its executable's bytes.
+    pub files_sha256: String,
+    /// The plugin folder (its working files) or the executable found on PATH.
+    pub file_path: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -481,8 +577,9 @@ fn strip_paths(v: &mut Value) {
     match v {
         Value::Object(m) => {
             m.remove("file_path");
-            // How often progress is saved changes no result.
+            // How often progress is saved, or how long a plugin may take, changes no result.
             m.remove("checkpoint_every");
+            m.remove("timeout_s");
             // A head plan's reason is for people; `keep` is what changes the result.
             if let Some(Value::Object(h)) = m.get_mut("head") {
                 h.remove("why");

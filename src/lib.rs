@@ -14,6 +14,7 @@ pub mod losses;
 pub mod nodes;
 pub mod page;
 pub mod plan;
+pub mod plugins;
 pub mod report;
 pub mod resolve;
 pub mod spec;

@@ -26,6 +26,8 @@ const NEUTRAL: &[(&str, &str)] = &[
         "/nodes/*/*/checkpoint_every",
         "how often progress is saved; a resumed run ends bit for bit as an uninterrupted one (tests/resume.rs)",
     ),
+    ("/nodes/*/*/timeout", "how long a plugin may take; a plugin that finishes gives the same result"),
+    ("/nodes/*/*/generator/timeout", "as a plugin node's timeout"),
     (
         "/nodes/s/distill/teacher_cache",
         "`s` augments its batches, so its teacher's outputs cannot be kept either way; where they can, `auto` adds a teacher_outputs input and `off` does not (tests/run.rs)",
@@ -53,21 +55,7 @@ const NOT_EXERCISED: &[(&str, &str)] = &[
         "a file path: its content's sha256 is in the key, not the path (resolve::jobs tests: a_pretrained_file_is_keyed_by_its_content)",
     ),
     ("pretrained", "a file path; as weights"),
-    ("generate", RESERVED),
-    ("generator", RESERVED),
-    ("prompt", RESERVED),
-    ("ratio", RESERVED),
-    ("steps", RESERVED),
-    ("guidance", RESERVED),
-    ("synthetic", RESERVED),
-    ("plugin", RESERVED),
-    ("command", RESERVED),
-    ("inputs", RESERVED),
-    ("params", RESERVED),
 ];
-
-/// Why the settings of generate and plugin nodes and `synthetic:` are not in the base spec.
-const RESERVED: &str = "rejected by validate until the feature exists (issue 17)";
 
 fn base_spec() -> Value {
     json!({
@@ -126,6 +114,14 @@ fn base_spec() -> Value {
                 "schedule": { "type": "exponential", "gamma": 0.9, "step_every": "step" } } },
             "s3": { "distill": { "batch_size": 8, "teacher": "t", "student": "v", "data": "a", "losses": "srrl" } },
             "s4": { "distill": { "batch_size": 8, "teacher": "t", "student": "m", "data": "a", "losses": "align_uniform" } },
+            // A generator `model` has one value (cvae) so far: left at its default.
+            "gm": { "generator": { "data": "a", "latent": 4, "hidden": [16, 8], "epochs": 2, "batch_size": 8, "lr": 0.002, "beta": 0.5 } },
+            "gm2": { "generator": { "data": "b" } },
+            "g": { "generate": { "generator": { "node": "gm" }, "data": "a", "ratio": 2, "preview": 4 } },
+            "gp": { "generate": { "generator": { "plugin": "stable-diffusion", "params": { "model": "sd", "steps": 10 }, "timeout": 100 },
+                "data": "a", "per_class": 5, "prompt": "a photo of a {c}" } },
+            "syn": { "train": { "model": "m", "data": "a", "batch_size": 8, "synthetic": { "from": "g", "ratio": 0.5 } } },
+            "p": { "plugin": { "name": "example", "inputs": { "d": "a", "w": "t" }, "params": { "k": 1, "s": "x" }, "timeout": 60 } },
             "e": { "evaluate": { "model": "s", "data": "b", "metrics": ["top1", "top5", "loss", "per_class"], "batch_size": 16, "weights": "best" } },
             "rep": { "report": { "rows": [{ "node": "e", "label": "e" }, "t", { "node": "s", "label": "student", "teacher_cost": "separate" }], "eval": "b",
                 "columns": ["accuracy", "top5", "loss", "train_seconds", "images_per_second", "flops", "params"],
@@ -144,6 +140,30 @@ fn write_folder(dir: &Path) {
                 image::Rgb([x as u8 * 40, y as u8 * 40, c as u8 * 90 + i])
             });
             img.save(d.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+/// The repository's plugins beside the spec, and a second plugin of each kind, named as a model
+/// of the base spec (`m`: files, `c`: images) so that a name change has a valid value to try.
+fn write_plugins(dir: &Path) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins");
+    for (from, to) in [
+        ("example", "example"),
+        ("stable-diffusion", "stable-diffusion"),
+        ("example", "m"),
+        ("stable-diffusion", "c"),
+    ] {
+        let d = dir.join("plugins").join(to);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["plugin.json", "plugin.py"] {
+            let text = std::fs::read_to_string(repo.join(from).join(f)).unwrap();
+            let text = if f == "plugin.json" {
+                text.replace(&format!("\"name\": \"{from}\""), &format!("\"name\": \"{to}\""))
+            } else {
+                text
+            };
+            std::fs::write(d.join(f), text).unwrap();
         }
     }
 }
@@ -244,6 +264,7 @@ fn owner(pointer: &str) -> Option<String> {
 fn every_setting_that_reaches_a_node_changes_its_key() {
     let dir = tempfile::tempdir().unwrap();
     write_folder(dir.path());
+    write_plugins(dir.path());
     let file: PathBuf = dir.path().join("keys.yaml");
     let cache = FingerprintCache::in_memory();
     let base = base_spec();

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod conv;
 mod cpu;
+pub mod cvae;
 pub(crate) use cpu::isa_summary;
 pub mod device;
 pub mod ema;
@@ -21,6 +22,7 @@ pub mod schedule;
 pub mod state;
 
 pub use checkpoint::{LoadOptions, load, load_into, save, torch_state_names};
+pub use cvae::{Cvae, CvaeConfig};
 pub use device::parse_device;
 pub use ema::{Ema, EmaConfig};
 pub use error::EngineError;

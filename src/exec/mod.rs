@@ -65,6 +65,14 @@ pub enum Event {
         value: f64,
         step: u64,
     },
+    /// Progress of a node that counts work items rather than epochs (a plugin, a generator's
+    /// sampling): `done` of `total`, and what it is doing.
+    Status {
+        node: String,
+        done: u64,
+        total: u64,
+        message: String,
+    },
     Warning {
         node: String,
         message: String,

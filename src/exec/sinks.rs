@@ -91,6 +91,23 @@ impl EventSink for Terminal {
                     ));
                 }
             }
+            Event::Status { node, done, total, message } => {
+                if let Some((_, bars)) = &self.bars {
+                    if let Some(bar) = bars.lock().expect("lock").get(&node) {
+                        bar.set_length(total);
+                        bar.set_position(done);
+                        bar.set_message(message);
+                    }
+                    return;
+                }
+                let mut last = self.last.lock().expect("lock");
+                let now = Instant::now();
+                let due = last.get(&node).is_none_or(|t| now.duration_since(*t) >= self.every);
+                if due || done == total {
+                    last.insert(node.clone(), now);
+                    self.line(&format!("          {node}  {done}/{total}  {message}"));
+                }
+            }
             Event::Warning { node, message } => self.line(&format!("  warning {node}: {message}")),
             Event::Finished { node, outcome } => {
                 if let Some((m, bars)) = &self.bars {
@@ -282,7 +299,7 @@ impl EventSink for Tracking<'_> {
                     self.warn("end run", e);
                 }
             }
-            Event::Progress { .. } | Event::Warning { .. } => {}
+            Event::Progress { .. } | Event::Warning { .. } | Event::Status { .. } => {}
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Graph {
     pub inputs: HashMap<NodeIndex, Vec<(String, NodeIndex)>>,
     /// Every node vertex resolved for running (`resolve::build` fills it in with the keys).
     pub jobs: HashMap<NodeIndex, crate::job::Job>,
+    /// The synthetic ratio of each teacher-outputs vertex on real + synthetic images.
+    pub synthetic: HashMap<NodeIndex, f64>,
     index: HashMap<String, NodeIndex>,
 }
 
@@ -236,30 +238,33 @@ pub fn build(
         diags.retain(|d| seen.insert((d.code, d.path.clone(), d.message.clone())));
         return Err(diags);
     }
-    derived_vertices(exp, &mut dag, &mut inputs, &mut index, &dataset_ix);
+    let synthetic = derived_vertices(exp, &mut dag, &mut inputs, &mut index, &dataset_ix);
     let order = stable_topo(&dag);
     let mut keys: HashMap<NodeIndex, CacheKey> = HashMap::new();
     for (name, ix) in &dataset_ix {
         keys.insert(*ix, fingerprints[name].clone());
     }
     // Node keys are the hashes of their resolved jobs: `resolve::build` fills them in.
-    Ok(Graph { dag, order, keys, canonical: HashMap::new(), inputs, jobs: HashMap::new(), index })
+    Ok(Graph { dag, order, keys, canonical: HashMap::new(), inputs, jobs: HashMap::new(), synthetic, index })
 }
 
 /// The teacher outputs a distill node reads, when they can be computed once and kept: nothing
 /// random happens to its images (no random per-image transform, no batch augmentation) and
 /// `teacher_cache` is `auto`. One vertex per (teacher instance, dataset), shared by every
 /// student, loss and seed distilled from it; added after every node (so vertex indices of
-/// nodes stay `datasets + position`).
+/// nodes stay `datasets + position`). A distill node on real + synthetic images gets one per
+/// (teacher, dataset, generate node, ratio): returned, with its ratio.
 fn derived_vertices(
     exp: &Experiment,
     dag: &mut DiGraph<Vertex, ()>,
     inputs: &mut HashMap<NodeIndex, Vec<(String, NodeIndex)>>,
     index: &mut HashMap<String, NodeIndex>,
     dataset_ix: &HashMap<&str, NodeIndex>,
-) {
+) -> HashMap<NodeIndex, f64> {
     use crate::spec::{AugmentSpec, NodeKind, TeacherCache, TransformSpec};
-    let mut made: HashMap<(NodeIndex, NodeIndex), NodeIndex> = HashMap::new();
+    type Made = (NodeIndex, NodeIndex, Option<(NodeIndex, u64)>);
+    let mut made: HashMap<Made, NodeIndex> = HashMap::new();
+    let mut ratios = HashMap::new();
     for (i, node) in exp.nodes.iter().enumerate() {
         let NodeKind::Distill(s) = &node.kind else { continue };
         let Some(d) = exp.datasets.get(&s.data.0) else { continue };
@@ -278,22 +283,43 @@ fn derived_vertices(
         let linked = inputs.get(&me).map(Vec::as_slice).unwrap_or_default();
         let teacher = linked.iter().find(|(r, _)| r == "teacher").map(|x| x.1);
         let data = linked.iter().find(|(r, _)| r == "data").map(|x| x.1);
+        let generated = linked.iter().find(|(r, _)| r == "synthetic/from").map(|x| x.1);
         let (Some(t), Some(data)) = (teacher, data) else { continue };
         if dataset_ix.get(s.data.0.as_str()) != Some(&data) {
             continue;
         }
-        let ix = *made.entry((t, data)).or_insert_with(|| {
-            let name = format!("teacher_outputs({} on {})", dag[t].name(), dag[data].name());
+        let mix = match (&s.synthetic, generated) {
+            (Some(m), Some(g)) => Some((g, m.ratio)),
+            (Some(_), None) => continue,
+            _ => None,
+        };
+        let ix = *made.entry((t, data, mix.map(|(g, r)| (g, r.to_bits())))).or_insert_with(|| {
+            let name = match mix {
+                Some((g, r)) => format!(
+                    "teacher_outputs({} on {} + {} x{r})",
+                    dag[t].name(),
+                    dag[data].name(),
+                    dag[g].name()
+                ),
+                None => format!("teacher_outputs({} on {})", dag[t].name(), dag[data].name()),
+            };
             let ix = dag.add_node(Vertex::Node { name: name.clone(), kind: "teacher_outputs" });
             dag.add_edge(t, ix, ());
             dag.add_edge(data, ix, ());
-            inputs.insert(ix, vec![("teacher".into(), t), ("data".into(), data)]);
+            let mut ins = vec![("teacher".into(), t), ("data".into(), data)];
+            if let Some((g, r)) = mix {
+                dag.add_edge(g, ix, ());
+                ins.push(("synthetic/from".into(), g));
+                ratios.insert(ix, r);
+            }
+            inputs.insert(ix, ins);
             index.insert(name, ix);
             ix
         });
         dag.add_edge(ix, me, ());
         inputs.entry(me).or_default().push(("teacher_outputs".into(), ix));
     }
+    ratios
 }
 
 /// The node instance of a node vertex: `build` adds every dataset, then every node in order.
@@ -383,6 +409,7 @@ impl<'a> RefCheck<'a> {
                 match w {
                     Want::Model => "model",
                     Want::Generated => "generated",
+                    Want::Generator => "generator",
                     Want::Row => "row",
                 },
                 Box::new(move || declared.iter().filter(|(_, k)| w.accepts(k)).map(|(n, _)| *n).collect()),
@@ -770,8 +797,8 @@ nodes:
 
     #[test]
     fn plugin_inputs_take_any_node_or_a_dataset() {
-        assert_eq!(check("  x: { plugin: { command: [echo], inputs: [task, ev, pt] } }"), []);
-        let (msg, _) = one("  x: { plugin: { command: [echo], inputs: [nothing] } }");
+        assert_eq!(check("  x: { plugin: { name: echo, inputs: { a: task, b: ev, c: pt } } }"), []);
+        let (msg, _) = one("  x: { plugin: { name: echo, inputs: { a: nothing } } }");
         assert_eq!(msg, "no node named `nothing`");
     }
 

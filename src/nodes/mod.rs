@@ -9,6 +9,8 @@
 //! step, before any optimizer update or file of that step is written.
 
 mod checkpoint;
+mod generate;
+mod plugin;
 mod report;
 mod train;
 
@@ -47,6 +49,9 @@ impl NodeRunner for Runner {
             Work::TeacherOutputs(w) => train::teacher_outputs(self, task, w),
             Work::Evaluate(e) => evaluate(self, task, e),
             Work::Report(r) => report::run(self, task, r),
+            Work::Generator(w) => generate::train_generator(self, task, w),
+            Work::Generate(w) => generate::generate(self, task, w),
+            Work::Plugin(w) => plugin::node(task, w),
         }
     }
 

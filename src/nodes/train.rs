@@ -71,6 +71,7 @@ impl TrainData {
 
 fn train_data(runner: &Runner, task: &Task<'_>, s: &LoopSettings) -> Result<TrainData, NodeError> {
     let (name, ds) = dataset(runner, task, "data")?;
+    let ds = super::generate::with_synthetic(task, ds, s.synthetic)?;
     let transform = s.transform.clone();
     let seed = task.job.seed.unwrap_or(0);
     let cfg = data::LoaderConfig::train(s.batch_size, s.drop_last, seed, transform.clone());
@@ -719,6 +720,11 @@ fn lineage(task: &Task<'_>, model: &crate::job::ModelSetup, seconds: f64, flops:
         let file = w.file_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         l.external.push(format!("`{}` ({file})", w.setting));
     }
+    // Synthetic training images: what made them (the generator's training and the sampling)
+    // is part of what it took to get this model.
+    if let Some(g) = recorded("synthetic/from") {
+        l.pretraining = l.pretraining.clone().plus(&g.student());
+    }
     l
 }
 
@@ -873,6 +879,7 @@ pub(super) fn teacher_outputs(
     let (tinfo, teacher) = load_model(node_input(task, "teacher")?, &device)?;
     let teacher = teacher.valid();
     let (_, ds) = dataset(runner, task, "data")?;
+    let ds = super::generate::with_synthetic(task, ds, w.synthetic)?;
     let t0 = Instant::now();
     let (feature_dim, num_classes) = (teacher.feature_dim(), tinfo.num_classes);
     let transform =

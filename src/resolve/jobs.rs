@@ -10,9 +10,9 @@ use crate::data::Normalize;
 use crate::diag::{Code, Diagnostic};
 use crate::graph::{CacheKey, Graph, Vertex};
 use crate::job::{
-    Column, DistillWork, EvaluateWork, HeadPlan, InputSource, Job, JobInput, LoopSettings, ModelSetup, Place,
-    ReportRow, ReportWork, TableFormat, TeacherCostMode, TeacherOutputsWork, TrainWork, Weights, WeightsFile,
-    Work,
+    Column, DistillWork, EvaluateWork, GenerateCount, GenerateWork, GeneratorSource, GeneratorWork, HeadPlan,
+    InputSource, Job, JobInput, LoopSettings, ModelSetup, Place, PluginWork, ReportRow, ReportWork,
+    TableFormat, TeacherCostMode, TeacherOutputsWork, TrainWork, Weights, WeightsFile, Work,
 };
 use crate::spec::{self, Experiment, NodeKind};
 
@@ -209,6 +209,7 @@ fn loop_settings(
             // validate bounds it to 10^6.
             spec::CheckpointEvery::Epochs(n) => Some(n.min(u32::MAX as u64) as u32),
         },
+        synthetic: None,
     }
 }
 
@@ -268,10 +269,9 @@ fn node_job(
             let mut model = model_setup(exp, &s.model.0, init, digest, &mut settings, &mut diags);
             model.head = head_plan(exp, known, node, s.head, &model, inputs, &s.data.0, &mut diags);
             let freeze = s.freeze == spec::Freeze::Backbone;
-            Work::Train(TrainWork {
-                model,
-                settings: loop_of!(s, s.label_smoothing, freeze, 1.0, s.val.is_some()),
-            })
+            let mut settings = loop_of!(s, s.label_smoothing, freeze, 1.0, s.val.is_some());
+            settings.synthetic = s.synthetic.as_ref().map(|m| m.ratio);
+            Work::Train(TrainWork { model, settings })
         }
         NodeKind::Finetune(s) => {
             settings.insert("data".into(), place(exp, format!("datasets.{}", s.data.0)));
@@ -306,10 +306,9 @@ fn node_job(
             let mut model = model;
             model.head = head_plan(exp, known, node, s.head, &model, inputs, &s.data.0, &mut diags);
             let freeze = s.freeze == spec::Freeze::Backbone;
-            Work::Train(TrainWork {
-                model,
-                settings: loop_of!(s, s.label_smoothing, freeze, s.head_lr_mult, s.val.is_some()),
-            })
+            let mut settings = loop_of!(s, s.label_smoothing, freeze, s.head_lr_mult, s.val.is_some());
+            settings.synthetic = s.synthetic.as_ref().map(|m| m.ratio);
+            Work::Train(TrainWork { model, settings })
         }
         NodeKind::Distill(s) => {
             settings.insert("data".into(), place(exp, format!("datasets.{}", s.data.0)));
@@ -318,10 +317,12 @@ fn node_job(
             let init = s.student_init.as_ref().map(|_| "student_init");
             let mut student = model_setup(exp, &s.student.0, init, digest, &mut settings, &mut diags);
             student.head = head_plan(exp, known, node, s.head, &student, inputs, &s.data.0, &mut diags);
+            let mut settings = loop_of!(s, 0.0, false, 1.0, s.val.is_some());
+            settings.synthetic = s.synthetic.as_ref().map(|m| m.ratio);
             Work::Distill(DistillWork {
                 student,
                 losses: losses(&s.losses, node.seed),
-                settings: loop_of!(s, 0.0, false, 1.0, s.val.is_some()),
+                settings,
                 cached_teacher: has("teacher_outputs"),
             })
         }
@@ -396,20 +397,93 @@ fn node_job(
                 compare_to: compare_row(exp, node, r, &mut diags),
             }
         }),
-        NodeKind::Generate(_) | NodeKind::Plugin(_) => {
-            let path = node.spec_path();
-            return Err(vec![
-                Diagnostic::new(
-                    Code::Unsupported,
-                    &path,
-                    format!("`{}` nodes are not supported by this build yet", node.kind.name()),
-                )
-                .with_node(&node.name)
-                .with_help("remove the node; the feature is planned")
-                .at(exp.locate_value(&path)),
-            ]);
+        NodeKind::Generate(g) => {
+            settings.insert("data".into(), place(exp, format!("datasets.{}", g.data.0)));
+            let generator = match (&g.generator.node, &g.generator.plugin) {
+                (_, Some(name)) => {
+                    let path = format!("{}.generator.plugin", node.spec_path());
+                    settings.insert("generator".into(), place(exp, path.clone()));
+                    match plugin_ref(exp, node, name, &path, &mut diags) {
+                        Some(p) if p.produces == "files" => {
+                            diags.push(
+                                Diagnostic::new(
+                                    Code::Conflict,
+                                    &path,
+                                    format!("plugin `{name}` produces files, not images"),
+                                )
+                                .with_node(&node.name)
+                                .with_help("a generator plugin's manifest says `\"produces\": \"images\"` (docs/plugins.md)")
+                                .at(exp.locate_value(&path)),
+                            );
+                            GeneratorSource::Node
+                        }
+                        Some(plugin) => GeneratorSource::Plugin {
+                            plugin,
+                            params: g.generator.params.clone(),
+                            timeout_s: g.generator.timeout,
+                        },
+                        None => GeneratorSource::Node,
+                    }
+                }
+                _ => {
+                    let path = format!("{}.generator.node", node.spec_path());
+                    settings.insert("generator".into(), place(exp, path));
+                    GeneratorSource::Node
+                }
+            };
+            let count = match (g.per_class, g.ratio) {
+                (Some(n), _) => GenerateCount::PerClass(n as usize),
+                (None, r) => GenerateCount::Ratio(r.unwrap_or(1.0)),
+            };
+            Work::Generate(GenerateWork {
+                generator,
+                prompt: g.prompt.clone(),
+                count,
+                preview: g.preview as usize,
+            })
+        }
+        NodeKind::Generator(g) => {
+            settings.insert("data".into(), place(exp, format!("datasets.{}", g.data.0)));
+            Work::Generator(GeneratorWork {
+                model: match g.model {
+                    spec::GeneratorModel::Cvae => crate::engine::CvaeConfig {
+                        latent: g.latent as usize,
+                        hidden: g.hidden.iter().map(|&h| h as usize).collect(),
+                    },
+                },
+                epochs: g.epochs as usize,
+                batch_size: g.batch_size as usize,
+                lr: g.lr,
+                beta: g.beta,
+            })
+        }
+        NodeKind::Plugin(p) => {
+            let path = format!("{}.name", node.spec_path());
+            settings.insert("plugin".into(), place(exp, path.clone()));
+            match plugin_ref(exp, node, &p.name, &path, &mut diags) {
+                Some(plugin) => {
+                    if plugin.produces == "images" {
+                        diags.push(
+                            Diagnostic::new(
+                                Code::Conflict,
+                                &path,
+                                format!("plugin `{}` produces images for a generate node", p.name),
+                            )
+                            .with_node(&node.name)
+                            .with_help(format!(
+                                "use it as `generate: {{ generator: {{ plugin: {} }}, data: <dataset> }}`",
+                                p.name
+                            ))
+                            .at(exp.locate_value(&path)),
+                        );
+                    }
+                    Work::Plugin(PluginWork { plugin, params: p.params.clone(), timeout_s: p.timeout })
+                }
+                None => return Err(diags),
+            }
         }
     };
+    synthetic_checks(exp, known, node, inputs, &work, &mut diags);
     if !diags.is_empty() {
         return Err(diags);
     }
@@ -417,6 +491,143 @@ fn node_job(
     let mut job = skeleton(exp, &node.name, node.kind.name(), place(exp, node.spec_path()), seed, work);
     job.settings = settings;
     Ok(job)
+}
+
+/// What can be known of synthetic data before running: a generator node knows the classes a
+/// generate node asks for, a generate node makes enough images for the ratio a training node
+/// mixes in (same dataset), and a plugin consumes the kinds of inputs it is given.
+fn synthetic_checks(
+    exp: &Experiment,
+    known: &Known<'_>,
+    node: &spec::Node,
+    inputs: &[JobInput],
+    work: &Work,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let err = |diags: &mut Vec<Diagnostic>, code: Code, path: String, msg: String, help: &str| {
+        diags.push(
+            Diagnostic::new(code, &path, msg)
+                .with_node(&node.name)
+                .with_help(help)
+                .at(exp.locate_value(&path)),
+        )
+    };
+    let input_node = |role: &str| {
+        inputs.iter().find(|i| i.role == role).and_then(|i| known.nodes.get(i.name.as_str()).copied())
+    };
+    match (&node.kind, work) {
+        (NodeKind::Generate(g), Work::Generate(w)) if w.generator == GeneratorSource::Node => {
+            let Some(gn) = input_node("generator/node") else { return };
+            let NodeKind::Generator(gs) = &gn.kind else { return };
+            if let (Ok(have), Ok(want)) =
+                (known.class_names(exp, &gs.data.0), known.class_names(exp, &g.data.0))
+            {
+                let missing: Vec<&String> = want.iter().filter(|c| !have.contains(c)).collect();
+                if !missing.is_empty() {
+                    let shown: Vec<String> = missing.iter().take(5).map(|c| format!("{c:?}")).collect();
+                    err(
+                        diags,
+                        Code::Conflict,
+                        format!("{}.generator.node", node.spec_path()),
+                        format!(
+                            "generator `{}` is trained on `{}`, which has no class {}",
+                            gn.base,
+                            gs.data.0,
+                            shown.join(", ")
+                        ),
+                        "train the generator on a dataset with every class of the generate node's data",
+                    );
+                }
+            }
+        }
+        (
+            NodeKind::Train(spec::TrainSpec { synthetic: Some(m), data, .. })
+            | NodeKind::Finetune(spec::FinetuneSpec { synthetic: Some(m), data, .. })
+            | NodeKind::Distill(spec::DistillSpec { synthetic: Some(m), data, .. }),
+            _,
+        ) => {
+            let Some(gn) = input_node("synthetic/from") else { return };
+            let NodeKind::Generate(g) = &gn.kind else { return };
+            if g.data != *data {
+                // Classes are matched by name at run time; sizes depend on both datasets.
+                return;
+            }
+            let made = match (g.per_class, g.ratio) {
+                (None, r) => r.unwrap_or(1.0),
+                (Some(_), _) => return,
+            };
+            if m.ratio > made + 1e-9 {
+                err(
+                    diags,
+                    Code::Conflict,
+                    format!("{}.synthetic.ratio", node.spec_path()),
+                    format!(
+                        "ratio {} needs more synthetic images than `{}` makes (ratio {made})",
+                        m.ratio, gn.base
+                    ),
+                    "lower this ratio, or raise the generate node's `ratio`",
+                );
+            }
+        }
+        (NodeKind::Plugin(_), Work::Plugin(w)) => {
+            let consumes: Vec<&str> = w
+                .plugin
+                .manifest
+                .get("consumes")
+                .and_then(|c| c.as_array())
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            // A PATH plugin has no manifest; a manifest without `consumes` takes anything.
+            if w.plugin.manifest.get("consumes").is_none() {
+                return;
+            }
+            for i in inputs {
+                let kind = match &i.source {
+                    InputSource::Dataset(_) => "dataset",
+                    InputSource::Entry { model: true, .. } => "model",
+                    InputSource::Entry { .. } => "entry",
+                };
+                let ok = consumes.contains(&kind) || (kind == "model" && consumes.contains(&"entry"));
+                if !ok {
+                    let role = i.role.strip_prefix("inputs/").unwrap_or(&i.role);
+                    err(
+                        diags,
+                        Code::Conflict,
+                        format!("{}.inputs.{role}", node.spec_path()),
+                        format!(
+                            "plugin `{}` does not take a {kind} (its manifest's `consumes`: {})",
+                            w.plugin.name,
+                            if consumes.is_empty() { "nothing".to_string() } else { consumes.join(", ") }
+                        ),
+                        "give it inputs of the kinds it consumes (docs/plugins.md)",
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The plugin `name`, found from the experiment's folder, or a located error.
+fn plugin_ref(
+    exp: &Experiment,
+    node: &spec::Node,
+    name: &str,
+    path: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<crate::job::PluginRef> {
+    match crate::plugins::find(exp.base_dir(), name) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            diags.push(
+                Diagnostic::new(Code::Data, path, e)
+                    .with_node(&node.name)
+                    .with_help("add plugins/NAME/plugin.json beside the experiment, or put distillery-NAME on PATH (docs/plugins.md)")
+                    .at(exp.locate_value(path)),
+            );
+            None
+        }
+    }
 }
 
 /// The head of a model that starts from other weights (`None` for a fresh model): `head:` as
@@ -704,7 +915,11 @@ fn teacher_outputs_job(
         "teacher_outputs",
         at,
         None,
-        Work::TeacherOutputs(TeacherOutputsWork { transform, batch_size: 256 }),
+        Work::TeacherOutputs(TeacherOutputsWork {
+            transform,
+            batch_size: 256,
+            synthetic: graph.synthetic.get(&ix).copied(),
+        }),
     ))
 }
 

@@ -1293,9 +1293,6 @@ impl Loader {
         from_matrix: &[(String, String)],
     ) -> Option<NodeKind> {
         let path = format!("nodes.{}.{}", raw.base, raw.kind);
-        // Before typing, so a node whose settings do not parse is told too; the declared node's
-        // name, so its instances give one diagnostic (`dedupe`).
-        Check::new(&mut self.diags, &self.spans, &raw.base).not_supported_yet(&path, &raw.kind, &body);
         let mut names = Vec::new();
         let body = self.normalize_body(body, &path, &raw.base, &mut names)?;
         let body = &body;
@@ -1337,6 +1334,7 @@ impl Loader {
             "finetune" => NodeKind::Finetune(typed!()),
             "distill" => NodeKind::Distill(typed!()),
             "generate" => NodeKind::Generate(typed!()),
+            "generator" => NodeKind::Generator(typed!()),
             "evaluate" => NodeKind::Evaluate(typed!()),
             "report" => NodeKind::Report(typed!()),
             "plugin" => NodeKind::Plugin(typed!()),
@@ -1520,6 +1518,7 @@ pub(super) fn kind_fields(kind: &str) -> &'static [String] {
             ("finetune", props::<FinetuneSpec>()),
             ("distill", props::<DistillSpec>()),
             ("generate", props::<GenerateSpec>()),
+            ("generator", props::<GeneratorSpec>()),
             ("evaluate", props::<EvaluateSpec>()),
             ("report", props::<ReportSpec>()),
             ("plugin", props::<PluginSpec>()),

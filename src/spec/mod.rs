@@ -19,6 +19,7 @@ use indexmap::IndexMap;
 pub use load::{load, load_partial, load_str};
 pub use schema::json_schema;
 pub use types::*;
+pub use validate::plain_name;
 pub use yaml_index::SpanIndex;
 
 use crate::diag::{Diagnostic, Location};

@@ -39,6 +39,7 @@ struct NodeEntry {
     finetune: Option<FinetuneSpec>,
     distill: Option<DistillSpec>,
     generate: Option<GenerateSpec>,
+    generator: Option<GeneratorSpec>,
     evaluate: Option<EvaluateSpec>,
     report: Option<ReportSpec>,
     plugin: Option<PluginSpec>,

@@ -443,6 +443,10 @@ pub struct EmaSpec {
 pub struct TrainSpec {
     pub model: ModelRef,
     pub data: DatasetRef,
+    /// Add a generate node's synthetic images to `data`: `ratio` times the real set's size per
+    /// class (1x, 2x).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticMix>,
     #[serde(default = "epochs")]
     pub epochs: u32,
     #[serde(default = "batch_size")]
@@ -505,6 +509,10 @@ pub struct FinetuneSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelRef>,
     pub data: DatasetRef,
+    /// Add a generate node's synthetic images to `data`: `ratio` times the real set's size per
+    /// class (1x, 2x).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticMix>,
     #[serde(default = "epochs")]
     pub epochs: u32,
     #[serde(default = "batch_size")]
@@ -561,8 +569,8 @@ pub struct DistillSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub student_init: Option<NodeRef>,
     pub data: DatasetRef,
-    /// Add a generate node's synthetic images, `ratio` times the real set's size. Reserved:
-    /// parsed, and rejected by `validate` until generate nodes exist (issue 17).
+    /// Add a generate node's synthetic images to `data`: `ratio` times the real set's size per
+    /// class (1x, 2x).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<SyntheticMix>,
     /// A preset (`kd`, `crd`, `srrl`, `align_uniform`) or a map of loss -> weight or settings.
@@ -625,30 +633,79 @@ pub struct SyntheticMix {
     pub ratio: f64,
 }
 
-/// Generate synthetic images per class with a pre-trained text-to-image model.
-///
-/// Reserved: parsed (so the settings' own problems are reported too), and rejected by
-/// `validate` until this build has a text-to-image runtime (issue 17).
+/// A labelled synthetic image set for the classes of `data`, from a generator: a plugin or a
+/// built-in generator trained by a `generator` node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateSpec {
-    /// The generator's name, e.g. `stable-diffusion-v1-4`.
-    pub generator: String,
-    /// Its weights on disk (nothing is downloaded at run time).
-    pub weights: String,
-    /// The dataset whose class names fill the prompt.
+    /// `{ node: <generator node> }` or `{ plugin: NAME, params: {...} }`.
+    pub generator: GeneratorChoice,
+    /// The dataset whose classes (names, image size, images per class) the set is made for.
     pub data: DatasetRef,
     /// Prompt template; `{c}` is replaced by the class name.
+    #[serde(default = "default_prompt")]
     pub prompt: String,
-    /// Images per class relative to the real set (1 = as many, 2 = twice as many).
+    /// Images per class as a multiple of the real set's (1 = as many, 2 = twice as many);
+    /// the default when `per_class` is not given is 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// Or: this many images per class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_class: Option<u32>,
+    /// Images a class in the stored preview grid.
+    #[serde(default = "preview_per_class")]
+    pub preview: u32,
+}
+
+/// Where a generate node's images come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorChoice {
+    /// A `generator` node of this experiment (built in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeRef>,
+    /// Or a plugin that produces images (`plugins/NAME/plugin.json` or `distillery-NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// Settings passed to the plugin (`model`, `steps`, `guidance` for stable-diffusion).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Seconds the plugin may run before it is stopped.
+    #[serde(default = "plugin_timeout")]
+    pub timeout: u64,
+}
+
+/// Train distillery's built-in class-conditional generator on a dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorSpec {
+    pub data: DatasetRef,
+    /// The generative model: `cvae` (a conditional variational auto-encoder).
+    #[serde(default)]
+    pub model: GeneratorModel,
+    /// Size of the latent code.
+    #[serde(default = "latent")]
+    pub latent: u32,
+    /// Widths of the encoder's hidden layers (the decoder mirrors them).
+    #[serde(default = "gen_hidden")]
+    pub hidden: Vec<u32>,
+    #[serde(default = "gen_epochs")]
+    pub epochs: u32,
+    #[serde(default = "gen_batch_size")]
+    pub batch_size: u32,
+    /// Adam's learning rate.
+    #[serde(default = "gen_lr")]
+    pub lr: f64,
+    /// Weight of the KL term (1: the evidence lower bound).
     #[serde(default = "one")]
-    pub ratio: f64,
-    #[serde(default = "sd_steps")]
-    pub steps: u32,
-    #[serde(default = "sd_guidance")]
-    pub guidance: f64,
-    #[serde(default = "sd_size")]
-    pub image_size: u32,
+    pub beta: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorModel {
+    #[default]
+    Cvae,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -832,20 +889,21 @@ impl WhichWeights {
     }
 }
 
-/// Run an external program that speaks distillery's plugin protocol.
-///
-/// Reserved: parsed, and rejected by `validate` until this build has a plugin host (issue 17).
+/// Run an external program that speaks distillery's plugin protocol (docs/plugins.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSpec {
-    /// Program and arguments; a relative program path is relative to the experiment file.
-    pub command: Vec<String>,
-    /// Nodes and datasets whose results the plugin reads.
-    #[serde(default)]
-    pub inputs: Vec<NodeRef>,
+    /// `plugins/NAME/plugin.json` beside the experiment file, or `distillery-NAME` on PATH.
+    pub name: String,
+    /// What the plugin reads, by role: a node or a dataset each.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub inputs: IndexMap<String, NodeRef>,
     /// Free-form settings passed to the plugin.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Seconds the plugin may run before it is stopped.
+    #[serde(default = "plugin_timeout")]
+    pub timeout: u64,
 }
 
 /// What a node does: exactly one kind key per node.
@@ -856,13 +914,14 @@ pub enum NodeKind {
     Finetune(FinetuneSpec),
     Distill(DistillSpec),
     Generate(GenerateSpec),
+    Generator(GeneratorSpec),
     Evaluate(EvaluateSpec),
     Report(ReportSpec),
     Plugin(PluginSpec),
 }
 
-pub const NODE_KINDS: [&str; 7] =
-    ["train", "finetune", "distill", "generate", "evaluate", "report", "plugin"];
+pub const NODE_KINDS: [&str; 8] =
+    ["train", "finetune", "distill", "generate", "generator", "evaluate", "report", "plugin"];
 
 impl NodeKind {
     /// Whether a training kind evaluates on a `val:` set each epoch (and so keeps best weights).
@@ -891,6 +950,7 @@ impl NodeKind {
             NodeKind::Finetune(_) => "finetune",
             NodeKind::Distill(_) => "distill",
             NodeKind::Generate(_) => "generate",
+            NodeKind::Generator(_) => "generator",
             NodeKind::Evaluate(_) => "evaluate",
             NodeKind::Report(_) => "report",
             NodeKind::Plugin(_) => "plugin",
@@ -901,7 +961,11 @@ impl NodeKind {
     pub fn is_seeded(&self) -> bool {
         matches!(
             self,
-            NodeKind::Train(_) | NodeKind::Finetune(_) | NodeKind::Distill(_) | NodeKind::Generate(_)
+            NodeKind::Train(_)
+                | NodeKind::Finetune(_)
+                | NodeKind::Distill(_)
+                | NodeKind::Generate(_)
+                | NodeKind::Generator(_)
         )
     }
 
@@ -921,10 +985,16 @@ impl NodeKind {
                 if let Some(r) = &s.init {
                     node("/init", r, Want::Model);
                 }
+                if let Some(m) = &s.synthetic {
+                    node("/synthetic/from", &m.from, Want::Generated);
+                }
             }
             NodeKind::Finetune(s) => {
                 if let Some(r) = &s.from {
                     node("/from", r, Want::Model);
+                }
+                if let Some(m) = &s.synthetic {
+                    node("/synthetic/from", &m.from, Want::Generated);
                 }
             }
             NodeKind::Distill(s) => {
@@ -947,15 +1017,20 @@ impl NodeKind {
                 }
             }
             NodeKind::Plugin(s) => {
-                for (i, r) in s.inputs.iter().enumerate() {
+                for (role, r) in &s.inputs {
                     out.push(Reference {
-                        pointer: format!("/inputs/{i}"),
+                        pointer: format!("/inputs/{role}"),
                         name: r.0.clone(),
                         target: Target::NodeOrDataset,
                     });
                 }
             }
-            NodeKind::Generate(_) => {}
+            NodeKind::Generate(s) => {
+                if let Some(r) = &s.generator.node {
+                    node("/generator/node", r, Want::Generator);
+                }
+            }
+            NodeKind::Generator(_) => {}
         }
         let mut data = |p: &str, r: &DatasetRef| {
             out.push(Reference { pointer: p.to_string(), name: r.0.clone(), target: Target::Dataset })
@@ -980,6 +1055,7 @@ impl NodeKind {
                 }
             }
             NodeKind::Generate(s) => data("/data", &s.data),
+            NodeKind::Generator(s) => data("/data", &s.data),
             NodeKind::Evaluate(s) => data("/data", &s.data),
             NodeKind::Report(s) => {
                 if let Some(e) = &s.eval {
@@ -1012,8 +1088,18 @@ impl NodeKind {
             }
         };
         match self {
-            NodeKind::Train(s) => s.init.iter_mut().for_each(fix),
-            NodeKind::Finetune(s) => s.from.iter_mut().for_each(fix),
+            NodeKind::Train(s) => {
+                s.init.iter_mut().for_each(&mut fix);
+                if let Some(m) = &mut s.synthetic {
+                    fix(&mut m.from);
+                }
+            }
+            NodeKind::Finetune(s) => {
+                s.from.iter_mut().for_each(&mut fix);
+                if let Some(m) = &mut s.synthetic {
+                    fix(&mut m.from);
+                }
+            }
             NodeKind::Distill(s) => {
                 fix(&mut s.teacher);
                 s.student_init.iter_mut().for_each(&mut fix);
@@ -1022,8 +1108,9 @@ impl NodeKind {
                 }
             }
             NodeKind::Evaluate(s) => fix(&mut s.model),
-            NodeKind::Plugin(s) => s.inputs.iter_mut().for_each(fix),
-            NodeKind::Report(_) | NodeKind::Generate(_) => {}
+            NodeKind::Plugin(s) => s.inputs.values_mut().for_each(fix),
+            NodeKind::Generate(s) => s.generator.node.iter_mut().for_each(fix),
+            NodeKind::Report(_) | NodeKind::Generator(_) => {}
         }
     }
 }
@@ -1048,6 +1135,8 @@ pub enum Want {
     Model,
     /// A generate node.
     Generated,
+    /// A generator node (a trained generative model).
+    Generator,
     /// A report row: a trained model or an evaluate node.
     Row,
 }
@@ -1058,6 +1147,7 @@ impl Want {
         match self {
             Want::Model => &["train", "finetune", "distill"],
             Want::Generated => &["generate"],
+            Want::Generator => &["generator"],
             Want::Row => &["train", "finetune", "distill", "evaluate"],
         }
     }
@@ -1247,14 +1337,29 @@ fn head_lr_mult() -> f64 {
 fn dsa_strategy() -> String {
     "flip_color_crop_rotate_scale_cutout".to_string()
 }
-fn sd_steps() -> u32 {
-    50
+fn default_prompt() -> String {
+    "a picture of a {c}".to_string()
 }
-fn sd_guidance() -> f64 {
-    7.5
+fn preview_per_class() -> u32 {
+    8
 }
-fn sd_size() -> u32 {
-    512
+fn plugin_timeout() -> u64 {
+    3600
+}
+fn latent() -> u32 {
+    16
+}
+fn gen_hidden() -> Vec<u32> {
+    vec![512, 256]
+}
+fn gen_epochs() -> u32 {
+    30
+}
+fn gen_batch_size() -> u32 {
+    128
+}
+fn gen_lr() -> f64 {
+    1e-3
 }
 fn default_metrics() -> Vec<Metric> {
     vec![Metric::Top1, Metric::Top5, Metric::Loss]

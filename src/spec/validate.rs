@@ -2,45 +2,11 @@
 
 use std::collections::HashSet;
 
-use serde_yaml::Value;
-
 use super::join;
 use super::types::*;
 use super::yaml_index::SpanIndex;
 use crate::diag::{Code, Diagnostic, fmt_num};
 use crate::losses::Check as Range;
-
-/// Node kinds and keys the spec declares for features this build does not have yet (issue 17).
-/// They parse, so their settings' own problems and their references are reported in the same
-/// run, and `validate` rejects them before anything runs.
-const RESERVED: [Reserved; 3] = [
-    Reserved {
-        kind: "generate",
-        key: None,
-        message: "`generate` nodes are not supported by this build yet (they need a text-to-image runtime)",
-        help: "remove this node; `generate` is reserved for a planned feature (docs/spec.md, \"Reserved\")",
-    },
-    Reserved {
-        kind: "plugin",
-        key: None,
-        message: "`plugin` nodes are not supported by this build yet (they need a plugin host)",
-        help: "remove this node; `plugin` is reserved for a planned feature (docs/spec.md, \"Reserved\")",
-    },
-    Reserved {
-        kind: "distill",
-        key: Some("synthetic"),
-        message: "`synthetic` is not supported by this build yet (its images come from `generate` nodes)",
-        help: "remove the key to distil on the real images; `synthetic` is reserved for a planned feature (docs/spec.md, \"Reserved\")",
-    },
-];
-
-struct Reserved {
-    kind: &'static str,
-    /// A key of the kind's body; `None`: the kind itself.
-    key: Option<&'static str>,
-    message: &'static str,
-    help: &'static str,
-}
 
 /// What a node's checks need to know beyond the node itself.
 pub(super) struct NodeContext<'a> {
@@ -68,8 +34,6 @@ pub(super) mod max {
     pub const BATCH_SIZE: u64 = 65_536;
     /// Passes over the data; warm-up and milestones are within them.
     pub const EPOCHS: u64 = 100_000;
-    /// Sampling steps of a generate node.
-    pub const STEPS: u64 = 10_000;
     /// Channels or units of a layer: MLP `hidden`, CNN `channels`, ResNet `width`.
     pub const WIDTH: u64 = 65_536;
     /// Entries of MLP `hidden` / CNN `channels` (layers).
@@ -83,6 +47,16 @@ pub(super) mod max {
     pub const WIDTH_MULT: f64 = 16.0;
     /// Synthetic images relative to the real set (`ratio` of generate and `synthetic`).
     pub const RATIO: f64 = 100.0;
+    /// Seconds a plugin may run (a week).
+    pub const TIMEOUT: u64 = 7 * 24 * 3600;
+}
+
+/// Letters, digits, `_` and `-`, 1 to 64 of them, not starting with `-`.
+pub fn plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('-')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 pub(super) struct Check<'a> {
@@ -552,20 +526,6 @@ impl<'a> Check<'a> {
         }
     }
 
-    /// Rejects what [`RESERVED`] lists, at the node's kind key (`nodes.gen.generate`) or at the
-    /// reserved key (`nodes.kd.distill.synthetic`). `body` is the kind's settings before typing,
-    /// so a node whose settings do not parse is still told.
-    pub fn not_supported_yet(&mut self, p: &str, kind: &str, body: &Value) {
-        for r in RESERVED.iter().filter(|r| r.kind == kind) {
-            let path = match r.key {
-                None => p.to_string(),
-                Some(key) if body.get(key).is_some() => join(p, key),
-                Some(_) => continue,
-            };
-            self.err(Code::Unsupported, &path, r.message.to_string(), r.help);
-        }
-    }
-
     pub fn node_kind(&mut self, p: &str, k: &NodeKind, ctx: &NodeContext) {
         match k {
             NodeKind::Train(s) => {
@@ -612,6 +572,9 @@ impl<'a> Check<'a> {
                 );
                 self.within(&join(p, "label_smoothing"), s.label_smoothing, 0.0, 1.0, false);
                 self.positive(&join(p, "head_lr_mult"), s.head_lr_mult);
+                if let Some(m) = &s.synthetic {
+                    self.positive_at_most(&format!("{p}.synthetic.ratio"), m.ratio, max::RATIO);
+                }
                 self.checkpoint_every(p, s.checkpoint_every);
                 self.recipe(p, s.accumulate, s.ema.as_ref(), s.head, true, "");
                 match (&s.from, &s.weights, &s.model) {
@@ -671,10 +634,60 @@ impl<'a> Check<'a> {
                         "put `{c}` where the class name goes, e.g. \"a picture of a {c}\"",
                     );
                 }
-                self.positive_at_most(&join(p, "ratio"), s.ratio, max::RATIO);
-                self.count(&join(p, "steps"), s.steps.into(), 1, max::STEPS);
-                self.non_negative(&join(p, "guidance"), s.guidance);
-                self.count(&join(p, "image_size"), s.image_size.into(), 8, max::IMAGE_SIDE);
+                match (s.ratio, s.per_class) {
+                    (Some(_), Some(_)) => self.err(
+                        Code::Conflict,
+                        &join(p, "per_class"),
+                        "both `ratio` and `per_class`".to_string(),
+                        "give one: `ratio` (times the real images a class) or `per_class` (a count)",
+                    ),
+                    (Some(r), None) => self.positive_at_most(&join(p, "ratio"), r, max::RATIO),
+                    (None, Some(n)) => self.count(&join(p, "per_class"), n.into(), 1, max::PER_CLASS),
+                    (None, None) => {}
+                }
+                self.count(&join(p, "preview"), s.preview.into(), 0, 64);
+                let g = join(p, "generator");
+                match (&s.generator.node, &s.generator.plugin) {
+                    (Some(_), Some(_)) => self.err(
+                        Code::Conflict,
+                        &join(&g, "plugin"),
+                        "both `node` and `plugin`".to_string(),
+                        "give one: `node: <generator node>` or `plugin: NAME`",
+                    ),
+                    (None, None) => self.err(
+                        Code::MissingKey,
+                        &g,
+                        "no generator".to_string(),
+                        "add `node: <generator node>` (built in) or `plugin: NAME` (docs/plugins.md)",
+                    ),
+                    (Some(_), None) if !s.generator.params.is_empty() => self.err(
+                        Code::Conflict,
+                        &join(&g, "params"),
+                        "`params` are a plugin's; a generator node takes its settings itself".to_string(),
+                        "remove `params`, or set them on the generator node",
+                    ),
+                    (None, Some(name)) => self.plugin_name(&join(&g, "plugin"), name),
+                    _ => {}
+                }
+                self.count(&join(&g, "timeout"), s.generator.timeout, 1, max::TIMEOUT);
+            }
+            NodeKind::Generator(s) => {
+                self.count(&join(p, "latent"), s.latent.into(), 1, max::DIM);
+                if s.hidden.is_empty() || s.hidden.len() > max::LAYERS {
+                    self.err(
+                        Code::OutOfRange,
+                        &join(p, "hidden"),
+                        format!("{} hidden layers", s.hidden.len()),
+                        "give 1 to 256 widths, e.g. [512, 256]",
+                    );
+                }
+                for (i, w) in s.hidden.iter().enumerate() {
+                    self.count(&format!("{p}.hidden.{i}"), (*w).into(), 1, max::WIDTH);
+                }
+                self.count(&join(p, "epochs"), s.epochs.into(), 1, max::EPOCHS);
+                self.count(&join(p, "batch_size"), s.batch_size.into(), 1, max::BATCH_SIZE);
+                self.positive(&join(p, "lr"), s.lr);
+                self.non_negative(&join(p, "beta"), s.beta);
             }
             NodeKind::Evaluate(s) => {
                 self.count(&join(p, "batch_size"), s.batch_size.into(), 1, max::BATCH_SIZE);
@@ -706,15 +719,31 @@ impl<'a> Check<'a> {
                 }
             }
             NodeKind::Plugin(s) => {
-                if s.command.is_empty() || s.command[0].is_empty() {
-                    self.err(
-                        Code::OutOfRange,
-                        &join(p, "command"),
-                        "empty command".to_string(),
-                        "give the program and its arguments, e.g. [plugins/my-plugin, --flag]",
-                    );
+                self.plugin_name(&join(p, "name"), &s.name);
+                for role in s.inputs.keys() {
+                    if !plain_name(role) {
+                        self.err(
+                            Code::OutOfRange,
+                            &format!("{p}.inputs.{role}"),
+                            format!("input role `{role}` is not a plain name"),
+                            "use letters, digits, `_` and `-` (the plugin reads its inputs by these names)",
+                        );
+                    }
                 }
+                self.count(&join(p, "timeout"), s.timeout, 1, max::TIMEOUT);
             }
+        }
+    }
+
+    /// A plugin's name: a folder under plugins/ or `distillery-NAME`, so a plain name.
+    fn plugin_name(&mut self, path: &str, name: &str) {
+        if !plain_name(name) {
+            self.err(
+                Code::OutOfRange,
+                path,
+                format!("plugin name `{name}` is not a plain name"),
+                "name a folder under plugins/ (letters, digits, `_`, `-`); docs/plugins.md",
+            );
         }
     }
 
@@ -822,60 +851,42 @@ nodes:
         (code, path.to_string(), node.map(str::to_string), at.to_string())
     }
 
-    const GEN: &str = "  g: { generate: { generator: sd, weights: sd, data: d, prompt: \"a {c}\" } }\n";
+    const GEN: &str =
+        "  gm: { generator: { data: d } }\n  g: { generate: { generator: { node: gm }, data: d } }\n";
 
     #[test]
-    fn reserved_kinds_are_rejected_at_their_kind_key() {
-        assert_eq!(check(GEN), [one(Code::Unsupported, "nodes.g.generate", Some("g"), "7:8")]);
-        let plugin = "  p: { plugin: { command: [x], inputs: [t] } }\n";
-        assert_eq!(check(plugin), [one(Code::Unsupported, "nodes.p.plugin", Some("p"), "7:8")]);
-    }
-
-    #[test]
-    fn a_reserved_node_still_reports_its_other_problems() {
-        // A required key missing: the settings do not parse, and the node is still told.
-        let got = check("  g: { generate: { weights: sd, data: d, prompt: x } }\n");
-        assert_eq!(
-            got.iter().map(|d| (d.0, d.1.as_str())).collect::<Vec<_>>(),
-            [(Code::Unsupported, "nodes.g.generate"), (Code::MissingKey, "nodes.g.generate")]
-        );
-        let got = check("  g: { generate: { generator: sd, weights: sd, data: d, prompt: x, steps: 0 } }\n");
+    fn generate_plugin_and_synthetic_are_checked_where_written() {
+        assert_eq!(check(GEN), []);
+        let got = check("  g: { generate: { generator: {}, data: d, prompt: x, ratio: 1, per_class: 3 } }\n");
         assert_eq!(
             got.iter().map(|d| (d.0, d.1.as_str())).collect::<Vec<_>>(),
             [
-                (Code::Unsupported, "nodes.g.generate"),
                 (Code::OutOfRange, "nodes.g.generate.prompt"),
-                (Code::OutOfRange, "nodes.g.generate.steps"),
+                (Code::Conflict, "nodes.g.generate.per_class"),
+                (Code::MissingKey, "nodes.g.generate.generator"),
             ]
         );
-        let got = check("  p: { plugin: { command: [] } }\n");
-        assert_eq!(got.iter().map(|d| d.0).collect::<Vec<_>>(), [Code::Unsupported, Code::OutOfRange]);
-    }
-
-    #[test]
-    fn matrix_instances_of_a_reserved_node_are_reported_once() {
-        let got = check(&format!("{GEN}matrix: {{ seed: [0, 1, 2] }}\n"));
-        assert_eq!(got, [one(Code::Unsupported, "nodes.g.generate", Some("g"), "7:8")]);
-        let node = "  p: { plugin: { command: [x] }, matrix: { params.k: [1, 2] } }\n";
-        assert_eq!(check(node), [one(Code::Unsupported, "nodes.p.plugin", Some("p"), "7:8")]);
-    }
-
-    #[test]
-    fn synthetic_is_rejected_at_its_key() {
+        let got = check("  g: { generate: { generator: { plugin: ../x, timeout: 0 }, data: d } }\n");
+        assert_eq!(
+            got.iter().map(|d| (d.0, d.1.as_str())).collect::<Vec<_>>(),
+            [
+                (Code::OutOfRange, "nodes.g.generate.generator.plugin"),
+                (Code::OutOfRange, "nodes.g.generate.generator.timeout")
+            ]
+        );
+        let got = check("  p: { plugin: { name: x, inputs: { a/b: t } } }\n");
+        assert_eq!(
+            got.iter().map(|d| (d.0, d.1.as_str())).collect::<Vec<_>>(),
+            [(Code::OutOfRange, "nodes.p.plugin.inputs.a/b")]
+        );
         let kd = "  k: { distill: { teacher: t, student: m, data: d, losses: kd, synthetic: { from: g, ratio: 0 } } }\n";
         let got = check(&format!("{GEN}{kd}"));
+        assert_eq!(got, [one(Code::OutOfRange, "nodes.k.distill.synthetic.ratio", Some("k"), "9:93")]);
+        let got = check("  gm: { generator: { data: d, hidden: [], lr: 0 } }\n");
         assert_eq!(
-            got,
-            [
-                one(Code::Unsupported, "nodes.g.generate", Some("g"), "7:8"),
-                one(Code::Unsupported, "nodes.k.distill.synthetic", Some("k"), "8:64"),
-                one(Code::OutOfRange, "nodes.k.distill.synthetic.ratio", Some("k"), "8:93"),
-            ]
+            got.iter().map(|d| (d.0, d.1.as_str())).collect::<Vec<_>>(),
+            [(Code::OutOfRange, "nodes.gm.generator.hidden"), (Code::OutOfRange, "nodes.gm.generator.lr")]
         );
-        // Given by `defaults:`, it is reported once, there.
-        let two = "  k1: { distill: { teacher: t, student: m, data: d, losses: kd } }\n  k2: { distill: { teacher: t, student: m, data: d, losses: kd } }\n";
-        let got = check(&format!("{two}defaults: {{ distill: {{ synthetic: {{ from: t }} }} }}\n"));
-        assert_eq!(got, [one(Code::Unsupported, "defaults.distill.synthetic", None, "9:24")]);
     }
 
     #[test]
