@@ -57,6 +57,8 @@ nodes:
   leak:    { plugin: { name: leak } }
   selfish: { plugin: { name: selfish } }
   nohello: { plugin: { name: nohello } }
+  stray:   { plugin: { name: stray } }
+  deaf:    { plugin: { name: deaf, timeout: 2, params: { blob: BLOB } } }
 "#;
 
 #[test]
@@ -95,8 +97,18 @@ echo '{{"type":"result","outputs":{{"request":"request.json"}},"metrics":{{"answ
         &format!("{PRELUDE}echo x > \"$out/ok.txt\"; echo x > cache.txt\necho '{{\"type\":\"result\"}}'\n"),
     );
     shell_plugin(d, "nohello", "files", "echo 'starting up' >&2\nexit 0\n");
+    // Leaves a process behind holding its stderr: the host does not wait for it.
+    shell_plugin(
+        d,
+        "stray",
+        "files",
+        &format!("{PRELUDE}echo x > \"$out/ok.txt\"\n(sleep 120 >&2 &)\necho '{{\"type\":\"result\"}}'\n"),
+    );
+    // Never reads its (large) request.
+    shell_plugin(d, "deaf", "files", "echo '{\"type\":\"hello\",\"protocol\":1}'\nsleep 60\n");
     let spec = d.join("p.yaml");
-    std::fs::write(&spec, SPEC).unwrap();
+    // A request larger than a pipe's buffer.
+    std::fs::write(&spec, SPEC.replace("BLOB", &"x".repeat(100_000))).unwrap();
     let t0 = Instant::now();
     let out = run(&spec);
     let took = t0.elapsed();
@@ -106,6 +118,7 @@ echo '{{"type":"result","outputs":{{"request":"request.json"}},"metrics":{{"answ
     assert!(took < Duration::from_secs(40), "took {took:?}\n{e}");
     assert!(e.contains("done    scratch"), "{e}");
     assert!(e.contains("done    good"), "{e}");
+    assert!(e.contains("done    stray"), "{e}");
     assert!(e.contains("warning good: plugin: a warning from the plugin"), "{e}");
     let failed = |node: &str, needle: &str| {
         let line = e
@@ -128,6 +141,7 @@ echo '{{"type":"result","outputs":{{"request":"request.json"}},"metrics":{{"answ
     failed("selfish", "changed the files of its own folder");
     failed("nohello", "before its hello");
     failed("nohello", "starting up");
+    failed("deaf", "did not finish within its timeout of 2 s");
     // Nothing failed was stored; the good plugin's entry holds its output, log and request.
     let (good, m) = entry(d, "good");
     assert_eq!(m["metrics"]["answer"], 42.0);

@@ -106,6 +106,7 @@ pub(super) fn train_generator(
         data::rng::Rng::derive(&[seed, TAG_SHUFFLE, epoch as u64]).shuffle(&mut order);
         let mut noise = data::rng::Rng::derive(&[seed, TAG_NOISE, epoch as u64]);
         let (mut sum_rec, mut sum_kl, mut seen) = (0f64, 0f64, 0usize);
+        let epoch_start = Instant::now();
         trainer.set_position(epoch, 0, steps);
         for step in 0..steps {
             task.cancel.check()?;
@@ -132,7 +133,7 @@ pub(super) fn train_generator(
             sum_kl += kl * idx.len() as f64;
             seen += idx.len();
             flops += 6.0 * params(&w.model, pixels, k) as f64 * idx.len() as f64;
-            let ips = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            let ips = seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
             task.events.event(Event::Progress {
                 node: task.job.name.clone(),
                 epoch: epoch as u32 + 1,

@@ -218,8 +218,9 @@ fn converse(
         kill_group(&mut child);
     }
     let status = child.wait();
-    // A grandchild left holding stderr open must not hang the host: the group is killed above
-    // on failure; on success the plugin's exit closes what it owns.
+    // Whatever the plugin left running (a background process still holding its stderr) goes
+    // with it: the host must not wait on it.
+    kill_group(&mut child);
     let stderr = err_thread.join().unwrap_or_default();
     let outcome = match (outcome, status) {
         (Err(e), _) => Err(e),
@@ -321,10 +322,13 @@ fn talk(
             messages.push(msg);
             let mut text = serde_json::to_vec(request).expect("request serialises");
             text.push(b'\n');
+            // From a thread: a plugin that never reads its stdin must not block the host past
+            // the timeout (a large request fills the pipe). A plugin that exits without reading
+            // it is told by the missing result.
             if let Some(mut w) = stdin.take() {
-                if let Err(e) = w.write_all(&text).and_then(|_| w.flush()) {
-                    return Err(Stop::Failed(format!("did not read its request ({e})")));
-                }
+                std::thread::spawn(move || {
+                    let _ = w.write_all(&text).and_then(|_| w.flush());
+                });
             }
             continue;
         }

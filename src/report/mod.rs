@@ -468,7 +468,7 @@ fn caption(r: &ReportWork, rows: &[RowData], best_weights: bool) -> Vec<String> 
                 }
             }
         }
-        let mut line = "Cost: a row's own training and the training of the weights it starts from (pre-training, recursively)".to_string();
+        let mut line = "Cost: a row's own training and the training of the weights it starts from (pre-training, recursively) and the making of any synthetic images it trained on".to_string();
         let amortised: Vec<&str> = (0..rows.len())
             .filter(|&ri| row_mode(r, ri) == TeacherCostMode::Amortised)
             .map(|ri| rows[ri].label.as_str())
