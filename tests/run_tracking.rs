@@ -377,3 +377,51 @@ fn a_reopened_run_goes_back_to_running_on_the_server_then_ends_once_more() {
     assert!(again.is_complete(), "{again}");
     assert_eq!((again.metrics_sent, again.statuses_sent, again.tags_sent), (0, 0, 0), "{again}");
 }
+
+/// A plugin's `metric` messages and its result's metrics reach its MLflow run as a built-in
+/// node's do.
+#[test]
+fn a_plugin_nodes_metrics_reach_its_mlflow_run() {
+    let Some(mlflow) = mlflow_executable() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = MlflowServer::start(&mlflow, &dir.path().join("mlflow"), false);
+    let p = dir.path().join("plugins/scorer");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(
+        p.join("plugin.json"),
+        r#"{"name":"scorer","protocol":1,"command":["sh","run.sh"],"produces":"files"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("run.sh"),
+        r#"echo '{"type":"hello","protocol":1}'
+read -r req
+out=$(printf '%s' "$req" | sed 's/.*"out_dir":"\([^"]*\)".*/\1/')
+echo done > "$out/score.txt"
+echo '{"type":"metric","name":"fid","value":3.5,"step":1}'
+echo '{"type":"metric","name":"fid","value":2.5,"step":2}'
+echo '{"type":"result","outputs":{"score":"score.txt"},"metrics":{"final_fid":2.5}}'
+"#,
+    )
+    .unwrap();
+    let spec = dir.path().join("p.yaml");
+    std::fs::write(
+        &spec,
+        "experiment: plugin-tracking\ndatasets: { d: { source: builtin/digits } }\nnodes:\n  score: { plugin: { name: scorer } }\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_distillery"))
+        .args(["run", spec.to_str().unwrap(), "--tracking", &server.uri])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let client = server.client();
+    let exp = client.get_experiment_by_name("plugin-tracking").unwrap().expect("experiment");
+    let runs = client.search_runs(&[&exp.experiment_id], "").unwrap();
+    let node = runs.iter().find(|r| r.tag("mlflow.parentRunId").is_some()).expect("the node's run");
+    let history = client.get_metric_history(&node.info.run_id, "plugin.fid").unwrap();
+    let points: Vec<(i64, f64)> = history.iter().map(|m| (m.step, m.value)).collect();
+    assert_eq!(points, [(1, 3.5), (2, 2.5)]);
+    assert_eq!(node.metric("final_fid"), Some(2.5));
+    assert_eq!(node.param("plugin.name"), Some("scorer"), "{:?}", node.data.params);
+}
