@@ -122,7 +122,7 @@ pub(crate) fn run(
     if !stray.is_empty() {
         return Err(fail(format!("wrote outside its output folder: {}", stray.join(", "))));
     }
-    let files = walk(&out).map_err(|e| fail(e))?;
+    let files = walk(&out).map_err(&fail)?;
     if files.is_empty() {
         return Err(fail("produced nothing: its out_dir is empty".to_string()));
     }
@@ -304,13 +304,11 @@ fn talk(
                 "files"
             };
             let declared = if plugin.produces == "any" { says } else { Some(plugin.produces.as_str()) };
-            if let (Some(s), false) = (says, plugin.produces == "any") {
-                if s != plugin.produces {
-                    return Err(bad(format!(
-                        "it says it produces `{s}`, its manifest `{}`",
-                        plugin.produces
-                    )));
-                }
+            if let Some(s) = says
+                && plugin.produces != "any"
+                && s != plugin.produces
+            {
+                return Err(bad(format!("it says it produces `{s}`, its manifest `{}`", plugin.produces)));
             }
             if declared.unwrap_or("files") != wanted {
                 return Err(bad(format!(
@@ -383,10 +381,10 @@ fn talk(
                         return Err(bad("`result.metrics` must map names to numbers".into()));
                     }
                 }
-                if let Some(o) = msg.get("outputs") {
-                    if !o.is_object() {
-                        return Err(bad("`result.outputs` must map names to paths in out_dir".into()));
-                    }
+                if let Some(o) = msg.get("outputs")
+                    && !o.is_object()
+                {
+                    return Err(bad("`result.outputs` must map names to paths in out_dir".into()));
                 }
                 messages.push(msg.clone());
                 // Nothing may follow the result but the end of stdout.
