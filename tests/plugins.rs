@@ -41,14 +41,17 @@ read -r req
 out=$(printf '%s' "$req" | sed 's/.*"out_dir":"\([^"]*\)".*/\1/')
 "#;
 
-const SPEC: &str = r#"
-experiment: plugins
+/// A small dataset and a trained model for plugins to read.
+const HEAD: &str = r#"
 datasets:
   task: { source: builtin/digits, classes: [5, 6], per_class: 20 }
 models:
   small: { arch: mlp, hidden: [16] }
 nodes:
   scratch: { train: { model: small, data: task, epochs: 1, batch_size: 20 } }
+"#;
+
+const SPEC: &str = r#"
   good:    { plugin: { name: good, inputs: { data: task, model: scratch }, params: { k: 3 } } }
   crash:   { plugin: { name: crash } }
   hang:    { plugin: { name: hang, timeout: 1 } }
@@ -108,7 +111,8 @@ echo '{{"type":"result","outputs":{{"request":"request.json"}},"metrics":{{"answ
     shell_plugin(d, "deaf", "files", "echo '{\"type\":\"hello\",\"protocol\":1}'\nsleep 60\n");
     let spec = d.join("p.yaml");
     // A request larger than a pipe's buffer.
-    std::fs::write(&spec, SPEC.replace("BLOB", &"x".repeat(100_000))).unwrap();
+    let yaml = format!("experiment: plugins{HEAD}{SPEC}");
+    std::fs::write(&spec, yaml.replace("BLOB", &"x".repeat(100_000))).unwrap();
     let t0 = Instant::now();
     let out = run(&spec);
     let took = t0.elapsed();
@@ -222,16 +226,9 @@ fn the_example_plugin_lists_its_inputs() {
     let spec = d.join("x.yaml");
     std::fs::write(
         &spec,
-        r#"
-experiment: example
-datasets:
-  task: { source: builtin/digits, classes: [5, 6], per_class: 20 }
-models:
-  small: { arch: mlp, hidden: [16] }
-nodes:
-  scratch: { train: { model: small, data: task, epochs: 1, batch_size: 20 } }
-  listed:  { plugin: { name: example, inputs: { data: task, model: scratch }, params: { note: hi } } }
-"#,
+        format!(
+            "experiment: example{HEAD}  listed:  {{ plugin: {{ name: example, inputs: {{ data: task, model: scratch }}, params: {{ note: hi }} }} }}\n"
+        ),
     )
     .unwrap();
     // The repository's own plugin folder, found from the experiment's folder upwards: copy it.
