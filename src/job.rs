@@ -322,7 +322,8 @@ pub struct TeacherOutputsWork {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorWork {
-    pub model: engine::CvaeConfig,
+    /// The model, named by its kind (so another kind of generator has another key).
+    pub cvae: engine::CvaeConfig,
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,

@@ -86,7 +86,7 @@ pub(super) fn train_generator(
     let mut model = {
         let _init = super::INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         plain.seed(seed);
-        Cvae::new(&w.model, pixels, k, &ad)
+        Cvae::new(&w.cvae, pixels, k, &ad)
     };
     let mut cfg = TrainerConfig::new(OptimizerConfig::AdamW {
         lr: w.lr,
@@ -97,6 +97,7 @@ pub(super) fn train_generator(
     cfg.epochs = w.epochs;
     let mut trainer = Trainer::new(cfg).map_err(failed)?;
     let steps = ds.len() / w.batch_size;
+    let n_params = params(&w.cvae, pixels, k);
     let t0 = Instant::now();
     let mut history = String::new();
     let (mut last_rec, mut last_kl, mut last_loss) = (0f64, 0f64, 0f64);
@@ -113,15 +114,14 @@ pub(super) fn train_generator(
             let idx = &order[step * w.batch_size..(step + 1) * w.batch_size];
             let (x, y) = batch(&ds, idx, &ad);
             let eps = Tensor::<2>::from_data(
-                TensorData::new(normal(&mut noise, idx.len() * w.model.latent), [idx.len(), w.model.latent]),
+                TensorData::new(normal(&mut noise, idx.len() * w.cvae.latent), [idx.len(), w.cvae.latent]),
                 &ad,
             );
             let l = model.loss(x, y, eps, w.beta);
-            let (rec, kl, total) = (
-                l.reconstruction.clone().into_scalar::<f64>(),
-                l.kl.clone().into_scalar::<f64>(),
-                l.total.clone().into_scalar::<f64>(),
-            );
+            // Two reads a step (each waits for the device); the total is their weighted sum.
+            let rec = l.reconstruction.clone().into_scalar::<f64>();
+            let kl = l.kl.clone().into_scalar::<f64>();
+            let total = rec + w.beta * kl;
             if !total.is_finite() {
                 return Err(failed(format!(
                     "non-finite generator loss (reconstruction {rec}, kl {kl}) at epoch {}, step {step}; nothing of this node was saved",
@@ -132,7 +132,7 @@ pub(super) fn train_generator(
             sum_rec += rec * idx.len() as f64;
             sum_kl += kl * idx.len() as f64;
             seen += idx.len();
-            flops += 6.0 * params(&w.model, pixels, k) as f64 * idx.len() as f64;
+            flops += 6.0 * n_params as f64 * idx.len() as f64;
             let ips = seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
             task.events.event(Event::Progress {
                 node: task.job.name.clone(),
@@ -169,14 +169,14 @@ pub(super) fn train_generator(
         &Default::default(),
     )
     .map_err(failed)?;
-    let info = GeneratorInfo { model: w.model.clone(), shape: ds.shape, class_names: ds.class_names.clone() };
+    let info = GeneratorInfo { model: w.cvae.clone(), shape: ds.shape, class_names: ds.class_names.clone() };
     super::write_json(&task.out_dir.join("generator.json"), &serde_json::to_value(&info).expect("json"))?;
     std::fs::write(task.out_dir.join("history.jsonl"), history).map_err(failed)?;
     let own = Cost::of_node(&task.job.name, seconds, flops, &task.job.device, rayon::current_num_threads());
     let cost = Lineage::of(own, None, None);
     let metrics = json!({
         "loss": last_loss, "reconstruction": last_rec, "kl": last_kl,
-        "train_seconds": seconds, "images": ds.len(), "params": params(&w.model, pixels, k),
+        "train_seconds": seconds, "images": ds.len(), "params": n_params,
         "cost": cost,
     });
     Ok(NodeOutput { metrics })
@@ -320,7 +320,12 @@ fn builtin(
     let tensors =
         sections.get("model").ok_or_else(|| failed("generator.safetensors has no `model` section"))?;
     let pixels: usize = shape.iter().product();
-    let model = Cvae::new(&info.model, pixels, info.class_names.len(), &device);
+    // Its first weights are drawn from burn's process-wide generator (then replaced): under the
+    // lock, so they never shift another node's initial weights.
+    let model = {
+        let _init = super::INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        Cvae::new(&info.model, pixels, info.class_names.len(), &device)
+    };
     let model = crate::engine::state::with_tensors(model, tensors, &dir.join("generator.safetensors"))
         .map_err(failed)?;
     let total: usize = classes.iter().map(|c| c.count).sum();

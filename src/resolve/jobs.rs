@@ -445,7 +445,7 @@ fn node_job(
         NodeKind::Generator(g) => {
             settings.insert("data".into(), place(exp, format!("datasets.{}", g.data.0)));
             Work::Generator(GeneratorWork {
-                model: match g.model {
+                cvae: match g.model {
                     spec::GeneratorModel::Cvae => crate::engine::CvaeConfig {
                         latent: g.latent as usize,
                         hidden: g.hidden.iter().map(|&h| h as usize).collect(),
