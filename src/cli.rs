@@ -88,6 +88,25 @@ pub enum Command {
         /// locally and pushed when the server answers).
         #[arg(long, value_name = "URI")]
         tracking: Option<String>,
+        /// How nodes run (default: the spec's `launcher:`, else local): `slurm` submits one
+        /// sbatch job per node (docs/cluster.md).
+        #[arg(long, value_enum)]
+        launcher: Option<LauncherArg>,
+        /// With the slurm launcher: submit and return; `distillery status FILE` watches later.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Watch an experiment's Slurm jobs (submitted by `run --launcher slurm`, detached or not):
+    /// the same per-node view as `run`, until every node is done or failed. Submits nothing;
+    /// Ctrl-C stops watching and leaves the jobs running.
+    Status {
+        file: PathBuf,
+        /// The artifact store (default: .distillery beside the experiment file).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+        /// Log to this MLflow server (as `run` does).
+        #[arg(long, value_name = "URI")]
+        tracking: Option<String>,
     },
     /// List the runs recorded in the local run store.
     Runs {
@@ -151,6 +170,13 @@ pub enum Command {
         /// Recompute even if the store has the job's entry.
         #[arg(long)]
         force: bool,
+        /// Also append its events to FILE, one JSON line each (the Slurm launcher reads them).
+        #[arg(long, value_name = "FILE")]
+        events: Option<PathBuf>,
+        /// Write how it stopped to FILE (`done`, `cached`, `failed`, `interrupted`) with the
+        /// Slurm job id, when it stops.
+        #[arg(long, value_name = "FILE")]
+        exit: Option<PathBuf>,
     },
     /// Write a trained node's weights (torchvision names), model.json and a PyTorch loader
     /// (load.py) into a folder.
@@ -176,6 +202,22 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LauncherArg {
+    Local,
+    Slurm,
+}
+
+/// How `run_experiment` runs the plan's jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Local,
+    /// Submit to Slurm, then watch (or return at once with `detach`).
+    Slurm { detach: bool },
+    /// `status`: watch what was submitted.
+    Attach,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -391,7 +433,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             };
             write!(out, "{text}")?;
         }
-        Command::Run { file, jobs, gpus, only, from, device_slots, force, store, tracking } => {
+        Command::Run { file, jobs, gpus, only, from, device_slots, force, store, tracking, launcher, detach } => {
             let store_dir = store.unwrap_or_else(|| default_store(&file));
             std::fs::create_dir_all(&store_dir)
                 .map_err(|e| io_failure("cannot create the store", &store_dir, &e, STORE_HINT))?;
@@ -403,8 +445,40 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             if let Some(n) = &placed.note {
                 note!("{n}");
             }
-            let opts = run_options(&placed.devices, jobs, device_slots);
-            run_experiment(&exp, &g, &store_dir, &sel, opts, &placed, tracking.as_deref(), out)?;
+            let slurm = match launcher {
+                Some(l) => l == LauncherArg::Slurm,
+                None => exp.launcher == spec::LauncherKind::Slurm,
+            };
+            if detach && !slurm {
+                return Err(Failure::Invalid(
+                    "error: --detach needs the slurm launcher (`--launcher slurm`, or `launcher: slurm` in the spec)\n".into(),
+                ));
+            }
+            let (mode, opts) = if slurm {
+                // Every job waits on the cluster, not on this machine.
+                let n = g.node_order().count().max(1);
+                (Mode::Slurm { detach }, RunOptions { jobs: n, device_slots: n, devices: Vec::new() })
+            } else {
+                (Mode::Local, run_options(&placed.devices, jobs, device_slots))
+            };
+            run_experiment(&exp, &g, &store_dir, &sel, opts, &placed, tracking.as_deref(), mode, out)?;
+        }
+        Command::Status { file, store, tracking } => {
+            let store_dir = store.unwrap_or_else(|| default_store(&file));
+            if !store_dir.join("slurm").is_dir() {
+                return Err(Failure::Invalid(format!(
+                    "error: nothing of {} was submitted to Slurm (no {})\n  help: `distillery run {} --launcher slurm` submits it\n",
+                    file.display(),
+                    store_dir.join("slurm").display(),
+                    file.display()
+                )));
+            }
+            let (exp, g) = load(&file, Some(&store_dir), false)?;
+            let sel = plan::Selection::default();
+            let placed = Placement { devices: Vec::new(), names: Default::default(), note: None };
+            let n = g.node_order().count().max(1);
+            let opts = RunOptions { jobs: n, device_slots: n, devices: Vec::new() };
+            run_experiment(&exp, &g, &store_dir, &sel, opts, &placed, tracking.as_deref(), Mode::Attach, out)?;
         }
         Command::Doctor { json } => {
             let report = crate::engine::device::cuda();
@@ -523,7 +597,25 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             let s = spec::json_schema();
             writeln!(out, "{}", serde_json::to_string_pretty(&s).expect("schema serialises"))?;
         }
-        Command::Worker { job, store, force } => worker(&job, &store, force, out)?,
+        Command::Worker { job, store, force, events, exit } => {
+            let r = worker(&job, &store, force, events.as_deref(), out);
+            if let Some(path) = exit {
+                let job_id = std::env::var("SLURM_JOB_ID").ok().and_then(|v| v.parse().ok());
+                let (outcome, seconds, error) = match &r {
+                    Ok(s) => (if s.is_some() { "done" } else { "cached" }, *s, None),
+                    Err(Failure::Interrupted) => ("interrupted", None, None),
+                    Err(Failure::Invalid(m) | Failure::Internal(m)) => {
+                        ("failed", None, Some(m.trim().trim_start_matches("error: ").to_string()))
+                    }
+                    Err(Failure::OutputClosed) => ("failed", None, Some("its output was closed".into())),
+                };
+                let x = exec::slurm::ExitRecord { job_id, outcome: outcome.into(), seconds, error };
+                if let Err(e) = x.write(&path) {
+                    note!("warning: cannot write the exit record {}: {e}", path.display());
+                }
+            }
+            r?;
+        }
         Command::Export { file, node, to, weights, store } => {
             let store_dir = store.unwrap_or_else(|| default_store(&file));
             let (exp, g) = load_graph(&file, Some(&store_dir))?;
@@ -710,7 +802,14 @@ fn selection(
 /// Largest job file `worker` reads (a job is a few KB; a plan of many jobs, a few MB).
 const MAX_JOB_BYTES: u64 = 64 << 20;
 
-fn worker(file: &Path, store_dir: &Path, force: bool, out: &mut dyn Write) -> Result<(), Failure> {
+/// Returns the seconds the job took (`None`: it was cached).
+fn worker(
+    file: &Path,
+    store_dir: &Path,
+    force: bool,
+    events: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<Option<f64>, Failure> {
     let cannot = |e: io::Error| {
         io_failure("cannot read the job", file, &e, "; give a job written by `distillery plan --json`")
     };
@@ -763,16 +862,27 @@ fn worker(file: &Path, store_dir: &Path, force: bool, out: &mut dyn Write) -> Re
     );
     let runner = crate::nodes::Runner::new(fingerprints);
     let terminal = exec::sinks::Terminal::new(std::time::Duration::from_secs(2));
+    let event_file = match events {
+        Some(p) => Some(exec::slurm::EventFile::append(p).map_err(|e| {
+            io_failure("cannot write the events file", p, &e, "; check the path is writable")
+        })?),
+        None => None,
+    };
+    let mut sinks: Vec<&dyn exec::EventSink> = vec![&terminal];
+    if let Some(f) = &event_file {
+        sinks.push(f);
+    }
+    let sink = exec::sinks::Fanout(sinks);
     // Slurm pre-empts and ends a job at its time limit with SIGTERM: checkpoint, then stop.
     let cancel = stop_on_signals();
-    match exec::compute(&job, entries, &store, &runner, &terminal, &cancel, force) {
+    match exec::compute(&job, entries, &store, &runner, &sink, &cancel, force) {
         Ok((entry, seconds)) => {
             let how = match seconds {
                 Some(s) => format!("done in {s:.1} s"),
                 None => "cached".into(),
             };
             writeln!(out, "{}: {how}: {}", job.name, entry.dir.display())?;
-            Ok(())
+            Ok(seconds)
         }
         Err(exec::NodeError::Cancelled) => Err(Failure::Interrupted),
         Err(e) => Err(Failure::Invalid(format!("error: {} failed: {e}\n", job.name))),
@@ -1078,6 +1188,96 @@ fn stop_on_signals() -> Cancel {
     cancel
 }
 
+/// The Slurm launcher for `run --launcher slurm` (checked, binary snapshotted, every job
+/// submitted) or `status` (attached to what was submitted).
+fn slurm_launcher<'s>(
+    exp: &Experiment,
+    g: &Graph,
+    store: &'s Store,
+    entries: &[plan::PlanEntry],
+    sel: &plan::Selection,
+    mode: Mode,
+    out: &mut dyn Write,
+) -> Result<exec::slurm::Slurm<'s>, Failure> {
+    let resources: std::collections::HashMap<String, spec::Resources> =
+        exp.nodes.iter().map(|n| (n.name.clone(), n.resources.clone())).collect();
+    let fail = |e: String| Failure::Invalid(format!("error: slurm: {e}\n"));
+    if mode == Mode::Attach {
+        return exec::slurm::Slurm::new(store, &exp.name, PathBuf::new(), resources, true).map_err(fail);
+    }
+    let to_run: Vec<&str> = entries
+        .iter()
+        .filter(|e| matches!(e.status, plan::Status::Run { .. }))
+        .map(|e| e.node.as_str())
+        .collect();
+    // Before anything is submitted: can the cluster ever run each distinct request?
+    let mut asked: Vec<(&spec::Resources, &spec::Node)> = Vec::new();
+    for name in &to_run {
+        if let Some(n) = exp.node(name) {
+            if !asked.iter().any(|(r, _)| **r == n.resources) {
+                asked.push((&n.resources, n));
+            }
+        }
+    }
+    let mut diags = Vec::new();
+    for (r, n) in asked {
+        if let Err(e) = exec::slurm::test_resources(r) {
+            let path = if has_own_resources(exp, n) || exp.locate("defaults.resources").is_none() {
+                format!("nodes.{}.resources", n.base)
+            } else {
+                "defaults.resources".to_string()
+            };
+            let shown: Vec<String> = exec::slurm::resource_flags(r, r.memory_mib().ok().flatten(), r.time_seconds().ok().flatten(), &[]);
+            diags.push(
+                Diagnostic::new(diag::Code::Resources, &path, format!("the cluster cannot run this request ({}): {e}", if shown.is_empty() { "no flags".to_string() } else { shown.join(" ") }))
+                    .with_node(n.name.clone())
+                    .with_help("ask for what a partition has (`sinfo -o \"%P %c %m %G %l\"` lists them); nothing was submitted")
+                    .at(exp.locate(&path)),
+            );
+        }
+    }
+    if !diags.is_empty() {
+        return Err(invalid(&diags));
+    }
+    let bin = exec::slurm::snapshot_binary(store.root()).map_err(fail)?;
+    let s = exec::slurm::Slurm::new(store, &exp.name, bin, resources, false).map_err(fail)?;
+    let forced = |name: &str| {
+        entries.iter().any(|e| {
+            e.node == name && matches!(&e.status, plan::Status::Run { reasons } if reasons.iter().any(plan::Reason::is_forced))
+        })
+    };
+    let _ = sel;
+    let done = s.submit_all(g, entries, &forced).map_err(|e| {
+        let mine = s.mine();
+        let cancelled = if mine.is_empty() { String::new() } else {
+            match s.cancel_mine() {
+                Ok(c) => format!("\n  cancelled the {} job(s) submitted before it", c.len()),
+                Err(e2) => format!("\n  and could not cancel the {} job(s) submitted before it ({e2})", mine.len()),
+            }
+        };
+        fail(format!("{e}{cancelled}"))
+    })?;
+    for (node, id) in &done.new {
+        writeln!(out, "submitted {node}: slurm job {id}")?;
+    }
+    for (node, id) in &done.adopted {
+        writeln!(out, "already queued {node}: slurm job {id} (not submitted again)")?;
+    }
+    if done.new.is_empty() && done.adopted.is_empty() {
+        writeln!(out, "nothing to submit: every node is cached")?;
+    } else if mode == (Mode::Slurm { detach: true }) {
+        writeln!(out, "detached: `distillery status {}` shows the jobs", exp.path.display())?;
+    }
+    Ok(s)
+}
+
+/// Whether the node's declaration has its own `resources:` (else they come from the defaults).
+fn has_own_resources(exp: &Experiment, n: &spec::Node) -> bool {
+    exp.locate(&format!("nodes.{}.resources", n.base)).is_some_and(|l| {
+        exp.locate(&format!("nodes.{}", n.base)).is_none_or(|node| l.line != node.line || l.col != node.col)
+    })
+}
+
 fn run_experiment(
     exp: &Experiment,
     g: &Graph,
@@ -1086,11 +1286,21 @@ fn run_experiment(
     opts: RunOptions,
     placed: &Placement,
     tracking: Option<&str>,
+    mode: Mode,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     crate::engine::tune_allocator();
-    let cancel = stop_on_signals();
     let store = Store::open(store_dir).map_err(store_failure)?;
+    // `run` executes exactly what `plan` shows for the same flags.
+    let entries = plan::plan(g, &store.scoped(&exp.name), sel);
+    let slurm = match mode {
+        Mode::Local => None,
+        Mode::Slurm { .. } | Mode::Attach => Some(slurm_launcher(exp, g, &store, &entries, sel, mode, out)?),
+    };
+    if mode == (Mode::Slurm { detach: true }) {
+        return Ok(());
+    }
+    let cancel = stop_on_signals();
     let uri = track::resolve_tracking_uri(tracking);
     let mut config = track::TrackerConfig::new(store_dir, uri);
     // A cached node's record (three requests, nothing computed) goes to the server after the run
@@ -1117,12 +1327,33 @@ fn run_experiment(
         [cpu] if cpu == "cpu" => String::new(),
         gpus => format!(" on {}", gpus.join(", ")),
     };
-    note!("running `{}`: {n} nodes{on}, store {}", exp.name, store_dir.display());
+    let on = if slurm.is_some() { " on Slurm".to_string() } else { on };
+    let doing = if mode == Mode::Attach { "watching" } else { "running" };
+    note!("{doing} `{}`: {n} nodes{on}, store {}", exp.name, store_dir.display());
     let t0 = std::time::Instant::now();
-    // `run` executes exactly what `plan` shows for the same flags.
-    let entries = plan::plan(g, &store.scoped(&exp.name), sel);
-    let launcher = exec::Local { store: &store, runner: &runner };
-    let summary = exec::run(g, &entries, &store, &launcher, &opts, &sink, &cancel);
+    let local = exec::Local { store: &store, runner: &runner };
+    let launcher: &dyn exec::Launcher = match &slurm {
+        Some(s) => s,
+        None => &local,
+    };
+    let summary = exec::run(g, &entries, &store, launcher, &opts, &sink, &cancel);
+    if let Some(s) = &slurm {
+        if summary.cancelled() {
+            if mode == Mode::Attach {
+                note!("  stopped watching; the jobs go on (`distillery status {}` watches again)", exp.path.display());
+            } else {
+                match s.cancel_mine() {
+                    Ok(c) if c.is_empty() => note!("  no Slurm job of this run was still queued or running"),
+                    Ok(c) => note!(
+                        "  cancelled the {} Slurm job(s) this run submitted that had not ended ({}); jobs of other runs are left alone",
+                        c.len(),
+                        c.iter().map(|(n, id)| format!("{id} {n}")).collect::<Vec<_>>().join(", ")
+                    ),
+                    Err(e) => note!("  could not cancel this run's Slurm jobs: {e}; `scancel` them by hand"),
+                }
+            }
+        }
+    }
     let status = if summary.cancelled() {
         track::RunStatus::Killed
     } else if summary.ok() {

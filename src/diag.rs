@@ -78,6 +78,8 @@ pub enum Code {
     Unsupported,
     /// A `device:` this binary or machine cannot run (no CUDA build, driver, GPU, NVRTC, headers).
     Device,
+    /// `resources:` the cluster refuses (`sbatch --test-only`).
+    Resources,
 }
 
 impl Code {
@@ -98,6 +100,7 @@ impl Code {
             Code::Data => "data",
             Code::Unsupported => "unsupported",
             Code::Device => "device",
+            Code::Resources => "resources",
         }
     }
 }

@@ -21,6 +21,9 @@ const NEUTRAL: &[(&str, &str)] = &[
     ("/description", "free text"),
     ("/nodes/*/description", "free text"),
     ("/device", "the device runs the same computation; CPU and CUDA results are one experiment"),
+    ("/launcher", "where jobs run; a Slurm job's results are bit-identical to a local run's (tests/slurm.rs)"),
+    ("/nodes/*/resources/*", "what a cluster job asks for (cores, memory, time ...); the computation is the same"),
+    ("/nodes/*/resources/sbatch/*", "more sbatch flags, as the other resources"),
     ("/datasets/*/path", "the content it points at is hashed instead: moving data keeps the key"),
     (
         "/nodes/*/*/checkpoint_every",
@@ -63,6 +66,7 @@ fn base_spec() -> Value {
         "description": "every field",
         "seed": 3,
         "device": "cpu",
+        "launcher": "slurm",
         "datasets": {
             "a": { "source": "builtin/digits", "classes": [0, 1, 2], "per_class": 40, "seed": 5,
                    "split": "train", "holdout": 0.25, "class_names": ["zero", "one", "two"],
@@ -81,7 +85,10 @@ fn base_spec() -> Value {
             "n": { "arch": "mobilenetv2", "width_mult": 0.5, "stem": "cifar" },
         },
         "nodes": {
-            "t": { "description": "teacher", "seed": 1, "train": {
+            "t": { "description": "teacher", "seed": 1,
+                "resources": { "cpus": 2, "memory": "2G", "gpus": 1, "gpu_type": "a100", "partition": "gpu", "account": "lab",
+                               "qos": "normal", "time": "2h", "sbatch": ["--constraint=ib"], "retries": 1, "retry_scale": 1.5 },
+                "train": {
                 "model": "r", "data": "a", "epochs": 6, "batch_size": 8, "drop_last": true, "warmup_epochs": 1,
                 "grad_clip": 1.5, "label_smoothing": 0.1, "val": "b", "accumulate": 2, "checkpoint_every": 3,
                 "ema": { "decay": 0.9, "output": true },

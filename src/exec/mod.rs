@@ -38,8 +38,10 @@ impl Cancel {
     }
 }
 
-/// What a node reports while it runs.
-#[derive(Clone, Debug, PartialEq)]
+/// What a node reports while it runs. (Serialised as a worker's `--events` lines, which the
+/// Slurm launcher forwards to the submitting process's sinks.)
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     Started {
         node: String,
@@ -198,7 +200,8 @@ pub struct RunOptions {
     pub devices: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     Done {
         seconds: f64,
@@ -488,6 +491,7 @@ pub fn compute(
 }
 
 pub mod sinks;
+pub mod slurm;
 
 #[cfg(test)]
 mod tests;

@@ -105,7 +105,12 @@ impl EventSink for Terminal {
                 let due = last.get(&node).is_none_or(|t| now.duration_since(*t) >= self.every);
                 if due || done == total {
                     last.insert(node.clone(), now);
-                    self.line(&format!("          {node}  {done}/{total}  {message}"));
+                    // `total` 0: a state, not a count (a Slurm job's `pending`).
+                    if total == 0 {
+                        self.line(&format!("          {node}  {message}"));
+                    } else {
+                        self.line(&format!("          {node}  {done}/{total}  {message}"));
+                    }
                 }
             }
             Event::Warning { node, message } => self.line(&format!("  warning {node}: {message}")),

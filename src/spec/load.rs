@@ -15,8 +15,9 @@ use super::yaml_index::{NULL_KEY, Scan, SpanIndex};
 use super::{Device, Experiment, LoadResult, join};
 use crate::diag::{Code, Diagnostic, Location, SourceFile, clip, did_you_mean};
 
-const TOP_KEYS: [&str; 10] = [
+const TOP_KEYS: [&str; 11] = [
     "experiment",
+    "launcher",
     "description",
     "include",
     "seed",
@@ -27,7 +28,7 @@ const TOP_KEYS: [&str; 10] = [
     "nodes",
     "matrix",
 ];
-const NODE_EXTRAS: [&str; 3] = ["seed", "matrix", "description"];
+const NODE_EXTRAS: [&str; 4] = ["seed", "matrix", "description", "resources"];
 
 /// Reads an experiment file and everything it includes.
 pub fn load(path: &Path) -> LoadResult {
@@ -83,6 +84,8 @@ pub(super) struct Loader {
     pub(super) invalid: HashSet<String>,
     /// `defaults:` by node kind.
     kind_defaults: IndexMap<String, Value>,
+    /// `defaults.resources`: under every node's own `resources:`.
+    default_resources: super::Resources,
     /// Declared models with a `pretrained:` file (they start from weights, like an `init:`).
     pretrained_models: HashSet<String>,
     /// Settings of `defaults:` (by kind, relative to the kind body) that failed to type in one
@@ -859,6 +862,21 @@ impl Loader {
             },
         };
 
+        let launcher = match map.get("launcher") {
+            None => super::LauncherKind::Local,
+            Some(v) => match self.typed::<String>(v, "launcher", None, &none) {
+                Some(s) => match s.as_str() {
+                    "local" => super::LauncherKind::Local,
+                    "slurm" => super::LauncherKind::Slurm,
+                    _ => {
+                        self.err(Code::OutOfRange, "launcher", format!("unknown launcher `{}`", clip(&s, 40))).help =
+                            Some("use `local` (this process, the default) or `slurm` (docs/cluster.md)".to_string());
+                        super::LauncherKind::Local
+                    }
+                },
+                None => super::LauncherKind::Local,
+            },
+        };
         let defaults = self.defaults(&map);
 
         let mut datasets = IndexMap::new();
@@ -980,6 +998,7 @@ impl Loader {
             description,
             seed,
             device,
+            launcher,
             datasets,
             models,
             nodes,
@@ -994,6 +1013,10 @@ impl Loader {
         let mut out = IndexMap::new();
         for (kind, v) in self.section(map, "defaults") {
             let p = format!("defaults.{kind}");
+            if kind == "resources" {
+                self.default_resources = self.resources(&v, &p, None).unwrap_or_default();
+                continue;
+            }
             if !NODE_KINDS.contains(&kind.as_str()) {
                 let help = match did_you_mean(&kind, NODE_KINDS) {
                     Some(s) => format!("did you mean `{s}`?"),
@@ -1104,6 +1127,11 @@ impl Loader {
         let description = m
             .get("description")
             .and_then(|v| self.typed::<String>(v, &join(&p, "description"), Some(name), &none));
+        let resources = match m.get("resources") {
+            Some(v) => self.resources(v, &join(&p, "resources"), Some(name)).unwrap_or_default(),
+            None => super::Resources::default(),
+        }
+        .over(&self.default_resources);
         let node_matrix = match m.get("matrix") {
             Some(v) => self.matrix_entries(v, &join(&p, "matrix")),
             None => Vec::new(),
@@ -1123,7 +1151,24 @@ impl Loader {
             body = merge(d.clone(), body);
             self.spans.alias(&format!("defaults.{kind}"), &body_path);
         }
-        Some(RawNode { base: name.to_string(), kind, body, own, seed, matrix: node_matrix, description })
+        Some(RawNode { base: name.to_string(), kind, body, own, seed, matrix: node_matrix, description, resources })
+    }
+
+    /// A `resources:` mapping, typed and checked (each problem at its key).
+    fn resources(&mut self, v: &Value, p: &str, node: Option<&str>) -> Option<super::Resources> {
+        let none = |s: &str| s.to_string();
+        // Every problem at once: an unknown key is reported and the rest still checked.
+        let (r, clean) = self.typed_lenient::<super::Resources>(v, p, node, &none)?;
+        let problems = r.problems();
+        let ok = problems.is_empty() && clean;
+        for (key, msg, help) in problems {
+            let d = self.err(Code::OutOfRange, &join(p, &key), msg);
+            d.help = help;
+            if let Some(n) = node {
+                d.node = Some(n.to_string());
+            }
+        }
+        ok.then_some(r)
     }
 
     /// Expands the shorthands of a kind body (`optimizer: sgd`, `losses: kd`, `kd: 1`).

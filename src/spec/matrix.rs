@@ -28,6 +28,8 @@ pub(super) struct RawNode {
     pub seed: Option<u64>,
     pub matrix: Vec<Dim>,
     pub description: Option<String>,
+    /// Its `resources:` over `defaults.resources`.
+    pub resources: super::types::Resources,
 }
 
 /// One matrix key: its values (distinct), and the path of its list in the file.
@@ -283,6 +285,7 @@ pub(super) fn expand(
                 seed,
                 kind: inst.kind,
                 description: raw.description.clone(),
+                resources: raw.resources.clone(),
             });
         }
     }

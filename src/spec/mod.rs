@@ -32,6 +32,8 @@ pub struct Experiment {
     pub description: Option<String>,
     pub seed: u64,
     pub device: Device,
+    /// `launcher:` (`local` unless the file says `slurm`; `run --launcher` overrides it).
+    pub launcher: LauncherKind,
     pub datasets: IndexMap<String, DatasetSpec>,
     pub models: IndexMap<String, ModelSpec>,
     /// Nodes after matrix expansion, in declaration order.
@@ -79,6 +81,8 @@ pub struct Node {
     pub seed: u64,
     pub kind: NodeKind,
     pub description: Option<String>,
+    /// What a cluster job for it asks for: its `resources:` over `defaults.resources`.
+    pub resources: Resources,
 }
 
 impl Node {

@@ -21,7 +21,10 @@ struct ExperimentFile {
     /// `cpu` (default), `cuda:N` or `auto`.
     #[schemars(regex(pattern = r"^(cpu|auto|cuda(:[0-9]+)?)$"))]
     device: Option<String>,
-    /// Settings merged under every node of a kind (the node's own win).
+    /// How nodes run: `local` (default) or `slurm` (docs/cluster.md).
+    launcher: Option<LauncherKind>,
+    /// Settings merged under every node of a kind (the node's own win); `resources` under every
+    /// node's `resources`.
     defaults: Option<IndexMap<String, serde_json::Map<String, Value>>>,
     datasets: Option<IndexMap<String, DatasetSpec>>,
     models: Option<IndexMap<String, ModelSpec>>,
@@ -48,6 +51,8 @@ struct NodeEntry {
     /// Expand this node over settings: dotted paths into its kind's settings -> values.
     matrix: Option<IndexMap<String, Vec<Value>>>,
     description: Option<String>,
+    /// What a cluster job for this node asks for (over `defaults.resources`).
+    resources: Option<Resources>,
 }
 
 /// The JSON Schema (draft 2020-12) of an experiment file.

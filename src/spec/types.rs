@@ -1387,3 +1387,225 @@ mod tests {
         assert_eq!(variants, LOSS_NAMES, "every variant is listed, in order");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Where nodes run
+
+/// `launcher:`: how nodes are run. `local` (default): in this process. `slurm`: one `sbatch` job
+/// per node (docs/cluster.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LauncherKind {
+    #[default]
+    Local,
+    Slurm,
+}
+
+/// `resources:` of a node (and under `defaults:`), what a cluster job asks for. The local launcher
+/// runs every node in its own process and uses none of them; they never change a result, so they
+/// are not part of any key (docs/cluster.md).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU cores (`--cpus-per-task`).
+    pub cpus: Option<u32>,
+    /// Memory per node: a number with K, M, G or T (`16G`), as `--mem`.
+    pub memory: Option<String>,
+    /// GPUs, as `--gres=gpu:N` (or `--gres=gpu:TYPE:N` with `gpu_type`).
+    pub gpus: Option<u32>,
+    /// A GPU type (`a100`) for `--gres=gpu:TYPE:N`.
+    pub gpu_type: Option<String>,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// Time limit in Slurm's forms (`90`, `1:30:00`, `2-00:00:00`) or with a unit (`90m`, `2h`, `1d`).
+    pub time: Option<String>,
+    /// More sbatch flags, each `--flag=value` (not those distillery sets itself).
+    pub sbatch: Option<Vec<String>>,
+    /// Jobs ended by OUT_OF_MEMORY, TIMEOUT or NODE_FAIL are submitted again this many times
+    /// (default 0): memory or time scaled by `retry_scale`, a failed node excluded.
+    pub retries: Option<u32>,
+    /// What memory and time are multiplied by on each retry (default 2).
+    pub retry_scale: Option<f64>,
+}
+
+impl Resources {
+    /// These settings, with `base`'s where these have none (a node's over `defaults.resources`).
+    pub fn over(self, base: &Resources) -> Resources {
+        let b = base.clone();
+        Resources {
+            cpus: self.cpus.or(b.cpus),
+            memory: self.memory.or(b.memory),
+            gpus: self.gpus.or(b.gpus),
+            gpu_type: self.gpu_type.or(b.gpu_type),
+            partition: self.partition.or(b.partition),
+            account: self.account.or(b.account),
+            qos: self.qos.or(b.qos),
+            time: self.time.or(b.time),
+            sbatch: self.sbatch.or(b.sbatch),
+            retries: self.retries.or(b.retries),
+            retry_scale: self.retry_scale.or(b.retry_scale),
+        }
+    }
+}
+
+/// sbatch flags distillery sets itself (a job's name, output, dependencies, requeue), or that
+/// `resources:` has a key for: not allowed in `sbatch:`. The key to use, if any, beside each.
+pub const SBATCH_OWN_FLAGS: [(&str, &str); 26] = [
+    ("--job-name", ""),
+    ("-J", ""),
+    ("--comment", ""),
+    ("--output", ""),
+    ("-o", ""),
+    ("--error", ""),
+    ("-e", ""),
+    ("--dependency", ""),
+    ("-d", ""),
+    ("--kill-on-invalid-dep", ""),
+    ("--parsable", ""),
+    ("--requeue", ""),
+    ("--no-requeue", ""),
+    ("--signal", ""),
+    ("--open-mode", ""),
+    ("--wrap", ""),
+    ("--test-only", ""),
+    ("--array", ""),
+    ("--mem", "memory"),
+    ("--cpus-per-task", "cpus"),
+    ("-c", "cpus"),
+    ("--gres", "gpus"),
+    ("--partition", "partition"),
+    ("-p", "partition"),
+    ("--time", "time"),
+    ("-t", "time"),
+];
+
+impl Resources {
+    /// `memory` in MiB.
+    pub fn memory_mib(&self) -> Result<Option<u64>, String> {
+        let Some(m) = &self.memory else { return Ok(None) };
+        let s = m.trim();
+        let (num, unit) = match s.char_indices().find(|(_, c)| !(c.is_ascii_digit() || *c == '.')) {
+            Some((i, _)) => (&s[..i], s[i..].trim_end_matches(['b', 'B'])),
+            None => (s, "M"),
+        };
+        let factor = match unit.to_ascii_uppercase().as_str() {
+            "K" => 1.0 / 1024.0,
+            "M" | "" => 1.0,
+            "G" => 1024.0,
+            "T" => 1024.0 * 1024.0,
+            _ => return Err(format!("memory `{m}`: the unit must be K, M, G or T (e.g. `16G`)")),
+        };
+        let v: f64 = num.parse().map_err(|_| format!("memory `{m}`: expected a number and a unit (e.g. `16G`)"))?;
+        let mib = (v * factor).ceil();
+        if !(1.0..=1024.0 * 1024.0 * 1024.0).contains(&mib) {
+            return Err(format!("memory `{m}`: out of range (1M to 1024T)"));
+        }
+        Ok(Some(mib as u64))
+    }
+
+    /// `time` in seconds: Slurm's forms (`MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
+    /// `D-HH:MM:SS`) or a number with `s`, `m`, `h` or `d`.
+    pub fn time_seconds(&self) -> Result<Option<u64>, String> {
+        let Some(t) = &self.time else { return Ok(None) };
+        let bad = || format!("time `{t}`: expected `90m`, `2h`, `1d`, `HH:MM:SS` or `D-HH:MM:SS`");
+        let s = t.trim();
+        let num = |x: &str| -> Result<u64, String> {
+            if x.is_empty() || x.len() > 9 || !x.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            x.parse().map_err(|_| bad())
+        };
+        let secs = if let Some(u) = s.strip_suffix(['s', 'm', 'h', 'd']) {
+            let mult = match s.as_bytes()[s.len() - 1] {
+                b's' => 1,
+                b'm' => 60,
+                b'h' => 3600,
+                _ => 86400,
+            };
+            num(u)? * mult
+        } else if let Some((d, rest)) = s.split_once('-') {
+            let parts: Vec<&str> = rest.split(':').collect();
+            if parts.len() > 3 {
+                return Err(bad());
+            }
+            let mut v = num(d)? * 86400;
+            for (p, m) in parts.iter().zip([3600, 60, 1]) {
+                v += num(p)? * m;
+            }
+            v
+        } else {
+            let parts: Vec<&str> = s.split(':').collect();
+            match parts.as_slice() {
+                [m] => num(m)? * 60,
+                [m, sec] => num(m)? * 60 + num(sec)?,
+                [h, m, sec] => num(h)? * 3600 + num(m)? * 60 + num(sec)?,
+                _ => return Err(bad()),
+            }
+        };
+        if secs == 0 || secs > 365 * 86400 {
+            return Err(format!("time `{t}`: out of range (1 s to 365 days)"));
+        }
+        Ok(Some(secs))
+    }
+
+    /// Every problem with these settings, each with the key it is under.
+    pub fn problems(&self) -> Vec<(String, String, Option<String>)> {
+        let mut out = Vec::new();
+        if let Err(e) = self.memory_mib() {
+            out.push(("memory".into(), e, None));
+        }
+        if let Err(e) = self.time_seconds() {
+            out.push(("time".into(), e, None));
+        }
+        if self.cpus == Some(0) {
+            out.push(("cpus".into(), "cpus must be at least 1".to_string(), None));
+        }
+        if self.gpu_type.is_some() && self.gpus.unwrap_or(0) == 0 {
+            out.push(("gpu_type".into(), "gpu_type without gpus".to_string(), Some("add `gpus: N`".to_string())));
+        }
+        if let Some(s) = self.retry_scale {
+            if !(1.0..=16.0).contains(&s) {
+                out.push(("retry_scale".into(), format!("retry_scale {s}: must be from 1 to 16"), None));
+            }
+        }
+        if self.retries.is_some_and(|r| r > 10) {
+            out.push(("retries".into(), "at most 10 retries".to_string(), None));
+        }
+        for (key, v) in [
+            ("partition", &self.partition),
+            ("account", &self.account),
+            ("qos", &self.qos),
+            ("gpu_type", &self.gpu_type),
+        ] {
+            if let Some(v) = v {
+                if v.is_empty() || v.len() > 128 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.,".contains(c)) {
+                    out.push((key.into(), format!("`{}` is not a Slurm name", crate::diag::clip(v, 40)), None));
+                }
+            }
+        }
+        for (i, f) in self.sbatch.iter().flatten().enumerate() {
+            let at = format!("sbatch.{i}");
+            // `--mem=4G`, `-c4`, `-c` (its value the next item).
+            let name = match f.strip_prefix("--") {
+                Some(_) => f.split('=').next().unwrap_or(""),
+                None => f.get(..2).unwrap_or(f),
+            };
+            if !f.starts_with('-') || f.len() > 512 || f.contains(['\n', '\0']) {
+                out.push((
+                    at,
+                    format!("`{}` is not an sbatch flag", crate::diag::clip(f, 40)),
+                    Some("write each flag as `--flag=value`".to_string()),
+                ));
+            } else if let Some((_, key)) = SBATCH_OWN_FLAGS.iter().find(|(n, _)| *n == name) {
+                let help = if key.is_empty() {
+                    "distillery sets it for every job (docs/cluster.md)".to_string()
+                } else {
+                    format!("use `resources.{key}`")
+                };
+                out.push((at, format!("`{name}` cannot be given in sbatch:"), Some(help)));
+            }
+        }
+        out
+    }
+}
