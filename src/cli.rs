@@ -454,6 +454,18 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                     "error: --detach needs the slurm launcher (`--launcher slurm`, or `launcher: slurm` in the spec)\n".into(),
                 ));
             }
+            if slurm {
+                let given: Vec<&str> = [("--jobs", jobs.is_some()), ("--gpus", !gpus.is_empty()), ("--device-slots", device_slots.is_some())]
+                    .into_iter()
+                    .filter_map(|(f, on)| on.then_some(f))
+                    .collect();
+                if !given.is_empty() {
+                    return Err(Failure::Invalid(format!(
+                        "error: {} cannot be used with the slurm launcher: the cluster decides what runs at once and where\n  help: ask for cores and GPUs per node under `resources:` (docs/cluster.md)\n",
+                        given.join(", ")
+                    )));
+                }
+            }
             let (mode, opts) = if slurm {
                 // Every job waits on the cluster, not on this machine.
                 let n = g.node_order().count().max(1);
@@ -1197,6 +1209,7 @@ fn slurm_launcher<'s>(
     entries: &[plan::PlanEntry],
     sel: &plan::Selection,
     mode: Mode,
+    cancel: &Cancel,
     out: &mut dyn Write,
 ) -> Result<exec::slurm::Slurm<'s>, Failure> {
     let resources: std::collections::HashMap<String, spec::Resources> =
@@ -1221,7 +1234,16 @@ fn slurm_launcher<'s>(
     }
     let mut diags = Vec::new();
     for (r, n) in asked {
-        if let Err(e) = exec::slurm::test_resources(r) {
+        let e = match exec::slurm::test_resources(r) {
+            Ok(()) => continue,
+            Err(exec::slurm::Refusal::Unavailable(e)) => {
+                return Err(fail(format!(
+                    "{e}\n  help: run where Slurm's client (sbatch, squeue) reaches the cluster, or set SLURM_CONF; `--launcher local` runs here"
+                )));
+            }
+            Err(exec::slurm::Refusal::Refused(e)) => e,
+        };
+        {
             let path = if has_own_resources(exp, n) || exp.locate("defaults.resources").is_none() {
                 format!("nodes.{}.resources", n.base)
             } else {
@@ -1247,7 +1269,7 @@ fn slurm_launcher<'s>(
         })
     };
     let _ = sel;
-    let done = s.submit_all(g, entries, &forced).map_err(|e| {
+    let done = s.submit_all(g, entries, &forced, cancel).map_err(|e| {
         let mine = s.mine();
         let cancelled = if mine.is_empty() { String::new() } else {
             match s.cancel_mine() {
@@ -1293,14 +1315,15 @@ fn run_experiment(
     let store = Store::open(store_dir).map_err(store_failure)?;
     // `run` executes exactly what `plan` shows for the same flags.
     let entries = plan::plan(g, &store.scoped(&exp.name), sel);
+    // Before any submission: Ctrl-C while submitting cancels what was submitted.
+    let cancel = stop_on_signals();
     let slurm = match mode {
         Mode::Local => None,
-        Mode::Slurm { .. } | Mode::Attach => Some(slurm_launcher(exp, g, &store, &entries, sel, mode, out)?),
+        Mode::Slurm { .. } | Mode::Attach => Some(slurm_launcher(exp, g, &store, &entries, sel, mode, &cancel, out)?),
     };
     if mode == (Mode::Slurm { detach: true }) {
         return Ok(());
     }
-    let cancel = stop_on_signals();
     let uri = track::resolve_tracking_uri(tracking);
     let mut config = track::TrackerConfig::new(store_dir, uri);
     // A cached node's record (three requests, nothing computed) goes to the server after the run

@@ -498,3 +498,29 @@ echo '{"type":"result","outputs":{"ok":"ok.txt"},"metrics":{}}'
     assert_eq!(flags, ["\"--mem=200M\"", "\"--mem=600M\""], "{r}");
     assert_eq!(squeue_state(job_ids(r)[0]), "OUT_OF_MEMORY");
 }
+
+#[test]
+fn without_slurm_or_with_local_only_flags_it_says_what_to_do() {
+    // No cluster needed: sbatch is not on this PATH.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write(dir.path(), "five.yaml", FIVE);
+    let store = dir.path().join("store");
+    let mut c = bin();
+    c.arg("run").arg(&spec).arg("--store").arg(&store).args(["--launcher", "slurm"]).env("PATH", dir.path());
+    let out = output_within(c, Duration::from_secs(60));
+    let se = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{se}");
+    assert!(se.contains("cannot run `sbatch`") && se.contains("--launcher local"), "{se}");
+    assert!(!se.contains("error[resources]"), "not the request's fault: {se}");
+    assert!(records(&store).is_empty());
+    let out = run(&spec, &store, &["--launcher", "slurm", "-j", "4"]);
+    let se = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{se}");
+    assert!(se.contains("--jobs cannot be used with the slurm launcher"), "{se}");
+    let out = run(&spec, &store, &["--detach"]);
+    assert!(text(&out.stderr).contains("--detach needs the slurm launcher"), "{}", text(&out.stderr));
+    let mut c = bin();
+    c.arg("status").arg(&spec).arg("--store").arg(&store);
+    let out = output_within(c, Duration::from_secs(60));
+    assert!(text(&out.stderr).contains("nothing of") && text(&out.stderr).contains("was submitted"), "{}", text(&out.stderr));
+}

@@ -367,12 +367,28 @@ fn slurm_time(s: u64) -> String {
 
 /// Asks `sbatch --test-only` whether the cluster can ever run a job with `r`: `Err` with sbatch's
 /// answer when it cannot.
-pub fn test_resources(r: &Resources) -> Result<(), String> {
+pub fn test_resources(r: &Resources) -> Result<(), Refusal> {
     let mem = r.memory_mib().ok().flatten();
     let time = r.time_seconds().ok().flatten();
     let mut cmd = Command::new("sbatch");
     cmd.arg("--test-only").args(resource_flags(r, mem, time, &[])).arg("--wrap=true");
-    run_tool(&mut cmd).map(|_| ())
+    match run_tool(&mut cmd) {
+        Ok(_) => Ok(()),
+        // No sbatch, or no controller answering: not the request's fault.
+        Err(e) if e.starts_with("cannot run `sbatch`") || e.contains("Unable to contact slurm controller") => {
+            Err(Refusal::Unavailable(e))
+        }
+        Err(e) => Err(Refusal::Refused(e)),
+    }
+}
+
+/// Why `sbatch --test-only` said no.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The cluster cannot run this request.
+    Refused(String),
+    /// No Slurm to ask.
+    Unavailable(String),
 }
 
 /// What to do about a job that ended without a committed entry.
@@ -528,6 +544,12 @@ impl<'a> Slurm<'a> {
         attach_only: bool,
     ) -> Result<Slurm<'a>, String> {
         let root = std::path::absolute(store.root()).map_err(|e| format!("store path: {e}"))?;
+        if root.to_string_lossy().contains(['%', '\n']) {
+            return Err(format!(
+                "the store path {} has a `%` or a newline, which sbatch's --output reads as a pattern; use another --store",
+                root.display()
+            ));
+        }
         let poll_ms = std::env::var("DISTILLERY_SLURM_POLL_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000u64);
         Ok(Slurm {
             store,
@@ -563,7 +585,13 @@ impl<'a> Slurm<'a> {
 
     /// Submits every `run` job of `plan` in topological order, each depending on its node
     /// inputs' jobs; a key whose job is still queued or running is adopted, not submitted again.
-    pub fn submit_all(&self, graph: &Graph, plan: &[PlanEntry], force: &dyn Fn(&str) -> bool) -> Result<Submitted, String> {
+    pub fn submit_all(
+        &self,
+        graph: &Graph,
+        plan: &[PlanEntry],
+        force: &dyn Fn(&str) -> bool,
+        cancel: &Cancel,
+    ) -> Result<Submitted, String> {
         let run: HashMap<&str, bool> =
             plan.iter().map(|e| (e.node.as_str(), matches!(e.status, Status::Run { .. }))).collect();
         let mut out = Submitted::default();
@@ -594,6 +622,9 @@ impl<'a> Slurm<'a> {
             let name = graph.dag[ix].name();
             if !run.get(name).copied().unwrap_or(false) || ids.contains_key(&ix) {
                 continue;
+            }
+            if cancel.is_cancelled() {
+                return Err("interrupted while submitting".into());
             }
             let deps: Vec<u64> = graph
                 .inputs
@@ -757,6 +788,8 @@ fn shell_quote(s: &str) -> String {
 /// Reads a worker's events file as it grows and forwards whole lines.
 struct Tail {
     path: PathBuf,
+    /// The job's key: a line of another key is not this job's.
+    key: String,
     offset: u64,
     partial: Vec<u8>,
     /// It has seen the worker start the node.
@@ -780,9 +813,10 @@ impl Tail {
             let Ok(e) = serde_json::from_slice::<Event>(&line) else { continue };
             // Only this node's own events, and its outcome is exec's to settle.
             let ok = match &e {
-                Event::Started { node: n, .. } => {
-                    self.started = true;
-                    n == node
+                Event::Started { node: n, key: k, .. } => {
+                    let mine = n == node && *k == self.key;
+                    self.started |= mine;
+                    mine
                 }
                 Event::Finished { .. } => false,
                 Event::Progress { node: n, .. }
@@ -840,7 +874,8 @@ impl Launcher for Slurm<'_> {
         }
         let mut forget = Forget(&self.poller, rec.attempts.iter().map(|a| a.job_id).collect());
         let from = rec.attempts.last().map_or(0, |a| a.events_from);
-        let mut tail = Tail { path: dir.join("events.jsonl"), offset: from, partial: Vec::new(), started: false };
+        let mut tail =
+            Tail { path: dir.join("events.jsonl"), key: job.key.clone(), offset: from, partial: Vec::new(), started: false };
         let mut shown = String::new();
         let mut ended_since: Option<Instant> = None;
         loop {
@@ -893,7 +928,7 @@ impl Launcher for Slurm<'_> {
                     }
                     ended_since = None;
                     let exit = self.exit_record(&job.key, last.job_id);
-                    let had_dep = rec.attempts.len() == 1 && !job.inputs.iter().all(|i| !matches!(i.source, crate::job::InputSource::Entry { .. }));
+                    let had_dep = !last.dependency.is_empty();
                     let next = next_step(st, exit.as_ref(), tail.started, had_dep, &r, &last, rec.attempts.len());
                     match next {
                         Next::Fail(msg) => {
