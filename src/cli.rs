@@ -215,7 +215,9 @@ pub enum LauncherArg {
 enum Mode {
     Local,
     /// Submit to Slurm, then watch (or return at once with `detach`).
-    Slurm { detach: bool },
+    Slurm {
+        detach: bool,
+    },
     /// `status`: watch what was submitted.
     Attach,
 }
@@ -433,7 +435,19 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             };
             write!(out, "{text}")?;
         }
-        Command::Run { file, jobs, gpus, only, from, device_slots, force, store, tracking, launcher, detach } => {
+        Command::Run {
+            file,
+            jobs,
+            gpus,
+            only,
+            from,
+            device_slots,
+            force,
+            store,
+            tracking,
+            launcher,
+            detach,
+        } => {
             let store_dir = store.unwrap_or_else(|| default_store(&file));
             std::fs::create_dir_all(&store_dir)
                 .map_err(|e| io_failure("cannot create the store", &store_dir, &e, STORE_HINT))?;
@@ -455,10 +469,14 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                 ));
             }
             if slurm {
-                let given: Vec<&str> = [("--jobs", jobs.is_some()), ("--gpus", !gpus.is_empty()), ("--device-slots", device_slots.is_some())]
-                    .into_iter()
-                    .filter_map(|(f, on)| on.then_some(f))
-                    .collect();
+                let given: Vec<&str> = [
+                    ("--jobs", jobs.is_some()),
+                    ("--gpus", !gpus.is_empty()),
+                    ("--device-slots", device_slots.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(f, on)| on.then_some(f))
+                .collect();
                 if !given.is_empty() {
                     return Err(Failure::Invalid(format!(
                         "error: {} cannot be used with the slurm launcher: the cluster decides what runs at once and where\n  help: ask for cores and GPUs per node under `resources:` (docs/cluster.md)\n",
@@ -490,7 +508,17 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             let placed = Placement { devices: Vec::new(), names: Default::default(), note: None };
             let n = g.node_order().count().max(1);
             let opts = RunOptions { jobs: n, device_slots: n, devices: Vec::new() };
-            run_experiment(&exp, &g, &store_dir, &sel, opts, &placed, tracking.as_deref(), Mode::Attach, out)?;
+            run_experiment(
+                &exp,
+                &g,
+                &store_dir,
+                &sel,
+                opts,
+                &placed,
+                tracking.as_deref(),
+                Mode::Attach,
+                out,
+            )?;
         }
         Command::Doctor { json } => {
             let report = crate::engine::device::cuda();
@@ -1202,6 +1230,7 @@ fn stop_on_signals() -> Cancel {
 
 /// The Slurm launcher for `run --launcher slurm` (checked, binary snapshotted, every job
 /// submitted) or `status` (attached to what was submitted).
+#[allow(clippy::too_many_arguments)]
 fn slurm_launcher<'s>(
     exp: &Experiment,
     g: &Graph,
@@ -1226,10 +1255,10 @@ fn slurm_launcher<'s>(
     // Before anything is submitted: can the cluster ever run each distinct request?
     let mut asked: Vec<(&spec::Resources, &spec::Node)> = Vec::new();
     for name in &to_run {
-        if let Some(n) = exp.node(name) {
-            if !asked.iter().any(|(r, _)| **r == n.resources) {
-                asked.push((&n.resources, n));
-            }
+        if let Some(n) = exp.node(name)
+            && !asked.iter().any(|(r, _)| **r == n.resources)
+        {
+            asked.push((&n.resources, n));
         }
     }
     let mut diags = Vec::new();
@@ -1249,7 +1278,12 @@ fn slurm_launcher<'s>(
             } else {
                 "defaults.resources".to_string()
             };
-            let shown: Vec<String> = exec::slurm::resource_flags(r, r.memory_mib().ok().flatten(), r.time_seconds().ok().flatten(), &[]);
+            let shown: Vec<String> = exec::slurm::resource_flags(
+                r,
+                r.memory_mib().ok().flatten(),
+                r.time_seconds().ok().flatten(),
+                &[],
+            );
             diags.push(
                 Diagnostic::new(diag::Code::Resources, &path, format!("the cluster cannot run this request ({}): {e}", if shown.is_empty() { "no flags".to_string() } else { shown.join(" ") }))
                     .with_node(n.name.clone())
@@ -1271,10 +1305,14 @@ fn slurm_launcher<'s>(
     let _ = sel;
     let done = s.submit_all(g, entries, &forced, cancel).map_err(|e| {
         let mine = s.mine();
-        let cancelled = if mine.is_empty() { String::new() } else {
+        let cancelled = if mine.is_empty() {
+            String::new()
+        } else {
             match s.cancel_mine() {
                 Ok(c) => format!("\n  cancelled the {} job(s) submitted before it", c.len()),
-                Err(e2) => format!("\n  and could not cancel the {} job(s) submitted before it ({e2})", mine.len()),
+                Err(e2) => {
+                    format!("\n  and could not cancel the {} job(s) submitted before it ({e2})", mine.len())
+                }
             }
         };
         fail(format!("{e}{cancelled}"))
@@ -1300,6 +1338,7 @@ fn has_own_resources(exp: &Experiment, n: &spec::Node) -> bool {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_experiment(
     exp: &Experiment,
     g: &Graph,
@@ -1319,7 +1358,9 @@ fn run_experiment(
     let cancel = stop_on_signals();
     let slurm = match mode {
         Mode::Local => None,
-        Mode::Slurm { .. } | Mode::Attach => Some(slurm_launcher(exp, g, &store, &entries, sel, mode, &cancel, out)?),
+        Mode::Slurm { .. } | Mode::Attach => {
+            Some(slurm_launcher(exp, g, &store, &entries, sel, mode, &cancel, out)?)
+        }
     };
     if mode == (Mode::Slurm { detach: true }) {
         return Ok(());
@@ -1360,10 +1401,15 @@ fn run_experiment(
         None => &local,
     };
     let summary = exec::run(g, &entries, &store, launcher, &opts, &sink, &cancel);
-    if let Some(s) = &slurm {
-        if summary.cancelled() {
+    if let Some(s) = &slurm
+        && summary.cancelled()
+    {
+        {
             if mode == Mode::Attach {
-                note!("  stopped watching; the jobs go on (`distillery status {}` watches again)", exp.path.display());
+                note!(
+                    "  stopped watching; the jobs go on (`distillery status {}` watches again)",
+                    exp.path.display()
+                );
             } else {
                 match s.cancel_mine() {
                     Ok(c) if c.is_empty() => note!("  no Slurm job of this run was still queued or running"),

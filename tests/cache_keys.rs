@@ -21,8 +21,14 @@ const NEUTRAL: &[(&str, &str)] = &[
     ("/description", "free text"),
     ("/nodes/*/description", "free text"),
     ("/device", "the device runs the same computation; CPU and CUDA results are one experiment"),
-    ("/launcher", "where jobs run; a Slurm job's results are bit-identical to a local run's (tests/slurm.rs)"),
-    ("/nodes/*/resources/*", "what a cluster job asks for (cores, memory, time ...); the computation is the same"),
+    (
+        "/launcher",
+        "where jobs run; a Slurm job's results are bit-identical to a local run's (tests/slurm.rs)",
+    ),
+    (
+        "/nodes/*/resources/*",
+        "what a cluster job asks for (cores, memory, time ...); the computation is the same",
+    ),
     ("/nodes/*/resources/sbatch/*", "more sbatch flags, as the other resources"),
     ("/datasets/*/path", "the content it points at is hashed instead: moving data keeps the key"),
     (

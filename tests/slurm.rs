@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod e2e_support;
+use e2e_support::{json, text, write};
+
 /// One test at a time: they share one node's two CPUs, and the timing tests need them.
 static CLUSTER: Mutex<()> = Mutex::new(());
 
@@ -21,7 +24,8 @@ fn cluster() -> Option<std::sync::MutexGuard<'static, ()>> {
     let ok = std::env::var_os("SLURM_CONF").is_some()
         && Command::new("sinfo").arg("-h").output().is_ok_and(|o| o.status.success());
     if !ok {
-        let msg = "no Slurm answers (set SLURM_CONF to a running cluster: scripts/local-slurm-start starts one)";
+        let msg =
+            "no Slurm answers (set SLURM_CONF to a running cluster: scripts/local-slurm-start starts one)";
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg}");
         }
@@ -35,10 +39,6 @@ fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_distillery"));
     c.env_remove("MLFLOW_TRACKING_URI").env("DISTILLERY_SLURM_POLL_MS", "300");
     c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Runs `cmd`, killing it after `limit` (a test must never hang).
@@ -66,16 +66,6 @@ fn run(spec: &Path, store: &Path, extra: &[&str]) -> Output {
     let mut c = bin();
     c.arg("run").arg(spec).arg("--store").arg(store).args(extra);
     output_within(c, Duration::from_secs(300))
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p
-}
-
-fn json(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
 /// Node -> (entry folder, manifest) of a store.
@@ -111,7 +101,8 @@ fn job_ids(r: &Value) -> Vec<u64> {
 
 /// squeue's state of a job (`COMPLETED`, `CANCELLED` ...), or "" once it is not listed.
 fn squeue_state(id: u64) -> String {
-    let o = Command::new("squeue").args(["-h", "-t", "all", "-j", &id.to_string(), "-o", "%T"]).output().unwrap();
+    let o =
+        Command::new("squeue").args(["-h", "-t", "all", "-j", &id.to_string(), "-o", "%T"]).output().unwrap();
     text(&o.stdout).trim().to_string()
 }
 
@@ -317,7 +308,13 @@ fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 fn spawn_run(spec: &Path, store: &Path, extra: &[&str]) -> Child {
     let mut c = bin();
-    c.arg("run").arg(spec).arg("--store").arg(store).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.arg("run")
+        .arg(spec)
+        .arg("--store")
+        .arg(store)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     c.spawn().unwrap()
 }
 
@@ -406,7 +403,8 @@ fn a_request_the_cluster_refuses_is_a_located_error_before_anything_is_submitted
     let Some(_c) = cluster() else { return };
     let dir = tempfile::tempdir().unwrap();
     // The local cluster has 2 (fake) GPUs and 2 CPUs.
-    let spec = write(dir.path(), "five.yaml", &FIVE.replace("resources: { gpus: 1 }", "resources: { gpus: 3 }"));
+    let spec =
+        write(dir.path(), "five.yaml", &FIVE.replace("resources: { gpus: 1 }", "resources: { gpus: 3 }"));
     let store = dir.path().join("store");
     let out = run(&spec, &store, &["--launcher", "slurm"]);
     let se = text(&out.stderr);
@@ -448,7 +446,12 @@ fn ctrl_c_cancels_this_runs_jobs_and_no_others() {
     let se = text(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{se}");
     let id = job_ids(&records(&store)["slow"])[0];
-    assert!(se.contains(&format!("cancelled the 1 Slurm job(s) this run submitted that had not ended ({id} slow)")), "{se}");
+    assert!(
+        se.contains(&format!(
+            "cancelled the 1 Slurm job(s) this run submitted that had not ended ({id} slow)"
+        )),
+        "{se}"
+    );
     wait_for(Duration::from_secs(30), "the cancel", || squeue_state(id) == "CANCELLED");
     let st = squeue_state(other);
     assert!(st == "RUNNING" || st == "PENDING", "{st}");
@@ -473,7 +476,8 @@ fn a_job_out_of_memory_is_retried_with_more_memory() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("plugins/hog");
     std::fs::create_dir_all(&d).unwrap();
-    let manifest = serde_json::json!({ "name": "hog", "protocol": 1, "command": ["sh", "run.sh"], "produces": "files" });
+    let manifest =
+        serde_json::json!({ "name": "hog", "protocol": 1, "command": ["sh", "run.sh"], "produces": "files" });
     std::fs::write(d.join("plugin.json"), manifest.to_string()).unwrap();
     std::fs::write(
         d.join("run.sh"),
@@ -493,8 +497,12 @@ echo '{"type":"result","outputs":{"ok":"ok.txt"},"metrics":{}}'
     assert!(out.status.success(), "{se}");
     assert!(se.contains("ended OUT_OF_MEMORY: submitted again as job"), "{se}");
     let r = &records(&store)["hog"];
-    let flags: Vec<String> =
-        r["attempts"].as_array().unwrap().iter().map(|a| a["flags"].as_array().unwrap()[0].to_string()).collect();
+    let flags: Vec<String> = r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["flags"].as_array().unwrap()[0].to_string())
+        .collect();
     assert_eq!(flags, ["\"--mem=200M\"", "\"--mem=600M\""], "{r}");
     assert_eq!(squeue_state(job_ids(r)[0]), "OUT_OF_MEMORY");
 }
@@ -522,5 +530,9 @@ fn without_slurm_or_with_local_only_flags_it_says_what_to_do() {
     let mut c = bin();
     c.arg("status").arg(&spec).arg("--store").arg(&store);
     let out = output_within(c, Duration::from_secs(60));
-    assert!(text(&out.stderr).contains("nothing of") && text(&out.stderr).contains("was submitted"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nothing of") && text(&out.stderr).contains("was submitted"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -229,12 +229,16 @@ impl Poller {
                         g.states.insert(i, s);
                     }
                     g.failed_polls = 0;
-                    g.interval = if changed { self.min } else { (g.interval.mul_f64(1.5)).min(Duration::from_secs(20)) };
+                    g.interval = if changed {
+                        self.min
+                    } else {
+                        (g.interval.mul_f64(1.5)).min(Duration::from_secs(20))
+                    };
                 }
                 Err(e) => {
                     g.failed_polls += 1;
                     g.interval = (g.interval * 2).min(Duration::from_secs(60));
-                    if g.failed_polls == 1 || g.failed_polls % 10 == 0 {
+                    if g.failed_polls == 1 || g.failed_polls.is_multiple_of(10) {
                         events.event(Event::Warning {
                             node: node.to_string(),
                             message: format!(
@@ -260,9 +264,15 @@ fn poll(ids: &[u64], no_sacct: bool) -> Result<(HashMap<u64, JobState>, bool), S
     let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let mut sacct_off = no_sacct;
     if !no_sacct {
-        let r = run_tool(
-            Command::new("sacct").args(["-n", "-P", "-X", "-j", &list, "-o", "JobIDRaw,State,Reason,NodeList"]),
-        );
+        let r = run_tool(Command::new("sacct").args([
+            "-n",
+            "-P",
+            "-X",
+            "-j",
+            &list,
+            "-o",
+            "JobIDRaw,State,Reason,NodeList",
+        ]));
         match r {
             Ok(out) => {
                 let states = parse_states(&out);
@@ -330,7 +340,12 @@ fn run_tool(cmd: &mut Command) -> Result<String, String> {
 }
 
 /// The sbatch flags of `r` (memory and time as given, or as scaled by a retry).
-pub fn resource_flags(r: &Resources, memory_mib: Option<u64>, time_s: Option<u64>, exclude: &[String]) -> Vec<String> {
+pub fn resource_flags(
+    r: &Resources,
+    memory_mib: Option<u64>,
+    time_s: Option<u64>,
+    exclude: &[String],
+) -> Vec<String> {
     let mut f = Vec::new();
     if let Some(c) = r.cpus {
         f.push(format!("--cpus-per-task={c}"));
@@ -375,7 +390,9 @@ pub fn test_resources(r: &Resources) -> Result<(), Refusal> {
     match run_tool(&mut cmd) {
         Ok(_) => Ok(()),
         // No sbatch, or no controller answering: not the request's fault.
-        Err(e) if e.starts_with("cannot run `sbatch`") || e.contains("Unable to contact slurm controller") => {
+        Err(e)
+            if e.starts_with("cannot run `sbatch`") || e.contains("Unable to contact slurm controller") =>
+        {
             Err(Refusal::Unavailable(e))
         }
         Err(e) => Err(Refusal::Refused(e)),
@@ -396,7 +413,13 @@ pub enum Refusal {
 pub enum Next {
     Fail(String),
     /// Submit again: why, and with what memory, time and excluded nodes.
-    Resubmit { why: String, memory_mib: Option<u64>, time_s: Option<u64>, exclude: Vec<String>, retry: bool },
+    Resubmit {
+        why: String,
+        memory_mib: Option<u64>,
+        time_s: Option<u64>,
+        exclude: Vec<String>,
+        retry: bool,
+    },
 }
 
 /// Continuations (a pre-empted or time-limited job continued from its checkpoint) of one key
@@ -423,10 +446,11 @@ pub fn next_step(
     // (the kernel killed the worker or a process of its, which it reported), its time limit, its
     // node.
     let limits = ["OUT_OF_MEMORY", "TIMEOUT", "DEADLINE", "NODE_FAIL", "BOOT_FAIL"];
-    if let Some(x) = exit {
-        if x.outcome == "failed" && !limits.contains(&st) {
-            return Next::Fail(x.error.clone().unwrap_or_else(|| "failed".into()));
-        }
+    if let Some(x) = exit
+        && x.outcome == "failed"
+        && !limits.contains(&st)
+    {
+        return Next::Fail(x.error.clone().unwrap_or_else(|| "failed".into()));
     }
     let same = |why: String, retry: bool| Next::Resubmit {
         why,
@@ -466,7 +490,8 @@ pub fn next_step(
                     };
                 }
                 return Next::Fail(
-                    "ran out of memory (OUT_OF_MEMORY); set `resources.memory` so that retries can scale it".into(),
+                    "ran out of memory (OUT_OF_MEMORY); set `resources.memory` so that retries can scale it"
+                        .into(),
                 );
             }
             Next::Fail(format!("ran out of memory (OUT_OF_MEMORY){}", retry_help("memory")))
@@ -491,7 +516,8 @@ pub fn next_step(
         "NODE_FAIL" | "BOOT_FAIL" => {
             if last.retries_used < retries {
                 let mut exclude = last.exclude.clone();
-                exclude.extend(nodes.split(',').filter(|n| !n.is_empty() && *n != "None").map(str::to_string));
+                exclude
+                    .extend(nodes.split(',').filter(|n| !n.is_empty() && *n != "None").map(str::to_string));
                 return Next::Resubmit {
                     why: format!("retry after {st} on {nodes} (excluded)"),
                     memory_mib: last.memory_mib,
@@ -500,11 +526,17 @@ pub fn next_step(
                     retry: true,
                 };
             }
-            Next::Fail(format!("its cluster node failed ({st}{}){}", if nodes.is_empty() { String::new() } else { format!(" on {nodes}") }, retry_help("retries")))
+            Next::Fail(format!(
+                "its cluster node failed ({st}{}){}",
+                if nodes.is_empty() { String::new() } else { format!(" on {nodes}") },
+                retry_help("retries")
+            ))
         }
         // Slurm cancels a job whose dependency failed; this one's inputs are done now (exec
         // launches a job only then), e.g. after an input's retry: its turn has come.
-        "CANCELLED" if !started && had_dependency && !interrupted => same("its inputs are done (its first job was cancelled with a failed input)".into(), false),
+        "CANCELLED" if !started && had_dependency && !interrupted => {
+            same("its inputs are done (its first job was cancelled with a failed input)".into(), false)
+        }
         "CANCELLED" => Next::Fail("cancelled (scancel, or the cluster)".into()),
         _ => Next::Fail(format!("the Slurm job ended {st} without a result")),
     }
@@ -550,7 +582,8 @@ impl<'a> Slurm<'a> {
                 root.display()
             ));
         }
-        let poll_ms = std::env::var("DISTILLERY_SLURM_POLL_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000u64);
+        let poll_ms =
+            std::env::var("DISTILLERY_SLURM_POLL_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000u64);
         Ok(Slurm {
             store,
             root,
@@ -600,10 +633,10 @@ impl<'a> Slurm<'a> {
         let mut earlier = Vec::new();
         for ix in graph.node_order() {
             let name = graph.dag[ix].name();
-            if run.get(name).copied().unwrap_or(false) {
-                if let Some(a) = self.record(&graph.job(ix).key).and_then(|r| r.attempts.last().cloned()) {
-                    earlier.push((ix, a.job_id));
-                }
+            if run.get(name).copied().unwrap_or(false)
+                && let Some(a) = self.record(&graph.job(ix).key).and_then(|r| r.attempts.last().cloned())
+            {
+                earlier.push((ix, a.job_id));
             }
         }
         let states = if earlier.is_empty() {
@@ -701,12 +734,9 @@ impl<'a> Slurm<'a> {
         }
         cmd.args(&flags).arg(&script_path);
         let out = run_tool(&mut cmd).map_err(|e| format!("sbatch refused `{}`: {e}", job.name))?;
-        let id: u64 = out
-            .trim()
-            .split(';')
-            .next()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| format!("sbatch answered `{}`, not a job id", crate::diag::clip(out.trim(), 200)))?;
+        let id: u64 = out.trim().split(';').next().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+            format!("sbatch answered `{}`, not a job id", crate::diag::clip(out.trim(), 200))
+        })?;
         let mut rec = self.record(&job.key).unwrap_or_else(|| Record {
             node: job.name.clone(),
             experiment: self.experiment.clone(),
@@ -859,8 +889,10 @@ impl Launcher for Slurm<'_> {
             _ => {
                 let mem = r.memory_mib().ok().flatten();
                 let time = r.time_seconds().ok().flatten();
-                self.submit(job, force, &[], "first".into(), mem, time, Vec::new(), 0).map_err(NodeError::Failed)?;
-                self.record(&job.key).ok_or_else(|| NodeError::Failed("its submission record is gone".into()))?
+                self.submit(job, force, &[], "first".into(), mem, time, Vec::new(), 0)
+                    .map_err(NodeError::Failed)?;
+                self.record(&job.key)
+                    .ok_or_else(|| NodeError::Failed("its submission record is gone".into()))?
             }
         };
         // Whatever this returns, its jobs need no more polling.
@@ -874,8 +906,13 @@ impl Launcher for Slurm<'_> {
         }
         let mut forget = Forget(&self.poller, rec.attempts.iter().map(|a| a.job_id).collect());
         let from = rec.attempts.last().map_or(0, |a| a.events_from);
-        let mut tail =
-            Tail { path: dir.join("events.jsonl"), key: job.key.clone(), offset: from, partial: Vec::new(), started: false };
+        let mut tail = Tail {
+            path: dir.join("events.jsonl"),
+            key: job.key.clone(),
+            offset: from,
+            partial: Vec::new(),
+            started: false,
+        };
         let mut shown = String::new();
         let mut ended_since: Option<Instant> = None;
         loop {
@@ -913,7 +950,12 @@ impl Launcher for Slurm<'_> {
                         format!("slurm job {}: {} ({reason})", last.job_id, state.to_lowercase())
                     };
                     if msg != shown && (state != "RUNNING" || !tail.started) {
-                        events.event(Event::Status { node: job.name.clone(), done: 0, total: 0, message: msg.clone() });
+                        events.event(Event::Status {
+                            node: job.name.clone(),
+                            done: 0,
+                            total: 0,
+                            message: msg.clone(),
+                        });
                     }
                     shown = msg;
                 }
@@ -929,10 +971,15 @@ impl Launcher for Slurm<'_> {
                     ended_since = None;
                     let exit = self.exit_record(&job.key, last.job_id);
                     let had_dep = !last.dependency.is_empty();
-                    let next = next_step(st, exit.as_ref(), tail.started, had_dep, &r, &last, rec.attempts.len());
+                    let next =
+                        next_step(st, exit.as_ref(), tail.started, had_dep, &r, &last, rec.attempts.len());
                     match next {
                         Next::Fail(msg) => {
-                            let msg = format!("slurm job {}: {msg}{}", last.job_id, self.stderr_tail(&job.key, last.job_id));
+                            let msg = format!(
+                                "slurm job {}: {msg}{}",
+                                last.job_id,
+                                self.stderr_tail(&job.key, last.job_id)
+                            );
                             return Err(NodeError::Failed(msg));
                         }
                         Next::Resubmit { why, memory_mib, time_s, exclude, retry } => {
@@ -948,10 +995,19 @@ impl Launcher for Slurm<'_> {
                                 .map_err(NodeError::Failed)?;
                             events.event(Event::Warning {
                                 node: job.name.clone(),
-                                message: format!("slurm job {} ended {}: submitted again as job {id}: {why}", last.job_id, match st { JobState::Ended { state, .. } => state.as_str(), _ => "(gone)" }),
+                                message: format!(
+                                    "slurm job {} ended {}: submitted again as job {id}: {why}",
+                                    last.job_id,
+                                    match st {
+                                        JobState::Ended { state, .. } => state.as_str(),
+                                        _ => "(gone)",
+                                    }
+                                ),
                             });
                             forget.1.push(id);
-                            rec = self.record(&job.key).ok_or_else(|| NodeError::Failed("its submission record is gone".into()))?;
+                            rec = self
+                                .record(&job.key)
+                                .ok_or_else(|| NodeError::Failed("its submission record is gone".into()))?;
                             tail.started = false;
                         }
                     }
@@ -1013,7 +1069,9 @@ mod tests {
 
     #[test]
     fn states_parse_from_squeue_and_sacct() {
-        let s = parse_states("12|PENDING|Dependency|\n13|CANCELLED by 0|None|n1\n14.batch|COMPLETED||n1\n15|RUNNING|None|n2\n");
+        let s = parse_states(
+            "12|PENDING|Dependency|\n13|CANCELLED by 0|None|n1\n14.batch|COMPLETED||n1\n15|RUNNING|None|n2\n",
+        );
         assert_eq!(s[&12], JobState::Live { state: "PENDING".into(), reason: "Dependency".into() });
         assert_eq!(s[&13], JobState::Ended { state: "CANCELLED".into(), nodes: "n1".into() });
         assert!(!s.contains_key(&14));
@@ -1040,27 +1098,55 @@ mod tests {
         }
         // Used up: a failure that says what to raise.
         let spent = attempt(Some(1000), Some(600), 2);
-        assert!(matches!(next_step(&ended("OUT_OF_MEMORY"), None, true, false, &r, &spent, 3), Next::Fail(m) if m.contains("2 retries used")));
+        assert!(
+            matches!(next_step(&ended("OUT_OF_MEMORY"), None, true, false, &r, &spent, 3), Next::Fail(m) if m.contains("2 retries used"))
+        );
         let none = Resources::default();
-        assert!(matches!(next_step(&ended("OUT_OF_MEMORY"), None, true, false, &none, &a, 1), Next::Fail(m) if m.contains("resources.retries")));
+        assert!(
+            matches!(next_step(&ended("OUT_OF_MEMORY"), None, true, false, &none, &a, 1), Next::Fail(m) if m.contains("resources.retries"))
+        );
     }
 
     #[test]
     fn preemption_continues_and_a_worker_failure_is_final() {
         let r = Resources::default();
         let a = attempt(None, None, 0);
-        assert!(matches!(next_step(&ended("PREEMPTED"), None, true, false, &r, &a, 1), Next::Resubmit { retry: false, .. }));
-        let stopped = ExitRecord { job_id: Some(7), outcome: "interrupted".into(), seconds: None, error: None };
-        assert!(matches!(next_step(&ended("COMPLETED"), Some(&stopped), true, false, &r, &a, 1), Next::Resubmit { .. }));
-        assert!(matches!(next_step(&ended("PREEMPTED"), None, true, false, &r, &a, MAX_CONTINUATIONS), Next::Fail(_)));
-        let failed = ExitRecord { job_id: Some(7), outcome: "failed".into(), seconds: None, error: Some("boom".into()) };
-        assert_eq!(next_step(&ended("FAILED"), Some(&failed), true, false, &r, &a, 1), Next::Fail("boom".into()));
+        assert!(matches!(
+            next_step(&ended("PREEMPTED"), None, true, false, &r, &a, 1),
+            Next::Resubmit { retry: false, .. }
+        ));
+        let stopped =
+            ExitRecord { job_id: Some(7), outcome: "interrupted".into(), seconds: None, error: None };
+        assert!(matches!(
+            next_step(&ended("COMPLETED"), Some(&stopped), true, false, &r, &a, 1),
+            Next::Resubmit { .. }
+        ));
+        assert!(matches!(
+            next_step(&ended("PREEMPTED"), None, true, false, &r, &a, MAX_CONTINUATIONS),
+            Next::Fail(_)
+        ));
+        let failed = ExitRecord {
+            job_id: Some(7),
+            outcome: "failed".into(),
+            seconds: None,
+            error: Some("boom".into()),
+        };
+        assert_eq!(
+            next_step(&ended("FAILED"), Some(&failed), true, false, &r, &a, 1),
+            Next::Fail("boom".into())
+        );
         // A failure the cluster explains (a killed child) is retried as the cluster's.
         let more = Resources { retries: Some(1), ..Default::default() };
         let m = attempt(Some(100), None, 0);
-        assert!(matches!(next_step(&ended("OUT_OF_MEMORY"), Some(&failed), true, false, &more, &m, 1), Next::Resubmit { memory_mib: Some(200), .. }));
+        assert!(matches!(
+            next_step(&ended("OUT_OF_MEMORY"), Some(&failed), true, false, &more, &m, 1),
+            Next::Resubmit { memory_mib: Some(200), .. }
+        ));
         // Cancelled before it ran because an input failed: its turn comes when the input is done.
-        assert!(matches!(next_step(&ended("CANCELLED"), None, false, true, &r, &a, 1), Next::Resubmit { .. }));
+        assert!(matches!(
+            next_step(&ended("CANCELLED"), None, false, true, &r, &a, 1),
+            Next::Resubmit { .. }
+        ));
         assert!(matches!(next_step(&ended("CANCELLED"), None, true, true, &r, &a, 1), Next::Fail(_)));
     }
 
@@ -1079,7 +1165,14 @@ mod tests {
         let f = resource_flags(&r, r.memory_mib().unwrap(), r.time_seconds().unwrap(), &[]);
         assert_eq!(
             f,
-            ["--cpus-per-task=4", "--mem=1536M", "--gres=gpu:a100:2", "--partition=gpu", "--time=0-01:30:00", "--constraint=ib"]
+            [
+                "--cpus-per-task=4",
+                "--mem=1536M",
+                "--gres=gpu:a100:2",
+                "--partition=gpu",
+                "--time=0-01:30:00",
+                "--constraint=ib"
+            ]
         );
         assert_eq!(slurm_time(86400 + 61), "1-00:02:00");
         assert_eq!(shell_quote("a'b"), "'a'\\''b'");

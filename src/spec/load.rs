@@ -869,8 +869,15 @@ impl Loader {
                     "local" => super::LauncherKind::Local,
                     "slurm" => super::LauncherKind::Slurm,
                     _ => {
-                        self.err(Code::OutOfRange, "launcher", format!("unknown launcher `{}`", clip(&s, 40))).help =
-                            Some("use `local` (this process, the default) or `slurm` (docs/cluster.md)".to_string());
+                        self.err(
+                            Code::OutOfRange,
+                            "launcher",
+                            format!("unknown launcher `{}`", clip(&s, 40)),
+                        )
+                        .help = Some(
+                            "use `local` (this process, the default) or `slurm` (docs/cluster.md)"
+                                .to_string(),
+                        );
                         super::LauncherKind::Local
                     }
                 },
@@ -1151,7 +1158,16 @@ impl Loader {
             body = merge(d.clone(), body);
             self.spans.alias(&format!("defaults.{kind}"), &body_path);
         }
-        Some(RawNode { base: name.to_string(), kind, body, own, seed, matrix: node_matrix, description, resources })
+        Some(RawNode {
+            base: name.to_string(),
+            kind,
+            body,
+            own,
+            seed,
+            matrix: node_matrix,
+            description,
+            resources,
+        })
     }
 
     /// A `resources:` mapping, typed and checked (each problem at its key).

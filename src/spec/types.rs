@@ -1496,7 +1496,8 @@ impl Resources {
             "T" => 1024.0 * 1024.0,
             _ => return Err(format!("memory `{m}`: the unit must be K, M, G or T (e.g. `16G`)")),
         };
-        let v: f64 = num.parse().map_err(|_| format!("memory `{m}`: expected a number and a unit (e.g. `16G`)"))?;
+        let v: f64 =
+            num.parse().map_err(|_| format!("memory `{m}`: expected a number and a unit (e.g. `16G`)"))?;
         let mib = (v * factor).ceil();
         if !(1.0..=1024.0 * 1024.0 * 1024.0).contains(&mib) {
             return Err(format!("memory `{m}`: out of range (1M to 1024T)"));
@@ -1562,12 +1563,16 @@ impl Resources {
             out.push(("cpus".into(), "cpus must be at least 1".to_string(), None));
         }
         if self.gpu_type.is_some() && self.gpus.unwrap_or(0) == 0 {
-            out.push(("gpu_type".into(), "gpu_type without gpus".to_string(), Some("add `gpus: N`".to_string())));
+            out.push((
+                "gpu_type".into(),
+                "gpu_type without gpus".to_string(),
+                Some("add `gpus: N`".to_string()),
+            ));
         }
-        if let Some(s) = self.retry_scale {
-            if !(1.0..=16.0).contains(&s) {
-                out.push(("retry_scale".into(), format!("retry_scale {s}: must be from 1 to 16"), None));
-            }
+        if let Some(s) = self.retry_scale
+            && !(1.0..=16.0).contains(&s)
+        {
+            out.push(("retry_scale".into(), format!("retry_scale {s}: must be from 1 to 16"), None));
         }
         if self.retries.is_some_and(|r| r > 10) {
             out.push(("retries".into(), "at most 10 retries".to_string(), None));
@@ -1578,10 +1583,12 @@ impl Resources {
             ("qos", &self.qos),
             ("gpu_type", &self.gpu_type),
         ] {
-            if let Some(v) = v {
-                if v.is_empty() || v.len() > 128 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.,".contains(c)) {
-                    out.push((key.into(), format!("`{}` is not a Slurm name", crate::diag::clip(v, 40)), None));
-                }
+            if let Some(v) = v
+                && (v.is_empty()
+                    || v.len() > 128
+                    || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.,".contains(c)))
+            {
+                out.push((key.into(), format!("`{}` is not a Slurm name", crate::diag::clip(v, 40)), None));
             }
         }
         for (i, f) in self.sbatch.iter().flatten().enumerate() {
