@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod e2e_support;
+mod track_support;
 use e2e_support::{json, text, write};
 
 /// One test at a time: they share one node's two CPUs, and the timing tests need them.
@@ -535,4 +536,37 @@ fn without_slurm_or_with_local_only_flags_it_says_what_to_do() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn a_cluster_runs_metrics_reach_mlflow_as_a_local_runs_do() {
+    let Some(_c) = cluster() else { return };
+    let Some(mlflow) = track_support::mlflow_executable() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = track_support::MlflowServer::start(&mlflow, &dir.path().join("mlflow"), false);
+    let spec = write(dir.path(), "slow.yaml", &SLOW.replace("EPOCHS", "4"));
+    let store = dir.path().join("store");
+    let mut c = bin();
+    c.arg("run").arg(&spec).arg("--store").arg(&store).args([
+        "--launcher",
+        "slurm",
+        "--tracking",
+        &server.uri,
+    ]);
+    let out = output_within(c, Duration::from_secs(200));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The worker logged nothing itself (compute nodes need no network): its events, forwarded by
+    // the watching process, made the node's run.
+    let client = server.client();
+    let exp = client.get_experiment_by_name("slow").unwrap().expect("experiment");
+    let runs = client.search_runs(&[&exp.experiment_id], "").unwrap();
+    let node = runs.iter().find(|r| r.param("kind") == Some("train")).expect("the node's run");
+    assert!(node.tag("mlflow.parentRunId").is_some());
+    let loss = client.get_metric_history(&node.info.run_id, "loss").unwrap();
+    assert_eq!(loss.len(), 4, "one loss point per epoch");
+    assert!(node.metric("flops").is_some_and(|f| f > 0.0), "{:?}", node.data.metrics);
+    // And the stored result's files as artifacts.
+    let files: Vec<String> =
+        client.list_artifacts(&node.info.run_id, "").unwrap().into_iter().map(|f| f.path).collect();
+    assert!(files.iter().any(|f| f == "model.safetensors"), "{files:?}");
 }
