@@ -392,6 +392,15 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
     match cli.command {
         Command::Validate { file } => {
             let (exp, _g) = load(&file, None, true)?;
+            // `launcher: slurm`: ask the cluster about each request, when there is one to ask.
+            if exp.launcher == spec::LauncherKind::Slurm {
+                let all: Vec<&str> = exp.nodes.iter().map(|n| n.name.as_str()).collect();
+                match resource_checks(&exp, &all) {
+                    Ok(d) if d.is_empty() => {}
+                    Ok(d) => return Err(invalid(&d)),
+                    Err(e) => note!("note: resources not checked against a cluster: {e}"),
+                }
+            }
             let n_decl =
                 exp.nodes.iter().map(|n| n.base.as_str()).collect::<std::collections::HashSet<_>>().len();
             writeln!(
@@ -1253,47 +1262,14 @@ fn slurm_launcher<'s>(
         .map(|e| e.node.as_str())
         .collect();
     // Before anything is submitted: can the cluster ever run each distinct request?
-    let mut asked: Vec<(&spec::Resources, &spec::Node)> = Vec::new();
-    for name in &to_run {
-        if let Some(n) = exp.node(name)
-            && !asked.iter().any(|(r, _)| **r == n.resources)
-        {
-            asked.push((&n.resources, n));
+    match resource_checks(exp, &to_run) {
+        Ok(diags) if diags.is_empty() => {}
+        Ok(diags) => return Err(invalid(&diags)),
+        Err(e) => {
+            return Err(fail(format!(
+                "{e}\n  help: run where Slurm's client (sbatch, squeue) reaches the cluster, or set SLURM_CONF; `--launcher local` runs here"
+            )));
         }
-    }
-    let mut diags = Vec::new();
-    for (r, n) in asked {
-        let e = match exec::slurm::test_resources(r) {
-            Ok(()) => continue,
-            Err(exec::slurm::Refusal::Unavailable(e)) => {
-                return Err(fail(format!(
-                    "{e}\n  help: run where Slurm's client (sbatch, squeue) reaches the cluster, or set SLURM_CONF; `--launcher local` runs here"
-                )));
-            }
-            Err(exec::slurm::Refusal::Refused(e)) => e,
-        };
-        {
-            let path = if has_own_resources(exp, n) || exp.locate("defaults.resources").is_none() {
-                format!("nodes.{}.resources", n.base)
-            } else {
-                "defaults.resources".to_string()
-            };
-            let shown: Vec<String> = exec::slurm::resource_flags(
-                r,
-                r.memory_mib().ok().flatten(),
-                r.time_seconds().ok().flatten(),
-                &[],
-            );
-            diags.push(
-                Diagnostic::new(diag::Code::Resources, &path, format!("the cluster cannot run this request ({}): {e}", if shown.is_empty() { "no flags".to_string() } else { shown.join(" ") }))
-                    .with_node(n.name.clone())
-                    .with_help("ask for what a partition has (`sinfo -o \"%P %c %m %G %l\"` lists them); nothing was submitted")
-                    .at(exp.locate(&path)),
-            );
-        }
-    }
-    if !diags.is_empty() {
-        return Err(invalid(&diags));
     }
     let bin = exec::slurm::snapshot_binary(store.root()).map_err(fail)?;
     let s = exec::slurm::Slurm::new(store, &exp.name, bin, resources, false).map_err(fail)?;
@@ -1329,6 +1305,46 @@ fn slurm_launcher<'s>(
         writeln!(out, "detached: `distillery status {}` shows the jobs", exp.path.display())?;
     }
     Ok(s)
+}
+
+/// `sbatch --test-only` for each distinct `resources:` of `nodes`: a located `resources` error for
+/// each request the cluster can never run; `Err` when there is no Slurm to ask.
+fn resource_checks(exp: &Experiment, nodes: &[&str]) -> Result<Vec<Diagnostic>, String> {
+    let mut asked: Vec<(&spec::Resources, &spec::Node)> = Vec::new();
+    for name in nodes {
+        if let Some(n) = exp.node(name)
+            && !asked.iter().any(|(r, _)| **r == n.resources)
+        {
+            asked.push((&n.resources, n));
+        }
+    }
+    let mut diags = Vec::new();
+    for (r, n) in asked {
+        let e = match exec::slurm::test_resources(r) {
+            Ok(()) => continue,
+            Err(exec::slurm::Refusal::Unavailable(e)) => return Err(e),
+            Err(exec::slurm::Refusal::Refused(e)) => e,
+        };
+        let path = if has_own_resources(exp, n) || exp.locate("defaults.resources").is_none() {
+            format!("nodes.{}.resources", n.base)
+        } else {
+            "defaults.resources".to_string()
+        };
+        let flags = exec::slurm::resource_flags(
+            r,
+            r.memory_mib().ok().flatten(),
+            r.time_seconds().ok().flatten(),
+            &[],
+        );
+        let shown = if flags.is_empty() { "no flags".to_string() } else { flags.join(" ") };
+        diags.push(
+            Diagnostic::new(diag::Code::Resources, &path, format!("the cluster cannot run this request ({shown}): {e}"))
+                .with_node(n.name.clone())
+                .with_help("ask for what a partition has (`sinfo -o \"%P %c %m %G %l\"` lists them); nothing was submitted")
+                .at(exp.locate(&path)),
+        );
+    }
+    Ok(diags)
 }
 
 /// Whether the node's declaration has its own `resources:` (else they come from the defaults).

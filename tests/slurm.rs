@@ -414,6 +414,18 @@ fn a_request_the_cluster_refuses_is_a_located_error_before_anything_is_submitted
     assert!(se.contains("five.yaml:15:"), "{se}");
     assert!(se.contains("--gres=gpu:3"), "{se}");
     assert!(records(&store).is_empty(), "nothing may be submitted");
+    // `validate` asks too, for a spec that says `launcher: slurm`.
+    let spec = write(
+        dir.path(),
+        "v.yaml",
+        &format!("launcher: slurm{}", FIVE.replace("resources: { gpus: 1 }", "resources: { gpus: 3 }")),
+    );
+    let mut c = bin();
+    c.arg("validate").arg(&spec);
+    let out = output_within(c, Duration::from_secs(60));
+    let se = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{se}");
+    assert!(se.contains("error[resources]") && se.contains("v.yaml:15:"), "{se}");
     // And the defaults' line for a request made there.
     let spec = write(dir.path(), "cpus.yaml", &FIVE.replace("cpus: 1,", "cpus: 64,"));
     let out = run(&spec, &store, &["--launcher", "slurm"]);
