@@ -508,7 +508,7 @@ echo '{"type":"result","outputs":{"ok":"ok.txt"},"metrics":{}}'
     let out = run(&spec, &store, &[]);
     let se = text(&out.stderr);
     assert!(out.status.success(), "{se}");
-    assert!(se.contains("ended OUT_OF_MEMORY: submitted again as job"), "{se}");
+    assert!(se.contains("ended (OUT_OF_MEMORY): submitted again as job"), "{se}");
     let r = &records(&store)["hog"];
     let flags: Vec<String> = r["attempts"]
         .as_array()
@@ -581,4 +581,28 @@ fn a_cluster_runs_metrics_reach_mlflow_as_a_local_runs_do() {
     let files: Vec<String> =
         client.list_artifacts(&node.info.run_id, "").unwrap().into_iter().map(|f| f.path).collect();
     assert!(files.iter().any(|f| f == "model.safetensors"), "{files:?}");
+}
+
+#[test]
+fn a_job_near_its_time_limit_keeps_a_checkpoint_and_continues_in_a_new_job() {
+    let Some(_c) = cluster() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // About 110 s of training on one core, under a 1-minute limit: Slurm sends SIGTERM 10 s
+    // before it (--signal=B:TERM@10), the worker keeps a checkpoint and stops, and the next job
+    // continues from it.
+    let spec = write(
+        dir.path(),
+        "tl.yaml",
+        &SLOW.replace("EPOCHS", "600").replace("resources: { cpus: 2 }", "resources: { cpus: 1, time: 1m }"),
+    );
+    let store = dir.path().join("store");
+    let out = run(&spec, &store, &["--launcher", "slurm"]);
+    let se = text(&out.stderr);
+    assert!(out.status.success(), "{se}");
+    assert!(se.contains("the worker stopped on SIGTERM"), "{se}");
+    let r = &records(&store)["slow"];
+    assert!(job_ids(r).len() >= 2, "{r}");
+    assert!(r["attempts"][0]["flags"].to_string().contains("--time=0-00:01:00"), "{r}");
+    let starts: Vec<Value> = events(&store, "slow").into_iter().filter(|e| e["event"] == "started").collect();
+    assert!(starts[1]["resume"].as_str().is_some_and(|s| s.starts_with("epoch ")), "{starts:?}");
 }

@@ -466,7 +466,15 @@ pub fn next_step(
                 "stopped {attempts} times ({st}) without finishing: raise `resources.time` or check the partition's pre-emption"
             ));
         }
-        return same(format!("continue after {st} (from its checkpoint)"), false);
+        let why = if st == "PREEMPTED" {
+            "continue after PREEMPTED, from its checkpoint".to_string()
+        } else {
+            // It stopped on SIGTERM before the end: Slurm's warning that the time limit is near
+            // (--signal), or a pre-emption that does not requeue.
+            "continue from its checkpoint (the worker stopped on SIGTERM: time limit near, or pre-empted)"
+                .to_string()
+        };
+        return same(why, false);
     }
     let retries = r.retries.unwrap_or(0);
     let scale = r.retry_scale.unwrap_or(2.0);
@@ -996,11 +1004,11 @@ impl Launcher for Slurm<'_> {
                             events.event(Event::Warning {
                                 node: job.name.clone(),
                                 message: format!(
-                                    "slurm job {} ended {}: submitted again as job {id}: {why}",
+                                    "slurm job {} ended ({}): submitted again as job {id}: {why}",
                                     last.job_id,
                                     match st {
                                         JobState::Ended { state, .. } => state.as_str(),
-                                        _ => "(gone)",
+                                        _ => "no longer listed",
                                     }
                                 ),
                             });

@@ -52,7 +52,14 @@ pub struct MlflowServer {
 impl MlflowServer {
     /// Starts a server on a free port.
     pub fn start(mlflow: &Path, dir: &Path, remove_dir_after: bool) -> MlflowServer {
-        let port = free_port();
+        // Free a moment ago and taken now (by another process): another one.
+        let mut port = free_port();
+        for _ in 0..10 {
+            if port_is_free(port) {
+                break;
+            }
+            port = free_port();
+        }
         let mut server = MlflowServer {
             port,
             uri: format!("http://127.0.0.1:{port}"),
@@ -181,14 +188,19 @@ impl Drop for MlflowServer {
 /// A free port below Linux's ephemeral range (32768-60999): a port the kernel hands out for
 /// port 0 is also what it gives outgoing connections, so one could take it while the server is
 /// still starting ("port already in use" under load). Tried at random until one is free.
+/// A port is handed out once per process, so two tests starting servers at once never pick the
+/// same one (CI once saw a port taken between the pick and the server's start).
 fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     for attempt in 0..200u64 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(attempt);
         h.write_u32(std::process::id());
         let port = 20_000 + (h.finish() % 12_000) as u16;
-        if port_is_free(port) {
+        if !given.contains(&port) && port_is_free(port) {
+            given.push(port);
             return port;
         }
     }
