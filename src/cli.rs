@@ -1381,6 +1381,17 @@ fn run_experiment(
     if mode == (Mode::Slurm { detach: true }) {
         return Ok(());
     }
+    let mut entries = entries;
+    if let (Some(s), Mode::Attach) = (&slurm, mode) {
+        // Finished while nobody watched (`--detach`): report it as a run of this watch does.
+        for e in entries.iter_mut().filter(|e| e.status == Status::Cached) {
+            if let Some(ix) = g.get(&e.node)
+                && s.unreported(&g.job(ix).key)
+            {
+                e.status = Status::Run { reasons: vec![plan::Reason::Unreported] };
+            }
+        }
+    }
     let uri = track::resolve_tracking_uri(tracking);
     let mut config = track::TrackerConfig::new(store_dir, uri);
     // A cached node's record (three requests, nothing computed) goes to the server after the run

@@ -60,6 +60,9 @@ pub enum Reason {
     Forced,
     /// Downstream of (or named by) `--from`.
     From { node: String },
+    /// Computed by a Slurm job nobody watched (`run --detach`): `status` forwards what it
+    /// reported (terminal, MLflow); nothing is computed again.
+    Unreported,
 }
 
 impl Reason {
@@ -76,6 +79,7 @@ impl std::fmt::Display for Reason {
             Reason::ParamChanged { path, old, new } => write!(f, "{path} changed: {old} -> {new}"),
             Reason::InputChanged { input } => write!(f, "input `{input}` changed"),
             Reason::Forced => f.write_str("forced"),
+            Reason::Unreported => f.write_str("finished on Slurm unwatched: reporting it"),
             Reason::From { node } if node.is_empty() => f.write_str("--from"),
             Reason::From { node } => write!(f, "downstream of `{node}` (--from)"),
         }

@@ -581,6 +581,33 @@ fn a_cluster_runs_metrics_reach_mlflow_as_a_local_runs_do() {
     let files: Vec<String> =
         client.list_artifacts(&node.info.run_id, "").unwrap().into_iter().map(|f| f.path).collect();
     assert!(files.iter().any(|f| f == "model.safetensors"), "{files:?}");
+
+    // Detached, finished before anyone watched: `status` reports it then, to MLflow too.
+    let spec = write(
+        dir.path(),
+        "detached.yaml",
+        &SLOW.replace("EPOCHS", "3").replace("experiment: slow", "experiment: slow-detached"),
+    );
+    let store = dir.path().join("store2");
+    let out = run(&spec, &store, &["--launcher", "slurm", "--detach"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_for(Duration::from_secs(120), "the detached job", || entries_exist(&store, "slow"));
+    let status = || {
+        let mut c = bin();
+        c.arg("status").arg(&spec).arg("--store").arg(&store).args(["--tracking", &server.uri]);
+        output_within(c, Duration::from_secs(120))
+    };
+    let out = status();
+    let se = text(&out.stderr);
+    assert!(out.status.success(), "{se}");
+    assert!(se.contains("1 ran, 0 cached"), "reported as a run of this watch: {se}");
+    let exp = client.get_experiment_by_name("slow-detached").unwrap().expect("experiment");
+    let runs = client.search_runs(&[&exp.experiment_id], "").unwrap();
+    let node = runs.iter().find(|r| r.param("kind") == Some("train")).expect("the node's run");
+    assert_eq!(client.get_metric_history(&node.info.run_id, "loss").unwrap().len(), 3);
+    // Reported once: the next watch finds it cached.
+    let out = status();
+    assert!(text(&out.stderr).contains("0 ran, 1 cached"), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -40,6 +40,9 @@ pub struct Record {
     pub experiment: String,
     pub key: String,
     pub attempts: Vec<Attempt>,
+    /// Its last job's events reached a watching process's sinks (terminal, MLflow).
+    #[serde(default)]
+    pub delivered: bool,
 }
 
 /// One `sbatch` of a key.
@@ -619,6 +622,21 @@ impl<'a> Slurm<'a> {
         (x.job_id == Some(job_id)).then_some(x)
     }
 
+    fn mark_delivered(&self, key: &str) {
+        if let Some(mut r) = self.record(key)
+            && !r.delivered
+        {
+            r.delivered = true;
+            let p = self.job_dir(key).join("record.json");
+            let _ = write_atomic(&p, serde_json::to_string_pretty(&r).expect("json").as_bytes());
+        }
+    }
+
+    /// Whether `key` was computed by a job whose events no process has forwarded yet.
+    pub fn unreported(&self, key: &str) -> bool {
+        self.record(key).is_some_and(|r| !r.delivered && !r.attempts.is_empty())
+    }
+
     /// The jobs this process submitted.
     pub fn mine(&self) -> Vec<(String, u64)> {
         self.mine.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -750,7 +768,9 @@ impl<'a> Slurm<'a> {
             experiment: self.experiment.clone(),
             key: job.key.clone(),
             attempts: Vec::new(),
+            delivered: false,
         });
+        rec.delivered = false;
         rec.attempts.push(Attempt {
             job_id: id,
             submitted_unix: std::time::SystemTime::now()
@@ -935,6 +955,7 @@ impl Launcher for Slurm<'_> {
                     exit = self.exit_record(&job.key, id);
                 }
                 tail.forward(events, &job.name);
+                self.mark_delivered(&job.key);
                 let seconds = match exit {
                     Some(x) if x.outcome == "cached" => None,
                     Some(x) => Some(x.seconds.unwrap_or(0.0)),
