@@ -1042,7 +1042,10 @@ impl Launcher for Slurm<'_> {
                     }
                 }
             }
-            std::thread::sleep(Duration::from_millis(250));
+            // A running job's progress is shown as it comes; a queued one is looked at less
+            // often (each look is a stat and an open on the shared filesystem).
+            let pause = if tail.started { 250 } else { 1000 };
+            std::thread::sleep(Duration::from_millis(pause));
         }
     }
 }
