@@ -725,7 +725,10 @@ impl<'a> Slurm<'a> {
             .map_err(|e| io(&job_file, e))?;
         let q = |p: &Path| shell_quote(&p.to_string_lossy());
         let script = format!(
-            "#!/bin/sh\n# distillery: node {} of experiment {}, key {}\nexec {} worker {} --store {} --events {} --exit {}{}\n",
+            "#!/bin/sh\n# distillery: node {} of experiment {}, key {}\n\
+             # As many compute threads as cores allocated (where no cgroup or affinity confines them).\n\
+             if [ -z \"${{RAYON_NUM_THREADS:-}}\" ] && [ -n \"${{SLURM_CPUS_PER_TASK:-}}\" ]; then export RAYON_NUM_THREADS=\"$SLURM_CPUS_PER_TASK\"; fi\n\
+             exec {} worker {} --store {} --events {} --exit {}{}\n",
             job.name.replace('\n', " "),
             self.experiment.replace('\n', " "),
             job.key,
