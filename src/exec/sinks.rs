@@ -92,12 +92,14 @@ impl EventSink for Terminal {
                 }
             }
             Event::Status { node, done, total, message } => {
-                if let Some((_, bars)) = &self.bars {
-                    if let Some(bar) = bars.lock().expect("lock").get(&node) {
-                        bar.set_length(total);
-                        bar.set_position(done);
-                        bar.set_message(message);
-                    }
+                // On a node's bar when it has one; a node not started yet (a queued Slurm job)
+                // gets a line.
+                if let Some((_, bars)) = &self.bars
+                    && let Some(bar) = bars.lock().expect("lock").get(&node)
+                {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                    bar.set_message(message);
                     return;
                 }
                 let mut last = self.last.lock().expect("lock");
