@@ -320,6 +320,22 @@ impl Store {
                 }
             }
         }
+        // The Slurm launcher's folders of keys no experiment references (job file, record,
+        // events, logs); a live key's stay: its record says what was submitted.
+        let jobs = self.root.join("slurm").join("jobs");
+        if jobs.is_dir() {
+            for e in fs::read_dir(&jobs).map_err(io_err(&jobs))? {
+                let p = e.map_err(io_err(&jobs))?.path();
+                let name = p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                if p.is_dir() && !live_hex.contains(&name) {
+                    let mut files = Vec::new();
+                    list_files(&p, "", &mut files).map_err(io_err(&p))?;
+                    bytes += files.iter().filter_map(|(_, f)| f.metadata().ok()).map(|m| m.len()).sum::<u64>();
+                    fs::remove_dir_all(&p).map_err(io_err(&p))?;
+                    n += 1;
+                }
+            }
+        }
         // Interrupted writes of any age are garbage too.
         let tmp = self.root.join("tmp");
         let tmp_entries = if tmp.is_dir() { Some(fs::read_dir(&tmp).map_err(io_err(&tmp))?) } else { None };
@@ -551,6 +567,16 @@ mod tests {
         s.remove_checkpoint(&key(3)).unwrap();
         s.remove_checkpoint(&key(3)).unwrap();
         assert!(!s.checkpoint_path(&key(3)).unwrap().exists(), "removed, and removing none is fine");
+        // The Slurm launcher's job folders: a live key's stays.
+        for k in [3, 7] {
+            let d = dir.path().join("slurm/jobs").join(key(k).hex());
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("record.json"), "{}").unwrap();
+        }
+        let (n, bytes) = s.gc(&HashSet::from([key(3)])).unwrap();
+        assert_eq!((n, bytes), (1, 2));
+        assert!(dir.path().join("slurm/jobs").join(key(3).hex()).is_dir());
+        assert!(!dir.path().join("slurm/jobs").join(key(7).hex()).exists());
     }
 
     #[test]
