@@ -330,7 +330,8 @@ impl Store {
                 if p.is_dir() && !live_hex.contains(&name) {
                     let mut files = Vec::new();
                     list_files(&p, "", &mut files).map_err(io_err(&p))?;
-                    bytes += files.iter().filter_map(|(_, f)| f.metadata().ok()).map(|m| m.len()).sum::<u64>();
+                    bytes +=
+                        files.iter().filter_map(|(_, f)| f.metadata().ok()).map(|m| m.len()).sum::<u64>();
                     fs::remove_dir_all(&p).map_err(io_err(&p))?;
                     n += 1;
                 }
