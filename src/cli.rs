@@ -1245,7 +1245,7 @@ fn slurm_launcher<'s>(
     g: &Graph,
     store: &'s Store,
     entries: &[plan::PlanEntry],
-    sel: &plan::Selection,
+
     mode: Mode,
     cancel: &Cancel,
     out: &mut dyn Write,
@@ -1278,7 +1278,6 @@ fn slurm_launcher<'s>(
             e.node == name && matches!(&e.status, plan::Status::Run { reasons } if reasons.iter().any(plan::Reason::is_forced))
         })
     };
-    let _ = sel;
     let done = s.submit_all(g, entries, &forced, cancel).map_err(|e| {
         let mine = s.mine();
         let cancelled = if mine.is_empty() {
@@ -1375,7 +1374,7 @@ fn run_experiment(
     let slurm = match mode {
         Mode::Local => None,
         Mode::Slurm { .. } | Mode::Attach => {
-            Some(slurm_launcher(exp, g, &store, &entries, sel, mode, &cancel, out)?)
+            Some(slurm_launcher(exp, g, &store, &entries, mode, &cancel, out)?)
         }
     };
     if mode == (Mode::Slurm { detach: true }) {

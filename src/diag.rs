@@ -240,6 +240,15 @@ fn snippet(text: &str, col: usize, len: usize) -> (String, usize, usize) {
     (shown, col, len.min(room).max(1))
 }
 
+/// The last `chars` characters of a process's output, each line indented: how a plugin's or a
+/// Slurm job's stderr is quoted in an error.
+pub fn quoted_tail(bytes: &[u8], chars: usize) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let s = s.trim_end();
+    let start = s.char_indices().rev().nth(chars).map_or(0, |(i, _)| i);
+    s[start..].lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
 /// Longest word (and candidate) [`did_you_mean`] compares.
 const MAX_SUGGESTED_LEN: usize = 256;
 

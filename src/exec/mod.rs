@@ -68,7 +68,8 @@ pub enum Event {
         step: u64,
     },
     /// Progress of a node that counts work items rather than epochs (a plugin, a generator's
-    /// sampling): `done` of `total`, and what it is doing.
+    /// sampling): `done` of `total`, and what it is doing. `total` 0: a state with no count
+    /// (a queued Slurm job's `pending (Dependency)`), shown as its message alone.
     Status {
         node: String,
         done: u64,

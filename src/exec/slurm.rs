@@ -817,7 +817,8 @@ impl<'a> Slurm<'a> {
         Ok(live)
     }
 
-    /// The last 2000 characters of the job's stderr.
+    /// The last 2000 characters of the job's stderr (read from its last 8 KiB), quoted as a
+    /// plugin's are.
     fn stderr_tail(&self, key: &str, job_id: u64) -> String {
         let p = self.job_dir(key).join(format!("slurm-{job_id}.err"));
         let Ok(mut f) = std::fs::File::open(&p) else { return String::new() };
@@ -825,21 +826,12 @@ impl<'a> Slurm<'a> {
         let _ = f.seek(SeekFrom::Start(len.saturating_sub(8192)));
         let mut buf = Vec::new();
         let _ = f.read_to_end(&mut buf);
-        let text = String::from_utf8_lossy(&buf);
-        let text = text.trim();
-        if text.is_empty() {
+        if String::from_utf8_lossy(&buf).trim().is_empty() {
             return String::new();
         }
-        let tail: String = {
-            let chars: Vec<char> = text.chars().collect();
-            chars[chars.len().saturating_sub(2000)..].iter().collect()
-        };
-        format!("\n  stderr of slurm job {job_id} ({}):\n{}", p.display(), indent(&tail))
+        let tail = crate::diag::quoted_tail(&buf, 2000);
+        format!("\n  stderr of slurm job {job_id} ({}):\n{tail}", p.display())
     }
-}
-
-fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n")
 }
 
 fn shell_quote(s: &str) -> String {

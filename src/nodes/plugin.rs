@@ -469,10 +469,7 @@ fn tail_of(mut r: impl Read) -> Vec<u8> {
 }
 
 fn quoted_tail(stderr: &[u8]) -> String {
-    let s = String::from_utf8_lossy(stderr);
-    let s = s.trim_end();
-    let start = s.char_indices().rev().nth(QUOTED).map_or(0, |(i, _)| i);
-    s[start..].lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    crate::diag::quoted_tail(stderr, QUOTED)
 }
 
 fn clip(s: &str, n: usize) -> String {
